@@ -1,0 +1,117 @@
+"""Prioritized replay throughput on a full 1,000,000-row buffer, one core.
+
+Measures iterations per second of ``sample(256)`` (stratified sum-tree draw,
+importance weights, gathering the rows) followed by ``update_priorities(256)``,
+and, in the same run, of the naive alternative
+``rng.choice(C, 256, p=priorities / priorities.sum())`` over the whole priority
+array (sampling only: no data, no weights, no update). Prints both and the
+ratio.
+
+    .venv/bin/python bench/bench_per.py [--capacity 1000000] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import os
+
+# One core: set before numpy / torch load their thread pools.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from marl.data.prioritized import PrioritizedReplayBuffer  # noqa: E402
+
+BATCH = 256
+OBS_DIM = 8
+
+
+def fill_buffer(capacity: int, n_envs: int, rng: np.random.Generator) -> PrioritizedReplayBuffer:
+    """A full buffer of one-agent rows (obs 8 float32), with random priorities."""
+    schema = {
+        "obs": ((1, OBS_DIM), np.float32),
+        "next_obs": ((1, OBS_DIM), np.float32),
+        "action": ((1,), np.int64),
+        "reward": ((1,), np.float32),
+        "terminated": ((1,), np.bool_),
+        "truncated": ((1,), np.bool_),
+        "alive": ((1,), np.bool_),
+        "next_alive": ((1,), np.bool_),
+    }
+    buffer = PrioritizedReplayBuffer(schema, capacity, n_envs)
+    for _ in range(capacity // n_envs):
+        batch = {
+            "obs": rng.standard_normal((n_envs, 1, OBS_DIM), dtype=np.float32),
+            "next_obs": rng.standard_normal((n_envs, 1, OBS_DIM), dtype=np.float32),
+            "action": rng.integers(0, 4, size=(n_envs, 1)),
+            "reward": rng.standard_normal((n_envs, 1), dtype=np.float32),
+            "terminated": rng.random((n_envs, 1)) < 0.01,
+            "truncated": np.zeros((n_envs, 1), dtype=bool),
+            "alive": np.ones((n_envs, 1), dtype=bool),
+            "next_alive": np.ones((n_envs, 1), dtype=bool),
+        }
+        buffer.add(batch)
+    all_rows = np.arange(capacity)
+    buffer.update_priorities(all_rows, rng.exponential(1.0, size=capacity))
+    return buffer
+
+
+def rate(step, seconds: float, repeats: int = 3) -> tuple[float, float]:
+    """Calls of ``step()`` per second: ``(per wall-clock second, per CPU second)``.
+
+    Best of ``repeats`` runs of about ``seconds / repeats`` each, after a warm-up.
+    CPU time (``time.process_time``) leaves out time the process spent
+    descheduled, which matters on a shared machine.
+    """
+    for _ in range(20):
+        step()
+    best_wall = best_cpu = 0.0
+    for _ in range(repeats):
+        calls, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - wall0 < seconds / repeats:
+            for _ in range(10):
+                step()
+            calls += 10
+        best_wall = max(best_wall, calls / (time.perf_counter() - wall0))
+        best_cpu = max(best_cpu, calls / max(time.process_time() - cpu0, 1e-9))
+    return best_wall, best_cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--capacity", type=int, default=1_000_000, help="rows C in the buffer")
+    parser.add_argument("--n-envs", type=int, default=100, help="lanes (env copies); only sets the fill speed")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(args.seed)
+
+    t0 = time.perf_counter()
+    buffer = fill_buffer(args.capacity, args.n_envs, rng)
+    print(f"filled {len(buffer):,} rows in {time.perf_counter() - t0:.1f} s")
+
+    def per_step() -> None:
+        sample = buffer.sample(BATCH, rng, beta=0.5)
+        td = rng.standard_normal(BATCH)  # stands in for the learner's TD errors
+        buffer.update_priorities(sample.indices, td)
+
+    priorities = buffer.priorities(np.arange(args.capacity))
+
+    def choice_step() -> None:
+        rng.choice(args.capacity, BATCH, p=priorities / priorities.sum())
+
+    per_wall, per_cpu = rate(per_step, args.seconds)
+    base_wall, base_cpu = rate(choice_step, args.seconds)
+    print(f"{'':52s} {'wall-clock':>12s} {'CPU time':>12s}")
+    print(f"{'sum tree sample(256) + update_priorities(256), it/s':52s} {per_wall:12,.0f} {per_cpu:12,.0f}")
+    print(f"{'Generator.choice(C, 256, p=p), it/s':52s} {base_wall:12,.1f} {base_cpu:12,.1f}")
+    print(f"{'ratio':52s} {per_wall / base_wall:11.1f}x {per_cpu / base_cpu:11.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Proximal Policy Optimization: the loss as a pure function and a learner that updates.
+
+The learner owns the optimizer(s), never an env. One update is
+``update_epochs`` passes over the rollout in ``num_minibatches`` shuffled minibatches
+of env-step rows (all agents of a row stay together, so per-agent networks see
+``[B, A, ...]``). Every group's loss is a masked mean over its alive agents; the
+groups' losses are summed and back-propagated once; the common optimizer (default)
+steps over every parameter of every group, each tensor once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from marl.config import PPOConfig
+from marl.data.rollout import GroupBatch
+from marl.multi_agent.policy import Policy
+from marl.normalization import normalize_advantage
+from marl.returns import explained_variance
+
+
+class PPOLossOut(NamedTuple):
+    """Loss terms of one group on one minibatch (scalars)."""
+
+    loss: Tensor
+    policy_loss: Tensor
+    value_loss: Tensor
+    entropy: Tensor
+    approx_kl: Tensor
+    clip_fraction: Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over entries where ``mask`` (0 when none)."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp_min(1.0)
+
+
+def ppo_loss(
+    new_log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantage: Tensor,
+    new_value: Tensor,
+    old_value: Tensor,
+    ret: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    clip_coef: float,
+    vf_coef: float,
+    ent_coef: float,
+    clip_vloss: bool,
+) -> PPOLossOut:
+    """Clipped-surrogate PPO loss, masked to the alive entries.
+
+    All tensors share one shape (e.g. ``[B, A]``); ``advantage`` is already
+    normalized if that is wanted. Value loss is ``0.5 (V - R)^2``, or with
+    ``clip_vloss`` the max of the unclipped and clipped (``V_old ± clip_coef``) errors.
+    ``approx_kl`` is the low-variance estimator ``E[(r - 1) - log r]``
+    (http://joschu.net/blog/kl-approx.html).
+    """
+    log_ratio = new_log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    pg1 = -advantage * ratio
+    pg2 = -advantage * ratio.clamp(1 - clip_coef, 1 + clip_coef)
+    policy_loss = masked_mean(torch.maximum(pg1, pg2), mask)
+    if clip_vloss:
+        v_clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
+        v_err = torch.maximum((new_value - ret) ** 2, (v_clipped - ret) ** 2)
+    else:
+        v_err = (new_value - ret) ** 2
+    value_loss = 0.5 * masked_mean(v_err, mask)
+    ent = masked_mean(entropy, mask)
+    loss = policy_loss + vf_coef * value_loss - ent_coef * ent
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+        clip_fraction = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
+    return PPOLossOut(loss, policy_loss, value_loss, ent, approx_kl, clip_fraction)
+
+
+def linear_schedule(start: float, progress: float) -> float:
+    """``start * (1 - progress)`` for ``progress`` in [0, 1] (linear annealing to 0)."""
+    return start * max(0.0, 1.0 - progress)
+
+
+class PPOLearner:
+    """Updates a :class:`Policy`'s networks from rollouts.
+
+    Args:
+        policy: the policy whose ``net`` is trained.
+        cfg: PPO hyperparameters.
+    """
+
+    def __init__(self, policy: Policy, cfg: PPOConfig) -> None:
+        self.policy = policy
+        self.cfg = cfg
+        net = policy.net
+        if cfg.optimizer == "common":
+            self.optimizers = {"all": torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)}
+        else:
+            self.optimizers = {
+                g: torch.optim.Adam(net[g].parameters(), lr=cfg.lr, eps=cfg.adam_eps) for g in net.keys()
+            }
+        self.grad_steps = 0
+        self.clip_coef = cfg.clip_coef  # annealed by the trainer when algo.anneal_clip
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    @property
+    def lr(self) -> float:
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+
+    def update(self, batches: dict[str, GroupBatch], num_minibatches: int, normalize_adv: bool,
+               generator: torch.Generator) -> dict[str, float]:
+        """Run ``update_epochs`` x ``num_minibatches`` gradient steps; return mean metrics.
+
+        Args:
+            batches: group -> all rollout rows ``[N, A, ...]`` (N = T*E, same N for all groups).
+            num_minibatches: minibatches per epoch.
+            normalize_adv: standardize advantages per minibatch and group.
+            generator: torch RNG of the minibatch shuffles.
+        """
+        cfg = self.cfg
+        net = self.policy.net
+        n_rows = next(iter(batches.values())).obs.shape[0]
+        mb_size = n_rows // num_minibatches
+        sums: dict[str, float] = {}
+        count = 0
+        stop = False
+        epochs_done = 0
+        for _epoch in range(cfg.update_epochs):
+            perm = torch.randperm(n_rows, generator=generator).to(next(iter(batches.values())).obs.device)
+            for start in range(0, n_rows, mb_size):
+                rows = perm[start:start + mb_size]
+                total = None
+                kl_groups = []
+                for name, full in batches.items():
+                    mb = full.index(rows)
+                    gnet = net[name]
+                    dist = gnet.dist(mb.obs, mb.action_mask)
+                    new_log_prob = dist.log_prob(mb.action)
+                    entropy = dist.entropy()
+                    new_value = gnet.value(mb.critic_in)
+                    adv = normalize_advantage(mb.advantage, mb.alive) if normalize_adv else mb.advantage
+                    out = ppo_loss(new_log_prob, mb.log_prob, adv, new_value, mb.value, mb.ret, entropy, mb.alive,
+                                   self.clip_coef, cfg.vf_coef, cfg.ent_coef, cfg.clip_vloss)
+                    total = out.loss if total is None else total + out.loss
+                    kl_groups.append(out.approx_kl)
+                    suffix = f"/{name}" if len(batches) > 1 else ""
+                    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
+                        sums[key + suffix] = sums.get(key + suffix, 0.0) + float(getattr(out, key).detach())
+                for opt in self.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                total.backward()
+                grad_norm = self._clip()
+                for opt in self.optimizers.values():
+                    opt.step()
+                self.grad_steps += 1
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+                count += 1
+                if cfg.target_kl > 0 and max(float(k) for k in kl_groups) > cfg.target_kl:
+                    stop = True
+                    break
+            epochs_done += 1
+            if stop:
+                break
+        metrics = {k: v / max(count, 1) for k, v in sums.items()}
+        if len(batches) > 1:  # team-level means over groups
+            for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
+                metrics[key] = float(np.mean([metrics[f"{key}/{g}"] for g in batches]))
+        ev = []
+        for name, full in batches.items():
+            mask = full.alive
+            e = explained_variance(full.value[mask], full.ret[mask])
+            ev.append(e)
+            if len(batches) > 1:
+                metrics[f"explained_variance/{name}"] = e
+        metrics["explained_variance"] = float(np.nanmean(ev)) if not all(np.isnan(ev)) else float("nan")
+        metrics["lr"] = self.lr
+        metrics["epochs"] = float(epochs_done)
+        return metrics
+
+    def _clip(self) -> float:
+        """Clip the global gradient norm (per optimizer); return the pre-clip norm."""
+        norms = []
+        for opt in self.optimizers.values():
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if self.cfg.max_grad_norm > 0:
+                norms.append(float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)))
+            else:
+                norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))))
+        return float(np.sqrt(np.sum(np.square(norms))))
+
+    def state_dict(self) -> dict:
+        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}, "grad_steps": self.grad_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["optimizers"]) != set(self.optimizers):
+            raise ValueError(
+                f"checkpoint optimizers {sorted(state['optimizers'])} do not match the config's "
+                f"{sorted(self.optimizers)} (algo.optimizer changed?)"
+            )
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.grad_steps = int(state["grad_steps"])

@@ -1,0 +1,118 @@
+"""Command line: ``marl train``, ``marl eval``, ``marl config``.
+
+``marl train [CONFIG.yaml] [key=value ...]``
+    Train. Without a config file the embedded default runs (PPO, shared parameters,
+    MPE simple_spread_v3 with 3 agents). Overrides use dotted keys: ``algo.lr=1e-3``.
+    ``resume=RUN_DIR`` continues a run from its ``checkpoints/latest.pt``.
+
+``marl eval PATH [--episodes N] [--json]``
+    Evaluate a run directory (its best checkpoint) or a checkpoint file
+    deterministically on fresh, separately seeded envs.
+
+``marl config [CONFIG.yaml] [key=value ...]``
+    Print the resolved config; ``--keys`` lists every key with its default and doc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from marl.checkpoint import CheckpointError
+from marl.config import ConfigError, describe, load_config, to_dict
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+
+
+def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    path = None
+    overrides = []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+        elif path is None:
+            path = a
+        else:
+            raise ConfigError(f"unexpected argument {a!r}: give one config file and key=value overrides")
+    return path, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from marl.trainer import train
+
+    path, overrides = _split_config_args(args.args)
+    cfg = load_config(path or DEFAULT_CONFIG, overrides)
+    train(cfg)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import functools
+
+    from marl.evaluation import evaluate
+    from marl.trainer import load_policy, vector_env
+
+    policy, cfg, _ = load_policy(args.path)
+    episodes = args.episodes or cfg.eval.episodes
+    make = functools.partial(vector_env, cfg, backend="sync")
+    seed = cfg.seed if args.seed is None else args.seed
+    result = evaluate(policy, make, episodes, seed, deterministic=not args.stochastic, num_envs=min(episodes, cfg.eval.num_envs))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"episodes: {result['episodes']}  mean return (team): {result['mean_return']:.3f} ± {result['std_return']:.3f}  "
+              f"mean length: {result['mean_length']:.1f}")
+        for agent, r in result["per_agent"].items():
+            print(f"  {agent}: {r:.3f}")
+        for k, v in result.items():
+            if k.endswith("_rate") or k.startswith("mean_") and k not in ("mean_return", "mean_agent_return", "mean_length"):
+                print(f"  {k}: {v:.3f}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.keys:
+        for key, default, doc in describe():
+            print(f"{key:<32} {default:<28} {doc}")
+        return 0
+    path, overrides = _split_config_args(args.args)
+    print(yaml.safe_dump(to_dict(load_config(path or DEFAULT_CONFIG, overrides)), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marl", description="Multi-agent reinforcement learning on PettingZoo and Gymnasium.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a config (default: PPO on MPE simple_spread)")
+    p.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
+    p.add_argument("path")
+    p.add_argument("--episodes", type=int, default=0, help="episodes (default: the run's eval.episodes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("config", help="print the resolved config, or --keys for every key")
+    p.add_argument("args", nargs="*")
+    p.add_argument("--keys", action="store_true")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"marl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The collector owns the env copies and their last observations, and fills rollouts.
+
+``collect(num_steps)`` runs the policy for ``T`` steps of ``E`` env copies and
+returns per-group :class:`~marl.data.rollout.GroupRollout` storage plus the
+episodes that finished. With a vector env split into chunks (one per worker
+process), the policy acts on one chunk while the others are stepping, so env
+stepping and inference overlap on different cores::
+
+    send(0, a0); send(1, a1)             # both chunks step
+    recv(0) -> store, act on chunk 0, send(0)   # chunk 1 still stepping
+    recv(1) -> store, act on chunk 1, send(1)   # chunk 0 stepping meanwhile
+
+The last actions of a rollout are not sent: the next rollout starts by acting on
+the stored observations with the updated policy.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from marl.data.rollout import GroupRollout
+from marl.multi_agent.policy import Policy, critic_input_shape, is_image
+from marl.normalization import RewardScaler
+from marl.types import EpisodeStats, GroupObs
+
+
+class RolloutResult(NamedTuple):
+    """What one ``collect`` returns.
+
+    Attributes:
+        groups: group -> filled storage (advantages not yet computed).
+        last_value: group -> ``V(obs_T)`` ``[E, A]`` for bootstrapping.
+        episodes: episodes that finished during the rollout.
+        env_steps: vector env steps taken, summed over env copies (``T * E``).
+        agent_steps: agent decisions taken (alive agents over all steps).
+    """
+
+    groups: dict[str, GroupRollout]
+    last_value: dict[str, torch.Tensor]
+    episodes: list[EpisodeStats]
+    env_steps: int
+    agent_steps: int
+
+
+class Collector:
+    """Steps a vector env with a policy and stores what happened.
+
+    Args:
+        env: a vector env (``marl.env.VectorEnv``): ``reset``, ``send``, ``recv``, ``chunk_slice``.
+        policy: the acting policy (its normalizers update while collecting).
+        num_steps: T, steps per env copy per rollout.
+        reward_norm: scale rewards by the running return std.
+        reward_clip: clip scaled rewards to ``[-clip, clip]`` (0 = off).
+        gamma: discount of the reward scaler's running return.
+        seed: seed of the env copies' first reset.
+    """
+
+    def __init__(
+        self,
+        env,
+        policy: Policy,
+        num_steps: int,
+        reward_norm: bool,
+        reward_clip: float,
+        gamma: float,
+        seed: int,
+    ) -> None:
+        self.env = env
+        self.policy = policy
+        self.num_steps = num_steps
+        spec = env.spec
+        self.spec = spec
+        self.num_envs = env.num_envs
+        self.chunks = [env.chunk_slice(k) for k in range(env.num_chunks)]
+        device = policy.device
+        self.storage: dict[str, GroupRollout] = {}
+        central = policy.critic == "central"
+
+        for g in spec.groups:
+            obs_dtype = torch.uint8 if is_image(g.obs_space.shape, g.obs_space.dtype) else torch.float32
+            self.storage[g.name] = GroupRollout(
+                num_steps, self.num_envs, g.n_agents, tuple(g.obs_space.shape), obs_dtype,
+                critic_input_shape(spec, g, "central") if central else None,
+                g.action_shape, torch.int64 if g.discrete else torch.float32,
+                int(g.action_space.n) if (g.discrete and g.has_action_mask) else None, device,
+            )
+        self.reward_scalers: dict[str, RewardScaler] = {}
+        if reward_norm:
+            for g in spec.groups:
+                self.reward_scalers[g.name] = RewardScaler(
+                    (self.num_envs, g.n_agents), gamma, clip=reward_clip or None
+                )
+        self.reward_clip = reward_clip
+        self.obs, self.state = env.reset(seed)
+
+    def _act_and_send(self, k: int) -> dict:
+        sl = self.chunks[k]
+        obs = {g: GroupObs(o.obs[sl], o.alive[sl], None if o.action_mask is None else o.action_mask[sl])
+               for g, o in self.obs.items()}
+        state = None if self.state is None else self.state[sl]
+        out = self.policy.act(obs, state, update_stats=True)
+        self.env.send(k, out.env_action)
+        return {"out": out, "obs": obs}
+
+    def collect(self) -> RolloutResult:
+        """Run ``T`` steps on every env copy; return the filled storage."""
+        T = self.num_steps
+        pending = [self._act_and_send(k) for k in range(len(self.chunks))]
+        episodes: list[EpisodeStats] = []
+        agent_steps = 0
+        for t in range(T):
+            for k, sl in enumerate(self.chunks):
+                step = self.env.recv(k)
+                prev = pending[k]
+                agent_steps += self._store(t, sl, prev, step)
+                episodes.extend(step.episodes)
+                # Merge the chunk's new observations into the full-batch view.
+                for g, o in step.obs.items():
+                    self.obs[g].obs[sl] = o.obs
+                    self.obs[g].alive[sl] = o.alive
+                    if o.action_mask is not None:
+                        self.obs[g].action_mask[sl] = o.action_mask
+                if self.state is not None:
+                    self.state[sl] = step.state
+                if t < T - 1:
+                    pending[k] = self._act_and_send(k)
+        last_value = self.policy.values({g: o.obs for g, o in self.obs.items()}, self.state)
+        return RolloutResult(self.storage, last_value, episodes, T * self.num_envs, agent_steps)
+
+    def _store(self, t: int, sl: slice, prev: dict, step) -> int:
+        out = prev["out"]
+        obs = prev["obs"]
+        n_alive = 0
+        final_obs_needed = {}
+        for g, tr in step.transition.items():
+            buf = self.storage[g]
+            buf.obs[t, sl] = out.obs[g]
+            if buf.critic_in is not None:
+                buf.critic_in[t, sl] = out.critic_in[g]
+            buf.action[t, sl] = out.action[g]
+            buf.log_prob[t, sl] = out.log_prob[g]
+            buf.value[t, sl] = out.value[g]
+            alive = obs[g].alive
+            buf.alive[t, sl] = torch.from_numpy(alive)
+            if buf.action_mask is not None:
+                buf.action_mask[t, sl] = torch.from_numpy(obs[g].action_mask.astype(bool))
+            reward = tr.reward
+            scaler = self.reward_scalers.get(g)
+            if scaler is not None:
+                reward = scaler(reward, tr.terminated | tr.truncated, alive, sl)
+            elif self.reward_clip > 0:
+                reward = np.clip(reward, -self.reward_clip, self.reward_clip)
+            buf.reward[t, sl] = torch.from_numpy(np.asarray(reward, np.float32))
+            buf.terminated[t, sl] = torch.from_numpy(tr.terminated)
+            buf.truncated[t, sl] = torch.from_numpy(tr.truncated)
+            n_alive += int(alive.sum())
+            if tr.truncated.any():
+                final_obs_needed[g] = tr
+        if final_obs_needed:
+            final_state = step.final_state
+            vals = self.policy.values({g: step.transition[g].final_obs for g in step.transition}, final_state)
+            for g, tr in final_obs_needed.items():
+                trunc = torch.from_numpy(tr.truncated)
+                self.storage[g].final_value[t, sl] = torch.where(trunc, vals[g], torch.zeros_like(vals[g]))
+        else:
+            for g in step.transition:
+                self.storage[g].final_value[t, sl] = 0.0
+        return n_alive
+
+    def state_dict(self) -> dict:
+        return {"reward_norm": {g: s.state_dict() for g, s in self.reward_scalers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for g, s in self.reward_scalers.items():
+            s.load_state_dict(state["reward_norm"][g])

@@ -1,0 +1,631 @@
+"""Single-env adapters: PettingZoo (parallel, AEC) and Gymnasium envs as arrays with an agent axis.
+
+The dict-per-agent APIs stop here. An adapter turns one env into per-group arrays
+(``[A, ...]``, no env axis; see :mod:`marl.types` for the glossary) with an
+``alive[A]`` mask, keeps ``terminated`` apart from ``truncated``, reports the real
+final observation of every agent whose episode ends, and resets itself when the
+episode is over (auto-reset).
+
+Conventions shared by all adapters:
+
+* Observations: ``uint8`` boxes (images ``[H, W, C]``) stay ``uint8``; every other
+  box is cast to ``float32``. A ``Dict`` with keys ``observation`` + ``action_mask``
+  (PettingZoo classic) gives ``obs = observation`` and the mask; a ``Dict`` with
+  ``observation`` + ``achieved_goal`` + ``desired_goal`` (Gymnasium goal envs) gives
+  ``obs = concat(observation, desired_goal)`` (float32) with
+  ``GroupSpec.goal = (start, stop)`` locating the desired goal, and the achieved
+  goals travel in ``AdapterStep.achieved_goal`` / ``final_achieved_goal``.
+  A mask in ``infos[agent]["action_mask"]`` (found by one probe reset at
+  construction) is used as well.
+* Agents that are not alive have zero observations and an all-``True`` action
+  mask row (so a masked distribution stays defined; they are masked out of losses).
+* ``truncated`` is reported only where ``terminated`` is not: an agent that is both
+  terminated and truncated at one step is terminated (no bootstrap).
+* ``EpisodeStats.info`` holds ``is_success`` (mean over the agents whose final info
+  has it) and ``truncated`` (1.0 when a time limit ended the episode, else 0.0).
+
+The vector envs call ``reset_into`` / ``step_into``, which write into caller-owned
+buffers (:class:`StepBuffers`, possibly views into shared memory) so the hot path
+allocates nothing; ``reset`` / ``step`` are the allocating convenience forms.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import AECEnv, ParallelEnv
+
+from marl.env.wrappers import GymAsParallel
+from marl.types import EnvSpec, EpisodeStats, GroupObs, GroupSpec, GroupTransition
+
+__all__ = [
+    "Adapter", "AdapterStep", "AECAdapter", "GroupBuffers", "GymAdapter", "ParallelAdapter", "StepBuffers",
+    "allocate_buffers", "buffer_fields", "buffers_from_arrays", "default_groups",
+]  # fmt: skip
+
+
+class AdapterStep(NamedTuple):
+    """Result of one adapter step (arrays without the env axis).
+
+    Attributes:
+        obs: group -> observation after the step; after an episode end, the first
+            observation of the new episode.
+        transition: group -> reward / terminated / truncated ``[A]`` and
+            ``final_obs [A, *obs_shape]`` of what happened at the step.
+        state: ``[S]`` global state after the step (after auto-reset), or ``None``.
+        final_state: ``[S]`` global state at the end of the episode when it ended
+            at this step (zeros otherwise), or ``None``.
+        episode: the episode that ended at this step (``env_index=0``), or ``None``.
+        achieved_goal: goal envs only: group -> ``[A, G]`` achieved goal of ``obs``.
+        final_achieved_goal: goal envs only: group -> ``[A, G]`` achieved goal of
+            ``final_obs`` (zeros where the agent's episode did not end).
+    """
+
+    obs: dict[str, GroupObs]
+    transition: dict[str, GroupTransition]
+    state: np.ndarray | None
+    final_state: np.ndarray | None
+    episode: EpisodeStats | None
+    achieved_goal: dict[str, np.ndarray] | None = None
+    final_achieved_goal: dict[str, np.ndarray] | None = None
+
+
+class GroupBuffers(NamedTuple):
+    """Arrays an adapter writes one group's step into; shapes ``[*lead, A, ...]``.
+
+    ``lead`` is ``()`` for one env, ``(E,)`` for a vector env. Adapters overwrite
+    every entry, so the arrays may hold stale data on entry.
+    """
+
+    obs: np.ndarray
+    alive: np.ndarray
+    action_mask: np.ndarray | None
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    final_obs: np.ndarray
+    achieved_goal: np.ndarray | None
+    final_achieved_goal: np.ndarray | None
+
+
+class StepBuffers(NamedTuple):
+    """Every array of one step: per group, plus ``state`` / ``final_state`` ``[*lead, S]``."""
+
+    groups: dict[str, GroupBuffers]
+    state: np.ndarray | None
+    final_state: np.ndarray | None
+
+    def at(self, index: int | slice) -> StepBuffers:
+        """Views of env copy ``index`` (or a range of copies) of ``[E, ...]`` buffers."""
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[index]
+        return StepBuffers(
+            {g: GroupBuffers(*(pick(a) for a in b)) for g, b in self.groups.items()},
+            pick(self.state),
+            pick(self.final_state),
+        )
+
+
+def buffer_fields(spec: EnvSpec) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    """``(name, shape per env copy, dtype)`` of every buffer array of ``spec``.
+
+    Names are ``"<group>/<field>"`` (fields of :class:`GroupBuffers`) and
+    ``"state"`` / ``"final_state"``; one list serves plain and shared-memory allocation.
+    """
+    fields: list[tuple[str, tuple[int, ...], np.dtype]] = []
+    for g in spec.groups:
+        a, obs_shape, obs_dtype = g.n_agents, tuple(g.obs_space.shape), np.dtype(g.obs_space.dtype)
+        fields += [(f"{g.name}/obs", (a, *obs_shape), obs_dtype), (f"{g.name}/alive", (a,), np.dtype(bool))]
+        if g.has_action_mask:
+            fields.append((f"{g.name}/action_mask", (a, int(g.action_space.n)), np.dtype(bool)))
+        fields += [
+            (f"{g.name}/reward", (a,), np.dtype(np.float32)),
+            (f"{g.name}/terminated", (a,), np.dtype(bool)),
+            (f"{g.name}/truncated", (a,), np.dtype(bool)),
+            (f"{g.name}/final_obs", (a, *obs_shape), obs_dtype),
+        ]
+        if g.goal is not None:
+            goal_dim = g.goal[1] - g.goal[0]
+            fields += [
+                (f"{g.name}/achieved_goal", (a, goal_dim), np.dtype(np.float32)),
+                (f"{g.name}/final_achieved_goal", (a, goal_dim), np.dtype(np.float32)),
+            ]
+    if spec.state_shape is not None:
+        fields += [("state", spec.state_shape, np.dtype(np.float32)), ("final_state", spec.state_shape, np.dtype(np.float32))]
+    return fields
+
+
+def buffers_from_arrays(spec: EnvSpec, arrays: Mapping[str, np.ndarray]) -> StepBuffers:
+    """Assemble :class:`StepBuffers` from arrays named as in :func:`buffer_fields`."""
+    groups = {
+        g.name: GroupBuffers(*(arrays.get(f"{g.name}/{f}") for f in GroupBuffers._fields)) for g in spec.groups
+    }
+    return StepBuffers(groups, arrays.get("state"), arrays.get("final_state"))
+
+
+def allocate_buffers(spec: EnvSpec, lead: tuple[int, ...] = (), fields: list | None = None) -> StepBuffers:
+    """Fresh (uninitialised) buffers of shape ``[*lead, ...]`` for ``spec``.
+
+    ``fields`` may pass a cached ``buffer_fields(spec)`` (hot paths allocate every step).
+    """
+    fields = buffer_fields(spec) if fields is None else fields
+    return buffers_from_arrays(spec, {n: np.empty((*lead, *s), d) for n, s, d in fields})
+
+
+def buffers_to_step(bufs: StepBuffers, episode: EpisodeStats | None) -> AdapterStep:
+    """Package filled buffers as an :class:`AdapterStep`."""
+    goals = any(b.achieved_goal is not None for b in bufs.groups.values())
+    return AdapterStep(
+        obs={g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in bufs.groups.items()},
+        transition={
+            g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs) for g, b in bufs.groups.items()
+        },
+        state=bufs.state,
+        final_state=bufs.final_state,
+        episode=episode,
+        achieved_goal={g: b.achieved_goal for g, b in bufs.groups.items()} if goals else None,
+        final_achieved_goal={g: b.final_achieved_goal for g, b in bufs.groups.items()} if goals else None,
+    )
+
+
+class Adapter(Protocol):
+    """One env as per-group arrays with an agent axis (see the module docstring)."""
+
+    spec: EnvSpec
+
+    def reset(self, seed: int | None = None) -> tuple[dict[str, GroupObs], np.ndarray | None]:
+        """Start an episode; returns group -> obs ``[A, ...]`` and the state ``[S]`` or ``None``."""
+
+    def step(self, actions: dict[str, np.ndarray]) -> AdapterStep:
+        """Apply ``actions[group]`` ``[A, *action_shape]``; auto-resets at episode end."""
+
+    def reset_into(self, seed: int | None, out: StepBuffers) -> None:
+        """``reset`` writing obs, alive, masks, achieved goals and state into ``out``."""
+
+    def step_into(self, actions: Mapping[str, np.ndarray], out: StepBuffers) -> EpisodeStats | None:
+        """``step`` writing every buffer of ``out``; returns the finished episode, if any."""
+
+    def render(self) -> np.ndarray | None:
+        """An RGB frame ``[H, W, 3]`` of the whole scene (``render_mode="rgb_array"``)."""
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups and observation formats
+# ---------------------------------------------------------------------------------------------
+
+_SUFFIX = re.compile(r"^(.+)_(\d+)$")
+
+
+def default_groups(agents: Sequence[str]) -> dict[str, list[str]]:
+    """Partition agents by name prefix: ``adversary_0`` -> ``adversary``; ``hero`` -> ``hero``.
+
+    Groups appear in the order of their first agent; agents keep their order.
+    """
+    groups: dict[str, list[str]] = {}
+    for agent in agents:
+        match = _SUFFIX.match(agent)
+        groups.setdefault(match.group(1) if match else agent, []).append(agent)
+    return groups
+
+
+def _check_partition(agents: Sequence[str], groups: Mapping[str, Sequence[str]]) -> None:
+    listed = [a for members in groups.values() for a in members]
+    unknown = sorted(set(listed) - set(agents))
+    missing = [a for a in agents if a not in set(listed)]
+    repeated = sorted({a for a in listed if listed.count(a) > 1})
+    if unknown or missing or repeated or any(not m for m in groups.values()):
+        raise ValueError(
+            f"groups must partition the env's agents {list(agents)} into non-empty groups; got {dict(groups)} "
+            f"(unknown: {unknown}, missing: {missing}, in several groups: {repeated}). "
+            "List every agent exactly once, or pass groups=None to group by name prefix."
+        )
+
+
+def _model_box(box: spaces.Box) -> spaces.Box:
+    """The space of the arrays the adapter emits: uint8 kept, anything else float32."""
+    if box.dtype == np.uint8:
+        return box
+    return spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _ObsFormat:
+    """How one agent's raw observation becomes arrays."""
+
+    kind: str  # "box", "masked" (observation + action_mask) or "goal" (goal Dict)
+    space: spaces.Box  # the emitted observation space
+    n_obs: int = 0  # goal: length of the flat ``observation`` part
+    goal_dim: int = 0  # goal: length of desired / achieved goal
+
+
+def _obs_format(agent: str, space: spaces.Space) -> _ObsFormat:
+    if isinstance(space, spaces.Box):
+        return _ObsFormat("box", _model_box(space))
+    if isinstance(space, spaces.Dict):
+        parts = space.spaces
+        if set(parts) == {"observation", "action_mask"} and isinstance(parts["observation"], spaces.Box):
+            return _ObsFormat("masked", _model_box(parts["observation"]))
+        goal_keys = {"observation", "achieved_goal", "desired_goal"}
+        if set(parts) == goal_keys and all(isinstance(parts[k], spaces.Box) for k in goal_keys):
+            obs, desired = parts["observation"], parts["desired_goal"]
+            if parts["achieved_goal"].shape != desired.shape:
+                raise ValueError(f"agent {agent!r}: achieved_goal and desired_goal shapes differ ({space})")
+            low = np.concatenate([obs.low.ravel(), desired.low.ravel()]).astype(np.float32)
+            high = np.concatenate([obs.high.ravel(), desired.high.ravel()]).astype(np.float32)
+            return _ObsFormat("goal", spaces.Box(low, high, dtype=np.float32), int(obs.low.size), int(desired.low.size))
+    raise ValueError(
+        f"agent {agent!r} has observation space {space}, which the adapters do not read. Supported: Box "
+        "(vectors, uint8 images [H, W, C]); Dict(observation, action_mask); Dict(observation, achieved_goal, "
+        "desired_goal). Flatten other spaces first, e.g. supersuit.flatten_v0 or gymnasium.wrappers.FlattenObservation."
+    )
+
+
+def _decode(fmt: _ObsFormat, raw: Any, k: int, obs: np.ndarray, mask: np.ndarray | None, goal: np.ndarray | None) -> None:
+    """Write agent ``k``'s raw observation into row ``k`` of the group arrays."""
+    if fmt.kind == "box":
+        obs[k] = raw
+    elif fmt.kind == "masked":
+        obs[k] = raw["observation"]
+        if mask is not None:
+            mask[k] = raw["action_mask"]
+    else:
+        n = fmt.n_obs
+        obs[k, :n] = np.ravel(raw["observation"])
+        obs[k, n:] = np.ravel(raw["desired_goal"])
+        if goal is not None:
+            goal[k] = np.ravel(raw["achieved_goal"])
+
+
+def _pettingzoo_spec(
+    env: Any, groups: Mapping[str, Sequence[str]] | None, infos: Mapping[str, Any], use_state: bool, turn_based: bool
+) -> tuple[EnvSpec, dict[str, _ObsFormat], set[str]]:
+    """Check the groups of a PettingZoo env just reset and build its spec.
+
+    ``infos`` (from that reset) tell which agents get masks in their infos.
+    Returns (spec, agent -> observation format, groups whose masks come from infos).
+    """
+    agents = list(env.possible_agents)
+    groups = default_groups(agents) if groups is None else groups
+    _check_partition(agents, groups)
+    info_masks = {a for a, i in infos.items() if isinstance(i, Mapping) and "action_mask" in i}
+    group_specs, formats, mask_from_info = [], {}, set()
+    for name, members in groups.items():
+        for space_of, what in ((env.observation_space, "observation"), (env.action_space, "action")):
+            if any(space_of(a) != space_of(members[0]) for a in members):
+                detail = "; ".join(f"{a}: {space_of(a)}" for a in members)
+                raise ValueError(
+                    f"group {name!r} mixes {what} spaces ({detail}). Agents of one group share one network and "
+                    "must have equal spaces: put them in different groups (groups={...}), or pad them to one "
+                    "space with Preprocess(pad=True) (SuperSuit pad_observations / pad_action_space)."
+                )
+        fmt, act = _obs_format(members[0], env.observation_space(members[0])), env.action_space(members[0])
+        if not isinstance(act, (spaces.Discrete, spaces.Box)) or getattr(act, "start", 0) != 0:
+            raise ValueError(f"group {name!r} has action space {act}; only Discrete (from 0) and Box are supported")
+        if any(a in info_masks for a in members) and fmt.kind != "masked":
+            mask_from_info.add(name)
+        has_mask = fmt.kind == "masked" or name in mask_from_info
+        if has_mask and not isinstance(act, spaces.Discrete):
+            raise ValueError(f"group {name!r} has an action mask but a non-Discrete action space {act}")
+        formats.update(dict.fromkeys(members, fmt))
+        goal = (fmt.n_obs, fmt.n_obs + fmt.goal_dim) if fmt.kind == "goal" else None
+        group_specs.append(GroupSpec(name, tuple(members), fmt.space, act, has_mask, goal))
+    state_shape = None
+    if use_state:
+        try:
+            state_shape = tuple(np.shape(env.state()))
+        except (NotImplementedError, AttributeError):
+            pass
+    metadata = dict(getattr(env, "metadata", {}) or {})
+    return EnvSpec(tuple(agents), tuple(group_specs), state_shape, turn_based, metadata), formats, mask_from_info
+
+
+class _Base:
+    """Shared bookkeeping: the allocating API, slots, obs writing, episode statistics."""
+
+    spec: EnvSpec
+    _env: Any
+
+    def _setup(self, formats: Mapping[str, _ObsFormat], mask_from_info: Collection[str]) -> None:
+        # (agent, group, row, format, mask comes from infos) in possible-agent order
+        self._slots = [
+            (a, g.name, k, formats[a], g.name in mask_from_info) for g in self.spec.groups for k, a in enumerate(g.agents)
+        ]
+        self._slot_index = {s[0]: i for i, s in enumerate(self._slots)}
+        self._fields = buffer_fields(self.spec)
+        self._agent_index = {a: i for i, a in enumerate(self.spec.agents)}
+        self._returns = np.zeros(self.spec.n_agents, np.float64)
+        self._length = 0
+        self._success: dict[str, float] = {}
+        self._needs_reset = True
+
+    def reset(self, seed: int | None = None) -> tuple[dict[str, GroupObs], np.ndarray | None]:
+        out = allocate_buffers(self.spec, (), self._fields)
+        self.reset_into(seed, out)
+        return {g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in out.groups.items()}, out.state
+
+    def step(self, actions: dict[str, np.ndarray]) -> AdapterStep:
+        out = allocate_buffers(self.spec, (), self._fields)
+        episode = self.step_into(actions, out)
+        return buffers_to_step(out, episode)
+
+    def reset_into(self, seed: int | None, out: StepBuffers) -> None:
+        raise NotImplementedError
+
+    def step_into(self, actions: Mapping[str, np.ndarray], out: StepBuffers) -> EpisodeStats | None:
+        raise NotImplementedError
+
+    def render(self) -> np.ndarray | None:
+        frame = self._env.render()
+        return frame if isinstance(frame, np.ndarray) else None
+
+    def close(self) -> None:
+        self._env.close()
+
+    def _start_episode(self) -> None:
+        self._returns[:] = 0.0
+        self._length = 0
+        self._success = {}
+        self._needs_reset = False
+
+    def _check_ready(self) -> None:
+        if self._needs_reset:
+            raise RuntimeError(f"{type(self).__name__}.step called before reset(seed); reset the adapter first")
+
+    def _write_obs(
+        self, observe: Any, infos: Mapping[str, Any], alive: Collection[str], out: StepBuffers, masked: Any = None
+    ) -> None:
+        """Rows of ``alive`` agents from ``observe(agent)``; zeros (mask all True) elsewhere.
+
+        Masks found in ``infos`` are read for the agents in ``masked`` (default: ``alive``).
+        """
+        groups, masked = out.groups, alive if masked is None else masked
+        for agent, g, k, fmt, mask_in_info in self._slots:
+            b = groups[g]
+            if agent in alive:
+                b.alive[k] = True
+                _decode(fmt, observe(agent), k, b.obs, b.action_mask, b.achieved_goal)
+                if mask_in_info and agent in masked:
+                    try:
+                        b.action_mask[k] = infos[agent]["action_mask"]
+                    except KeyError:
+                        raise RuntimeError(
+                            f"agent {agent!r} has no infos[agent]['action_mask'] at this step, but the env gave "
+                            "one at reset; an env that masks actions must give a mask to every live agent"
+                        ) from None
+            else:
+                b.alive[k] = False
+                b.obs[k] = 0
+                if b.action_mask is not None:
+                    b.action_mask[k] = True
+                if b.achieved_goal is not None:
+                    b.achieved_goal[k] = 0.0
+
+    def _clear_transition(self, out: StepBuffers) -> None:
+        for b in out.groups.values():
+            b.reward.fill(0.0)
+            b.terminated.fill(False)
+            b.truncated.fill(False)
+            b.final_obs.fill(0)
+            if b.final_achieved_goal is not None:
+                b.final_achieved_goal.fill(0.0)
+        if out.final_state is not None:
+            out.final_state.fill(0.0)
+
+    def _end_agent(
+        self, agent: str, terminated: bool, raw_obs: Any, info: Mapping[str, Any] | None, out: StepBuffers
+    ) -> None:
+        """Flag an agent whose episode ended at this step and store its final observation."""
+        _, g, k, fmt, _ = self._slots[self._slot_index[agent]]
+        b = out.groups[g]
+        b.terminated[k] = terminated
+        b.truncated[k] = not terminated
+        if raw_obs is not None:
+            _decode(fmt, raw_obs, k, b.final_obs, None, b.final_achieved_goal)
+        if info and "is_success" in info:
+            self._success[agent] = float(info["is_success"])
+
+    def _episode(self, truncated: bool) -> EpisodeStats:
+        info = {"truncated": float(truncated)}
+        if self._success:
+            info["is_success"] = float(np.mean(list(self._success.values())))
+        returns = {a: float(self._returns[i]) for i, a in enumerate(self.spec.agents)}
+        return EpisodeStats(0, returns, self._length, info)
+
+
+def _to_env_actions(spec: EnvSpec, actions: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+    """group -> per-agent env actions: ints for Discrete, float32 rows clipped to the bounds for Box."""
+    out: dict[str, list[Any]] = {}
+    for g in spec.groups:
+        try:
+            a = np.asarray(actions[g.name])
+        except KeyError:
+            raise KeyError(f"no actions for group {g.name!r}; pass actions for groups {[x.name for x in spec.groups]}")
+        expected = (g.n_agents, *g.action_shape)
+        if a.shape != expected:
+            raise ValueError(f"actions[{g.name!r}] has shape {a.shape}, expected [A, *action_shape] = {expected}")
+        if g.discrete:
+            out[g.name] = a.tolist()
+        else:
+            box = g.action_space
+            out[g.name] = list(np.clip(a, box.low, box.high).astype(np.float32))
+    return out
+
+
+class ParallelAdapter(_Base):
+    """A PettingZoo ``ParallelEnv`` as per-group arrays.
+
+    Args:
+        env: the env; its ``possible_agents`` fix the agent order.
+        groups: group name -> agent names; default: by name prefix (:func:`default_groups`).
+        use_state: read ``env.state()`` each step when the env has one (set ``False``
+            for envs whose state is costly, e.g. a full-screen render).
+
+    An agent not in ``env.agents`` is not alive (zero obs, zero reward, flags
+    ``False``). The episode ends when no agent is left alive; the adapter then
+    records :class:`EpisodeStats` and resets the env with no seed (the env keeps
+    its own seeded RNG).
+    """
+
+    def __init__(self, env: ParallelEnv, groups: Mapping[str, Sequence[str]] | None = None, use_state: bool = True):
+        self._env = env
+        _, infos = env.reset()  # probe: action masks in infos, state()
+        self.spec, formats, mask_from_info = _pettingzoo_spec(env, groups, infos, use_state, turn_based=False)
+        self._setup(formats, mask_from_info)
+
+    def reset_into(self, seed: int | None, out: StepBuffers) -> None:
+        obs, infos = self._env.reset(seed=seed)
+        self._start_episode()
+        self._write_obs(obs.__getitem__, infos, set(self._env.agents), out)
+        if out.state is not None:
+            out.state[:] = self._env.state()
+
+    def step_into(self, actions: Mapping[str, np.ndarray], out: StepBuffers) -> EpisodeStats | None:
+        self._check_ready()
+        env = self._env
+        acting = list(env.agents)
+        per_group = _to_env_actions(self.spec, actions)
+        slots, slot_of = self._slots, self._slot_index
+        env_actions = {}
+        for agent in acting:
+            _, g, k, _, _ = slots[slot_of[agent]]
+            env_actions[agent] = per_group[g][k]
+        obs, rewards, terms, truncs, infos = env.step(env_actions)
+        self._length += 1
+        self._clear_transition(out)
+        remaining = set(env.agents)
+        ended, any_truncated = set(), False
+        for agent in acting:
+            _, g, k, _, _ = slots[slot_of[agent]]
+            r = float(rewards.get(agent, 0.0))
+            out.groups[g].reward[k] = r
+            self._returns[self._agent_index[agent]] += r
+            term, trunc = bool(terms.get(agent, False)), bool(truncs.get(agent, False))
+            if not (term or trunc) and agent not in remaining:
+                term = True  # left env.agents without a flag: gone for good
+            if term or trunc:
+                ended.add(agent)
+                any_truncated |= not term
+                self._end_agent(agent, term, obs.get(agent), infos.get(agent), out)
+        alive = remaining - ended
+        if alive:
+            self._write_obs(obs.__getitem__, infos, alive, out)
+            if out.state is not None:
+                out.state[:] = env.state()
+            return None
+        if out.final_state is not None:
+            out.final_state[:] = env.state()
+        episode = self._episode(any_truncated)
+        self.reset_into(None, out)
+        return episode
+
+
+class GymAdapter(ParallelAdapter):
+    """A Gymnasium env as one agent ``agent_0`` in one group ``agent``.
+
+    Same semantics as :class:`ParallelAdapter`: Box actions are clipped to the
+    action space bounds, Discrete actions passed as ``int``, ``is_success`` read
+    from the final step's info; no global state.
+    """
+
+    def __init__(self, env: gymnasium.Env):
+        super().__init__(GymAsParallel(env), {"agent": ["agent_0"]}, use_state=False)
+
+
+class AECAdapter(_Base):
+    """A turn-based PettingZoo ``AECEnv`` as per-group arrays; ``spec.turn_based`` is ``True``.
+
+    Args:
+        env: the env; its ``possible_agents`` fix the agent order.
+        groups: as for :class:`ParallelAdapter`.
+        use_state: as for :class:`ParallelAdapter`.
+
+    Each step exactly one agent is alive: the one whose turn it is
+    (``env.agent_selection``). Observations are given for every agent still in the
+    game (``env.observe``) so a waiting agent can be valued; agents that left the
+    game see zeros. ``step`` applies the alive agent's action, then the ``None``
+    steps the AEC API requires for terminated / truncated agents, until a live
+    agent must act or the game is over.
+
+    Unlike the parallel adapters, ``reward[a]`` is reported for every agent,
+    acting or waiting: it is what ``a`` received during this step (the loser of a
+    game gets -1 on the winner's move). ``terminated`` / ``truncated`` /
+    ``final_obs`` are set for every agent whose episode ended during the step.
+    ``EpisodeStats.length`` counts moves.
+    """
+
+    def __init__(self, env: AECEnv, groups: Mapping[str, Sequence[str]] | None = None, use_state: bool = True):
+        self._env = env
+        env.reset()  # probe: action masks in infos, state()
+        self.spec, formats, mask_from_info = _pettingzoo_spec(env, groups, env.infos, use_state, turn_based=True)
+        self._setup(formats, mask_from_info)
+        self._ended: set[str] = set()
+
+    def _write_turn(self, out: StepBuffers) -> None:
+        """Obs of every agent in the game, alive = the agent to move, masks."""
+        env = self._env
+        in_game = [a for a in env.agents if a not in self._ended]
+        mover = env.agent_selection
+        self._write_obs(env.observe, env.infos, in_game, out, masked=(mover,))
+        for agent, g, k, _, _ in self._slots:
+            b = out.groups[g]
+            b.alive[k] = agent == mover
+            if b.action_mask is not None and agent != mover:
+                b.action_mask[k] = True
+        if out.state is not None:
+            out.state[:] = env.state()
+
+    def reset_into(self, seed: int | None, out: StepBuffers) -> None:
+        self._env.reset(seed=seed)
+        self._start_episode()
+        self._ended = set()
+        self._write_turn(out)
+
+    def _settle(self, out: StepBuffers) -> bool:
+        """Collect this env step's rewards and endings, then step ``None`` for dead agents.
+
+        Returns whether any ending was a truncation.
+        """
+        env, truncated = self._env, False
+        while True:
+            for agent, r in env.rewards.items():
+                _, g, k, _, _ = self._slots[self._slot_index[agent]]
+                out.groups[g].reward[k] += r
+                self._returns[self._agent_index[agent]] += r
+            for agent in env.agents:
+                if agent not in self._ended and (env.terminations[agent] or env.truncations[agent]):
+                    self._ended.add(agent)
+                    term = bool(env.terminations[agent])
+                    truncated |= not term
+                    self._end_agent(agent, term, env.observe(agent), env.infos.get(agent), out)
+            sel = env.agent_selection
+            if not env.agents or not (env.terminations[sel] or env.truncations[sel]):
+                return truncated
+            env.step(None)
+
+    def step_into(self, actions: Mapping[str, np.ndarray], out: StepBuffers) -> EpisodeStats | None:
+        self._check_ready()
+        env = self._env
+        mover = env.agent_selection
+        _, g, k, _, _ = self._slots[self._slot_index[mover]]
+        action = _to_env_actions(self.spec, actions)[g][k]
+        self._clear_transition(out)
+        env.step(action)
+        self._length += 1
+        truncated = self._settle(out)
+        if env.agents:
+            self._write_turn(out)
+            return None
+        if out.final_state is not None:
+            out.final_state[:] = env.state()
+        episode = self._episode(truncated)
+        self.reset_into(None, out)
+        return episode

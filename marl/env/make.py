@@ -1,0 +1,228 @@
+"""Env ids -> adapters.
+
+An env id is one of:
+
+* a Gymnasium registry id: ``"CartPole-v1"``, ``"Pendulum-v1"``, ``"LunarLander-v3"``;
+* a PettingZoo registry id: ``"butterfly/pistonball_v6"``, ``"classic/connect_four_v3"``
+  (the parallel API when the env has one);
+* a module path whose module has ``parallel_env(**kwargs)`` (PettingZoo parallel) or
+  ``env(**kwargs)`` (a PettingZoo AEC env or a Gymnasium env):
+  ``"mpe2.simple_spread_v3"``, ``"pettingzoo.butterfly.pistonball_v6"``,
+  ``"pettingzoo.classic.connect_four_v3"``, ``"envs.grid_nav"``;
+* ``"module:attr"`` where ``attr`` is a callable returning a ``ParallelEnv``, an
+  ``AECEnv`` or a ``gymnasium.Env``.
+
+``functools.partial(make_adapter, ...)`` (or :func:`adapter_factory`) is the picklable
+factory the vector envs take.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.util
+import pkgutil
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gymnasium
+import pettingzoo
+from pettingzoo import AECEnv, ParallelEnv
+from pettingzoo.env_registry.exceptions import FailedToImport
+
+from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
+from marl.env.wrappers import Preprocess, apply_preprocess
+from marl.types import EnvSpec
+
+__all__ = ["adapt", "adapter_factory", "close_env_ids", "known_env_ids", "make_adapter", "make_raw_env", "probe_spec"]
+
+# Packages scanned (without importing their modules) for env-id suggestions.
+_ENV_PACKAGES = ("mpe2", "pettingzoo.butterfly", "pettingzoo.sisl", "pettingzoo.classic", "envs")
+# pip commands for packages that hold envs but are optional dependencies.
+_INSTALL = {
+    "mpe2": "pip install mpe2",
+    "pettingzoo.butterfly": "pip install 'pettingzoo[butterfly]'",
+    "pettingzoo.sisl": "pip install 'pettingzoo[sisl]'",
+    "pettingzoo.classic": "pip install 'pettingzoo[classic]'",
+    "pettingzoo.atari": "pip install 'pettingzoo[atari]'",
+    "pettingzoo": "pip install pettingzoo",
+}
+_ID_HELP = (
+    "Env ids are a Gymnasium registry id ('CartPole-v1'), a PettingZoo registry id ('butterfly/pistonball_v6'), a module path whose module has parallel_env() or "
+    "env() ('mpe2.simple_spread_v3', 'pettingzoo.classic.connect_four_v3', 'envs.grid_nav'), or "
+    "'module:callable' returning a ParallelEnv, AECEnv or gymnasium.Env."
+)
+
+
+@functools.cache
+def known_env_ids() -> tuple[str, ...]:
+    """Gymnasium registry ids plus the env modules of the PettingZoo / mpe2 / ``envs`` packages.
+
+    Modules are listed with ``pkgutil`` from their package folders, without importing them.
+    """
+    ids = list(gymnasium.registry) + sorted(set(pettingzoo.aec_registry) | set(pettingzoo.parallel_registry))
+    for package in _ENV_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(package)
+        except ImportError:
+            continue
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for module in pkgutil.iter_modules(spec.submodule_search_locations):
+            versioned = re.search(r"_v\d+$", module.name) is not None
+            if not module.name.startswith("_") and (versioned or package == "envs") and not module.ispkg:
+                ids.append(f"{package}.{module.name}")
+    return tuple(ids)
+
+
+def close_env_ids(env_id: str, n: int = 5) -> list[str]:
+    """Known env ids closest to ``env_id`` (whole ids, and module names without their package)."""
+    ids = known_env_ids()
+    by_name: dict[str, list[str]] = {}
+    for full in ids:
+        if "." in full and "/" not in full and full not in gymnasium.registry:
+            by_name.setdefault(full.rsplit(".", 1)[1], []).append(full)
+    hits = difflib.get_close_matches(env_id, ids, n, 0.6)
+    for name in difflib.get_close_matches(env_id.rsplit(".", 1)[-1], list(by_name), n, 0.6):
+        hits += by_name[name]
+    return list(dict.fromkeys(hits))[:n]
+
+
+def _unknown(env_id: str) -> ValueError:
+    matches = close_env_ids(env_id)
+    hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
+    return ValueError(f"unknown env id {env_id!r}.{hint} {_ID_HELP}")
+
+
+def _install_hint(module_name: str) -> str | None:
+    for package in sorted(_INSTALL, key=len, reverse=True):
+        if module_name == package or module_name.startswith(package + "."):
+            return _INSTALL[package]
+    return None
+
+
+def _import(env_id: str, module_name: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        missing = err.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            # The path itself does not exist: a typo, or an optional package not installed.
+            root_missing = importlib.util.find_spec(missing.split(".")[0]) is None
+            hint = _install_hint(module_name)
+            if hint and root_missing:
+                raise ImportError(f"env {env_id!r} needs the package {missing!r}, which is not installed: {hint}") from err
+            raise _unknown(env_id) from None
+        hint = _install_hint(module_name) or f"pip install {missing.split('.')[0]}"
+        raise ImportError(
+            f"env {env_id!r} needs the module {missing!r}, which is not installed: {hint} "
+            "(or pip install 'marl[envs]' for every optional env package)"
+        ) from err
+
+
+def make_raw_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mode: str | None = None) -> Any:
+    """The env named by ``env_id`` (see the module docstring), before preprocessing and adapters."""
+    kwargs = dict(env_kwargs or {})
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    if env_id in gymnasium.registry:
+        try:
+            return gymnasium.make(env_id, **kwargs)
+        except gymnasium.error.DependencyNotInstalled as err:
+            raise ImportError(f"env {env_id!r} needs an optional package: {err}") from err
+    registry_id = re.sub(r"_v(\d+)$", r"-v\1", env_id)  # PettingZoo stores "pistonball-v6"
+    for api, registry in (("parallel", pettingzoo.parallel_registry), ("aec", pettingzoo.aec_registry)):
+        if "/" in env_id and registry_id in registry:
+            try:
+                return pettingzoo.make(api, registry_id, **kwargs)
+            except FailedToImport as err:
+                raise ImportError(f"env {env_id!r} needs an optional package: {err}") from err
+    if ":" in env_id:
+        module_name, attr = env_id.split(":", 1)
+        module = _import(env_id, module_name)
+        maker = getattr(module, attr, None)
+        if not callable(maker):
+            raise ValueError(f"env id {env_id!r}: module {module_name!r} has no callable {attr!r}. {_ID_HELP}")
+        return maker(**kwargs)
+    if not re.fullmatch(r"[A-Za-z_][\w.]*", env_id):
+        raise _unknown(env_id)
+    module = _import(env_id, env_id)
+    for maker_name in ("parallel_env", "env"):
+        maker = getattr(module, maker_name, None)
+        if callable(maker):
+            return maker(**kwargs)
+    raise ValueError(f"module {env_id!r} has neither parallel_env() nor env(), so it is not an env id. {_ID_HELP}")
+
+
+def adapt(env: Any, groups: Mapping[str, Sequence[str]] | None = None, use_state: bool = True) -> Adapter:
+    """The adapter matching the env's API (parallel, AEC or Gymnasium)."""
+    if isinstance(env, ParallelEnv):
+        return ParallelAdapter(env, groups, use_state)
+    if isinstance(env, AECEnv):
+        return AECAdapter(env, groups, use_state)
+    if isinstance(env, gymnasium.Env):
+        if groups is not None:
+            raise ValueError("a Gymnasium env has one agent in one group 'agent'; pass groups=None")
+        return GymAdapter(env)
+    raise TypeError(f"expected a PettingZoo ParallelEnv / AECEnv or a gymnasium.Env, got {type(env).__name__}")
+
+
+def make_adapter(
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    render_mode: str | None = None,
+    preprocess: Preprocess | None = None,
+    use_state: bool = True,
+) -> Adapter:
+    """Build one env and its adapter.
+
+    Args:
+        env_id: see the module docstring.
+        env_kwargs: keyword arguments of the env constructor.
+        groups: group name -> agent names; ``None`` groups by name prefix.
+        render_mode: passed to the env (``"rgb_array"`` for videos), or ``None``.
+        preprocess: frame stack / grayscale / resize / action repeat / pad (default: none).
+        use_state: read the env's global ``state()`` when it has one.
+
+    Raises:
+        ValueError: unknown id (the message lists close matches).
+        ImportError: the env needs an optional package (the message names the pip command).
+    """
+    env = make_raw_env(env_id, env_kwargs, render_mode)
+    try:
+        return adapt(apply_preprocess(env, preprocess or Preprocess()), groups, use_state)
+    except Exception:
+        env.close()
+        raise
+
+
+def adapter_factory(
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    render_mode: str | None = None,
+    preprocess: Preprocess | None = None,
+    use_state: bool = True,
+) -> Callable[[], Adapter]:
+    """A picklable zero-argument factory of :func:`make_adapter` (for the vector envs)."""
+    return functools.partial(
+        make_adapter, env_id, dict(env_kwargs or {}), None if groups is None else {g: list(a) for g, a in groups.items()},
+        render_mode, preprocess, use_state,
+    )
+
+
+def probe_spec(
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    preprocess: Preprocess | None = None,
+) -> EnvSpec:
+    """The :class:`EnvSpec` of an env id (builds one adapter, reads its spec, closes it)."""
+    adapter = make_adapter(env_id, env_kwargs, groups, None, preprocess)
+    try:
+        return adapter.spec
+    finally:
+        adapter.close()

@@ -1,0 +1,147 @@
+"""Metrics to TensorBoard and the console.
+
+Tag scheme: ``<section>/<name>[/<group or agent>]``, x-axis = ``env_steps``.
+
+========================  =====================================================
+tag                       meaning
+========================  =====================================================
+rollout/ep_return         team return of training episodes (sum over agents), mean
+rollout/ep_return/<who>   per agent and per group (mean per-agent return)
+rollout/ep_length         env steps per training episode
+rollout/<info>            episode infos, e.g. rollout/success_rate
+train/policy_loss         clipped surrogate loss (and /<group> with several groups)
+train/value_loss          0.5 (V - R)^2
+train/entropy             policy entropy
+train/approx_kl           E[(r-1) - log r]
+train/clip_fraction       fraction of ratios outside [1-eps, 1+eps]
+train/explained_variance  1 - Var(R - V) / Var(R)
+train/grad_norm           global gradient norm before clipping
+train/lr                  learning rate
+time/sps                  env steps per second (summed over env copies)
+time/agent_sps            agent decisions per second
+eval/<field>              fields of marl.evaluation.summarize
+========================  =====================================================
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from marl.types import EnvSpec, EpisodeStats
+
+
+def episode_metrics(episodes: list[EpisodeStats], spec: EnvSpec) -> dict[str, float]:
+    """``rollout/*`` metrics of a list of finished training episodes (empty dict if none)."""
+    if not episodes:
+        return {}
+    out = {
+        "rollout/ep_return": float(np.mean([sum(e.returns.values()) for e in episodes])),
+        "rollout/ep_length": float(np.mean([e.length for e in episodes])),
+        "rollout/episodes": float(len(episodes)),
+    }
+    if spec.n_agents > 1:
+        for a in spec.agents:
+            out[f"rollout/ep_return/{a}"] = float(np.mean([e.returns.get(a, 0.0) for e in episodes]))
+        if len(spec.groups) > 1:
+            for g in spec.groups:
+                out[f"rollout/ep_return/{g.name}"] = float(np.mean([out[f"rollout/ep_return/{a}"] for a in g.agents]))
+    for k in sorted({k for e in episodes for k in e.info}):
+        name = "success_rate" if k == "is_success" else k
+        out[f"rollout/{name}"] = float(np.mean([e.info[k] for e in episodes if k in e.info]))
+    return out
+
+
+def flatten_eval(result: dict[str, Any]) -> dict[str, float]:
+    """``eval/*`` scalars from an evaluation result (nested per_agent/per_group flattened)."""
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, dict):
+            for sub, x in v.items():
+                out[f"eval/{k}/{sub}"] = float(x)
+        elif isinstance(v, (int, float)):
+            out[f"eval/{k}"] = float(v)
+    return out
+
+
+class Logger:
+    """Writes scalars to TensorBoard and a one-line status to the console.
+
+    Args:
+        run_dir: where event files go.
+        tensorboard: write event files.
+        progress: show a live progress bar (only when stdout is a TTY).
+        total_env_steps: the budget, for the progress bar.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool, progress: bool, total_env_steps: int) -> None:
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir))
+        self.total = total_env_steps
+        self.start = time.time()
+        self.progress = None
+        self.task = None
+        if progress and sys.stdout.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} env steps"),
+                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+            )
+            self.task = self.progress.add_task("train", total=total_env_steps, status="")
+            self.progress.start()
+
+    def scalars(self, metrics: dict[str, float], env_steps: int) -> None:
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    self.writer.add_scalar(k, v, env_steps)
+
+    def text(self, tag: str, text: str, env_steps: int = 0) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, env_steps)
+
+    def hparams(self, flat_config: dict[str, Any], metrics: dict[str, float]) -> None:
+        if self.writer is not None:
+            clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat_config.items()}
+            self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name="hparams")
+
+    def status(self, env_steps: int, line: str) -> None:
+        """Update the progress bar, or print the line when there is no TTY."""
+        if self.progress is not None:
+            self.progress.update(self.task, completed=min(env_steps, self.total), status=line)
+        else:
+            print(f"[{env_steps:>10,} / {self.total:,}] {line}", flush=True)
+
+    def message(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None
+
+
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,257 @@
+"""Actor-critic networks of all groups, and the policy that acts with them.
+
+* :class:`GroupActorCritic` holds one group's actor and critic, each an
+  :class:`~marl.nets.AgentNet` whose sharing mode (shared with one-hot agent ids,
+  independent, or an explicit agent -> parameter-set map) comes from the config.
+* :class:`ActorCritic` is the ``nn.ModuleDict`` of every group's actor-critic: the
+  one module whose ``parameters()`` the common optimizer sees (each tensor once).
+* :class:`Policy` pairs the networks with the per-group observation normalizers and
+  turns numpy observations ``[E, A, ...]`` into numpy actions; it is what the
+  collector and the evaluator call. Normalizer statistics update only when asked
+  (training collection), never in evaluation.
+
+Critic input: ``local`` = the agent's own (normalized) observation; ``central`` =
+the env's global state (``state()``) when it has one, else the concatenation of
+all agents' observations, broadcast to every agent (MAPPO).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from marl.config import Config, ModelConfig
+from marl.nets import AgentNet, DiagGaussian, MaskedCategorical, param_sets_for, scale_action
+from marl.normalization import ObsNormalizer
+from marl.types import EnvSpec, GroupObs, GroupSpec
+
+
+def is_image(space_shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """uint8 ``[H, W, C]`` observations are images: scaled by 1/255 in the network, never standardized."""
+    return len(space_shape) == 3 and np.dtype(dtype) == np.uint8
+
+
+def critic_input_shape(env: EnvSpec, group: GroupSpec, critic: str) -> tuple[int, ...]:
+    """Shape of one agent's critic input for ``critic`` = ``local`` or ``central``."""
+    if critic == "local":
+        return tuple(group.obs_space.shape)
+    if env.state_shape is not None:
+        return tuple(env.state_shape)
+    total = 0
+    for g in env.groups:
+        if is_image(g.obs_space.shape, g.obs_space.dtype):
+            raise ValueError(
+                "model.critic=central needs a global state or vector observations; this env has image "
+                f"observations in group {g.name!r} and no state(). Use model.critic=local."
+            )
+        total += g.n_agents * int(np.prod(g.obs_space.shape))
+    return (total,)
+
+
+def group_sharing(sharing: str | Mapping, group: GroupSpec) -> str | dict:
+    """The sharing mode of one group from ``model.sharing``.
+
+    ``model.sharing`` is ``shared``, ``independent``, or a mapping whose keys are
+    group names (value: a mode or an agent -> set map for that group) or agent
+    names / glob patterns (value: a parameter-set name). Agents of a group that
+    a mapping does not mention share one set.
+    """
+    if isinstance(sharing, str):
+        return sharing
+    if group.name in sharing:
+        return sharing[group.name]
+    mine = {k: v for k, v in sharing.items() if any(fnmatch.fnmatchcase(a, k) for a in group.agents)}
+    return mine or "shared"
+
+
+class GroupActorCritic(nn.Module):
+    """Actor and critic of one group of agents.
+
+    Args:
+        group: the group's spaces and agents.
+        model: network sizes and sharing mode.
+        critic_in_shape: one agent's critic input shape (see :func:`critic_input_shape`).
+    """
+
+    def __init__(self, group: GroupSpec, model: ModelConfig, critic_in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.group = group
+        sharing = group_sharing(model.sharing, group)
+        self.param_sets = param_sets_for(sharing, group.agents)
+        n_out = int(group.action_space.n) if group.discrete else int(np.prod(group.action_space.shape))
+        common = dict(
+            n_agents=group.n_agents,
+            hidden=tuple(model.hidden),
+            activation=model.activation,
+            param_sets=self.param_sets,
+            agent_id=model.agent_id,
+            strategy=model.strategy,
+        )
+        self.actor = AgentNet(tuple(group.obs_space.shape), n_out, out_gain=0.01, **common)
+        self.critic = AgentNet(tuple(critic_in_shape), 1, out_gain=1.0, **common)
+        if not group.discrete:
+            n_sets = max(self.param_sets) + 1
+            self.log_std = nn.Parameter(torch.full((n_sets, n_out), float(model.init_log_std)))
+            self.register_buffer("low", torch.as_tensor(group.action_space.low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(group.action_space.high, dtype=torch.float32))
+            self.register_buffer("set_index", torch.as_tensor(self.param_sets, dtype=torch.long))
+
+    def dist(self, obs: Tensor, action_mask: Tensor | None = None) -> MaskedCategorical | DiagGaussian:
+        """Action distribution for ``obs [..., A, *obs_shape]`` (and ``action_mask [..., A, n]``)."""
+        out = self.actor(obs)
+        if self.group.discrete:
+            return MaskedCategorical(out, action_mask)
+        log_std = self.log_std[self.set_index].expand_as(out)
+        return DiagGaussian(out, log_std)
+
+    def value(self, critic_in: Tensor) -> Tensor:
+        """``V`` for ``critic_in [..., A, *critic_in_shape]`` -> ``[..., A]``."""
+        return self.critic(critic_in).squeeze(-1)
+
+    def env_action(self, action: Tensor) -> Tensor:
+        """Map a policy action to the env: discrete unchanged; continuous clipped to [-1, 1] and scaled to the bounds."""
+        if self.group.discrete:
+            return action
+        return scale_action(action.clamp(-1.0, 1.0), self.low, self.high)
+
+
+class ActorCritic(nn.ModuleDict):
+    """Every group's :class:`GroupActorCritic`, keyed by group name."""
+
+    def __init__(self, env: EnvSpec, model: ModelConfig) -> None:
+        super().__init__(
+            {g.name: GroupActorCritic(g, model, critic_input_shape(env, g, model.critic)) for g in env.groups}
+        )
+
+
+class ActOutput(NamedTuple):
+    """What the policy did at one step, per group.
+
+    Attributes:
+        action: group -> ``[E, A, *action_shape]`` tensor as sampled (stored for log-probs).
+        env_action: group -> numpy ``[E, A, *action_shape]`` for the env (scaled to bounds).
+        log_prob: group -> ``[E, A]``.
+        value: group -> ``[E, A]``.
+        obs: group -> normalized observation tensor actually fed to the actor.
+        critic_in: group -> critic input tensor.
+    """
+
+    action: dict[str, Tensor]
+    env_action: dict[str, np.ndarray]
+    log_prob: dict[str, Tensor]
+    value: dict[str, Tensor]
+    obs: dict[str, Tensor]
+    critic_in: dict[str, Tensor]
+
+
+class Policy:
+    """Networks plus observation normalizers: numpy observations in, actions out.
+
+    Args:
+        env: the env's spec.
+        cfg: the experiment config (model and norm sections are read).
+        device: torch device of the networks.
+    """
+
+    def __init__(self, env: EnvSpec, cfg: Config, device: torch.device | str = "cpu") -> None:
+        self.env = env
+        self.device = torch.device(device)
+        self.critic = cfg.model.critic
+        self.net = ActorCritic(env, cfg.model).to(self.device)
+        self.obs_norm: dict[str, ObsNormalizer] = {}
+        if cfg.norm.obs:
+            for g in env.groups:
+                if not is_image(g.obs_space.shape, g.obs_space.dtype):
+                    self.obs_norm[g.name] = ObsNormalizer(tuple(g.obs_space.shape), clip=cfg.norm.obs_clip)
+            if self.critic == "central" and env.state_shape is not None:
+                self.obs_norm["__state__"] = ObsNormalizer(tuple(env.state_shape), clip=cfg.norm.obs_clip)
+
+    # ------------------------------------------------------------------ inputs
+    def normalize(self, name: str, x: np.ndarray, alive: np.ndarray | None, update: bool) -> Tensor:
+        """Normalize one group's observations (or the state, ``name='__state__'``) and move to the device."""
+        norm = self.obs_norm.get(name)
+        if norm is not None:
+            norm.training = update
+            x = norm(x, alive)
+        return torch.as_tensor(x, device=self.device)
+
+    def inputs(
+        self, obs: Mapping[str, GroupObs], state: np.ndarray | None, update: bool
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Actor inputs and critic inputs per group from one step of ``[E, A, ...]`` observations."""
+        actor_in = {g: self.normalize(g, o.obs, o.alive, update) for g, o in obs.items()}
+        return actor_in, self.critic_inputs(actor_in, state, update)
+
+    def critic_inputs(self, actor_in: Mapping[str, Tensor], state: np.ndarray | None, update: bool) -> dict[str, Tensor]:
+        if self.critic == "local":
+            return dict(actor_in)
+        if state is not None:
+            s = self.normalize("__state__", state, None, update)
+        else:
+            s = torch.cat([actor_in[g.name].flatten(-2) if actor_in[g.name].dim() > 2 else actor_in[g.name]
+                           for g in self.env.groups], dim=-1)
+        out = {}
+        for g in self.env.groups:
+            out[g.name] = s.unsqueeze(-2).expand(*s.shape[:-1], g.n_agents, s.shape[-1])
+        return out
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Mapping[str, GroupObs],
+        state: np.ndarray | None = None,
+        deterministic: bool = False,
+        update_stats: bool = False,
+        with_value: bool = True,
+    ) -> ActOutput:
+        """Choose actions for one step of ``E`` env copies.
+
+        Args:
+            obs: group -> :class:`GroupObs` with ``[E, A, ...]`` arrays.
+            state: ``[E, S]`` global state or ``None``.
+            deterministic: take the distribution's mode (evaluation) instead of sampling.
+            update_stats: fold these observations into the normalizer statistics
+                (training collection only).
+            with_value: also compute the critic's values.
+        """
+        actor_in, critic_in = self.inputs(obs, state, update_stats)
+        out = ActOutput({}, {}, {}, {}, actor_in, critic_in)
+        for name, o in obs.items():
+            net = self.net[name]
+            mask = None if o.action_mask is None else torch.as_tensor(o.action_mask, device=self.device)
+            dist = net.dist(actor_in[name], mask)
+            action = dist.mode() if deterministic else dist.sample()
+            out.action[name] = action
+            out.log_prob[name] = dist.log_prob(action)
+            out.env_action[name] = net.env_action(action).cpu().numpy()
+            if with_value:
+                out.value[name] = net.value(critic_in[name])
+        return out
+
+    @torch.no_grad()
+    def values(self, obs: Mapping[str, np.ndarray], state: np.ndarray | None) -> dict[str, Tensor]:
+        """Critic values ``[E, A]`` of raw observations (e.g. final observations at truncation), stats frozen."""
+        actor_in = {g: self.normalize(g, o, None, False) for g, o in obs.items()}
+        critic_in = self.critic_inputs(actor_in, state, False)
+        return {g: self.net[g].value(critic_in[g]) for g in obs}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "net": self.net.state_dict(),
+            "obs_norm": {k: n.state_dict() for k, n in self.obs_norm.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        missing = set(self.obs_norm) ^ set(state["obs_norm"])
+        if missing:
+            raise ValueError(f"checkpoint normalizers {sorted(state['obs_norm'])} do not match the config's {sorted(self.obs_norm)}")
+        for k, n in self.obs_norm.items():
+            n.load_state_dict(state["obs_norm"][k])

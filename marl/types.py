@@ -1,0 +1,171 @@
+"""Shared data types and the shape glossary.
+
+Shape letters used in every docstring of the package:
+
+* ``T`` time steps of a rollout (per env copy),
+* ``E`` env copies in a vector env,
+* ``A`` agents of one group (a group's agents share spaces),
+* ``P`` parameter sets of a group (``1`` when shared, ``A`` when independent),
+* ``B`` a flat batch (minibatch rows),
+* ``S`` global state features.
+
+Every per-agent array keeps the agent axis next to the env axis (``[E, A, ...]``)
+together with an ``alive[E, A]`` mask: agents that are not acting (dead, or not
+yet spawned, or waiting for their turn in a turn-based game) are masked out of
+losses and statistics rather than trained on zeros.
+
+Termination and truncation are kept apart everywhere: ``terminated`` stops
+bootstrapping (the next state has value 0), ``truncated`` only cuts the
+trajectory (the real final observation is kept so its value can be used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import gymnasium
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """Agents that share observation and action spaces.
+
+    Attributes:
+        name: group name (``"adversary"`` for ``adversary_0``, ``adversary_1``).
+        agents: agent names in a fixed order; index ``i`` is agent axis position ``i``.
+        obs_space: the space of one agent's observation (a ``Box``; image
+            observations are ``uint8`` ``[H, W, C]``).
+        action_space: one agent's action space (``Discrete`` or ``Box``).
+        has_action_mask: whether the env supplies an ``action_mask`` per step.
+        goal: for goal-conditioned envs, where the desired goal sits inside the
+            flat observation vector, as ``(start, stop)``; ``None`` otherwise.
+    """
+
+    name: str
+    agents: tuple[str, ...]
+    obs_space: gymnasium.spaces.Box
+    action_space: gymnasium.spaces.Space
+    has_action_mask: bool = False
+    goal: tuple[int, int] | None = None
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.agents)
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.action_space, gymnasium.spaces.Discrete)
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        """Shape of one agent's action array: ``()`` for discrete, ``(d,)`` for boxes."""
+        return () if self.discrete else tuple(self.action_space.shape)
+
+    @property
+    def action_dtype(self) -> np.dtype:
+        return np.dtype(np.int64) if self.discrete else np.dtype(np.float32)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the trainer needs to know about an environment, fixed for its life.
+
+    Attributes:
+        agents: every agent that can ever appear (PettingZoo's ``possible_agents``).
+        groups: partition of ``agents`` into groups of equal spaces.
+        state_shape: shape of the global state from the env's ``state()``, or
+            ``None`` when the env has none.
+        turn_based: ``True`` for AEC (turn-based) envs: one agent acts per step.
+        metadata: render modes and fps, from the env.
+    """
+
+    agents: tuple[str, ...]
+    groups: tuple[GroupSpec, ...]
+    state_shape: tuple[int, ...] | None = None
+    turn_based: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def group(self, name: str) -> GroupSpec:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no group {name!r}; groups are {[g.name for g in self.groups]}")
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.agents)
+
+
+class GroupObs(NamedTuple):
+    """What one group's agents see at one step of E env copies.
+
+    Attributes:
+        obs: ``[E, A, *obs_shape]`` observation (zeros where not alive).
+        alive: ``[E, A]`` bool, the agent acts at this step.
+        action_mask: ``[E, A, n_actions]`` bool (``True`` = allowed) or ``None``.
+    """
+
+    obs: np.ndarray
+    alive: np.ndarray
+    action_mask: np.ndarray | None
+
+
+class GroupTransition(NamedTuple):
+    """What happened to one group's agents in one vector step.
+
+    All arrays are ``[E, A]`` unless stated; entries of agents that were not
+    alive at the step are zero / ``False``.
+
+    Attributes:
+        reward: float32 reward of the step.
+        terminated: the agent reached a terminal state (no bootstrap).
+        truncated: the agent's episode was cut by a time limit (bootstrap from
+            ``final_obs``).
+        final_obs: ``[E, A, *obs_shape]`` the real observation after the step for
+            agents whose episode ended at it (``terminated | truncated``);
+            zeros elsewhere. Auto-reset replaces ``obs`` of the next
+            ``GroupObs``, never this.
+    """
+
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    final_obs: np.ndarray
+
+
+class EpisodeStats(NamedTuple):
+    """One finished episode of one env copy.
+
+    Attributes:
+        env_index: which env copy.
+        returns: agent name -> undiscounted return (sum of the agent's rewards).
+        length: env steps in the episode (agent decisions for turn-based envs).
+        info: final per-episode scalars from the env's infos, e.g.
+            ``is_success`` (goal envs) or ``win`` (games vs a fixed opponent).
+    """
+
+    env_index: int
+    returns: dict[str, float]
+    length: int
+    info: dict[str, float]
+
+
+class VecStep(NamedTuple):
+    """Result of one vector env step.
+
+    Attributes:
+        obs: group -> observation of the next step (after auto-reset).
+        transition: group -> what happened at this step.
+        state: ``[E, S]`` global state of the next step, or ``None``.
+        final_state: ``[E, S]`` global state at the end of episodes that ended
+            at this step (zeros elsewhere), or ``None``.
+        episodes: episodes that finished at this step.
+    """
+
+    obs: dict[str, GroupObs]
+    transition: dict[str, GroupTransition]
+    state: np.ndarray | None
+    final_state: np.ndarray | None
+    episodes: list[EpisodeStats]

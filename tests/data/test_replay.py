@@ -1,0 +1,217 @@
+"""ReplayBuffer: lanes, wrap-around, dtypes, truncation, n-step targets against a naive loop."""
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+from marl.data.replay import ReplayBuffer, nstep_lengths, nstep_return, reduce_td_errors, replay_schema
+from marl.types import GroupSpec
+
+
+def vec_schema(n_agents=2, obs_dim=3):
+    return {
+        "obs": ((n_agents, obs_dim), np.float32),
+        "next_obs": ((n_agents, obs_dim), np.float32),
+        "action": ((n_agents,), np.int64),
+        "reward": ((n_agents,), np.float32),
+        "terminated": ((n_agents,), np.bool_),
+        "truncated": ((n_agents,), np.bool_),
+        "alive": ((n_agents,), np.bool_),
+        "next_alive": ((n_agents,), np.bool_),
+    }
+
+
+def make_rows(n, n_agents=2, obs_dim=3, obs_value=None, rng=None, p_term=0.0, p_trunc=0.0):
+    """``n`` rows; ``obs_value`` (shape [n]) marks each row's obs and next_obs."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    marks = np.zeros(n) if obs_value is None else np.asarray(obs_value, dtype=float)
+    obs = np.broadcast_to(marks[:, None, None], (n, n_agents, obs_dim)).astype(np.float32)
+    return {
+        "obs": obs,
+        "next_obs": obs + 0.5,
+        "action": rng.integers(0, 5, size=(n, n_agents)),
+        "reward": rng.standard_normal((n, n_agents)).astype(np.float32),
+        "terminated": rng.random((n, n_agents)) < p_term,
+        "truncated": rng.random((n, n_agents)) < p_trunc,
+        "alive": np.ones((n, n_agents), dtype=bool),
+        "next_alive": np.ones((n, n_agents), dtype=bool),
+    }
+
+
+def test_replay_schema_from_group_spec_keeps_dtypes():
+    group = GroupSpec(
+        name="pursuer",
+        agents=("pursuer_0", "pursuer_1"),
+        obs_space=gymnasium.spaces.Box(0, 255, (84, 84, 4), np.uint8),
+        action_space=gymnasium.spaces.Discrete(5),
+        has_action_mask=True,
+    )
+    schema = replay_schema(group, state_shape=(7,))
+    assert schema["obs"].shape == (2, 84, 84, 4) and schema["obs"].dtype == np.uint8
+    assert schema["action"].shape == (2,) and schema["action"].dtype == np.int64
+    assert schema["action_mask"].shape == (2, 5) and schema["action_mask"].dtype == np.bool_
+    assert schema["next_state"].shape == (7,)
+    buffer = ReplayBuffer(schema, capacity=6, n_envs=3)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(3, 2, 84, 84, 4), dtype=np.uint8)
+    rows = {name: np.zeros((3, *spec.shape), spec.dtype) for name, spec in schema.items()}
+    rows.update(obs=image, next_obs=255 - image, alive=np.ones((3, 2), bool))
+    buffer.add(rows)
+    sample = buffer.sample(16, rng)
+    assert sample.obs.dtype == np.uint8 and sample.next_obs_n.dtype == np.uint8
+    assert np.array_equal(sample.obs, image[sample.indices % 3])
+    tensors = sample.to_torch("cpu")
+    assert tensors.obs.dtype == torch.uint8 and tensors.alive.dtype == torch.bool
+    assert torch.equal(tensors.obs, torch.from_numpy(sample.obs))
+    assert tensors.state.shape == (16, 7) and tensors.action_mask.dtype == torch.bool
+
+
+def test_wrap_around_overwrites_the_oldest_rows():
+    buffer = ReplayBuffer(vec_schema(), capacity=4, n_envs=1)
+    for step in range(6):
+        buffer.add(make_rows(1, obs_value=[step + 1]))
+    stored = buffer.storage.field("obs")[:, 0, 0, 0]
+    assert stored.tolist() == [5.0, 6.0, 3.0, 4.0]  # steps 1 and 2 were overwritten, in order
+    sample = buffer.sample(200, np.random.default_rng(0))
+    assert set(sample.obs[:, 0, 0].tolist()) == {3.0, 4.0, 5.0, 6.0}
+    assert len(buffer) == 4
+
+
+def test_never_samples_unwritten_rows_with_uneven_lanes():
+    rng = np.random.default_rng(1)
+    buffer = ReplayBuffer(vec_schema(), capacity=40, n_envs=4)
+    for step in range(13):
+        lanes = rng.choice(4, size=rng.integers(1, 4), replace=False)
+        buffer.add(make_rows(lanes.size, obs_value=np.full(lanes.size, step + 1)), env_indices=lanes)
+        sample = buffer.sample(64, rng)
+        assert np.all(sample.obs > 0)  # unwritten slots are all-zero
+        slots, lanes_of = np.divmod(sample.indices, 4)
+        assert np.all(slots < buffer.storage.size[lanes_of])
+
+
+def test_sample_rows_match_storage():
+    rng = np.random.default_rng(2)
+    buffer = ReplayBuffer(vec_schema(), capacity=12, n_envs=3)
+    for step in range(5):
+        buffer.add(make_rows(3, obs_value=[10 * step, 10 * step + 1, 10 * step + 2], rng=rng))
+    sample = buffer.sample(32, rng)
+    slots, lanes = np.divmod(sample.indices, 3)
+    for name in ("obs", "reward", "action", "terminated"):
+        assert np.array_equal(getattr(sample, name), buffer.storage.field(name)[slots, lanes])
+    assert np.all(sample.weights == 1.0)
+    assert sample.discount_n.tolist() == [np.float32(0.99)] * 32
+    assert sample.reward_n is sample.reward  # one-step: the targets are the stored fields
+
+
+def test_truncation_keeps_the_final_observation():
+    """At a time limit the caller stores the real final obs; sampling returns it, the
+    n-step window stops there and does not bootstrap from the next episode's reset obs."""
+    buffer = ReplayBuffer(vec_schema(n_agents=1, obs_dim=1), capacity=8, n_envs=1, n_step=3, gamma=0.5)
+    # Episode: obs 1 -> 2 -> 3, truncated at the step from 2 (final obs 3); reset obs 100.
+    steps = [(1.0, 2.0, False), (2.0, 3.0, True), (100.0, 101.0, False), (101.0, 102.0, False)]
+    for obs, next_obs, truncated in steps:
+        row = make_rows(1, n_agents=1, obs_dim=1)
+        row.update(
+            obs=np.array([[[obs]]], np.float32),
+            next_obs=np.array([[[next_obs]]], np.float32),
+            reward=np.array([[1.0]], np.float32),
+            truncated=np.array([[truncated]]),
+            terminated=np.array([[False]]),
+        )
+        buffer.add(row)
+    sample = buffer._build(np.array([0, 1]), np.ones(2, np.float32))
+    assert sample.next_obs[1, 0, 0] == 3.0 and sample.truncated[1, 0] and not sample.terminated[1, 0]
+    assert sample.next_obs_n[:, 0, 0].tolist() == [3.0, 3.0]  # not 100 or 101
+    assert sample.reward_n[:, 0].tolist() == [1.5, 1.0]
+    assert sample.discount_n.tolist() == [0.25, 0.5]
+    assert not sample.terminated_n.any()  # truncation: the learner still bootstraps
+
+
+def naive_nstep(history, step, n, gamma):
+    """n-step target of the row written at absolute ``step`` of a lane, one row at a time."""
+    ret = np.zeros_like(history[step]["reward"], dtype=np.float64)
+    last = step
+    for k in range(n):
+        j = step + k
+        if j >= len(history):
+            break
+        ret += gamma**k * history[j]["reward"]
+        last = j
+        if np.any(history[j]["terminated"] | history[j]["truncated"]):
+            break
+    return ret, gamma ** (last - step + 1), history[last]
+
+
+@pytest.mark.parametrize("n_step", [1, 2, 5])
+def test_nstep_targets_match_a_naive_loop(n_step):
+    rng = np.random.default_rng(3)
+    n_envs, length, gamma = 3, 7, 0.9
+    buffer = ReplayBuffer(vec_schema(), capacity=n_envs * length, n_envs=n_envs, n_step=n_step, gamma=gamma)
+    history = [[] for _ in range(n_envs)]
+    for step in range(30):  # wraps each lane several times; lanes written unevenly
+        lanes = np.sort(rng.choice(n_envs, size=rng.integers(1, n_envs + 1), replace=False))
+        rows = make_rows(lanes.size, obs_value=100 * step + lanes, rng=rng, p_term=0.1, p_trunc=0.05)
+        rows["next_alive"] = rng.random((lanes.size, 2)) < 0.8
+        buffer.add(rows, env_indices=lanes)
+        for i, lane in enumerate(lanes):
+            history[lane].append({name: value[i] for name, value in rows.items()})
+        if step % 3:
+            continue
+        sample = buffer.sample(40, rng)
+        slots, lanes_of = np.divmod(sample.indices, n_envs)
+        for b in range(40):
+            lane_history = history[lanes_of[b]]
+            count = len(lane_history)
+            # The newest absolute step s with s % length == slot.
+            s = count - 1 - ((count - 1 - slots[b]) % length)
+            ret, discount, last = naive_nstep(lane_history, s, n_step, gamma)
+            np.testing.assert_allclose(sample.reward_n[b], ret, rtol=1e-5)
+            assert sample.discount_n[b] == pytest.approx(discount)
+            assert np.array_equal(sample.next_obs_n[b], last["next_obs"])
+            assert np.array_equal(sample.terminated_n[b], last["terminated"])
+            assert np.array_equal(sample.next_alive_n[b], last["next_alive"])
+            assert np.array_equal(sample.obs[b], lane_history[s]["obs"])
+
+
+def test_nstep_pure_functions_by_hand():
+    ends = np.array([[False, False, False], [True, False, False], [False, False, True]])  # [n=3, B=3]
+    lengths = nstep_lengths(ends, steps_ahead=np.array([5, 0, 5]))
+    assert lengths.tolist() == [2, 1, 3]
+    reward = np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [4.0, 4.0, 4.0]])  # [n, B]
+    reward_n, discount = nstep_return(reward, lengths, gamma=0.5)
+    assert reward_n.tolist() == [1.0 + 0.5 * 2.0, 1.0, 1.0 + 1.0 + 0.25 * 4.0]
+    assert discount.tolist() == [0.25, 0.5, 0.125]
+
+
+def test_reduce_td_errors_means_over_alive_agents():
+    td = np.array([[1.0, -3.0, 100.0], [-2.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    alive = np.array([[True, True, False], [True, False, False], [False, False, False]])
+    assert reduce_td_errors(td, alive).tolist() == [2.0, 2.0, 0.0]
+    assert reduce_td_errors(torch.tensor([-1.5, 2.0]), None).tolist() == [1.5, 2.0]
+
+
+def test_errors_name_the_problem():
+    schema = vec_schema()
+    with pytest.raises(ValueError, match="multiple of n_envs"):
+        ReplayBuffer(schema, capacity=10, n_envs=3)
+    with pytest.raises(ValueError, match="lacks required fields"):
+        ReplayBuffer({k: v for k, v in schema.items() if k != "next_alive"}, capacity=4, n_envs=1)
+    with pytest.raises(ValueError, match="reserved"):
+        ReplayBuffer({**schema, "reward_n": ((2,), np.float32)}, capacity=4, n_envs=1)
+    buffer = ReplayBuffer(schema, capacity=4, n_envs=2)
+    with pytest.raises(ValueError, match="empty"):
+        buffer.sample(4, np.random.default_rng(0))
+    rows = make_rows(2)
+    with pytest.raises(KeyError, match="missing"):
+        buffer.add({k: v for k, v in rows.items() if k != "alive"})
+    with pytest.raises(ValueError, match="expected shape"):
+        buffer.add({**rows, "obs": rows["obs"][:1]})
+    with pytest.raises(ValueError, match="distinct"):
+        buffer.add(make_rows(2), env_indices=[1, 1])
+    with pytest.raises(ValueError, match="next_obs must match obs"):
+        ReplayBuffer({**schema, "obs": ((2, 3), np.uint8)}, capacity=4, n_envs=2)
+    image = ((2, 3), np.uint8)
+    uint8_buffer = ReplayBuffer({**schema, "obs": image, "next_obs": image}, capacity=4, n_envs=2)
+    with pytest.raises(TypeError, match="cannot store float32 as uint8"):
+        uint8_buffer.add(rows)
