@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -51,8 +52,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import functools
-
     from marl.evaluation import evaluate
     from marl.trainer import load_policy, vector_env
 
@@ -84,6 +83,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delegate(module: str, args: argparse.Namespace) -> int:
+    """Run ``module.main(argv)`` for subcommands whose parsers live in their own modules."""
+    import importlib
+
+    return importlib.import_module(module).main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marl", description="Multi-agent reinforcement learning on PettingZoo and Gymnasium.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     p.set_defaults(func=cmd_eval)
+    for name, module, text in (
+        ("compare", "marl.compare", "train variants (e.g. shared vs independent) over seeds and write a report"),
+        ("record", "marl.record", "write a video (MP4/GIF) of a trained policy acting in its env"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=functools.partial(_delegate, module))
     p = sub.add_parser("config", help="print the resolved config, or --keys for every key")
     p.add_argument("args", nargs="*")
     p.add_argument("--keys", action="store_true")

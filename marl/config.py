@@ -105,6 +105,88 @@ class PPOConfig:
 
 
 @dataclass
+class OffPolicyConfig:
+    """Fields every off-policy algorithm shares: replay, training cadence, targets, PER, HER.
+
+    Not an algorithm itself: :class:`DQNConfig`, :class:`SACConfig` and :class:`TD3Config`
+    extend it (and change some defaults). Units: ``env steps`` are summed over env copies
+    (a vector step of E copies is E env steps); a *row* is one env step of one env copy,
+    all agents of a group.
+    """
+
+    name: str = _f("", "algorithm name")
+    lr: float = _f(3e-4, "Adam learning rate of every network (and of SAC's log_alpha)")
+    adam_eps: float = _f(1e-8, "Adam epsilon")
+    gamma: float = _f(0.99, "discount factor, in (0, 1]")
+    buffer_size: int = _f(1_000_000, "replay capacity in rows per group; rounded down to a multiple of env.num_envs")
+    learning_starts: int = _f(1_000, "env steps of uniformly random actions before the first gradient step")
+    batch_size: int = _f(256, "rows per gradient step (B)")
+    train_freq: int = _f(1, "env steps collected between training phases")
+    gradient_steps: int = _f(1, "gradient steps per training phase")
+    tau: float = _f(0.005, "target update: target <- (1 - tau) target + tau online; 1 = hard copy")
+    target_update_interval: int = _f(1, "gradient steps between target updates")
+    max_grad_norm: float = _f(0.0, "global gradient norm clip of each optimizer; 0 = off")
+    n_step: int = _f(1, "n-step TD targets, cut at episode ends; 1 = one-step")
+    per: bool = _f(False, "prioritized replay (sum tree), priorities (|TD error| + per_eps)^per_alpha")
+    per_alpha: float = _f(0.6, "PER prioritization exponent in [0, 1]; 0 = uniform")
+    per_beta: float = _f(0.4, "PER importance exponent at the start, annealed linearly to 1 over training")
+    per_eps: float = _f(1e-6, "PER constant added to |TD error| so no row has priority 0")
+    her: bool = _f(False, "hindsight relabelling of goals (goal envs only; one-step targets)")
+    her_strategy: Literal["future", "final", "episode", "random"] = _f("future", "where relabelled goals come from")
+    n_sampled_goal: int = _f(4, "relabelled goals per real transition: a fraction k/(k+1) of each batch")
+    save_replay: bool = _f(False, "also write the replay into latest.pt (bytes_per_row x buffer_size; see replay/bytes_per_row)")
+
+
+@dataclass
+class DQNConfig(OffPolicyConfig):
+    """Deep Q-Network (Mnih et al. 2015) with double-Q targets (van Hasselt et al. 2016), Huber loss,
+    epsilon-greedy exploration and an optional dueling head (Wang et al. 2016); discrete actions."""
+
+    name: Literal["dqn"] = _f("dqn", "algorithm name")
+    lr: float = _f(1e-4, "Adam learning rate")
+    buffer_size: int = _f(100_000, "replay capacity in rows per group; rounded down to a multiple of env.num_envs")
+    batch_size: int = _f(32, "rows per gradient step (B)")
+    train_freq: int = _f(4, "env steps collected between training phases")
+    tau: float = _f(1.0, "target update: target <- (1 - tau) target + tau online; 1 = hard copy")
+    target_update_interval: int = _f(1_000, "gradient steps between target updates")
+    max_grad_norm: float = _f(10.0, "global gradient norm clip; 0 = off")
+    exploration_fraction: float = _f(0.1, "fraction of total_env_steps over which epsilon decays linearly")
+    epsilon_start: float = _f(1.0, "epsilon-greedy: probability of a random action at the start")
+    epsilon_final: float = _f(0.05, "epsilon after the decay (also the epsilon of stochastic evaluation)")
+    double_q: bool = _f(True, "double DQN: the online network picks the next action, the target network values it")
+    dueling: bool = _f(False, "dueling head Q = V + A - mean(A)")
+
+
+@dataclass
+class SACConfig(OffPolicyConfig):
+    """Soft Actor-Critic (Haarnoja et al. 2018) with twin Q, automatic entropy tuning; tanh-Gaussian
+    policy for Box groups, categorical policy with exact expectations for Discrete groups (Christodoulou 2019)."""
+
+    name: Literal["sac"] = _f("sac", "algorithm name")
+    autotune: bool = _f(True, "learn the entropy coefficient so the policy entropy tracks target_entropy")
+    ent_coef: float = _f(1.0, "entropy coefficient alpha: the initial value when autotune, else fixed")
+    target_entropy: float | None = _f(None, "entropy target in nats; null = -action_dim (Box) or target_entropy_scale*log(n) (Discrete)")
+    target_entropy_scale: float = _f(0.89, "Discrete groups: target entropy as a fraction of the uniform policy's log(n)")
+
+
+@dataclass
+class TD3Config(OffPolicyConfig):
+    """Twin Delayed DDPG (Fujimoto et al. 2018): deterministic actor, target policy smoothing, delayed
+    actor and target updates; Box actions. Noise scales are fractions of the half-range of the action box."""
+
+    name: Literal["td3"] = _f("td3", "algorithm name")
+    lr: float = _f(1e-3, "Adam learning rate")
+    target_update_interval: int = _f(2, "gradient steps between target updates")
+    exploration_noise: float = _f(0.1, "std of the Gaussian noise added to actions while collecting")
+    policy_noise: float = _f(0.2, "std of the target policy smoothing noise")
+    noise_clip: float = _f(0.5, "target policy smoothing noise is clipped to [-noise_clip, noise_clip]")
+    policy_delay: int = _f(2, "gradient steps between actor updates")
+
+
+OFF_POLICY: tuple[type, ...] = (DQNConfig, SACConfig, TD3Config)
+
+
+@dataclass
 class EvalConfig:
     """Periodic deterministic evaluation on separate, separately seeded envs."""
 
@@ -131,7 +213,7 @@ class LogConfig:
     interval: int = _f(1, "iterations between console/TensorBoard training logs")
 
 
-ALGOS: dict[str, type] = {"ppo": PPOConfig}
+ALGOS: dict[str, type] = {"ppo": PPOConfig, "dqn": DQNConfig, "sac": SACConfig, "td3": TD3Config}
 
 
 @dataclass
@@ -372,6 +454,49 @@ def validate(cfg: Config) -> None:
             f"minibatches of {cfg.minibatch_size} row cannot be advantage-normalized; use fewer minibatches "
             "or set norm.advantage=false",
         )
+    if isinstance(algo, OffPolicyConfig):
+        _validate_off_policy(cfg, algo)
+
+
+def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
+    """Value checks of the off-policy sections (DQN, SAC, TD3)."""
+    _require(algo.lr > 0, "algo.lr", f"learning rate must be > 0, got {algo.lr}")
+    _require(algo.adam_eps > 0, "algo.adam_eps", "must be > 0")
+    _require(0 < algo.gamma <= 1, "algo.gamma", f"must be in (0, 1], got {algo.gamma}")
+    _require(algo.buffer_size >= cfg.env.num_envs, "algo.buffer_size",
+             f"must hold at least one row per env copy (>= env.num_envs = {cfg.env.num_envs})")
+    _require(algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
+    _require(algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
+    _require(algo.learning_starts <= algo.buffer_size, "algo.learning_starts",
+             f"{algo.learning_starts} random steps do not fit in a replay of {algo.buffer_size} rows; lower it or raise algo.buffer_size")
+    _require(algo.train_freq >= 1, "algo.train_freq", "must be >= 1")
+    _require(algo.gradient_steps >= 1, "algo.gradient_steps", "must be >= 1")
+    _require(0 < algo.tau <= 1, "algo.tau", f"must be in (0, 1] (1 = hard copy), got {algo.tau}")
+    _require(algo.target_update_interval >= 1, "algo.target_update_interval", "must be >= 1")
+    _require(algo.max_grad_norm >= 0, "algo.max_grad_norm", "must be >= 0 (0 = off)")
+    _require(algo.n_step >= 1, "algo.n_step", "must be >= 1")
+    _require(0 <= algo.per_alpha <= 1, "algo.per_alpha", f"must be in [0, 1], got {algo.per_alpha}")
+    _require(0 <= algo.per_beta <= 1, "algo.per_beta", f"must be in [0, 1], got {algo.per_beta}")
+    _require(algo.per_eps > 0, "algo.per_eps", "must be > 0 so that no row gets priority 0")
+    _require(algo.n_sampled_goal >= 0, "algo.n_sampled_goal", "must be >= 0")
+    _require(not (algo.her and algo.n_step > 1), "algo.n_step",
+             "hindsight relabelling recomputes one-step rewards only; use algo.n_step=1 with algo.her=true")
+    _require(not cfg.norm.reward, "norm.reward",
+             f"{algo.name} stores raw rewards in the replay (HER recomputes them); set norm.reward=false")
+    _require(cfg.model.critic == "local", "model.critic",
+             f"{algo.name} critics see each agent's own observation; set model.critic=local")
+    if isinstance(algo, DQNConfig):
+        _require(0 < algo.exploration_fraction <= 1, "algo.exploration_fraction", "must be in (0, 1]")
+        for key in ("epsilon_start", "epsilon_final"):
+            value = getattr(algo, key)
+            _require(0 <= value <= 1, f"algo.{key}", f"a probability in [0, 1], got {value}")
+    if isinstance(algo, SACConfig):
+        _require(algo.ent_coef > 0, "algo.ent_coef", f"must be > 0, got {algo.ent_coef}")
+        _require(0 < algo.target_entropy_scale <= 1, "algo.target_entropy_scale", "must be in (0, 1]")
+    if isinstance(algo, TD3Config):
+        for key in ("exploration_noise", "policy_noise", "noise_clip"):
+            _require(getattr(algo, key) >= 0, f"algo.{key}", "must be >= 0")
+        _require(algo.policy_delay >= 1, "algo.policy_delay", "must be >= 1")
 
 
 def to_dict(cfg: Any) -> dict:

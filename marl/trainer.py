@@ -340,9 +340,21 @@ class Trainer:
         }
 
 
+ON_POLICY = ("ppo",)
+
+
 def train(cfg: Config) -> dict[str, Any]:
-    """Train ``cfg`` from scratch or from ``cfg.resume``; return the run summary."""
-    return Trainer(cfg).train()
+    """Train ``cfg`` from scratch or from ``cfg.resume``; return the run summary.
+
+    On-policy algorithms run in :class:`Trainer`; off-policy ones (DQN, SAC, TD3)
+    in :class:`marl.off_policy.OffPolicyTrainer`, which shares the env layer,
+    evaluation, checkpoints and logging.
+    """
+    if cfg.algo.name in ON_POLICY:
+        return Trainer(cfg).train()
+    from marl.off_policy import OffPolicyTrainer
+
+    return OffPolicyTrainer(cfg).train()
 
 
 def load_policy(path: str | Path, device: str = "cpu") -> tuple[Policy, Config, dict]:
@@ -363,6 +375,11 @@ def load_policy(path: str | Path, device: str = "cpu") -> tuple[Policy, Config, 
         spec = probe.spec
     finally:
         probe.close()
-    policy = Policy(spec, cfg, device)
+    if cfg.algo.name in ON_POLICY:
+        policy = Policy(spec, cfg, device)
+    else:
+        from marl.off_policy import build_actor
+
+        policy = build_actor(spec, cfg, device)
     policy.load_state_dict(state["policy"])
     return policy, cfg, state

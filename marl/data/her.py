@@ -28,7 +28,10 @@ new goal for every agent alive at the row, drawn per agent from the
 * ``future``: ``t'`` uniform in ``[t, end]`` of the agent's trajectory (default),
 * ``final``: ``t' = end``,
 * ``episode``: ``t'`` uniform in ``[start, end]``,
-* ``random``: any stored row of any lane (an agent not alive there keeps its goal).
+* ``random``: any stored row of any lane.
+
+An agent keeps its stored goal when it is not alive at the row or at the donor
+row (the donor's achieved goal then means nothing).
 
 The goal columns of ``obs`` and ``next_obs`` are overwritten, the reward is
 recomputed by ``compute_reward(next_achieved_goal [K, G], new_goal [K, G], None)
@@ -37,7 +40,8 @@ so ``info`` is ``None``), never copied. ``terminated`` stays as stored unless
 ``terminate_on_success``: for envs that end an episode exactly when the goal is
 reached, a relabelled row is terminated iff its new reward reaches
 ``success_reward`` (0.0 matches the ``-1`` / ``0`` sparse rewards of
-Gymnasium-Robotics). Relabelling is one-step only (``n_step = 1``): an n-step
+Gymnasium-Robotics). A global ``state``/``next_state`` is left as stored (if it
+holds goals, relabel it in the learner). Relabelling is one-step only (``n_step = 1``): an n-step
 return would need every reward of the window recomputed and the window cut at
 relabelled successes.
 """
@@ -50,7 +54,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from marl.data.replay import ReplayBuffer, ReplaySample, Sampler, Schema
+from marl.data.replay import ReplayBuffer, ReplaySample, Sampler, Schema, uniform_rows
 
 HerStrategy = Literal["final", "future", "episode", "random"]
 HER_STRATEGIES: tuple[str, ...] = ("final", "future", "episode", "random")
@@ -183,10 +187,7 @@ class HerReplayBuffer(ReplayBuffer):
         storage = self.storage
         n_agents = self.trajectories.start.shape[2]
         if self.strategy == "random":
-            ends = np.cumsum(storage.size)
-            draw = rng.integers(0, ends[-1], size=(indices.shape[0], n_agents))
-            lanes = np.searchsorted(ends, draw, side="right")
-            return (draw - (ends[lanes] - storage.size[lanes])) * self.n_envs + lanes
+            return uniform_rows(storage.size, self.n_envs, (indices.shape[0], n_agents), rng)
         slots, lanes = storage.unravel(indices)
         count, size = storage.count[lanes], storage.size[lanes]
         now = (count - 1 - storage.steps_ahead(slots, lanes))[:, None]  # absolute step of each row

@@ -323,7 +323,7 @@ def nstep_lengths(ends: np.ndarray, steps_ahead: np.ndarray) -> np.ndarray:
         steps_ahead: ``[B]`` rows written after row ``t`` in its lane.
 
     Returns:
-        ``n' = min(n, first k with ends[k] + 1, steps_ahead + 1)``, int64.
+        ``n' = min(n, k_end + 1, steps_ahead + 1)`` (int64), ``k_end`` the first ``k`` with ``ends[k]``.
     """
     n = ends.shape[0]
     first_end = np.where(ends.any(axis=0), ends.argmax(axis=0), n - 1) + 1
@@ -378,6 +378,18 @@ class Sampler(Protocol):
         """New ``|TD error| [B]`` of rows ``indices [B]``."""
 
 
+def uniform_rows(sizes: np.ndarray, n_envs: int, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Flat indices (array of ``shape``) of rows drawn uniformly among the written ones.
+
+    ``sizes [E]``: rows written per lane, in slots ``[0, size)``.
+    """
+    ends = np.cumsum(sizes)
+    draw = rng.integers(0, ends[-1], size=shape)
+    lanes = np.searchsorted(ends, draw, side="right")
+    slots = draw - (ends[lanes] - sizes[lanes])
+    return slots * n_envs + lanes
+
+
 class UniformSampler:
     """Every written row with equal probability, with replacement."""
 
@@ -391,11 +403,7 @@ class UniformSampler:
         self, sizes: np.ndarray, n_envs: int, batch_size: int, rng: np.random.Generator, beta: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
         del beta
-        ends = np.cumsum(sizes)
-        draw = rng.integers(0, ends[-1], size=batch_size)
-        lanes = np.searchsorted(ends, draw, side="right")
-        slots = draw - (ends[lanes] - sizes[lanes])
-        return slots * n_envs + lanes, np.ones(batch_size, dtype=np.float32)
+        return uniform_rows(sizes, n_envs, (batch_size,), rng), np.ones(batch_size, dtype=np.float32)
 
     def update_priorities(self, indices: np.ndarray, abs_td: np.ndarray) -> None:
         del indices, abs_td
@@ -435,6 +443,24 @@ class ReplayBuffer:
         n_step: length n of the n-step targets (1: one-step).
         gamma: discount factor used for ``reward_n`` and ``discount_n``.
         sampler: which rows to draw; default :class:`UniformSampler`.
+
+    Example (two env copies, one agent with 3 features):
+
+    >>> import numpy as np
+    >>> flag = ((1,), np.bool_)
+    >>> schema = {"obs": ((1, 3), np.float32), "next_obs": ((1, 3), np.float32),
+    ...           "action": ((1,), np.int64), "reward": ((1,), np.float32),
+    ...           "terminated": flag, "truncated": flag, "alive": flag, "next_alive": flag}
+    >>> buffer = ReplayBuffer(schema, capacity=8, n_envs=2, n_step=3, gamma=0.5)
+    >>> row = {name: np.zeros((2, *shape), dtype) for name, (shape, dtype) in schema.items()}
+    >>> for step in range(3):
+    ...     row["reward"][:] = step + 1
+    ...     indices = buffer.add(row)
+    >>> batch = buffer.sample(64, np.random.default_rng(0))
+    >>> batch.obs.shape, batch.reward_n.shape, batch.discount_n.shape
+    ((64, 1, 3), (64, 1), (64,))
+    >>> sorted(set(batch.reward_n[:, 0].tolist()))  # rows 0, 1, 2 of each lane: 1 + 0.5 * 2 + 0.25 * 3, ...
+    [2.75, 3.0, 3.5]
     """
 
     def __init__(

@@ -1,8 +1,9 @@
 """Array-backed sum tree (with a companion min tree) for prioritized sampling.
 
 Layout: a complete binary tree over ``2**depth >= capacity`` leaves stored as a
-heap in one float64 array: the root is slot 1, the children of slot ``n`` are
-``2n`` and ``2n + 1``, and depth ``k`` occupies slots ``[2**k, 2**(k+1))``.
+heap in two float64 arrays (sums and minima): the root is slot 1, the children
+of slot ``n`` are ``2n`` and ``2n + 1``, and depth ``k`` occupies slots
+``[2**k, 2**(k+1))``.
 Leaf ``i`` (a row of the replay buffer) is slot ``2**depth + i``; leaves past
 ``capacity`` stay 0 forever. Every internal node holds exactly
 ``fl(left + right)`` (the floating-point sum of its children) in the sum tree
@@ -18,8 +19,10 @@ Both operations work on a whole batch at once, one numpy call per tree level
   returns, for each ``u``, the leaf ``i`` with ``cum[i-1] <= u < cum[i]``
   (``cum`` the cumulative sum of the leaves): O(B log C).
 
-Speed (see ``bench/bench_per.py``): per-index work costs a fixed ~1 µs numpy
-overhead per call, while the top levels of the tree are tiny. Levels shallower
+Speed (see ``bench/bench_per.py``): each numpy call costs a fixed ~1 µs, so the
+cost is the number of calls per level; on large trees the deep levels also miss
+the cache, and ``take``/``put`` move data several times faster than fancy
+indexing there. The top levels of the tree are tiny: levels shallower
 than ``scan_depth`` are therefore handled whole: ``update`` recomputes them as
 full arrays (one vectorized add per level, cheaper than scattering B indices
 once a level has fewer than a few thousand nodes), and ``find`` replaces the
@@ -39,7 +42,6 @@ returned.
 from __future__ import annotations
 
 import numpy as np
-
 from numpy.typing import ArrayLike
 
 _DEFAULT_SCAN_DEPTH = 10  # 1024 nodes: measured optimum for B = 256, C = 1e6 on one core
@@ -66,7 +68,8 @@ class SumTree:
         capacity: number of leaves C (>= 1). All leaves start at priority 0.
         scan_depth: tree depth above which levels are processed whole (see the
             module docstring); clipped to the tree depth. A speed knob only:
-            results are identical for every value. Default 10.
+            every value gives the same tree, and the same ``find`` results up to
+            round-off at cell boundaries. Default 10.
 
     Attributes:
         capacity: number of leaves C.
@@ -156,10 +159,11 @@ class SumTree:
     def find(self, prefix_sums: ArrayLike) -> np.ndarray:
         """Leaves ``[B]`` (int64) holding the given prefix sums.
 
-        For each ``u`` in ``prefix_sums [B]`` (in ``[0, total)``; values outside
-        are clipped into it) returns the leaf ``i`` with
-        ``cum[i-1] <= u < cum[i]``, ``cum = cumsum(leaves)``, up to float
-        round-off at cell boundaries. A leaf of priority 0 is never returned.
+        For each ``u`` in ``prefix_sums [B]`` (meant to lie in ``[0, total)``)
+        returns the leaf ``i`` with ``cum[i-1] <= u < cum[i]``,
+        ``cum = cumsum(leaves)``, up to float round-off at cell boundaries. A
+        leaf of priority 0 is never returned: ``u < 0`` gives the first positive
+        leaf, ``u >= total`` the last one.
 
         Raises:
             ValueError: if the tree is empty (``total == 0``) or a prefix is nan.

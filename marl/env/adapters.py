@@ -31,6 +31,7 @@ allocates nothing; ``reset`` / ``step`` are the allocating convenience forms.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,13 +42,11 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 
+from marl.env.buffers import StepBuffers, allocate_buffers, buffer_fields
 from marl.env.wrappers import GymAsParallel
 from marl.types import EnvSpec, EpisodeStats, GroupObs, GroupSpec, GroupTransition
 
-__all__ = [
-    "Adapter", "AdapterStep", "AECAdapter", "GroupBuffers", "GymAdapter", "ParallelAdapter", "StepBuffers",
-    "allocate_buffers", "buffer_fields", "buffers_from_arrays", "default_groups",
-]  # fmt: skip
+__all__ = ["AECAdapter", "Adapter", "AdapterStep", "GymAdapter", "ParallelAdapter", "default_groups"]
 
 
 class AdapterStep(NamedTuple):
@@ -76,96 +75,14 @@ class AdapterStep(NamedTuple):
     final_achieved_goal: dict[str, np.ndarray] | None = None
 
 
-class GroupBuffers(NamedTuple):
-    """Arrays an adapter writes one group's step into; shapes ``[*lead, A, ...]``.
-
-    ``lead`` is ``()`` for one env, ``(E,)`` for a vector env. Adapters overwrite
-    every entry, so the arrays may hold stale data on entry.
-    """
-
-    obs: np.ndarray
-    alive: np.ndarray
-    action_mask: np.ndarray | None
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    final_obs: np.ndarray
-    achieved_goal: np.ndarray | None
-    final_achieved_goal: np.ndarray | None
-
-
-class StepBuffers(NamedTuple):
-    """Every array of one step: per group, plus ``state`` / ``final_state`` ``[*lead, S]``."""
-
-    groups: dict[str, GroupBuffers]
-    state: np.ndarray | None
-    final_state: np.ndarray | None
-
-    def at(self, index: int | slice) -> StepBuffers:
-        """Views of env copy ``index`` (or a range of copies) of ``[E, ...]`` buffers."""
-
-        def pick(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[index]
-        return StepBuffers(
-            {g: GroupBuffers(*(pick(a) for a in b)) for g, b in self.groups.items()},
-            pick(self.state),
-            pick(self.final_state),
-        )
-
-
-def buffer_fields(spec: EnvSpec) -> list[tuple[str, tuple[int, ...], np.dtype]]:
-    """``(name, shape per env copy, dtype)`` of every buffer array of ``spec``.
-
-    Names are ``"<group>/<field>"`` (fields of :class:`GroupBuffers`) and
-    ``"state"`` / ``"final_state"``; one list serves plain and shared-memory allocation.
-    """
-    fields: list[tuple[str, tuple[int, ...], np.dtype]] = []
-    for g in spec.groups:
-        a, obs_shape, obs_dtype = g.n_agents, tuple(g.obs_space.shape), np.dtype(g.obs_space.dtype)
-        fields += [(f"{g.name}/obs", (a, *obs_shape), obs_dtype), (f"{g.name}/alive", (a,), np.dtype(bool))]
-        if g.has_action_mask:
-            fields.append((f"{g.name}/action_mask", (a, int(g.action_space.n)), np.dtype(bool)))
-        fields += [
-            (f"{g.name}/reward", (a,), np.dtype(np.float32)),
-            (f"{g.name}/terminated", (a,), np.dtype(bool)),
-            (f"{g.name}/truncated", (a,), np.dtype(bool)),
-            (f"{g.name}/final_obs", (a, *obs_shape), obs_dtype),
-        ]
-        if g.goal is not None:
-            goal_dim = g.goal[1] - g.goal[0]
-            fields += [
-                (f"{g.name}/achieved_goal", (a, goal_dim), np.dtype(np.float32)),
-                (f"{g.name}/final_achieved_goal", (a, goal_dim), np.dtype(np.float32)),
-            ]
-    if spec.state_shape is not None:
-        fields += [("state", spec.state_shape, np.dtype(np.float32)), ("final_state", spec.state_shape, np.dtype(np.float32))]
-    return fields
-
-
-def buffers_from_arrays(spec: EnvSpec, arrays: Mapping[str, np.ndarray]) -> StepBuffers:
-    """Assemble :class:`StepBuffers` from arrays named as in :func:`buffer_fields`."""
-    groups = {
-        g.name: GroupBuffers(*(arrays.get(f"{g.name}/{f}") for f in GroupBuffers._fields)) for g in spec.groups
-    }
-    return StepBuffers(groups, arrays.get("state"), arrays.get("final_state"))
-
-
-def allocate_buffers(spec: EnvSpec, lead: tuple[int, ...] = (), fields: list | None = None) -> StepBuffers:
-    """Fresh (uninitialised) buffers of shape ``[*lead, ...]`` for ``spec``.
-
-    ``fields`` may pass a cached ``buffer_fields(spec)`` (hot paths allocate every step).
-    """
-    fields = buffer_fields(spec) if fields is None else fields
-    return buffers_from_arrays(spec, {n: np.empty((*lead, *s), d) for n, s, d in fields})
-
-
 def buffers_to_step(bufs: StepBuffers, episode: EpisodeStats | None) -> AdapterStep:
     """Package filled buffers as an :class:`AdapterStep`."""
     goals = any(b.achieved_goal is not None for b in bufs.groups.values())
     return AdapterStep(
         obs={g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in bufs.groups.items()},
         transition={
-            g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs) for g, b in bufs.groups.items()
+            g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs)
+            for g, b in bufs.groups.items()
         },
         state=bufs.state,
         final_state=bufs.final_state,
@@ -224,7 +141,8 @@ def _check_partition(agents: Sequence[str], groups: Mapping[str, Sequence[str]])
     repeated = sorted({a for a in listed if listed.count(a) > 1})
     if unknown or missing or repeated or any(not m for m in groups.values()):
         raise ValueError(
-            f"groups must partition the env's agents {list(agents)} into non-empty groups; got {dict(groups)} "
+            f"groups must partition the env's agents {list(agents)} into non-empty groups; "
+            f"got {dict(groups)} "
             f"(unknown: {unknown}, missing: {missing}, in several groups: {repeated}). "
             "List every agent exactly once, or pass groups=None to group by name prefix."
         )
@@ -261,15 +179,20 @@ def _obs_format(agent: str, space: spaces.Space) -> _ObsFormat:
                 raise ValueError(f"agent {agent!r}: achieved_goal and desired_goal shapes differ ({space})")
             low = np.concatenate([obs.low.ravel(), desired.low.ravel()]).astype(np.float32)
             high = np.concatenate([obs.high.ravel(), desired.high.ravel()]).astype(np.float32)
-            return _ObsFormat("goal", spaces.Box(low, high, dtype=np.float32), int(obs.low.size), int(desired.low.size))
+            return _ObsFormat(
+                "goal", spaces.Box(low, high, dtype=np.float32), int(obs.low.size), int(desired.low.size)
+            )
     raise ValueError(
         f"agent {agent!r} has observation space {space}, which the adapters do not read. Supported: Box "
         "(vectors, uint8 images [H, W, C]); Dict(observation, action_mask); Dict(observation, achieved_goal, "
-        "desired_goal). Flatten other spaces first, e.g. supersuit.flatten_v0 or gymnasium.wrappers.FlattenObservation."
+        "desired_goal). Flatten other spaces first, e.g. supersuit.flatten_v0 or "
+        "gymnasium.wrappers.FlattenObservation."
     )
 
 
-def _decode(fmt: _ObsFormat, raw: Any, k: int, obs: np.ndarray, mask: np.ndarray | None, goal: np.ndarray | None) -> None:
+def _decode(
+    fmt: _ObsFormat, raw: Any, k: int, obs: np.ndarray, mask: np.ndarray | None, goal: np.ndarray | None
+) -> None:
     """Write agent ``k``'s raw observation into row ``k`` of the group arrays."""
     if fmt.kind == "box":
         obs[k] = raw
@@ -286,7 +209,11 @@ def _decode(fmt: _ObsFormat, raw: Any, k: int, obs: np.ndarray, mask: np.ndarray
 
 
 def _pettingzoo_spec(
-    env: Any, groups: Mapping[str, Sequence[str]] | None, infos: Mapping[str, Any], use_state: bool, turn_based: bool
+    env: Any,
+    groups: Mapping[str, Sequence[str]] | None,
+    infos: Mapping[str, Any],
+    use_state: bool,
+    turn_based: bool,
 ) -> tuple[EnvSpec, dict[str, _ObsFormat], set[str]]:
     """Check the groups of a PettingZoo env just reset and build its spec.
 
@@ -303,13 +230,16 @@ def _pettingzoo_spec(
             if any(space_of(a) != space_of(members[0]) for a in members):
                 detail = "; ".join(f"{a}: {space_of(a)}" for a in members)
                 raise ValueError(
-                    f"group {name!r} mixes {what} spaces ({detail}). Agents of one group share one network and "
+                    f"group {name!r} mixes {what} spaces ({detail}). "
+                    "Agents of one group share one network and "
                     "must have equal spaces: put them in different groups (groups={...}), or pad them to one "
                     "space with Preprocess(pad=True) (SuperSuit pad_observations / pad_action_space)."
                 )
         fmt, act = _obs_format(members[0], env.observation_space(members[0])), env.action_space(members[0])
         if not isinstance(act, (spaces.Discrete, spaces.Box)) or getattr(act, "start", 0) != 0:
-            raise ValueError(f"group {name!r} has action space {act}; only Discrete (from 0) and Box are supported")
+            raise ValueError(
+                f"group {name!r} has action space {act}; only Discrete (from 0) and Box are supported"
+            )
         if any(a in info_masks for a in members) and fmt.kind != "masked":
             mask_from_info.add(name)
         has_mask = fmt.kind == "masked" or name in mask_from_info
@@ -320,12 +250,14 @@ def _pettingzoo_spec(
         group_specs.append(GroupSpec(name, tuple(members), fmt.space, act, has_mask, goal))
     state_shape = None
     if use_state:
-        try:
+        with contextlib.suppress(NotImplementedError, AttributeError):
             state_shape = tuple(np.shape(env.state()))
-        except (NotImplementedError, AttributeError):
-            pass
     metadata = dict(getattr(env, "metadata", {}) or {})
-    return EnvSpec(tuple(agents), tuple(group_specs), state_shape, turn_based, metadata), formats, mask_from_info
+    return (
+        EnvSpec(tuple(agents), tuple(group_specs), state_shape, turn_based, metadata),
+        formats,
+        mask_from_info,
+    )
 
 
 class _Base:
@@ -337,7 +269,9 @@ class _Base:
     def _setup(self, formats: Mapping[str, _ObsFormat], mask_from_info: Collection[str]) -> None:
         # (agent, group, row, format, mask comes from infos) in possible-agent order
         self._slots = [
-            (a, g.name, k, formats[a], g.name in mask_from_info) for g in self.spec.groups for k, a in enumerate(g.agents)
+            (a, g.name, k, formats[a], g.name in mask_from_info)
+            for g in self.spec.groups
+            for k, a in enumerate(g.agents)
         ]
         self._slot_index = {s[0]: i for i, s in enumerate(self._slots)}
         self._fields = buffer_fields(self.spec)
@@ -378,10 +312,17 @@ class _Base:
 
     def _check_ready(self) -> None:
         if self._needs_reset:
-            raise RuntimeError(f"{type(self).__name__}.step called before reset(seed); reset the adapter first")
+            raise RuntimeError(
+                f"{type(self).__name__}.step called before reset(seed); reset the adapter first"
+            )
 
     def _write_obs(
-        self, observe: Any, infos: Mapping[str, Any], alive: Collection[str], out: StepBuffers, masked: Any = None
+        self,
+        observe: Any,
+        infos: Mapping[str, Any],
+        alive: Collection[str],
+        out: StepBuffers,
+        masked: Collection[str] | None = None,
     ) -> None:
         """Rows of ``alive`` agents from ``observe(agent)``; zeros (mask all True) elsewhere.
 
@@ -398,8 +339,9 @@ class _Base:
                         b.action_mask[k] = infos[agent]["action_mask"]
                     except KeyError:
                         raise RuntimeError(
-                            f"agent {agent!r} has no infos[agent]['action_mask'] at this step, but the env gave "
-                            "one at reset; an env that masks actions must give a mask to every live agent"
+                            f"agent {agent!r} has no infos[agent]['action_mask'] at this step, but the "
+                            "env gave masks at reset; an env that masks actions must give a mask to "
+                            "every live agent at every step"
                         ) from None
             else:
                 b.alive[k] = False
@@ -448,10 +390,14 @@ def _to_env_actions(spec: EnvSpec, actions: Mapping[str, np.ndarray]) -> dict[st
         try:
             a = np.asarray(actions[g.name])
         except KeyError:
-            raise KeyError(f"no actions for group {g.name!r}; pass actions for groups {[x.name for x in spec.groups]}")
+            raise KeyError(
+                f"no actions for group {g.name!r}; pass actions for groups {[x.name for x in spec.groups]}"
+            ) from None
         expected = (g.n_agents, *g.action_shape)
         if a.shape != expected:
-            raise ValueError(f"actions[{g.name!r}] has shape {a.shape}, expected [A, *action_shape] = {expected}")
+            raise ValueError(
+                f"actions[{g.name!r}] has shape {a.shape}, expected [A, *action_shape] = {expected}"
+            )
         if g.discrete:
             out[g.name] = a.tolist()
         else:
@@ -470,12 +416,16 @@ class ParallelAdapter(_Base):
             for envs whose state is costly, e.g. a full-screen render).
 
     An agent not in ``env.agents`` is not alive (zero obs, zero reward, flags
-    ``False``). The episode ends when no agent is left alive; the adapter then
-    records :class:`EpisodeStats` and resets the env with no seed (the env keeps
-    its own seeded RNG).
+    ``False``); an acting agent that leaves ``env.agents`` without a flag is
+    reported terminated. The episode ends when no agent is left alive; the adapter
+    then records :class:`EpisodeStats` and resets the env with no seed (the env
+    keeps its own seeded RNG). Construction resets the env once (unseeded) to find
+    masks given in ``infos`` and the state shape; call ``reset(seed)`` before stepping.
     """
 
-    def __init__(self, env: ParallelEnv, groups: Mapping[str, Sequence[str]] | None = None, use_state: bool = True):
+    def __init__(
+        self, env: ParallelEnv, groups: Mapping[str, Sequence[str]] | None = None, use_state: bool = True
+    ):
         self._env = env
         _, infos = env.reset()  # probe: action masks in infos, state()
         self.spec, formats, mask_from_info = _pettingzoo_spec(env, groups, infos, use_state, turn_based=False)
@@ -562,10 +512,14 @@ class AECAdapter(_Base):
     ``EpisodeStats.length`` counts moves.
     """
 
-    def __init__(self, env: AECEnv, groups: Mapping[str, Sequence[str]] | None = None, use_state: bool = True):
+    def __init__(
+        self, env: AECEnv, groups: Mapping[str, Sequence[str]] | None = None, use_state: bool = True
+    ):
         self._env = env
         env.reset()  # probe: action masks in infos, state()
-        self.spec, formats, mask_from_info = _pettingzoo_spec(env, groups, env.infos, use_state, turn_based=True)
+        self.spec, formats, mask_from_info = _pettingzoo_spec(
+            env, groups, env.infos, use_state, turn_based=True
+        )
         self._setup(formats, mask_from_info)
         self._ended: set[str] = set()
 

@@ -36,7 +36,15 @@ from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
 from marl.env.wrappers import Preprocess, apply_preprocess
 from marl.types import EnvSpec
 
-__all__ = ["adapt", "adapter_factory", "close_env_ids", "known_env_ids", "make_adapter", "make_raw_env", "probe_spec"]
+__all__ = [
+    "adapt",
+    "adapter_factory",
+    "close_env_ids",
+    "known_env_ids",
+    "make_adapter",
+    "make_raw_env",
+    "probe_spec",
+]
 
 # Packages scanned (without importing their modules) for env-id suggestions.
 _ENV_PACKAGES = ("mpe2", "pettingzoo.butterfly", "pettingzoo.sisl", "pettingzoo.classic", "envs")
@@ -50,7 +58,8 @@ _INSTALL = {
     "pettingzoo": "pip install pettingzoo",
 }
 _ID_HELP = (
-    "Env ids are a Gymnasium registry id ('CartPole-v1'), a PettingZoo registry id ('butterfly/pistonball_v6'), a module path whose module has parallel_env() or "
+    "Env ids are a Gymnasium registry id ('CartPole-v1'), a PettingZoo registry id "
+    "('butterfly/pistonball_v6'), a module path whose module has parallel_env() or "
     "env() ('mpe2.simple_spread_v3', 'pettingzoo.classic.connect_four_v3', 'envs.grid_nav'), or "
     "'module:callable' returning a ParallelEnv, AECEnv or gymnasium.Env."
 )
@@ -113,7 +122,9 @@ def _import(env_id: str, module_name: str) -> Any:
             root_missing = importlib.util.find_spec(missing.split(".")[0]) is None
             hint = _install_hint(module_name)
             if hint and root_missing:
-                raise ImportError(f"env {env_id!r} needs the package {missing!r}, which is not installed: {hint}") from err
+                raise ImportError(
+                    f"env {env_id!r} needs the package {missing!r}, which is not installed: {hint}"
+                ) from err
             raise _unknown(env_id) from None
         hint = _install_hint(module_name) or f"pip install {missing.split('.')[0]}"
         raise ImportError(
@@ -122,7 +133,9 @@ def _import(env_id: str, module_name: str) -> Any:
         ) from err
 
 
-def make_raw_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mode: str | None = None) -> Any:
+def make_raw_env(
+    env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mode: str | None = None
+) -> Any:
     """The env named by ``env_id`` (see the module docstring), before preprocessing and adapters."""
     kwargs = dict(env_kwargs or {})
     if render_mode is not None:
@@ -144,7 +157,9 @@ def make_raw_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, rende
         module = _import(env_id, module_name)
         maker = getattr(module, attr, None)
         if not callable(maker):
-            raise ValueError(f"env id {env_id!r}: module {module_name!r} has no callable {attr!r}. {_ID_HELP}")
+            raise ValueError(
+                f"env id {env_id!r}: module {module_name!r} has no callable {attr!r}. {_ID_HELP}"
+            )
         return maker(**kwargs)
     if not re.fullmatch(r"[A-Za-z_][\w.]*", env_id):
         raise _unknown(env_id)
@@ -153,7 +168,9 @@ def make_raw_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, rende
         maker = getattr(module, maker_name, None)
         if callable(maker):
             return maker(**kwargs)
-    raise ValueError(f"module {env_id!r} has neither parallel_env() nor env(), so it is not an env id. {_ID_HELP}")
+    raise ValueError(
+        f"module {env_id!r} has neither parallel_env() nor env(), so it is not an env id. {_ID_HELP}"
+    )
 
 
 def adapt(env: Any, groups: Mapping[str, Sequence[str]] | None = None, use_state: bool = True) -> Adapter:
@@ -166,7 +183,9 @@ def adapt(env: Any, groups: Mapping[str, Sequence[str]] | None = None, use_state
         if groups is not None:
             raise ValueError("a Gymnasium env has one agent in one group 'agent'; pass groups=None")
         return GymAdapter(env)
-    raise TypeError(f"expected a PettingZoo ParallelEnv / AECEnv or a gymnasium.Env, got {type(env).__name__}")
+    raise TypeError(
+        f"expected a PettingZoo ParallelEnv / AECEnv or a gymnasium.Env, got {type(env).__name__}"
+    )
 
 
 def make_adapter(
@@ -209,8 +228,13 @@ def adapter_factory(
 ) -> Callable[[], Adapter]:
     """A picklable zero-argument factory of :func:`make_adapter` (for the vector envs)."""
     return functools.partial(
-        make_adapter, env_id, dict(env_kwargs or {}), None if groups is None else {g: list(a) for g, a in groups.items()},
-        render_mode, preprocess, use_state,
+        make_adapter,
+        env_id,
+        dict(env_kwargs or {}),
+        None if groups is None else {g: list(a) for g, a in groups.items()},
+        render_mode,
+        preprocess,
+        use_state,
     )
 
 

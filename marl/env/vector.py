@@ -20,6 +20,8 @@ field for them).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -33,10 +35,12 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
-from marl.env.adapters import (
-    Adapter,
+from marl.env.adapters import Adapter
+from marl.env.buffers import (
     StepBuffers,
     allocate_buffers,
+    block_layout,
+    block_views,
     buffer_fields,
     buffers_from_arrays,
 )
@@ -141,7 +145,7 @@ def chunk_slices(num_envs: int, num_chunks: int) -> list[slice]:
         raise ValueError(f"num_chunks / num_workers must be in [1, num_envs={num_envs}], got {num_chunks}")
     base, extra = divmod(num_envs, num_chunks)
     bounds = np.cumsum([0] + [base + (c < extra) for c in range(num_chunks)])
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +160,9 @@ def _action_fields(spec: EnvSpec) -> list[tuple[str, tuple[int, ...], np.dtype]]
 def _check_actions(spec: EnvSpec, actions: Mapping[str, np.ndarray], n: int) -> None:
     for g in spec.groups:
         if g.name not in actions:
-            raise KeyError(f"no actions for group {g.name!r}; pass actions for groups {[x.name for x in spec.groups]}")
+            raise KeyError(
+                f"no actions for group {g.name!r}; pass actions for groups {[x.name for x in spec.groups]}"
+            )
         shape = np.shape(actions[g.name])
         if shape != (n, g.n_agents, *g.action_shape):
             raise ValueError(
@@ -169,7 +175,8 @@ def _to_vec_step(bufs: StepBuffers, episodes: list[EpisodeStats]) -> VecStep:
     return VecStep(
         obs={g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in bufs.groups.items()},
         transition={
-            g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs) for g, b in bufs.groups.items()
+            g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs)
+            for g, b in bufs.groups.items()
         },
         state=bufs.state,
         final_state=bufs.final_state,
@@ -182,7 +189,11 @@ def _goals_of(bufs: StepBuffers) -> AchievedGoals | None:
         return None
     return AchievedGoals(
         {g: b.achieved_goal.copy() for g, b in bufs.groups.items() if b.achieved_goal is not None},
-        {g: b.final_achieved_goal.copy() for g, b in bufs.groups.items() if b.final_achieved_goal is not None},
+        {
+            g: b.final_achieved_goal.copy()
+            for g, b in bufs.groups.items()
+            if b.final_achieved_goal is not None
+        },
     )
 
 
@@ -204,13 +215,15 @@ def _step_block(
 ) -> list[EpisodeStats]:
     """Step the adapters (copies ``start, start+1, ...``), writing row ``j`` of ``out``; finished episodes."""
     done = _each_copy(
-        start, len(adapters), lambda j: adapters[j].step_into({g: a[j] for g, a in actions.items()}, out.at(j))
+        start,
+        len(adapters),
+        lambda j: adapters[j].step_into({g: a[j] for g, a in actions.items()}, out.at(j)),
     )
     return [e._replace(env_index=start + j) for j, e in enumerate(done) if e is not None]
 
 
 def _reset_block(adapters: list[Adapter], start: int, seeds: list[int], out: StepBuffers) -> None:
-    _each_copy(start, len(adapters), lambda j: adapters[j].reset_into(seeds[j], out.at(j)))
+    _each_copy(start, len(adapters), lambda j: adapters[j].reset_into(seeds[j], out.at(0)))
 
 
 class _ChunkedBase:
@@ -258,9 +271,15 @@ def _concat(parts: list[VecStep]) -> VecStep:
 
     first = parts[0]
     obs = {g: GroupObs(*(cat([p.obs[g][i] for p in parts]) for i in range(3))) for g in first.obs}
-    trans = {g: GroupTransition(*(cat([p.transition[g][i] for p in parts]) for i in range(4))) for g in first.transition}
+    trans = {
+        g: GroupTransition(*(cat([p.transition[g][i] for p in parts]) for i in range(4)))
+        for g in first.transition
+    }
     return VecStep(
-        obs, trans, cat([p.state for p in parts]), cat([p.final_state for p in parts]),
+        obs,
+        trans,
+        cat([p.state for p in parts]),
+        cat([p.final_state for p in parts]),
         [e for p in parts for e in p.episodes],
     )
 
@@ -338,21 +357,6 @@ class SyncVectorEnv(_ChunkedBase):
 # ---------------------------------------------------------------------------------------------
 
 
-def _views(shm: SharedMemory, layout: list[tuple[str, tuple[int, ...], str, int]]) -> dict[str, np.ndarray]:
-    return {name: np.ndarray(shape, np.dtype(dtype), shm.buf, offset) for name, shape, dtype, offset in layout}
-
-
-def _layout(spec: EnvSpec, n: int) -> tuple[list[tuple[str, tuple[int, ...], str, int]], int]:
-    """(name, shape, dtype, byte offset) of every array of a worker's block of ``n`` copies; total bytes."""
-    layout, offset = [], 0
-    for name, shape, dtype in buffer_fields(spec) + _action_fields(spec):
-        offset = -(-offset // 64) * 64  # 64-byte aligned
-        full = (n, *shape)
-        layout.append((name, full, dtype.str, offset))
-        offset += int(np.prod(full)) * dtype.itemsize
-    return layout, max(offset, 1)
-
-
 def _worker(conn: Connection, factory: Callable[[], Adapter], start: int, count: int) -> None:
     """Worker loop: owns env copies ``start .. start+count-1``; data through shared memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the trainer, which closes us
@@ -363,7 +367,7 @@ def _worker(conn: Connection, factory: Callable[[], Adapter], start: int, count:
         conn.send(("spec", adapters[0].spec))
         _, name, layout = conn.recv()
         shm = SharedMemory(name=name)
-        arrays = _views(shm, layout)
+        arrays = block_views(shm.buf, layout)
         out = buffers_from_arrays(adapters[0].spec, arrays)
         actions = {n.split("/")[0]: a for n, a in arrays.items() if n.endswith("/action")}
         while True:
@@ -382,22 +386,16 @@ def _worker(conn: Connection, factory: Callable[[], Adapter], start: int, count:
     except BaseException as err:  # report everything; the trainer decides
         index = err.env_index if isinstance(err, EnvWorkerError) else None
         tb = err.worker_traceback if isinstance(err, EnvWorkerError) else traceback.format_exc()
-        try:
+        with contextlib.suppress(OSError, ValueError):
             conn.send(("error", index, str(err), tb))
-        except (OSError, ValueError):
-            pass
     finally:
         for adapter in adapters:
-            try:
+            with contextlib.suppress(Exception):
                 adapter.close()
-            except Exception:
-                pass
         arrays = out = actions = None  # type: ignore[assignment]  # release views before unmapping
         if shm is not None:
-            try:
+            with contextlib.suppress(BufferError):
                 shm.close()
-            except BufferError:
-                pass
         conn.close()
 
 
@@ -415,10 +413,8 @@ class _Pool:
             procs, conns, shms = self.procs, self.conns, self.shms
             self.procs, self.conns, self.shms = [], [], []
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 conn.send(("close", None))
-            except (OSError, ValueError):
-                pass
         for proc in procs:
             proc.join(timeout)
             if proc.is_alive():
@@ -430,14 +426,10 @@ class _Pool:
         for conn in conns:
             conn.close()
         for shm in shms:
-            try:
+            with contextlib.suppress(BufferError):  # views still alive here: unlink frees it at unmap
                 shm.close()
-            except BufferError:  # views still alive in the parent; the unlink below frees it at unmap
-                pass
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 shm.unlink()
-            except FileNotFoundError:
-                pass
 
 
 class SubprocVectorEnv(_ChunkedBase):
@@ -482,7 +474,10 @@ class SubprocVectorEnv(_ChunkedBase):
             for w, sl in enumerate(self._slices):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
-                    target=_worker, args=(child, factory, sl.start, sl.stop - sl.start), name=f"marl-env-{w}", daemon=True
+                    target=_worker,
+                    args=(child, factory, sl.start, sl.stop - sl.start),
+                    name=f"marl-env-{w}",
+                    daemon=True,
                 )
                 proc.start()
                 child.close()
@@ -493,10 +488,12 @@ class SubprocVectorEnv(_ChunkedBase):
                 spec = self._wait(w)
                 if w == 0:
                     self.spec = spec
-                layout, size = _layout(self.spec, sl.stop - sl.start)
+                layout, size = block_layout(
+                    buffer_fields(self.spec) + _action_fields(self.spec), sl.stop - sl.start
+                )
                 shm = SharedMemory(create=True, size=size)
                 self._pool.shms.append(shm)
-                self._arrays.append(_views(shm, layout))
+                self._arrays.append(block_views(shm.buf, layout))
                 self._pool.conns[w].send(("attach", shm.name, layout))
         except BaseException:
             self.close()
@@ -528,7 +525,9 @@ class SubprocVectorEnv(_ChunkedBase):
         if reply[0] == "error":
             _, index, message, tb = reply
             where = self._worker_name(w)
-            raise self._fail(EnvWorkerError(f"{message} (in {where})\n--- worker traceback ---\n{tb}", index, tb))
+            raise self._fail(
+                EnvWorkerError(f"{message} (in {where})\n--- worker traceback ---\n{tb}", index, tb)
+            )
         return reply[1]
 
     def _worker_name(self, w: int) -> str:
@@ -538,7 +537,9 @@ class SubprocVectorEnv(_ChunkedBase):
     def _dead(self, w: int) -> EnvWorkerError:
         proc = self._pool.procs[w]
         proc.join(1.0)
-        return self._fail(EnvWorkerError(f"{self._worker_name(w)} died (exit code {proc.exitcode}) without replying"))
+        return self._fail(
+            EnvWorkerError(f"{self._worker_name(w)} died (exit code {proc.exitcode}) without replying")
+        )
 
     def _command(self, w: int, cmd: str, arg: Any = None) -> None:
         if self._pending[w] is not None:
@@ -555,7 +556,9 @@ class SubprocVectorEnv(_ChunkedBase):
 
     def _copy(self, w: int) -> StepBuffers:
         arrays = self._arrays[w]
-        return buffers_from_arrays(self.spec, {n: a.copy() for n, a in arrays.items() if not n.endswith("/action")})
+        return buffers_from_arrays(
+            self.spec, {n: a.copy() for n, a in arrays.items() if not n.endswith("/action")}
+        )
 
     # -- VectorEnv -----------------------------------------------------------------------------
 
@@ -624,4 +627,3 @@ def make_vector_env(
     if backend == "subprocess":
         return SubprocVectorEnv(factory, num_envs, num_workers)
     raise ValueError(f"backend must be 'sync' or 'subprocess', got {backend!r}")
-

@@ -1,5 +1,6 @@
-"""Preprocessing applied to a raw env before its adapter: frame stacking, grayscale, resize,
-action repeat and padding (SuperSuit where its wrapper is correct, our own otherwise).
+"""Env wrappers: preprocessing applied to a raw env before its adapter (frame stacking,
+grayscale, resize, action repeat, padding; SuperSuit where its wrapper is correct, our own
+otherwise), and :class:`GymAsParallel`, a Gymnasium env as a one-agent parallel env.
 
 Order of application (innermost first): action repeat, grayscale, resize, pad, frame stack.
 Action repeat wraps the raw env so the image transforms run once per agent decision.
@@ -16,7 +17,14 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils import BaseParallelWrapper
 
-__all__ = ["GymActionRepeat", "GymAsParallel", "ParallelActionRepeat", "Preprocess", "apply_preprocess", "stacked_shape"]
+__all__ = [
+    "GymActionRepeat",
+    "GymAsParallel",
+    "ParallelActionRepeat",
+    "Preprocess",
+    "apply_preprocess",
+    "stacked_shape",
+]
 
 
 @dataclass(frozen=True)
@@ -121,10 +129,10 @@ class GymActionRepeat(gymnasium.Wrapper):
 class GymAsParallel(ParallelEnv):
     """A Gymnasium env seen as a one-agent PettingZoo parallel env (agent ``agent_0``)."""
 
-    possible_agents = ["agent_0"]
-
     def __init__(self, env: gymnasium.Env):
-        self.env, self.agents, self.metadata = env, [], getattr(env, "metadata", {}) or {}
+        self.env, self.metadata = env, getattr(env, "metadata", {}) or {}
+        self.possible_agents: list[str] = ["agent_0"]
+        self.agents: list[str] = []
 
     def observation_space(self, agent: str) -> spaces.Space:
         return self.env.observation_space
@@ -194,4 +202,3 @@ def stacked_shape(shape: tuple[int, ...], k: int) -> tuple[int, ...]:
     if len(shape) == 2:
         return (*shape, k)
     return (*shape[:-1], shape[-1] * k)
-

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from marl.data.her import HerReplayBuffer
+from marl.data.prioritized import PrioritizedSampler
 from marl.data.replay import ReplayBuffer
 
 N_AGENTS = 2
@@ -252,6 +253,22 @@ def test_relabelled_sample_matches_plain_buffer_otherwise():
     a, b = her.sample(32, np.random.default_rng(9)), plain.sample(32, np.random.default_rng(9))
     assert np.array_equal(a.indices, b.indices)
     assert np.array_equal(a.action, b.action) and np.array_equal(a.obs[:, :, 0], b.obs[:, :, 0])
+
+
+def test_relabelling_composes_with_prioritized_sampling():
+    rng = np.random.default_rng(10)
+    buffer = make("future", sampler=PrioritizedSampler(60, per_alpha=1.0))
+    spans = fill(buffer, steps=25, rng=rng)
+    rows = buffer.sample(64, rng)
+    buffer.update_priorities(rows.indices, np.where(rows.indices == rows.indices[0], 1000.0, 0.0))
+    sample = buffer.sample(128, rng)
+    check_common(sample, buffer)
+    assert np.mean(sample.indices == rows.indices[0]) > 0.9  # the prioritized row dominates
+    assert sample.weights.min() < 1.0
+    mask, goal = relabelled(sample)
+    for b, a in zip(*np.nonzero(mask)):
+        lane, step, agent = decode(sample.extras["next_achieved_goal"][b, a, 0])
+        assert step <= decode(goal[b, a])[1] <= span_of(spans, lane, agent, step, newest=24)[1]
 
 
 def test_errors_name_the_problem():

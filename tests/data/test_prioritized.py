@@ -36,7 +36,7 @@ def test_per_beta_schedule_is_linear_from_beta0_to_one():
 
 
 def test_new_rows_enter_at_the_max_priority():
-    buffer = PrioritizedReplayBuffer(schema(), capacity=8, n_envs=2, per_alpha=0.5, per_eps=0.0 + 1e-6)
+    buffer = PrioritizedReplayBuffer(schema(), capacity=8, n_envs=2, per_alpha=0.5, per_eps=1e-6)
     first = buffer.add(rows(2))
     assert buffer.priorities(first).tolist() == [1.0, 1.0]  # nothing seen yet: 1
     buffer.update_priorities(first, np.array([8.0, 0.25]))

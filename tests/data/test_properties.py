@@ -8,7 +8,7 @@ from marl.data.prioritized import PrioritizedReplayBuffer
 from marl.data.replay import ReplayBuffer
 from marl.data.sum_tree import SumTree
 
-FAST = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=150, deadline=None)
 
 
 @st.composite
@@ -26,7 +26,7 @@ def update_sequences(draw):
     return capacity, scan_depth, batches
 
 
-@FAST
+@SETTINGS
 @given(update_sequences(), st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=30))
 def test_sum_tree_matches_a_plain_array(case, fractions):
     capacity, scan_depth, batches = case
@@ -70,7 +70,7 @@ def add_sequences(draw):
     return n_envs, lane_length, [sorted(a) for a in adds], draw(st.integers(1, 5)), draw(st.booleans())
 
 
-@FAST
+@SETTINGS
 @given(add_sequences(), st.integers(0, 2**32 - 1))
 def test_replay_never_returns_an_unwritten_row(case, seed):
     n_envs, lane_length, adds, n_step, prioritized = case

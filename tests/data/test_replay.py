@@ -120,12 +120,15 @@ def test_truncation_keeps_the_final_observation():
             terminated=np.array([[False]]),
         )
         buffer.add(row)
-    sample = buffer._build(np.array([0, 1]), np.ones(2, np.float32))
-    assert sample.next_obs[1, 0, 0] == 3.0 and sample.truncated[1, 0] and not sample.terminated[1, 0]
-    assert sample.next_obs_n[:, 0, 0].tolist() == [3.0, 3.0]  # not 100 or 101
-    assert sample.reward_n[:, 0].tolist() == [1.5, 1.0]
-    assert sample.discount_n.tolist() == [0.25, 0.5]
-    assert not sample.terminated_n.any()  # truncation: the learner still bootstraps
+    sample = buffer.sample(64, np.random.default_rng(0))
+    first, second = sample.indices == 0, sample.indices == 1
+    assert first.any() and second.any()
+    assert np.all(sample.next_obs[second, 0, 0] == 3.0)
+    assert np.all(sample.truncated[second, 0]) and not np.any(sample.terminated[second, 0])
+    assert np.all(sample.next_obs_n[first | second, 0, 0] == 3.0)  # not 100 or 101
+    assert np.all(sample.reward_n[first, 0] == 1.5) and np.all(sample.reward_n[second, 0] == 1.0)
+    assert np.all(sample.discount_n[first] == 0.25) and np.all(sample.discount_n[second] == 0.5)
+    assert not sample.terminated_n[first | second].any()  # truncation: the learner still bootstraps
 
 
 def naive_nstep(history, step, n, gamma):

@@ -97,6 +97,7 @@ def test_zero_priority_leaves_are_never_returned(scan_depth):
     leaf = tree.find(u)
     assert set(leaf.tolist()) <= {3, 40, 41, 97}
     assert tree.find([total])[0] == 97  # past the end: the last positive leaf, not the padding
+    assert tree.find([-1.0])[0] == 3  # before the start: the first positive leaf
 
 
 def test_empirical_frequencies_proportional_to_priority():

@@ -10,7 +10,7 @@ import pytest
 from gymnasium import spaces
 from mpe2 import simple_adversary_v3, simple_spread_v3
 from pettingzoo import ParallelEnv
-from pettingzoo.classic import tictactoe_v3
+from pettingzoo.classic import connect_four_v3, tictactoe_v3
 
 from marl.env.adapters import AECAdapter, GymAdapter, ParallelAdapter, default_groups
 from marl.env.wrappers import ParallelActionRepeat
@@ -23,9 +23,8 @@ class DyingEnv(ParallelEnv):
     (action ``t % 3`` forbidden). ``is_success`` is 1 for agent_0, 0 for agent_1 at their ends.
     """
 
-    metadata = {"name": "dying_v0"}
-
     def __init__(self, death_step: int = 2, max_steps: int = 4, masks: bool = False):
+        self.metadata = {"name": "dying_v0"}
         self.possible_agents = ["agent_0", "agent_1"]
         self.death_step, self.max_steps, self.masks = death_step, max_steps, masks
 
@@ -63,7 +62,13 @@ class DyingEnv(ParallelEnv):
         terms = {a: a == "agent_1" and self.t == self.death_step for a in acting}
         truncs = {a: self.t >= self.max_steps and not terms[a] for a in acting}
         self.agents = [a for a in acting if not (terms[a] or truncs[a])]
-        return obs, rewards, terms, truncs, self._infos(acting, end=[a for a in acting if terms[a] or truncs[a]])
+        return (
+            obs,
+            rewards,
+            terms,
+            truncs,
+            self._infos(acting, end=[a for a in acting if terms[a] or truncs[a]]),
+        )
 
 
 def test_default_groups_by_prefix():
@@ -97,7 +102,9 @@ def test_simple_spread_matches_raw_env_through_truncation():
     for t in range(max_cycles):
         actions = rng.integers(0, 5, 3)
         out = adapter.step({"agent": actions})
-        raw_obs, raw_rew, raw_term, raw_trunc, _ = raw.step({a: int(actions[i]) for i, a in enumerate(raw.possible_agents)})
+        raw_obs, raw_rew, raw_term, raw_trunc, _ = raw.step(
+            {a: int(actions[i]) for i, a in enumerate(raw.possible_agents)}
+        )
         tr = out.transition["agent"]
         expected_rew = np.array([raw_rew[a] for a in raw.possible_agents], np.float32)
         np.testing.assert_array_equal(tr.reward, expected_rew)
@@ -105,7 +112,9 @@ def test_simple_spread_matches_raw_env_through_truncation():
         assert not tr.terminated.any()
         if t < max_cycles - 1:
             assert not tr.truncated.any() and out.episode is None and not tr.final_obs.any()
-            np.testing.assert_array_equal(out.obs["agent"].obs, np.stack([raw_obs[a] for a in raw.possible_agents]))
+            np.testing.assert_array_equal(
+                out.obs["agent"].obs, np.stack([raw_obs[a] for a in raw.possible_agents])
+            )
             np.testing.assert_array_equal(out.state, raw.state())
             np.testing.assert_array_equal(out.final_state, np.zeros(54))
     # The last step truncates every agent: the real final obs is kept, the obs is a fresh episode.
@@ -126,7 +135,9 @@ def test_simple_adversary_groups_and_unequal_spaces():
     assert spec.group("adversary").obs_space.shape == (8,) and spec.group("agent").obs_space.shape == (10,)
     assert spec.group("agent").agents == ("agent_0", "agent_1")
     with pytest.raises(ValueError, match=r"adversary_0.*agent_0.*different groups.*pad"):
-        ParallelAdapter(simple_adversary_v3.parallel_env(), groups={"all": ["adversary_0", "agent_0", "agent_1"]})
+        ParallelAdapter(
+            simple_adversary_v3.parallel_env(), groups={"all": ["adversary_0", "agent_0", "agent_1"]}
+        )
     with pytest.raises(ValueError, match="partition"):
         ParallelAdapter(simple_adversary_v3.parallel_env(), groups={"a": ["agent_0"], "b": ["agent_1"]})
 
@@ -177,7 +188,8 @@ def test_parallel_action_repeat_sums_rewards_and_stops_at_death():
     adapter.reset(seed=0)
     out = adapter.step({"agent": np.array([1, 1])})
     tr = out.transition["agent"]
-    # agent_1 dies at raw step 2 inside the repeat: reward 2 + 2, final obs of raw step 2; agent_0 goes on to 3 steps.
+    # agent_1 dies at raw step 2 inside the repeat: reward 2 + 2, final obs of raw step 2;
+    # agent_0 goes on for all 3 raw steps.
     np.testing.assert_array_equal(tr.reward, [3.0, 4.0])
     assert tr.terminated.tolist() == [False, True]
     np.testing.assert_array_equal(tr.final_obs[1], [2, 1, 7])
@@ -262,8 +274,15 @@ def test_tictactoe_turns_masks_and_final_rewards():
     assert obs["player"].alive.tolist() == [True, False] and obs["player"].obs.sum() == 0  # new game
 
 
-def test_tictactoe_random_games_exactly_one_alive():
-    adapter = AECAdapter(tictactoe_v3.env())
+def _open_columns(own_view):
+    return own_view[0].sum(axis=-1) == 0  # connect four: the top cell of the column is free
+
+
+@pytest.mark.parametrize(
+    ("make", "legal_of"), [(tictactoe_v3.env, _empty_cells), (connect_four_v3.env, _open_columns)]
+)
+def test_random_games_exactly_one_alive(make, legal_of):
+    adapter = AECAdapter(make())
     obs, _ = adapter.reset(seed=3)
     rng = np.random.default_rng(3)
     games, totals = 0, []
@@ -272,7 +291,7 @@ def test_tictactoe_random_games_exactly_one_alive():
         assert group.alive.sum() == 1
         mover = int(group.alive.argmax())
         legal = np.flatnonzero(group.action_mask[mover])
-        np.testing.assert_array_equal(group.action_mask[mover], _empty_cells(group.obs[mover]))
+        np.testing.assert_array_equal(group.action_mask[mover], legal_of(group.obs[mover]))
         actions = np.zeros(2, np.int64)
         actions[mover] = rng.choice(legal)
         out = adapter.step({"player": actions})
@@ -297,7 +316,11 @@ class GoalEnv(gymnasium.Env):
     action_space = spaces.Box(-1, 1, (2,), np.float32)
 
     def _obs(self):
-        return {"observation": np.array([*self.pos, self.t]), "achieved_goal": self.pos.copy(), "desired_goal": self.goal}
+        return {
+            "observation": np.array([*self.pos, self.t]),
+            "achieved_goal": self.pos.copy(),
+            "desired_goal": self.goal,
+        }
 
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
@@ -321,7 +344,9 @@ def test_goal_dict_flattening_and_achieved_goals():
     for t in range(3):
         out = adapter.step({"agent": np.array([[0.5, -0.25]], np.float32)})
         if t < 2:
-            np.testing.assert_allclose(out.obs["agent"].obs[0], [0.5 * (t + 1), -0.25 * (t + 1), t + 1, *goal])
+            np.testing.assert_allclose(
+                out.obs["agent"].obs[0], [0.5 * (t + 1), -0.25 * (t + 1), t + 1, *goal]
+            )
             np.testing.assert_allclose(out.achieved_goal["agent"][0], [0.5 * (t + 1), -0.25 * (t + 1)])
             assert not out.final_achieved_goal["agent"].any()
     np.testing.assert_allclose(out.transition["agent"].final_obs[0], [1.5, -0.75, 3, *goal])

@@ -115,7 +115,12 @@ def test_frame_stack_on_vectors_repeats_the_first_obs():
 
 def test_image_preprocessing_shapes_on_pistonball():
     kwargs = {"n_pistons": 3, "max_cycles": 5}
-    gray = make_adapter("pettingzoo.butterfly.pistonball_v6", kwargs, preprocess=Preprocess(grayscale=True, resize=(20, 16)), use_state=False)
+    gray = make_adapter(
+        "pettingzoo.butterfly.pistonball_v6",
+        kwargs,
+        preprocess=Preprocess(grayscale=True, resize=(20, 16)),
+        use_state=False,
+    )
     space = gray.spec.group("piston").obs_space
     assert space.shape == (20, 16, 1) and space.dtype == np.uint8
     stacked = make_adapter(

@@ -10,15 +10,24 @@ import os
 import signal
 import time
 
+import gymnasium
 import numpy as np
 import psutil
 import pytest
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from marl.env.adapters import ParallelAdapter
+from marl.env.adapters import GymAdapter, ParallelAdapter
 from marl.env.make import make_adapter
-from marl.env.vector import EnvWorkerError, SubprocVectorEnv, SyncVectorEnv, chunk_slices, eval_seeds, make_vector_env, seeds_for
+from marl.env.vector import (
+    EnvWorkerError,
+    SubprocVectorEnv,
+    SyncVectorEnv,
+    chunk_slices,
+    eval_seeds,
+    make_vector_env,
+    seeds_for,
+)
 
 SPREAD = functools.partial(make_adapter, "mpe2.simple_spread_v3", {"max_cycles": 7})
 
@@ -26,10 +35,8 @@ SPREAD = functools.partial(make_adapter, "mpe2.simple_spread_v3", {"max_cycles":
 class FaultyEnv(ParallelEnv):
     """One agent; raises at step 3 in the env copy reset with ``bad_seed``."""
 
-    metadata = {"name": "faulty_v0"}
-    possible_agents = ["agent_0"]
-
     def __init__(self, bad_seed: int):
+        self.metadata, self.possible_agents = {"name": "faulty_v0"}, ["agent_0"]
         self.bad_seed, self.seed = bad_seed, None
 
     def observation_space(self, agent):
@@ -47,7 +54,43 @@ class FaultyEnv(ParallelEnv):
         self.t += 1
         if self.seed == self.bad_seed and self.t == 3:
             raise ValueError("the faulty env broke at step 3")
-        return {"agent_0": np.zeros(1, np.float32)}, {"agent_0": 0.0}, {"agent_0": False}, {"agent_0": False}, {"agent_0": {}}
+        return (
+            {"agent_0": np.zeros(1, np.float32)},
+            {"agent_0": 0.0},
+            {"agent_0": False},
+            {"agent_0": False},
+            {"agent_0": {}},
+        )
+
+
+class GoalEnv(gymnasium.Env):
+    """Position += action; the achieved goal is the position, the first 2 obs entries."""
+
+    observation_space = spaces.Dict(
+        {
+            "observation": spaces.Box(-50, 50, (2,), np.float32),
+            "achieved_goal": spaces.Box(-50, 50, (2,), np.float32),
+            "desired_goal": spaces.Box(-50, 50, (2,), np.float32),
+        }
+    )
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+
+    def _obs(self):
+        return {"observation": self.pos, "achieved_goal": self.pos, "desired_goal": self.goal}
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        self.goal, self.t = self.np_random.uniform(-1, 1, 2).astype(np.float32), 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.pos, self.t = (self.pos + action).astype(np.float32), self.t + 1
+        return self._obs(), 0.0, False, self.t >= 3, {"is_success": 0.0}
+
+
+def goal_adapter() -> GymAdapter:
+    return GymAdapter(GoalEnv())
 
 
 def faulty_adapter(bad_seed: int) -> ParallelAdapter:
@@ -99,9 +142,9 @@ def test_chunk_slices_cover_contiguously():
 
 def _assert_same(a, b):
     for g in a.obs:
-        for x, y in zip(a.obs[g], b.obs[g]):
+        for x, y in zip(a.obs[g], b.obs[g], strict=True):
             np.testing.assert_array_equal(x, y)
-        for x, y in zip(a.transition[g], b.transition[g]):
+        for x, y in zip(a.transition[g], b.transition[g], strict=True):
             np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(a.state, b.state)
     np.testing.assert_array_equal(a.final_state, b.final_state)
@@ -117,18 +160,30 @@ def test_sync_equals_subprocess_and_seeds_reach_the_copies(helper_processes):
         obs_b, state_b = sub.reset(seed=3)
         np.testing.assert_array_equal(obs_a["agent"].obs, obs_b["agent"].obs)
         np.testing.assert_array_equal(state_a, state_b)
-        # copy i is seeded with seeds_for(seed, E)[i]
-        single = SPREAD()
-        first, _ = single.reset(seed=seeds_for(3, num_envs)[4])
-        np.testing.assert_array_equal(obs_b["agent"].obs[4], first["agent"].obs)
-        episodes = 0
+        # Oracle: E separate adapters, copy i reset with seeds_for(seed, E)[i].
+        singles = [SPREAD() for _ in range(num_envs)]
+        for i, (single, seed) in enumerate(zip(singles, seeds_for(3, num_envs), strict=True)):
+            first, state = single.reset(seed=seed)
+            np.testing.assert_array_equal(obs_b["agent"].obs[i], first["agent"].obs)
+            np.testing.assert_array_equal(state_b[i], state)
+        episodes = []
         for _ in range(50):
             actions = {"agent": rng.integers(0, 5, (num_envs, 3))}
             a, b = sync.step(actions), sub.step(actions)
             _assert_same(a, b)
-            episodes += len(b.episodes)
-        assert episodes == num_envs * (50 // 7)
-        assert sorted(e.env_index for e in b.episodes) == ([] if 50 % 7 else list(range(num_envs)))
+            for i, single in enumerate(singles):
+                ref = single.step({"agent": actions["agent"][i]})
+                np.testing.assert_array_equal(b.obs["agent"].obs[i], ref.obs["agent"].obs)
+                np.testing.assert_array_equal(b.transition["agent"].reward[i], ref.transition["agent"].reward)
+                np.testing.assert_array_equal(
+                    b.transition["agent"].final_obs[i], ref.transition["agent"].final_obs
+                )
+                np.testing.assert_array_equal(b.final_state[i], ref.final_state)
+                if ref.episode is not None:
+                    assert ref.episode._replace(env_index=i) in b.episodes
+            episodes += b.episodes
+        assert len(episodes) == num_envs * (50 // 7)
+        assert sorted(e.env_index for e in episodes) == sorted(list(range(num_envs)) * (50 // 7))
     sync.close()
     _assert_no_workers(helper_processes)
 
@@ -152,8 +207,12 @@ def test_chunked_send_recv_equals_step():
                 for c, part in enumerate(parts):
                     sl = env.chunk_slice(c)
                     np.testing.assert_array_equal(part.obs["agent"].obs, ref.obs["agent"].obs[sl])
-                    np.testing.assert_array_equal(part.transition["agent"].reward, ref.transition["agent"].reward[sl])
-                    np.testing.assert_array_equal(part.transition["agent"].final_obs, ref.transition["agent"].final_obs[sl])
+                    np.testing.assert_array_equal(
+                        part.transition["agent"].reward, ref.transition["agent"].reward[sl]
+                    )
+                    np.testing.assert_array_equal(
+                        part.transition["agent"].final_obs, ref.transition["agent"].final_obs[sl]
+                    )
                     np.testing.assert_array_equal(part.state, ref.state[sl])
                     assert part.episodes == [e for e in ref.episodes if sl.start <= e.env_index < sl.stop]
         with pytest.raises(RuntimeError, match="recv"):
@@ -167,7 +226,7 @@ def test_chunked_send_recv_equals_step():
 
 def test_returned_arrays_are_not_overwritten_by_the_next_step():
     with SubprocVectorEnv(SPREAD, 2, num_workers=1) as sub:
-        obs, _ = sub.reset(seed=0)
+        sub.reset(seed=0)
         first = sub.step({"agent": np.zeros((2, 3), np.int64)})
         kept = first.obs["agent"].obs.copy()
         sub.step({"agent": np.ones((2, 3), np.int64)})
@@ -236,3 +295,32 @@ def test_sync_error_names_env_copy():
     with pytest.raises(EnvWorkerError, match="env copy 1 raised ValueError: the faulty env broke") as info:
         env.step(actions)
     assert info.value.env_index == bad and isinstance(info.value.__cause__, ValueError)
+
+
+@pytest.mark.parametrize("backend", ["sync", "subprocess"])
+def test_achieved_goals_follow_obs_and_final_obs(backend):
+    with make_vector_env(goal_adapter, 3, backend, num_workers=1) as env:
+        obs, _ = env.reset(seed=4)
+        np.testing.assert_array_equal(env.achieved_goals(0).obs["agent"], obs["agent"].obs[..., :2])
+        rng = np.random.default_rng(0)
+        for t in range(4):
+            out = env.step({"agent": rng.uniform(-1, 1, (3, 1, 2)).astype(np.float32)})
+            goals = env.achieved_goals(0)
+            np.testing.assert_array_equal(goals.obs["agent"], out.obs["agent"].obs[..., :2])
+            ended = out.transition["agent"].truncated
+            assert ended.all() == (t == 2)
+            np.testing.assert_array_equal(
+                goals.final_obs["agent"], out.transition["agent"].final_obs[..., :2]
+            )
+
+
+def test_render_through_workers_matches_in_process():
+    factory = functools.partial(make_adapter, "mpe2.simple_spread_v3", {}, render_mode="rgb_array")
+    sync = make_vector_env(factory, 2, "sync")
+    with make_vector_env(factory, 2, "subprocess", num_workers=2) as sub:
+        sync.reset(seed=1)
+        sub.reset(seed=1)
+        frame = sub.render(1)
+        assert frame.dtype == np.uint8 and frame.ndim == 3
+        np.testing.assert_array_equal(frame, sync.render(1))
+    sync.close()
