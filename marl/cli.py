@@ -59,7 +59,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     episodes = args.episodes or cfg.eval.episodes
     make = functools.partial(vector_env, cfg, backend="sync")
     seed = cfg.seed if args.seed is None else args.seed
-    result = evaluate(policy, make, episodes, seed, deterministic=not args.stochastic, num_envs=min(episodes, cfg.eval.num_envs))
+    opponent = args.opponent or cfg.eval.opponent
+    result = evaluate(policy, make, episodes, seed, deterministic=not args.stochastic,
+                      num_envs=min(episodes, cfg.eval.num_envs), opponent=opponent)
     if args.json:
         print(json.dumps(result))
     else:
@@ -68,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for agent, r in result["per_agent"].items():
             print(f"  {agent}: {r:.3f}")
         for k, v in result.items():
-            if k.endswith("_rate") or k.startswith("mean_") and k not in ("mean_return", "mean_agent_return", "mean_length"):
+            if k.endswith("_rate") or (k.startswith("mean_") and k not in ("mean_return", "mean_agent_return", "mean_length")):
                 print(f"  {k}: {v:.3f}")
     return 0
 
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    p.add_argument("--opponent", choices=["none", "random"], default=None,
+                   help="random: the policy plays one seat, the other agents act randomly (default: the run's eval.opponent)")
     p.set_defaults(func=cmd_eval)
     for name, module, text in (
         ("compare", "marl.compare", "train variants (e.g. shared vs independent) over seeds and write a report"),

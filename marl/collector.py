@@ -94,7 +94,11 @@ class Collector:
                     (self.num_envs, g.n_agents), gamma, clip=reward_clip or None
                 )
         self.reward_clip = reward_clip
-        self.obs, self.state = env.reset(seed)
+        obs, state = env.reset(seed)
+        # Own copies: a vector env may hand out views of buffers it rewrites on the next step.
+        self.obs = {g: GroupObs(o.obs.copy(), o.alive.copy(), None if o.action_mask is None else o.action_mask.copy())
+                    for g, o in obs.items()}
+        self.state = None if state is None else state.copy()
 
     def _act_and_send(self, k: int) -> dict:
         sl = self.chunks[k]

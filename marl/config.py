@@ -194,6 +194,7 @@ class EvalConfig:
     episodes: int = _f(10, "episodes per evaluation")
     num_envs: int = _f(5, "eval env copies")
     deterministic: bool = _f(True, "mode of the action distribution instead of sampling")
+    opponent: Literal["none", "random"] = _f("none", "random: the policy plays one seat, every other agent acts randomly (win rate vs random)")
 
 
 @dataclass

@@ -14,7 +14,13 @@ Reported fields (``marl eval --json`` prints them):
 * ``per_agent``: agent -> mean return; ``per_group``: group -> mean per-agent return;
 * ``mean_length``: env steps per episode; ``episodes``: how many were run;
 * ``success_rate`` when the env reports ``is_success``; other numeric episode infos
-  (e.g. ``win``) as ``<name>_rate``/means.
+  as ``mean_<name>``.
+
+With ``opponent="random"`` (multi-agent envs, e.g. turn-based board games) the
+policy controls one seat per episode, rotating over the agents (seat ``(copy +
+episode) mod n_agents``), and every other agent takes uniformly random allowed
+actions. Added fields: ``win_rate``, ``draw_rate``, ``loss_rate`` (the controlled
+agent's episode return > 0, == 0, < 0, as in ±1 games) and ``mean_learner_return``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,24 @@ def summarize(episodes: list[EpisodeStats], spec: EnvSpec) -> dict[str, Any]:
     return out
 
 
+def random_actions(spec: EnvSpec, obs: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Uniformly random allowed actions ``[E, A, ...]`` for every group."""
+    out = {}
+    for g in spec.groups:
+        o = obs[g.name]
+        lead = o.alive.shape
+        if g.discrete:
+            n = int(g.action_space.n)
+            allowed = np.ones((*lead, n), bool) if o.action_mask is None else o.action_mask.astype(bool)
+            allowed = allowed | ~allowed.any(-1, keepdims=True)  # no allowed action: any (agent is not acting)
+            scores = rng.random((*lead, n)) * allowed
+            out[g.name] = scores.argmax(-1).astype(np.int64)
+        else:
+            low, high = g.action_space.low, g.action_space.high
+            out[g.name] = rng.uniform(low, high, size=(*lead, *low.shape)).astype(np.float32)
+    return out
+
+
 def evaluate(
     policy: Policy,
     make_env: Callable[[int], Any],
@@ -60,6 +84,7 @@ def evaluate(
     deterministic: bool = True,
     num_envs: int = 1,
     max_steps: int = 1_000_000,
+    opponent: str = "none",
 ) -> dict[str, Any]:
     """Run ``episodes`` evaluation episodes; return :func:`summarize` of them.
 
@@ -71,6 +96,8 @@ def evaluate(
         deterministic: take the distribution's mode.
         num_envs: eval env copies (at most ``episodes``).
         max_steps: safety bound on vector steps.
+        opponent: ``"none"`` (the policy controls every agent) or ``"random"``
+            (one seat per episode; see the module doc).
     """
     from marl.env.vector import eval_seeds
 
@@ -78,19 +105,43 @@ def evaluate(
     quota = [episodes // num_envs + (1 if i < episodes % num_envs else 0) for i in range(num_envs)]
     done_count = [0] * num_envs
     finished: list[EpisodeStats] = []
+    learner_returns: list[float] = []
     venv = make_env(num_envs)
     try:
+        spec = venv.spec
+        if opponent not in ("none", "random"):
+            raise ValueError(f"opponent must be 'none' or 'random', got {opponent!r}")
+        if opponent == "random" and spec.n_agents < 2:
+            raise ValueError("opponent='random' needs a multi-agent env; this env has one agent")
+        seats = [(g.name, i, a) for g in spec.groups for i, a in enumerate(g.agents)]
+        started = [0] * num_envs  # episodes started per copy (rotates the learner's seat)
+        rng = np.random.default_rng(eval_seeds(seed, 2)[1])
         obs, state = venv.reset(int(eval_seeds(seed, 1)[0]))
         for _ in range(max_steps):
             out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
-            step = venv.step(out.env_action)
+            actions = out.env_action
+            if opponent == "random":
+                actions = random_actions(spec, obs, rng)
+                for e in range(num_envs):
+                    group, i, _ = seats[(e + started[e]) % len(seats)]
+                    actions[group][e, i] = out.env_action[group][e, i]
+            step = venv.step(actions)
             for ep in step.episodes:
-                if done_count[ep.env_index] < quota[ep.env_index]:
-                    done_count[ep.env_index] += 1
+                e = ep.env_index
+                if done_count[e] < quota[e]:
+                    done_count[e] += 1
                     finished.append(ep)
+                    if opponent == "random":
+                        learner_returns.append(ep.returns[seats[(e + started[e]) % len(seats)][2]])
+                started[e] += 1
             obs, state = step.obs, step.state
             if sum(done_count) >= episodes:
                 break
     finally:
         venv.close()
-    return summarize(finished, venv.spec)
+    result = summarize(finished, spec)
+    if opponent == "random":
+        r = np.array(learner_returns)
+        result.update(win_rate=float((r > 0).mean()), draw_rate=float((r == 0).mean()),
+                      loss_rate=float((r < 0).mean()), mean_learner_return=float(r.mean()), opponent="random")
+    return result

@@ -47,6 +47,11 @@ from marl.multi_agent.policy import Policy
 from marl.types import EnvSpec
 
 
+def score(result: dict[str, Any]) -> float:
+    """What "best" means for an evaluation: win rate against a fixed opponent, else mean team return."""
+    return result["win_rate"] if "win_rate" in result else result["mean_return"]
+
+
 class TrainingInterrupted(SystemExit):
     """Raised (as a SystemExit) after a signal stopped training and the checkpoint was written."""
 
@@ -213,7 +218,7 @@ class Trainer:
         cfg = self.cfg
         make = functools.partial(vector_env, cfg, backend="sync")
         return evaluate(self.policy, make, episodes or cfg.eval.episodes, cfg.seed,
-                        deterministic=cfg.eval.deterministic, num_envs=cfg.eval.num_envs)
+                        deterministic=cfg.eval.deterministic, num_envs=cfg.eval.num_envs, opponent=cfg.eval.opponent)
 
     def _eval_and_keep_best(self, logger: Logger) -> None:
         result = self.evaluate()
@@ -223,7 +228,7 @@ class Trainer:
         self.eval_history.append({"env_steps": self.env_steps, "wall_time_s": result["wall_time_s"],
                                   "mean_return": result["mean_return"]})
         logger.scalars(flatten_eval(result), self.env_steps)
-        if self.best_eval is None or result["mean_return"] > self.best_eval["mean_return"]:
+        if self.best_eval is None or score(result) > score(self.best_eval):
             self.best_eval = result
             self.save("best.pt")
 

@@ -60,7 +60,10 @@ __all__ = [
 
 
 class EnvWorkerError(RuntimeError):
-    """An env copy failed in a worker (or the worker died).
+    """An env copy raised (in this process or in a worker), or a worker died.
+
+    The original exception is the ``__cause__`` in-process; from a worker, its
+    formatted traceback is in the message and in ``worker_traceback``.
 
     Attributes:
         env_index: global index of the failing env copy, or ``None`` when a whole
@@ -210,20 +213,23 @@ def _each_copy(start: int, count: int, call: Callable[[int], Any]) -> list[Any]:
     return results
 
 
+def _rows(
+    actions: Mapping[str, np.ndarray], out: StepBuffers, n: int
+) -> tuple[list[dict], list[StepBuffers]]:
+    """Per-copy views: actions ``{group: [A, ...]}`` and buffers of copy ``j`` of ``[n, ...]`` arrays."""
+    return [{g: a[j] for g, a in actions.items()} for j in range(n)], [out.at(j) for j in range(n)]
+
+
 def _step_block(
-    adapters: list[Adapter], start: int, actions: Mapping[str, np.ndarray], out: StepBuffers
+    adapters: list[Adapter], start: int, actions: list[dict], out: list[StepBuffers]
 ) -> list[EpisodeStats]:
-    """Step the adapters (copies ``start, start+1, ...``), writing row ``j`` of ``out``; finished episodes."""
-    done = _each_copy(
-        start,
-        len(adapters),
-        lambda j: adapters[j].step_into({g: a[j] for g, a in actions.items()}, out.at(j)),
-    )
+    """Step adapter ``j`` (copy ``start + j``) with ``actions[j]`` into ``out[j]``; finished episodes."""
+    done = _each_copy(start, len(adapters), lambda j: adapters[j].step_into(actions[j], out[j]))
     return [e._replace(env_index=start + j) for j, e in enumerate(done) if e is not None]
 
 
 def _reset_block(adapters: list[Adapter], start: int, seeds: list[int], out: StepBuffers) -> None:
-    _each_copy(start, len(adapters), lambda j: adapters[j].reset_into(seeds[j], out.at(0)))
+    _each_copy(start, len(adapters), lambda j: adapters[j].reset_into(seeds[j], out.at(j)))
 
 
 class _ChunkedBase:
@@ -329,7 +335,7 @@ class SyncVectorEnv(_ChunkedBase):
             raise RuntimeError(f"chunk {chunk} was sent actions twice; recv({chunk}) its result first")
         _check_actions(self.spec, actions, sl.stop - sl.start)
         out = allocate_buffers(self.spec, (sl.stop - sl.start,), self._fields)
-        episodes = _step_block(self._adapters[sl], sl.start, actions, out)
+        episodes = _step_block(self._adapters[sl], sl.start, *_rows(actions, out, sl.stop - sl.start))
         self._goals[chunk] = _goals_of(out)
         self._results[chunk] = _to_vec_step(out, episodes)
 
@@ -370,10 +376,11 @@ def _worker(conn: Connection, factory: Callable[[], Adapter], start: int, count:
         arrays = block_views(shm.buf, layout)
         out = buffers_from_arrays(adapters[0].spec, arrays)
         actions = {n.split("/")[0]: a for n, a in arrays.items() if n.endswith("/action")}
+        action_rows, out_rows = _rows(actions, out, count)  # views into shared memory, made once
         while True:
             cmd, arg = conn.recv()
             if cmd == "step":
-                conn.send(("ok", _step_block(adapters, start, actions, out)))
+                conn.send(("ok", _step_block(adapters, start, action_rows, out_rows)))
             elif cmd == "reset":
                 _reset_block(adapters, start, arg, out)
                 conn.send(("ok", None))
@@ -392,7 +399,7 @@ def _worker(conn: Connection, factory: Callable[[], Adapter], start: int, count:
         for adapter in adapters:
             with contextlib.suppress(Exception):
                 adapter.close()
-        arrays = out = actions = None  # type: ignore[assignment]  # release views before unmapping
+        arrays = out = actions = action_rows = out_rows = None  # type: ignore[assignment]  # unmap views
         if shm is not None:
             with contextlib.suppress(BufferError):
                 shm.close()

@@ -93,12 +93,13 @@ def goal_adapter() -> GymAdapter:
     return GymAdapter(GoalEnv())
 
 
+# Worker processes import factories by module path; test modules are not importable under
+# pytest's importlib mode, so subprocess tests build envs from importable ids.
+GOAL_REACH = functools.partial(make_adapter, "envs.goal_reach", {"max_steps": 3})
+
+
 def faulty_adapter(bad_seed: int) -> ParallelAdapter:
     return ParallelAdapter(FaultyEnv(bad_seed))
-
-
-def broken_factory() -> ParallelAdapter:
-    raise RuntimeError("cannot build this env")
 
 
 @pytest.fixture
@@ -235,16 +236,15 @@ def test_returned_arrays_are_not_overwritten_by_the_next_step():
 
 def test_worker_exception_names_env_copy_and_message(helper_processes):
     num_envs, bad = 4, 3
-    factory = functools.partial(faulty_adapter, seeds_for(0, num_envs)[bad])
-    sub = SubprocVectorEnv(factory, num_envs, num_workers=2)
+    sub = SubprocVectorEnv(SPREAD, num_envs, num_workers=2)
     sub.reset(seed=0)
-    actions = {"agent": np.zeros((num_envs, 1), np.int64)}
+    actions = {"agent": np.zeros((num_envs, 3), np.int64)}
     sub.step(actions)
-    sub.step(actions)
-    with pytest.raises(EnvWorkerError, match="env copy 3") as info:
+    actions["agent"][bad, 1] = 9  # outside Discrete(5): mpe2 raises in env copy 3
+    with pytest.raises(EnvWorkerError, match=r"env copy 3 raised AssertionError: action is not in") as info:
         sub.step(actions)
     assert info.value.env_index == bad
-    assert "the faulty env broke at step 3" in str(info.value) and "Traceback" in info.value.worker_traceback
+    assert "worker 1 (env copies 2..3)" in str(info.value) and "Traceback" in info.value.worker_traceback
     _assert_no_workers(helper_processes)
     sub.close()  # idempotent after the automatic close
     with pytest.raises(RuntimeError, match="closed"):
@@ -252,8 +252,9 @@ def test_worker_exception_names_env_copy_and_message(helper_processes):
 
 
 def test_worker_construction_error_is_reported(helper_processes):
-    with pytest.raises(EnvWorkerError, match="env copy 0 raised RuntimeError: cannot build this env") as info:
-        SubprocVectorEnv(broken_factory, 2, num_workers=2)
+    factory = functools.partial(make_adapter, "mpe2.simple_spread_v3", {"no_such_option": 1})
+    with pytest.raises(EnvWorkerError, match=r"env copy 0 raised TypeError: .*no_such_option") as info:
+        SubprocVectorEnv(factory, 2, num_workers=2)
     assert info.value.env_index == 0
     _assert_no_workers(helper_processes)
 
@@ -297,21 +298,29 @@ def test_sync_error_names_env_copy():
     assert info.value.env_index == bad and isinstance(info.value.__cause__, ValueError)
 
 
-@pytest.mark.parametrize("backend", ["sync", "subprocess"])
-def test_achieved_goals_follow_obs_and_final_obs(backend):
-    with make_vector_env(goal_adapter, 3, backend, num_workers=1) as env:
-        obs, _ = env.reset(seed=4)
-        np.testing.assert_array_equal(env.achieved_goals(0).obs["agent"], obs["agent"].obs[..., :2])
-        rng = np.random.default_rng(0)
-        for t in range(4):
-            out = env.step({"agent": rng.uniform(-1, 1, (3, 1, 2)).astype(np.float32)})
-            goals = env.achieved_goals(0)
-            np.testing.assert_array_equal(goals.obs["agent"], out.obs["agent"].obs[..., :2])
-            ended = out.transition["agent"].truncated
-            assert ended.all() == (t == 2)
-            np.testing.assert_array_equal(
-                goals.final_obs["agent"], out.transition["agent"].final_obs[..., :2]
-            )
+@pytest.mark.parametrize("factory", [goal_adapter, GOAL_REACH], ids=["in-process", "envs.goal_reach"])
+def test_achieved_goals_follow_obs_and_final_obs(factory):
+    """In both toy envs the achieved goal is the position, the first 2 observation entries."""
+    backends = ["sync"] if factory is goal_adapter else ["sync", "subprocess"]
+    results = []
+    for backend in backends:
+        with make_vector_env(factory, 3, backend, num_workers=1) as env:
+            obs, _ = env.reset(seed=4)
+            np.testing.assert_array_equal(env.achieved_goals(0).obs["agent"], obs["agent"].obs[..., :2])
+            rng = np.random.default_rng(0)
+            for t in range(4):
+                out = env.step({"agent": rng.uniform(-1, 1, (3, 1, 2)).astype(np.float32)})
+                goals = env.achieved_goals(0)
+                np.testing.assert_array_equal(goals.obs["agent"], out.obs["agent"].obs[..., :2])
+                final_obs = out.transition["agent"].final_obs
+                assert out.transition["agent"].truncated.all() == (t == 2)
+                np.testing.assert_array_equal(goals.final_obs["agent"], final_obs[..., :2])
+                results.append((goals, out.obs["agent"].obs))
+    if len(backends) == 2:
+        half = len(results) // 2
+        for (ga, oa), (gb, ob) in zip(results[:half], results[half:], strict=True):
+            np.testing.assert_array_equal(oa, ob)
+            np.testing.assert_array_equal(ga.final_obs["agent"], gb.final_obs["agent"])
 
 
 def test_render_through_workers_matches_in_process():

@@ -1,0 +1,214 @@
+"""Deep Q-learning: double-DQN targets, Huber loss, masked greedy actions, dueling head.
+
+Pure functions hold the maths (:func:`masked_argmax`, :func:`double_q_next_value`,
+:func:`huber`); :class:`QPolicyNet` holds every group's Q network and acts greedily
+(the epsilon-greedy part is generic and lives in the acting wrapper,
+:class:`marl.off_policy.OffPolicyActor`); :class:`DQNLearner` owns the target network
+and the one optimizer over every group's Q network.
+
+Multi-agent: independent Q-learning per agent through the groups' sharing modes
+(one network with one-hot agent ids, one per agent, or a map); each group's loss is
+a mean over its alive agents, the groups' losses are summed, one backward, one step.
+
+Target (van Hasselt et al. 2016), with ``n'``-step windows from the replay::
+
+    a* = argmax_a Q_online(s_{t+n'}, a)     (allowed actions only)
+    y  = r_n + gamma^n' (1 - terminated_n) Q_target(s_{t+n'}, a*)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from marl.algos.targets import (
+    LearnerOut,
+    OffPolicyBatch,
+    clip_grad,
+    make_target,
+    masked_mean,
+    soft_update,
+    td_target,
+    team_means,
+)
+from marl.config import DQNConfig, ModelConfig
+from marl.multi_agent.policy import group_sharing
+from marl.nets import AgentNet, dueling_q, param_sets_for
+from marl.types import EnvSpec, GroupSpec
+
+
+def group_net(group: GroupSpec, model: ModelConfig, in_shape: tuple[int, ...], out_dim: int, out_gain: float) -> AgentNet:
+    """One group's :class:`AgentNet` with the group's sharing mode from ``model.sharing``.
+
+    Args:
+        group: the agents it serves (``A``).
+        model: widths, activation, sharing, agent ids, forward strategy.
+        in_shape: one agent's input shape (observation, or observation + action for Q(s, a)).
+        out_dim: output width.
+        out_gain: orthogonal gain of the output layer.
+    """
+    return AgentNet(
+        tuple(in_shape), out_dim, group.n_agents, hidden=tuple(model.hidden), activation=model.activation,
+        param_sets=param_sets_for(group_sharing(model.sharing, group), group.agents), agent_id=model.agent_id,
+        strategy=model.strategy, out_gain=out_gain,
+    )
+
+
+def masked_argmax(q: Tensor, mask: Tensor | None) -> Tensor:
+    """``[...]`` argmax of ``q [..., n]`` over allowed actions (``mask [..., n]``, ``True`` = allowed).
+
+    A row with no allowed action (an agent that is not alive) uses all actions.
+    """
+    if mask is None:
+        return q.argmax(dim=-1)
+    mask = mask.bool()
+    mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return torch.where(mask, q, torch.full_like(q, -torch.inf)).argmax(dim=-1)
+
+
+def double_q_next_value(
+    next_q_target: Tensor, next_q_online: Tensor | None, next_mask: Tensor | None
+) -> Tensor:
+    """Value of the next state ``[B, A]`` for the DQN target.
+
+    Args:
+        next_q_target: ``[B, A, n]`` target network's Q of ``s_{t+n'}``.
+        next_q_online: ``[B, A, n]`` online network's Q of ``s_{t+n'}`` (double DQN: it
+            picks the action the target network values); ``None`` = plain DQN
+            (``max_a Q_target``).
+        next_mask: ``[B, A, n]`` allowed actions at ``s_{t+n'}`` or ``None``.
+    """
+    chooser = next_q_target if next_q_online is None else next_q_online
+    best = masked_argmax(chooser, next_mask)
+    return next_q_target.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+
+
+def huber(x: Tensor, y: Tensor) -> Tensor:
+    """Elementwise Huber loss with threshold 1 (``smooth_l1``): quadratic for ``|x - y| < 1``, linear beyond."""
+    return F.smooth_l1_loss(x, y, reduction="none", beta=1.0)
+
+
+class GroupQ(nn.Module):
+    """Q network of one group: ``obs [..., A, *obs_shape]`` -> ``Q [..., A, n]``.
+
+    Args:
+        group: a group with a ``Discrete(n)`` action space.
+        model: network sizes and sharing.
+        dueling: output ``1 + n`` streams combined by :func:`marl.nets.dueling_q`.
+    """
+
+    def __init__(self, group: GroupSpec, model: ModelConfig, dueling: bool) -> None:
+        super().__init__()
+        if not group.discrete:
+            raise ValueError(
+                f"DQN needs Discrete actions; group {group.name!r} has {group.action_space}. Use algo.name=sac or td3"
+            )
+        self.n_actions = int(group.action_space.n)
+        self.dueling = dueling
+        self.net = group_net(group, model, tuple(group.obs_space.shape), self.n_actions + int(dueling), out_gain=1.0)
+
+    def forward(self, obs: Tensor, mask: Tensor | None = None) -> Tensor:
+        out = self.net(obs)
+        return dueling_q(out, mask) if self.dueling else out
+
+
+class QPolicyNet(nn.ModuleDict):
+    """Every group's :class:`GroupQ`, keyed by group name; acts greedily.
+
+    Args:
+        spec: the env (every group must have Discrete actions).
+        model: network sizes and sharing.
+        dueling: dueling heads.
+    """
+
+    def __init__(self, spec: EnvSpec, model: ModelConfig, dueling: bool) -> None:
+        super().__init__({g.name: GroupQ(g, model, dueling) for g in spec.groups})
+
+    def act(self, name: str, obs: Tensor, mask: Tensor | None, deterministic: bool,
+            generator: torch.Generator) -> Tensor:
+        """``[E, A]`` greedy allowed actions of group ``name`` (exploration is added by the caller)."""
+        del deterministic, generator  # greedy either way
+        return masked_argmax(self[name](obs, mask), mask)
+
+    def env_action(self, name: str, action: Tensor) -> Tensor:
+        """Discrete actions go to the env unchanged."""
+        del name
+        return action
+
+
+def linear_epsilon(epsilon_start: float, epsilon_final: float, exploration_fraction: float, progress: float) -> float:
+    """Epsilon at ``progress`` (fraction of training done): linear from start to final over
+    the first ``exploration_fraction`` of training, then constant."""
+    frac = min(max(progress / exploration_fraction, 0.0), 1.0)
+    return epsilon_start + frac * (epsilon_final - epsilon_start)
+
+
+class DQNLearner:
+    """Updates a :class:`QPolicyNet` from replay samples.
+
+    Args:
+        q: the online Q networks (also the acting networks).
+        cfg: DQN hyperparameters (lr, gamma is already folded into the samples'
+            ``discount_n``, tau, target_update_interval, max_grad_norm, double_q).
+
+    Attributes:
+        target: the target Q networks (no gradients).
+        optimizer: Adam over every online parameter of every group, each once.
+        grad_steps: gradient steps taken.
+    """
+
+    def __init__(self, q: QPolicyNet, cfg: DQNConfig) -> None:
+        self.q = q
+        self.cfg = cfg
+        self.target = make_target(q)
+        self.optimizer = torch.optim.Adam(q.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.grad_steps = 0
+
+    def losses(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+        """Summed Huber loss over groups, TD errors ``[B, A]`` per group, and metrics (no step)."""
+        group_losses: list[Tensor] = []
+        td_error: dict[str, Tensor] = {}
+        metrics: dict[str, float] = {}
+        for name, b in batches.items():
+            qnet = self.q[name]
+            q_taken = qnet(b.obs, b.action_mask).gather(-1, b.action.long().unsqueeze(-1)).squeeze(-1)
+            with torch.no_grad():
+                next_target = self.target[name](b.next_obs_n, b.next_action_mask_n)
+                next_online = qnet(b.next_obs_n, b.next_action_mask_n) if self.cfg.double_q else None
+                next_value = double_q_next_value(next_target, next_online, b.next_action_mask_n)
+                y = td_target(b.reward_n, b.discount_n, b.terminated_n, next_value)
+            loss = masked_mean(huber(q_taken, y), b.alive, b.weights)
+            group_losses.append(loss)
+            td_error[name] = (q_taken - y).detach()
+            metrics[f"q_loss/{name}"] = float(loss.detach())
+            metrics[f"q_mean/{name}"] = float(masked_mean(q_taken.detach(), b.alive))
+        return torch.stack(group_losses).sum(), td_error, metrics
+
+    def update(self, batches: Mapping[str, OffPolicyBatch]) -> LearnerOut:
+        """One gradient step on every group's rows; a target update every ``target_update_interval`` steps."""
+        total, td_error, metrics = self.losses(batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        metrics["grad_norm"] = clip_grad(list(self.q.parameters()), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.grad_steps += 1
+        if self.grad_steps % self.cfg.target_update_interval == 0:
+            soft_update(self.target, self.q, self.cfg.tau)
+        return LearnerOut(team_means(metrics, list(batches)), td_error)
+
+    def trainable(self) -> list[nn.Parameter]:
+        """Every trained parameter (for counting)."""
+        return list(self.q.parameters())
+
+    def state_dict(self) -> dict:
+        """Target networks, optimizer and counter (the online networks live in the policy entry)."""
+        return {"target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "grad_steps": self.grad_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.grad_steps = int(state["grad_steps"])

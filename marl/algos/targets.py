@@ -1,0 +1,154 @@
+"""Target networks and the pieces every off-policy loss shares.
+
+* :func:`make_target`, :func:`hard_update`, :func:`soft_update`: a target network is a
+  separate copy of its online network that receives no gradients; it is moved towards
+  the online weights by Polyak averaging ``θ' <- (1 - τ) θ' + τ θ`` (``τ = 1``: a hard
+  copy). Only critics bootstrap, so only the critic loss reads target networks; actor
+  targets exist for TD3's target policy.
+* :class:`OffPolicyBatch`: one group's sampled rows as tensors, normalized observations.
+* :func:`td_target`: ``y = r_n + γ^n (1 - terminated_n) V(s_{t+n})``: ``terminated``
+  stops bootstrapping, a time limit does not (its ``next_obs`` is the real final
+  observation, so ``V`` of it is used).
+* :func:`masked_mean`: loss means over alive agents, weighted by PER importance weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def make_target(source: nn.Module) -> nn.Module:
+    """A separate deep copy of ``source`` with ``requires_grad=False`` on every parameter."""
+    target = copy.deepcopy(source)
+    target.requires_grad_(False)
+    return target
+
+
+def _pairs(target: nn.Module, source: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    t_params, s_params = list(target.parameters()), list(source.parameters())
+    if len(t_params) != len(s_params) or any(t.shape != s.shape for t, s in zip(t_params, s_params)):
+        raise ValueError("target and source have different parameters; build the target with make_target(source)")
+    return t_params, s_params
+
+
+@torch.no_grad()
+def hard_update(target: nn.Module, source: nn.Module) -> None:
+    """Copy every parameter and buffer of ``source`` into ``target`` (in place)."""
+    t_params, s_params = _pairs(target, source)
+    for t, s in zip(t_params, s_params):
+        t.copy_(s)
+    for t, s in zip(target.buffers(), source.buffers()):
+        t.copy_(s)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging ``θ' <- (1 - tau) θ' + tau θ`` of every parameter (in place).
+
+    Buffers (constants such as action bounds) are copied. ``tau = 1`` is a hard copy,
+    ``tau = 0`` leaves the target unchanged.
+    """
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must lie in [0, 1], got {tau}")
+    t_params, s_params = _pairs(target, source)
+    if tau == 1.0:
+        hard_update(target, source)
+        return
+    for t, s in zip(t_params, s_params):
+        t.lerp_(s, tau)  # t + tau * (s - t)
+    for t, s in zip(target.buffers(), source.buffers()):
+        t.copy_(s)
+
+
+class OffPolicyBatch(NamedTuple):
+    """One group's sampled rows as tensors (``B`` rows, ``A`` agents).
+
+    Attributes:
+        obs: ``[B, A, *obs_shape]`` normalized observations (uint8 images unchanged).
+        action: ``[B, A]`` int64 (discrete) or ``[B, A, d]`` float32 in ``[-1, 1]``
+            (continuous; the env saw it scaled to the action bounds).
+        reward_n: ``[B, A]`` n-step discounted reward sum.
+        discount_n: ``[B]`` ``gamma ** n'`` of each row's window.
+        next_obs_n: ``[B, A, *obs_shape]`` normalized observation after the window
+            (the real final observation at a time limit).
+        terminated_n: ``[B, A]`` bool, the window ended in a terminal state.
+        alive: ``[B, A]`` bool, the agent acted at the row (others are masked out).
+        weights: ``[B]`` float32 importance-sampling weights (ones without PER).
+        action_mask: ``[B, A, n]`` bool or ``None``.
+        next_action_mask_n: ``[B, A, n]`` bool or ``None``.
+    """
+
+    obs: Tensor
+    action: Tensor
+    reward_n: Tensor
+    discount_n: Tensor
+    next_obs_n: Tensor
+    terminated_n: Tensor
+    alive: Tensor
+    weights: Tensor
+    action_mask: Tensor | None = None
+    next_action_mask_n: Tensor | None = None
+
+
+class LearnerOut(NamedTuple):
+    """What one learner update returns.
+
+    Attributes:
+        metrics: ``train/<name>[/<group>]`` scalars without the ``train/`` prefix.
+        td_error: group -> ``[B, A]`` TD errors of the sampled rows (detached), the
+            trainer's input to ``replay.update_priorities``.
+    """
+
+    metrics: dict[str, float]
+    td_error: dict[str, Tensor]
+
+
+def td_target(reward_n: Tensor, discount_n: Tensor, terminated_n: Tensor, next_value: Tensor) -> Tensor:
+    """``reward_n + discount_n * (1 - terminated_n) * next_value``.
+
+    Args:
+        reward_n: ``[B, A]``.
+        discount_n: ``[B]`` (broadcast over agents).
+        terminated_n: ``[B, A]`` bool.
+        next_value: ``[B, A]`` value of ``next_obs_n`` (already detached).
+    """
+    return reward_n + discount_n.unsqueeze(-1) * (~terminated_n).to(next_value.dtype) * next_value
+
+
+def masked_mean(x: Tensor, alive: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``sum(w * x * alive) / sum(alive)`` over ``[B, A]``; ``weights [B]`` per row (PER), ``None`` = 1.
+
+    Dividing by the alive count (not by the weights) keeps the PER correction a pure
+    down-weighting, as in the paper.
+    """
+    m = alive.to(x.dtype)
+    if weights is not None:
+        m = m * weights.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum() / alive.sum().clamp_min(1).to(x.dtype)
+
+
+def clip_grad(params: list[Tensor], max_norm: float) -> float:
+    """Clip the global gradient norm of ``params`` to ``max_norm`` (0 = no clipping); return the norm before."""
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if max_norm > 0:
+        return float(nn.utils.clip_grad_norm_(grads, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads])))
+
+
+def team_means(metrics: dict[str, float], groups: list[str]) -> dict[str, float]:
+    """Add ``<key>`` = mean over groups of every ``<key>/<group>`` metric; drop the per-group
+    keys when there is one group (so a one-group run logs ``q_loss``, not ``q_loss/agent``)."""
+    out = dict(metrics)
+    keys = {k.rsplit("/", 1)[0] for k in metrics if "/" in k and k.rsplit("/", 1)[1] in groups}
+    for key in keys:
+        out[key] = float(np.mean([metrics[f"{key}/{g}"] for g in groups]))
+        if len(groups) == 1:
+            del out[f"{key}/{groups[0]}"]
+    return out

@@ -1,0 +1,612 @@
+"""``marl compare``: train variants of one config over seeds and write a report.
+
+A *variant* is a name plus config overrides (e.g. ``shared`` = ``model.sharing=shared``).
+Every variant gets the same config, budget and seeds; only its overrides differ. Each run
+trains in ``OUT/runs/<variant>/seed<k>`` (a normal run directory), then ``OUT/`` receives:
+
+* ``report.md``: per variant, the final evaluation return (team return, mean over seeds)
+  with a 95% bootstrap interval, the IQM with its interval, best evaluation return,
+  parameter count, env steps/s, agent steps/s and wall time; then the difference of mean
+  final returns of every pair of variants with a bootstrap interval and whether it excludes 0;
+* ``return_vs_env_steps.png`` and ``return_vs_wall_time.png``: evaluation return, mean over
+  seeds with a pointwise 95% bootstrap band, after interpolating every seed's curve onto
+  a common grid (the range covered by all seeds of the variant);
+* ``results.json``: every number above plus the per-run values.
+
+Intervals are percentile bootstrap intervals over seeds (runs resampled with replacement,
+stratified by task as in rliable, with ``rliable.metrics`` for the mean and the IQM). The
+resampling is done here with an explicit ``np.random.Generator``, so a report is
+reproducible from ``--bootstrap-seed`` and nothing touches the global numpy RNG. With few
+seeds such intervals are coarse and tend to be too narrow; the report says so.
+
+Finished runs (``summary.json`` present, same resolved config) are reused when the command
+is run again with the same ``--out``; ``--force`` retrains them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import yaml
+
+from marl.config import Config, ConfigError, load_config, to_dict
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+#: Keys a variant may not override: every variant runs the same seeds and budget.
+_FIXED_KEYS = ("seed", "run_dir", "resume", "total_env_steps")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class CompareError(ConfigError):
+    """A comparison that cannot be set up; the message names the problem and the fix."""
+
+
+# --------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    """A named set of config overrides (``key.sub=value`` strings)."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split ``text`` at ``sep`` outside brackets, braces and quotes; strip the parts.
+
+    >>> split_top_level('a,b={"x": 1, "y": 2},c=[1, 2]')
+    ['a', 'b={"x": 1, "y": 2}', 'c=[1, 2]']
+    """
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    if depth != 0 or quote:
+        raise CompareError(f"unbalanced brackets or quotes in {text!r}")
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise CompareError(f"variant name {name!r}: use letters, digits and _ . + - (it becomes a folder name)")
+    return name
+
+
+def parse_sharing(text: str) -> list[Variant]:
+    """``--sharing`` items -> variants that set ``model.sharing``.
+
+    Items: ``shared``, ``independent``, or ``NAME=VALUE`` where VALUE is ``shared``,
+    ``independent`` or a YAML mapping for selective sharing, e.g.
+    ``adv_shared={"adversary_*": adv, "agent_*": ag}``.
+    """
+    variants = []
+    for item in split_top_level(text):
+        name, eq, raw = (part.strip() for part in item.partition("="))
+        try:
+            value: Any = yaml.safe_load(raw) if eq else name
+        except yaml.YAMLError as exc:
+            raise CompareError(f"--sharing item {item!r}: {raw!r} is not valid YAML: {exc}") from None
+        if not (value in ("shared", "independent") or isinstance(value, dict)):
+            raise CompareError(
+                f"--sharing item {item!r}: expected shared, independent or NAME=<yaml map>, "
+                'e.g. adv_shared={"adversary_*": adv, "agent_*": ag}'
+            )
+        text = json.dumps(value) if isinstance(value, dict) else value
+        variants.append(Variant(_check_name(name), (f"model.sharing={text}",)))
+    return variants
+
+
+def parse_variant(text: str) -> Variant:
+    """``--variant NAME:key=value,key=value`` -> a variant (``NAME:`` alone = no overrides)."""
+    name, colon, rest = text.partition(":")
+    if not colon:
+        raise CompareError(f"--variant {text!r}: expected NAME:key=value[,key=value...], e.g. central:model.critic=central")
+    overrides = split_top_level(rest)
+    for o in overrides:
+        if "=" not in o:
+            raise CompareError(f"--variant {text!r}: {o!r} is not a key=value override")
+    return Variant(_check_name(name.strip()), tuple(overrides))
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].strip()
+
+
+# --------------------------------------------------------------------------- planning
+class RunSpec(NamedTuple):
+    """One training run of the comparison."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    overrides: tuple[str, ...]
+    cfg: Config
+
+
+def plan_runs(
+    config: Path, base_overrides: Sequence[str], variants: Sequence[Variant], seeds: Sequence[int], out: Path
+) -> list[RunSpec]:
+    """Resolve and validate the config of every (variant, seed) before anything trains."""
+    if not variants:
+        raise CompareError("no variants: give --sharing shared,independent and/or --variant NAME:key=value,...")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise CompareError(f"variant names must be unique, got {names}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise CompareError(f"--seeds must list distinct seeds, e.g. 0,1,2; got {list(seeds)}")
+    for o in base_overrides:
+        if _key(o) in ("seed", "run_dir", "resume"):
+            raise CompareError(f"{o!r}: seeds come from --seeds and run folders from --out; drop this override")
+    specs = []
+    for v in variants:
+        for o in v.overrides:
+            if _key(o) in _FIXED_KEYS:
+                raise CompareError(f"variant {v.name!r}: {o!r} is not allowed; every variant runs the same "
+                                   "seeds and total_env_steps (set the budget before --sharing/--variant)")
+        for seed in seeds:
+            run_dir = out / "runs" / v.name / f"seed{seed}"
+            overrides = (*base_overrides, *v.overrides, f"seed={seed}", f"run_dir={run_dir}")
+            try:
+                cfg = load_config(config, list(overrides))
+            except ConfigError as exc:
+                raise CompareError(f"variant {v.name!r}: {exc}") from exc
+            specs.append(RunSpec(v.name, seed, run_dir, overrides, cfg))
+    return specs
+
+
+def _config_diff(saved: dict, cfg: Config) -> list[str]:
+    from marl.logger import flatten_dict
+
+    old, new = flatten_dict(saved), flatten_dict(to_dict(cfg))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def finished_summary(spec: RunSpec) -> dict | None:
+    """The summary of a finished run of ``spec`` to reuse, or ``None`` when it has not finished.
+
+    Raises:
+        CompareError: the folder holds a finished run of a different config.
+    """
+    summary, saved = spec.run_dir / "summary.json", spec.run_dir / "config.yaml"
+    if not summary.is_file() or not saved.is_file():
+        return None
+    diff = _config_diff(yaml.safe_load(saved.read_text()), spec.cfg)
+    if diff:
+        raise CompareError(f"{spec.run_dir} holds a finished run of another config (differs in {', '.join(diff)}); "
+                           "use a new --out, or --force to retrain it")
+    return json.loads(summary.read_text())
+
+
+# --------------------------------------------------------------------------- running
+class RunResult(NamedTuple):
+    """Outcome of one run: ``status`` is ``trained``, ``reused`` or ``failed``."""
+
+    spec: RunSpec
+    status: str
+    summary: dict | None
+    error: str
+
+
+def _train_in_process(spec: RunSpec) -> RunResult:
+    from marl.trainer import train
+
+    try:
+        return RunResult(spec, "trained", train(spec.cfg), "")
+    except Exception:  # noqa: BLE001 - a crashed run is reported; the other runs go on
+        text = traceback.format_exc()
+        (spec.run_dir / "error.txt").write_text(text)
+        return RunResult(spec, "failed", None, text.strip().splitlines()[-1])
+
+
+def _subprocess_result(spec: RunSpec, rc: int) -> RunResult:
+    summary = spec.run_dir / "summary.json"
+    if rc == 0 and summary.is_file():
+        return RunResult(spec, "trained", json.loads(summary.read_text()), "")
+    tail = (spec.run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+    return RunResult(spec, "failed", None, f"exit status {rc}: {tail[0]} (see {spec.run_dir / 'train.log'})")
+
+
+def run_all(specs: Sequence[RunSpec], config: Path, jobs: int = 1, force: bool = False,
+            log: Callable[[str], None] = print) -> list[RunResult]:
+    """Train every run that has not finished (all of them with ``force``); return results in ``specs`` order.
+
+    ``jobs == 1`` trains in this process, one run after the other; ``jobs > 1`` runs up to
+    ``jobs`` ``marl train`` subprocesses at once (output in each run's ``train.log``).
+    """
+    results: dict[int, RunResult] = {}
+    todo = []
+    for i, spec in enumerate(specs):
+        summary = None if force else finished_summary(spec)
+        if summary is not None:
+            results[i] = RunResult(spec, "reused", summary, "")
+            log(f"[{spec.variant} seed {spec.seed}] reusing finished run {spec.run_dir}")
+        else:
+            todo.append(i)
+    for i in todo:
+        if specs[i].run_dir.exists():
+            shutil.rmtree(specs[i].run_dir)
+        specs[i].run_dir.mkdir(parents=True)
+    if jobs <= 1:
+        for n, i in enumerate(todo, 1):
+            log(f"[{n}/{len(todo)}] training {specs[i].variant} seed {specs[i].seed} -> {specs[i].run_dir}")
+            results[i] = _train_in_process(specs[i])
+    else:
+        running: dict[int, tuple[subprocess.Popen, Any]] = {}
+        queue = list(todo)
+        while queue or running:
+            while queue and len(running) < jobs:
+                i = queue.pop(0)
+                fh = open(specs[i].run_dir / "train.log", "w")  # noqa: SIM115 - closed when the process ends
+                cmd = [sys.executable, "-m", "marl", "train", str(config), *specs[i].overrides]
+                running[i] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh)
+                log(f"started {specs[i].variant} seed {specs[i].seed} (log: {specs[i].run_dir / 'train.log'})")
+            for i, (proc, fh) in list(running.items()):
+                if proc.poll() is not None:
+                    fh.close()
+                    del running[i]
+                    results[i] = _subprocess_result(specs[i], proc.returncode)
+            time.sleep(0.2)
+    for i in todo:
+        if results[i].status == "failed":
+            log(f"FAILED {specs[i].variant} seed {specs[i].seed}: {results[i].error}")
+    return [results[i] for i in range(len(specs))]
+
+
+# --------------------------------------------------------------------------- statistics
+def bootstrap_interval(
+    scores: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    rng: np.random.Generator,
+    reps: int = 10_000,
+    confidence: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified percentile bootstrap (rliable's scheme, with an explicit generator).
+
+    Args:
+        scores: ``[R, K]`` scores of ``R`` runs on ``K`` tasks (or grid points); runs are
+            resampled with replacement independently within each column.
+        statistic: ``[R, K] -> [M]`` aggregate, e.g. mean and IQM.
+        rng: source of the resampling indices.
+        reps: bootstrap replications.
+        confidence: interval coverage in (0, 1).
+
+    Returns:
+        ``(point [M], low [M], high [M])``: the statistic of ``scores`` and the
+        ``(1-confidence)/2`` and ``(1+confidence)/2`` quantiles of its bootstrap distribution.
+    """
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 2 or scores.shape[0] < 1:
+        raise ValueError(f"scores must be [runs, tasks] with at least one run, got shape {scores.shape}")
+    runs, tasks = scores.shape
+    idx = rng.integers(0, runs, size=(reps, runs, tasks))
+    samples = scores[idx, np.arange(tasks)]  # [reps, R, K]
+    stats = np.stack([np.atleast_1d(statistic(s)) for s in samples])
+    alpha = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(stats, [alpha, 100.0 - alpha], axis=0)
+    return np.atleast_1d(statistic(scores)).astype(np.float64), low, high
+
+
+def mean_and_iqm(scores: np.ndarray) -> np.ndarray:
+    """``[R, K] -> [2]``: rliable's mean and interquartile mean (25% trimmed) of the scores."""
+    from rliable import metrics
+
+    return np.array([metrics.aggregate_mean(scores), metrics.aggregate_iqm(scores)])
+
+
+def bootstrap_difference(
+    a: np.ndarray, b: np.ndarray, rng: np.random.Generator, reps: int = 10_000, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` with a percentile interval; the runs of ``a`` and ``b`` ``[R]`` are resampled independently."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diffs = a[rng.integers(0, a.size, (reps, a.size))].mean(1) - b[rng.integers(0, b.size, (reps, b.size))].mean(1)
+    alpha = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(diffs, [alpha, 100.0 - alpha])
+    return float(a.mean() - b.mean()), float(low), float(high)
+
+
+def common_grid(xs: Sequence[np.ndarray], num: int = 100) -> np.ndarray:
+    """``num`` evenly spaced points over the x-range every curve covers (empty if they do not overlap)."""
+    lo, hi = max(float(np.min(x)) for x in xs), min(float(np.max(x)) for x in xs)
+    if lo > hi:
+        return np.zeros(0)
+    return np.array([lo]) if lo == hi else np.linspace(lo, hi, num)
+
+
+def interpolate_curves(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], grid: np.ndarray) -> np.ndarray:
+    """Linear interpolation of each curve ``(x [n_i], y [n_i])`` onto ``grid [G]`` -> ``[R, G]``."""
+    rows = []
+    for x, y in zip(xs, ys, strict=True):
+        order = np.argsort(x, kind="stable")
+        rows.append(np.interp(grid, np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]))
+    return np.stack(rows) if rows else np.zeros((0, grid.size))
+
+
+# --------------------------------------------------------------------------- aggregation
+def _curve(summary: dict, axis: str) -> tuple[np.ndarray, np.ndarray]:
+    hist = summary.get("eval_history") or []
+    return np.array([h[axis] for h in hist], np.float64), np.array([h["mean_return"] for h in hist], np.float64)
+
+
+def aggregate(results: Sequence[RunResult], variants: Sequence[Variant], rng: np.random.Generator,
+              reps: int = 10_000, confidence: float = 0.95) -> dict[str, Any]:
+    """All numbers of the report: per run, per variant (with intervals and curves) and per pair."""
+    out: dict[str, Any] = {"confidence": confidence, "bootstrap_reps": reps, "variants": {}, "pairwise": []}
+    finals: dict[str, np.ndarray] = {}
+    for v in variants:
+        mine = [r for r in results if r.spec.variant == v.name]
+        ok = [r for r in mine if r.summary is not None]
+        runs = [{"seed": r.spec.seed, "status": r.status, "run_dir": str(r.spec.run_dir), "error": r.error,
+                 **({} if r.summary is None else {
+                     "final_return": r.summary["final_eval"]["mean_return"],
+                     "best_return": r.summary["best_eval"]["mean_return"],
+                     **{k: r.summary[k] for k in ("n_parameters", "sps", "agent_sps", "wall_time_s", "env_steps")}})}
+                for r in mine]
+        entry: dict[str, Any] = {"overrides": list(v.overrides), "runs": runs, "n_ok": len(ok), "n_runs": len(mine)}
+        if ok:
+            final = np.array([r["final_return"] for r in runs if "final_return" in r])
+            finals[v.name] = final
+            point, low, high = bootstrap_interval(final[:, None], mean_and_iqm, rng, reps, confidence)
+            entry.update(
+                final_mean=float(point[0]), final_mean_ci=[float(low[0]), float(high[0])],
+                final_iqm=float(point[1]), final_iqm_ci=[float(low[1]), float(high[1])],
+                best_mean=float(np.mean([r["best_return"] for r in runs if "best_return" in r])),
+                **{k: float(np.mean([r[k] for r in runs if k in r]))
+                   for k in ("n_parameters", "sps", "agent_sps", "wall_time_s")},
+            )
+            entry["curves"] = {}
+            for axis in ("env_steps", "wall_time_s"):
+                curves = [_curve(r.summary, axis) for r in ok]
+                curves = [c for c in curves if c[0].size]
+                grid = common_grid([c[0] for c in curves]) if curves else np.zeros(0)
+                if grid.size:
+                    ys = interpolate_curves([c[0] for c in curves], [c[1] for c in curves], grid)
+                    mean, low, high = bootstrap_interval(ys, lambda s: s.mean(axis=0), rng, min(reps, 2000), confidence)
+                    entry["curves"][axis] = {"x": grid.tolist(), "mean": mean.tolist(), "low": low.tolist(),
+                                             "high": high.tolist()}
+        out["variants"][v.name] = entry
+    names = [v.name for v in variants if v.name in finals]
+    for i, first in enumerate(names):
+        for later in names[i + 1:]:  # "later - first": the first listed variant is the baseline
+            diff, low, high = bootstrap_difference(finals[later], finals[first], rng, reps, confidence)
+            out["pairwise"].append({"a": later, "b": first, "difference": diff, "ci": [low, high],
+                                    "excludes_zero": bool(low > 0 or high < 0)})
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def _fmt(x: float) -> str:
+    return f"{x:,.2f}" if abs(x) < 1e5 else f"{x:,.0f}"
+
+
+def variant_table(agg: dict[str, Any]) -> str:
+    """The per-variant markdown table."""
+    pct = round(100 * agg["confidence"])
+    lines = [f"| variant | seeds ok | final return: mean [{pct}% CI] | IQM [{pct}% CI] | best eval | parameters "
+             "| env steps/s | agent steps/s | wall time (s) |", "|" + " --- |" * 9]
+    for name, e in agg["variants"].items():
+        if not e["n_ok"]:
+            lines.append(f"| {name} | 0/{e['n_runs']} | all runs failed | | | | | | |")
+            continue
+        ci, iqm = e["final_mean_ci"], e["final_iqm_ci"]
+        lines.append(
+            f"| {name} | {e['n_ok']}/{e['n_runs']} | {_fmt(e['final_mean'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] "
+            f"| {_fmt(e['final_iqm'])} [{_fmt(iqm[0])}, {_fmt(iqm[1])}] | {_fmt(e['best_mean'])} "
+            f"| {int(round(e['n_parameters'])):,} | {e['sps']:,.0f} | {e['agent_sps']:,.0f} | {e['wall_time_s']:,.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def pairwise_table(agg: dict[str, Any]) -> str:
+    pct = round(100 * agg["confidence"])
+    lines = [f"| difference | mean final return | {pct}% CI | CI excludes 0 |", "| --- | --- | --- | --- |"]
+    for p in agg["pairwise"]:
+        lines.append(f"| {p['a']} − {p['b']} | {_fmt(p['difference'])} | [{_fmt(p['ci'][0])}, {_fmt(p['ci'][1])}] "
+                     f"| {'yes' if p['excludes_zero'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def plot_curves(agg: dict[str, Any], axis: str, path: Path) -> bool:
+    """Plot every variant's mean eval return with its band against ``axis``; ``False`` if nothing to plot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    drawn = False
+    for name, e in agg["variants"].items():
+        c = e.get("curves", {}).get(axis)
+        if not c:
+            continue
+        drawn = True
+        x, mean = np.array(c["x"]), np.array(c["mean"])
+        if x.size == 1:
+            ax.errorbar(x, mean, yerr=[mean - c["low"], np.array(c["high"]) - mean], fmt="o", capsize=4,
+                        label=f"{name} (n={e['n_ok']})")
+        else:
+            (line,) = ax.plot(x, mean, label=f"{name} (n={e['n_ok']})")
+            ax.fill_between(x, c["low"], c["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel({"env_steps": "env steps", "wall_time_s": "wall-clock time (s)"}[axis])
+    ax.set_ylabel("evaluation return (team, mean over seeds)")
+    ax.set_title(f"mean and pointwise {round(100 * agg['confidence'])}% bootstrap band over seeds")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend()
+        fig.savefig(path, dpi=120)
+    return drawn
+
+
+def write_report(out: Path, agg: dict[str, Any], header: dict[str, Any]) -> Path:
+    """Write ``report.md``, the PNG plots and ``results.json`` into ``out``; return the report path."""
+    plots = {axis: f"return_vs_{axis.removesuffix('_s')}.png" for axis in ("env_steps", "wall_time_s")}
+    drawn = {axis: plot_curves(agg, axis, out / name) for axis, name in plots.items()}
+    seeds = header["seeds"]
+    min_ok = min((e["n_ok"] for e in agg["variants"].values()), default=0)
+    lines = [
+        f"# Comparison: {header['config']}", "",
+        f"Command: `{header['command']}`", "",
+        f"Same config, budget ({header['total_env_steps']:,} env steps) and seeds ({', '.join(map(str, seeds))}) "
+        "for every variant. Returns are evaluation team returns (sum over agents) of the final evaluation.", "",
+        "| variant | overrides |", "| --- | --- |",
+        *[f"| {n} | `{' '.join(e['overrides']) or '(none)'}` |" for n, e in agg["variants"].items()], "",
+        variant_table(agg), "",
+    ]
+    if min_ok < 10:
+        lines += [f"> Only {min_ok} successful seed(s) in the smallest variant: bootstrap intervals over so few runs "
+                  "are coarse and tend to be too narrow; treat them as indicative." if min_ok > 1 else
+                  "> A single seed per variant: the intervals collapse to the point estimate.", ""]
+    if agg["pairwise"]:
+        lines += ["Differences (runs of each variant resampled independently):", "", pairwise_table(agg), ""]
+    for axis, name in plots.items():
+        lines += [f"![eval return vs {axis}]({name})" if drawn[axis] else f"(no {axis} curve: no evaluations overlap)", ""]
+    failed = [(n, r) for n, e in agg["variants"].items() for r in e["runs"] if r["status"] == "failed"]
+    if failed:
+        lines += ["## Failed runs", "", *[f"- {n} seed {r['seed']}: {r['error']} ({r['run_dir']})" for n, r in failed], ""]
+    lines += ["## Runs", "", "| variant | seed | status | final return | best eval | wall time (s) | run dir |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n, e in agg["variants"].items():
+        for r in e["runs"]:
+            vals = (_fmt(r["final_return"]), _fmt(r["best_return"]), f"{r['wall_time_s']:.1f}") if "final_return" in r else ("-",) * 3
+            lines.append(f"| {n} | {r['seed']} | {r['status']} | {' | '.join(vals)} | {r['run_dir']} |")
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({**header, **agg}, indent=1))
+    return report
+
+
+# --------------------------------------------------------------------------- entry points
+def run_comparison(
+    config: str | Path | None,
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    jobs: int = 1,
+    force: bool = False,
+    reps: int = 10_000,
+    bootstrap_seed: int = 0,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> tuple[Path, dict[str, Any]]:
+    """Train every variant on every seed (reusing finished runs) and write the report folder.
+
+    Args:
+        config: YAML config path (``None``: the embedded default).
+        variants: the variants (see :func:`parse_sharing`, :func:`parse_variant`).
+        seeds: the seeds every variant trains with.
+        overrides: ``key=value`` overrides applied to every variant (before its own).
+        out: report folder; default ``reports/compare-<config stem>-<YYYYmmdd-HHMMSS>``.
+        jobs: runs trained at once (``1``: in this process, one after the other).
+        force: retrain runs that already finished.
+        reps: bootstrap replications of each interval.
+        bootstrap_seed: seed of the bootstrap generator.
+        command: the command line, quoted in the report.
+
+    Returns:
+        ``(report.md path, results)``; ``results`` is what ``results.json`` holds.
+    """
+    config = Path(config) if config else DEFAULT_CONFIG
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out else Path("reports") / f"compare-{config.stem}-{stamp}"
+    specs = plan_runs(config, list(overrides), variants, list(seeds), out)
+    for spec in specs:  # refuse a mismatched finished run before training anything
+        if not force:
+            finished_summary(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results = run_all(specs, config, jobs, force, log)
+    agg = aggregate(results, variants, np.random.default_rng(bootstrap_seed), reps)
+    header = {"config": str(config), "command": command or f"marl compare {config}", "overrides": list(overrides),
+              "seeds": list(seeds), "total_env_steps": specs[0].cfg.total_env_steps, "jobs": jobs,
+              "compare_wall_time_s": time.time() - started, "created": stamp}
+    return write_report(out, agg, header), {**header, **agg}
+
+
+HELP = """\
+Variants:
+  --sharing ITEMS    comma-separated: shared | independent | NAME=VALUE, where VALUE is shared,
+                     independent, or a YAML map for selective sharing (sets model.sharing):
+                       --sharing 'shared,independent,adv_shared={"adversary_*": adv, "agent_*": ag}'
+  --variant SPEC     NAME:key=value[,key=value...] for any other comparison (repeatable):
+                       --variant central:model.critic=central --variant local:model.critic=local
+                       --variant per_group:algo.optimizer=per_group --variant loop:model.strategy=loop
+Every variant runs the same config, overrides, total_env_steps and seeds; variants may not set
+seed, run_dir, resume or total_env_steps. Runs go to OUT/runs/<variant>/seed<k>; finished runs
+are reused when the same command runs again with the same --out (--force retrains).
+
+Example:
+  marl compare configs/simple_spread_ppo.yaml total_env_steps=150000 \\
+      --sharing shared,independent --seeds 0,1,2 --out reports/spread-sharing
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="marl compare", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP,
+        description="Train variants of one config over seeds; write report.md, plots and results.json.",
+    )
+    p.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...] applied to every variant")
+    p.add_argument("--sharing", default="", help="parameter sharing variants (see below)")
+    p.add_argument("--variant", action="append", default=[], help="NAME:key=value,... (repeatable; see below)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--out", default="", help="report folder (default reports/compare-<config stem>-<time>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once in subprocesses (default 1: in-process)")
+    p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--reps", type=int, default=10_000, help="bootstrap replications (default 10000)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``marl compare`` entry point; returns 0 when every run succeeded, 1 when some failed, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = None
+        overrides = []
+        for a in args.args:
+            if "=" in a:
+                overrides.append(a)
+            elif config is None:
+                config = a
+            else:
+                raise CompareError(f"unexpected argument {a!r}: give one config file and key=value overrides")
+        try:
+            seeds = [int(s) for s in split_top_level(args.seeds)]
+        except ValueError:
+            raise CompareError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        variants = (parse_sharing(args.sharing) if args.sharing else []) + [parse_variant(v) for v in args.variant]
+        command = "marl compare " + " ".join(argv if argv is not None else sys.argv[2:])
+        report, results = run_comparison(config, variants, seeds, overrides, args.out or None, args.jobs, args.force,
+                                         args.reps, args.bootstrap_seed, command)
+    except ConfigError as exc:
+        print(f"marl compare: error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(variant_table(results))
+    if results["pairwise"]:
+        print()
+        print(pairwise_table(results))
+    print(f"\nreport: {report}")
+    return 0 if all(e["n_ok"] == e["n_runs"] for e in results["variants"].values()) else 1
