@@ -24,6 +24,7 @@ import torch
 from marl.data.rollout import GroupRollout
 from marl.multi_agent.policy import Policy, critic_input_shape, is_image
 from marl.normalization import RewardScaler
+from marl.env.vector import concat_steps
 from marl.types import EpisodeStats, GroupObs
 
 
@@ -56,6 +57,8 @@ class Collector:
         reward_clip: clip scaled rewards to ``[-clip, clip]`` (0 = off).
         gamma: discount of the reward scaler's running return.
         seed: seed of the env copies' first reset.
+        overlap: act on each chunk as soon as its step returns (inference overlaps the
+            other chunks' stepping); ``False`` acts once on all env copies per step.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class Collector:
         reward_clip: float,
         gamma: float,
         seed: int,
+        overlap: bool = True,
     ) -> None:
         self.env = env
         self.policy = policy
@@ -74,7 +78,10 @@ class Collector:
         spec = env.spec
         self.spec = spec
         self.num_envs = env.num_envs
-        self.chunks = [env.chunk_slice(k) for k in range(env.num_chunks)]
+        chunks = list(range(env.num_chunks))
+        # Units the policy acts on: one per chunk when overlapping, else all chunks at once.
+        self.units = [[k] for k in chunks] if overlap else [chunks]
+        self.unit_slices = [slice(env.chunk_slice(u[0]).start, env.chunk_slice(u[-1]).stop) for u in self.units]
         device = policy.device
         self.storage: dict[str, GroupRollout] = {}
         central = policy.critic == "central"
@@ -100,28 +107,32 @@ class Collector:
                     for g, o in obs.items()}
         self.state = None if state is None else state.copy()
 
-    def _act_and_send(self, k: int) -> dict:
-        sl = self.chunks[k]
+    def _act_and_send(self, u: int) -> dict:
+        """Act on the env copies of unit ``u`` and send each of its chunks their actions."""
+        sl = self.unit_slices[u]
         obs = {g: GroupObs(o.obs[sl], o.alive[sl], None if o.action_mask is None else o.action_mask[sl])
                for g, o in self.obs.items()}
         state = None if self.state is None else self.state[sl]
         out = self.policy.act(obs, state, update_stats=True)
-        self.env.send(k, out.env_action)
+        for k in self.units[u]:
+            ck = self.env.chunk_slice(k)
+            part = slice(ck.start - sl.start, ck.stop - sl.start)
+            self.env.send(k, {g: a[part] for g, a in out.env_action.items()})
         return {"out": out, "obs": obs}
 
     def collect(self) -> RolloutResult:
         """Run ``T`` steps on every env copy; return the filled storage."""
         T = self.num_steps
-        pending = [self._act_and_send(k) for k in range(len(self.chunks))]
+        pending = [self._act_and_send(u) for u in range(len(self.units))]
         episodes: list[EpisodeStats] = []
         agent_steps = 0
         for t in range(T):
-            for k, sl in enumerate(self.chunks):
-                step = self.env.recv(k)
-                prev = pending[k]
-                agent_steps += self._store(t, sl, prev, step)
+            for u, sl in enumerate(self.unit_slices):
+                steps = [self.env.recv(k) for k in self.units[u]]
+                step = steps[0] if len(steps) == 1 else concat_steps(steps)
+                agent_steps += self._store(t, sl, pending[u], step)
                 episodes.extend(step.episodes)
-                # Merge the chunk's new observations into the full-batch view.
+                # Merge the unit's new observations into the full-batch view.
                 for g, o in step.obs.items():
                     self.obs[g].obs[sl] = o.obs
                     self.obs[g].alive[sl] = o.alive
@@ -130,7 +141,7 @@ class Collector:
                 if self.state is not None:
                     self.state[sl] = step.state
                 if t < T - 1:
-                    pending[k] = self._act_and_send(k)
+                    pending[u] = self._act_and_send(u)
         last_value = self.policy.values({g: o.obs for g, o in self.obs.items()}, self.state)
         return RolloutResult(self.storage, last_value, episodes, T * self.num_envs, agent_steps)
 

@@ -1,26 +1,18 @@
-"""``marl compare``: train variants of one config over seeds and write a report.
+"""``marl compare``: train variants of one config over seeds and write a report (docs/compare.md).
 
-A *variant* is a name plus config overrides (e.g. ``shared`` = ``model.sharing=shared``).
-Every variant gets the same config, budget and seeds; only its overrides differ. Each run
-trains in ``OUT/runs/<variant>/seed<k>`` (a normal run directory), then ``OUT/`` receives:
+A *variant* is a name plus config overrides (``shared`` = ``model.sharing=shared``). Every
+variant runs the same config, budget and seeds. Runs train in ``OUT/runs/<variant>/seed<k>``
+(ordinary run directories); ``OUT/`` then gets ``report.md`` (per variant: final evaluation
+return, mean over seeds with a 95% bootstrap interval, IQM with its interval, best eval,
+parameters, env and agent steps/s, wall time; per pair: the difference of means with its
+interval), ``return_vs_env_steps.png`` / ``return_vs_wall_time.png`` (mean over seeds with a
+pointwise bootstrap band, curves interpolated onto the range all seeds cover) and
+``results.json``.
 
-* ``report.md``: per variant, the final evaluation return (team return, mean over seeds)
-  with a 95% bootstrap interval, the IQM with its interval, best evaluation return,
-  parameter count, env steps/s, agent steps/s and wall time; then the difference of mean
-  final returns of every pair of variants with a bootstrap interval and whether it excludes 0;
-* ``return_vs_env_steps.png`` and ``return_vs_wall_time.png``: evaluation return, mean over
-  seeds with a pointwise 95% bootstrap band, after interpolating every seed's curve onto
-  a common grid (the range covered by all seeds of the variant);
-* ``results.json``: every number above plus the per-run values.
-
-Intervals are percentile bootstrap intervals over seeds (runs resampled with replacement,
-stratified by task as in rliable, with ``rliable.metrics`` for the mean and the IQM). The
-resampling is done here with an explicit ``np.random.Generator``, so a report is
-reproducible from ``--bootstrap-seed`` and nothing touches the global numpy RNG. With few
-seeds such intervals are coarse and tend to be too narrow; the report says so.
-
-Finished runs (``summary.json`` present, same resolved config) are reused when the command
-is run again with the same ``--out``; ``--force`` retrains them.
+Intervals are percentile bootstrap intervals over seeds, stratified per task as in rliable
+(``rliable.metrics`` gives the mean and IQM), drawn from an explicit ``np.random.Generator``
+so reports are reproducible and the global numpy RNG is left alone. Finished runs (same
+resolved config, ``summary.json`` present) are reused on a re-run with the same ``--out``.
 """
 
 from __future__ import annotations
@@ -99,7 +91,7 @@ def parse_sharing(text: str) -> list[Variant]:
 
     Items: ``shared``, ``independent``, or ``NAME=VALUE`` where VALUE is ``shared``,
     ``independent`` or a YAML mapping for selective sharing, e.g.
-    ``adv_shared={"adversary_*": adv, "agent_*": ag}``.
+    ``leader={"agent_0": lead, "agent_*": rest}`` (see ``model.sharing``).
     """
     variants = []
     for item in split_top_level(text):
@@ -111,10 +103,10 @@ def parse_sharing(text: str) -> list[Variant]:
         if not (value in ("shared", "independent") or isinstance(value, dict)):
             raise CompareError(
                 f"--sharing item {item!r}: expected shared, independent or NAME=<yaml map>, "
-                'e.g. adv_shared={"adversary_*": adv, "agent_*": ag}'
+                'e.g. leader={"agent_0": lead, "agent_*": rest}'
             )
-        text = json.dumps(value) if isinstance(value, dict) else value
-        variants.append(Variant(_check_name(name), (f"model.sharing={text}",)))
+        written = json.dumps(value) if isinstance(value, dict) else value
+        variants.append(Variant(_check_name(name), (f"model.sharing={written}",)))
     return variants
 
 
@@ -122,7 +114,8 @@ def parse_variant(text: str) -> Variant:
     """``--variant NAME:key=value,key=value`` -> a variant (``NAME:`` alone = no overrides)."""
     name, colon, rest = text.partition(":")
     if not colon:
-        raise CompareError(f"--variant {text!r}: expected NAME:key=value[,key=value...], e.g. central:model.critic=central")
+        raise CompareError(f"--variant {text!r}: expected NAME:key=value[,key=value...], "
+                           "e.g. central:model.critic=central")
     overrides = split_top_level(rest)
     for o in overrides:
         if "=" not in o:
@@ -228,50 +221,60 @@ def _subprocess_result(spec: RunSpec, rc: int) -> RunResult:
     return RunResult(spec, "failed", None, f"exit status {rc}: {tail[0]} (see {spec.run_dir / 'train.log'})")
 
 
+def _train_in_subprocesses(specs: Sequence[RunSpec], config: Path, jobs: int,
+                           log: Callable[[str], None]) -> list[RunResult]:
+    """Up to ``jobs`` ``marl train`` processes at once; each writes its output to ``RUN_DIR/train.log``."""
+    results: dict[int, RunResult] = {}
+    running: dict[int, tuple[subprocess.Popen, Any]] = {}
+    queue = list(range(len(specs)))
+    while queue or running:
+        while queue and len(running) < jobs:
+            i = queue.pop(0)
+            fh = open(specs[i].run_dir / "train.log", "w")  # noqa: SIM115 - closed when the process ends
+            cmd = [sys.executable, "-m", "marl", "train", str(config), *specs[i].overrides]
+            running[i] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh)
+            log(f"started {specs[i].variant} seed {specs[i].seed} (log: {specs[i].run_dir / 'train.log'})")
+        for i, (proc, fh) in list(running.items()):
+            if proc.poll() is not None:
+                fh.close()
+                del running[i]
+                results[i] = _subprocess_result(specs[i], proc.returncode)
+        time.sleep(0.2)
+    return [results[i] for i in range(len(specs))]
+
+
 def run_all(specs: Sequence[RunSpec], config: Path, jobs: int = 1, force: bool = False,
             log: Callable[[str], None] = print) -> list[RunResult]:
     """Train every run that has not finished (all of them with ``force``); return results in ``specs`` order.
 
-    ``jobs == 1`` trains in this process, one run after the other; ``jobs > 1`` runs up to
-    ``jobs`` ``marl train`` subprocesses at once (output in each run's ``train.log``).
+    A run folder without ``summary.json`` (an interrupted or crashed run) is emptied and trained
+    from scratch. ``jobs == 1`` trains in this process, one run after the other; ``jobs > 1``
+    runs up to ``jobs`` ``marl train`` subprocesses at once.
     """
-    results: dict[int, RunResult] = {}
-    todo = []
-    for i, spec in enumerate(specs):
+    results: list[RunResult | None] = []
+    for spec in specs:
         summary = None if force else finished_summary(spec)
+        results.append(None if summary is None else RunResult(spec, "reused", summary, ""))
         if summary is not None:
-            results[i] = RunResult(spec, "reused", summary, "")
             log(f"[{spec.variant} seed {spec.seed}] reusing finished run {spec.run_dir}")
-        else:
-            todo.append(i)
-    for i in todo:
-        if specs[i].run_dir.exists():
-            shutil.rmtree(specs[i].run_dir)
-        specs[i].run_dir.mkdir(parents=True)
-    if jobs <= 1:
-        for n, i in enumerate(todo, 1):
-            log(f"[{n}/{len(todo)}] training {specs[i].variant} seed {specs[i].seed} -> {specs[i].run_dir}")
-            results[i] = _train_in_process(specs[i])
+    todo = [spec for spec, r in zip(specs, results, strict=True) if r is None]
+    for spec in todo:
+        if spec.run_dir.exists():
+            shutil.rmtree(spec.run_dir)
+        spec.run_dir.mkdir(parents=True)
+    if jobs > 1:
+        trained = _train_in_subprocesses(todo, config, jobs, log)
     else:
-        running: dict[int, tuple[subprocess.Popen, Any]] = {}
-        queue = list(todo)
-        while queue or running:
-            while queue and len(running) < jobs:
-                i = queue.pop(0)
-                fh = open(specs[i].run_dir / "train.log", "w")  # noqa: SIM115 - closed when the process ends
-                cmd = [sys.executable, "-m", "marl", "train", str(config), *specs[i].overrides]
-                running[i] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh)
-                log(f"started {specs[i].variant} seed {specs[i].seed} (log: {specs[i].run_dir / 'train.log'})")
-            for i, (proc, fh) in list(running.items()):
-                if proc.poll() is not None:
-                    fh.close()
-                    del running[i]
-                    results[i] = _subprocess_result(specs[i], proc.returncode)
-            time.sleep(0.2)
-    for i in todo:
-        if results[i].status == "failed":
-            log(f"FAILED {specs[i].variant} seed {specs[i].seed}: {results[i].error}")
-    return [results[i] for i in range(len(specs))]
+        trained = []
+        for n, spec in enumerate(todo, 1):
+            log(f"[{n}/{len(todo)}] training {spec.variant} seed {spec.seed} -> {spec.run_dir}")
+            trained.append(_train_in_process(spec))
+    fresh = iter(trained)
+    final = [r if r is not None else next(fresh) for r in results]
+    for r in final:
+        if r.status == "failed":
+            log(f"FAILED {r.spec.variant} seed {r.spec.seed}: {r.error}")
+    return final
 
 
 # --------------------------------------------------------------------------- statistics
@@ -318,9 +321,10 @@ def mean_and_iqm(scores: np.ndarray) -> np.ndarray:
 def bootstrap_difference(
     a: np.ndarray, b: np.ndarray, rng: np.random.Generator, reps: int = 10_000, confidence: float = 0.95
 ) -> tuple[float, float, float]:
-    """``mean(a) - mean(b)`` with a percentile interval; the runs of ``a`` and ``b`` ``[R]`` are resampled independently."""
+    """``mean(a) - mean(b)`` with a percentile interval; the runs ``[R]`` of ``a`` and ``b`` are resampled independently."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    diffs = a[rng.integers(0, a.size, (reps, a.size))].mean(1) - b[rng.integers(0, b.size, (reps, b.size))].mean(1)
+    resampled_a = a[rng.integers(0, a.size, (reps, a.size))].mean(1)
+    diffs = resampled_a - b[rng.integers(0, b.size, (reps, b.size))].mean(1)
     alpha = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(diffs, [alpha, 100.0 - alpha])
     return float(a.mean() - b.mean()), float(low), float(high)
@@ -344,9 +348,31 @@ def interpolate_curves(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], grid:
 
 
 # --------------------------------------------------------------------------- aggregation
-def _curve(summary: dict, axis: str) -> tuple[np.ndarray, np.ndarray]:
-    hist = summary.get("eval_history") or []
-    return np.array([h[axis] for h in hist], np.float64), np.array([h["mean_return"] for h in hist], np.float64)
+_RUN_KEYS = ("n_parameters", "sps", "agent_sps", "wall_time_s", "env_steps")
+
+
+def run_row(r: RunResult) -> dict[str, Any]:
+    """The per-run numbers of ``results.json`` (no result fields for a failed run)."""
+    row = {"seed": r.spec.seed, "status": r.status, "run_dir": str(r.spec.run_dir), "error": r.error}
+    if r.summary is not None:
+        row["final_return"] = r.summary["final_eval"]["mean_return"]
+        row["best_return"] = r.summary["best_eval"]["mean_return"]
+        row.update({k: r.summary[k] for k in _RUN_KEYS})
+    return row
+
+
+def mean_curve(summaries: Sequence[dict], axis: str, rng: np.random.Generator, reps: int,
+               confidence: float) -> dict[str, list[float]] | None:
+    """Eval return against ``axis`` (``env_steps`` or ``wall_time_s``): mean over runs and bootstrap band."""
+    curves = [(np.array([h[axis] for h in s["eval_history"]], np.float64),
+               np.array([h["mean_return"] for h in s["eval_history"]], np.float64))
+              for s in summaries if s.get("eval_history")]
+    grid = common_grid([x for x, _ in curves]) if curves else np.zeros(0)
+    if not grid.size:
+        return None
+    ys = interpolate_curves([x for x, _ in curves], [y for _, y in curves], grid)
+    mean, low, high = bootstrap_interval(ys, lambda s: s.mean(axis=0), rng, reps, confidence)
+    return {"x": grid.tolist(), "mean": mean.tolist(), "low": low.tolist(), "high": high.tolist()}
 
 
 def aggregate(results: Sequence[RunResult], variants: Sequence[Variant], rng: np.random.Generator,
@@ -356,42 +382,31 @@ def aggregate(results: Sequence[RunResult], variants: Sequence[Variant], rng: np
     finals: dict[str, np.ndarray] = {}
     for v in variants:
         mine = [r for r in results if r.spec.variant == v.name]
-        ok = [r for r in mine if r.summary is not None]
-        runs = [{"seed": r.spec.seed, "status": r.status, "run_dir": str(r.spec.run_dir), "error": r.error,
-                 **({} if r.summary is None else {
-                     "final_return": r.summary["final_eval"]["mean_return"],
-                     "best_return": r.summary["best_eval"]["mean_return"],
-                     **{k: r.summary[k] for k in ("n_parameters", "sps", "agent_sps", "wall_time_s", "env_steps")}})}
-                for r in mine]
-        entry: dict[str, Any] = {"overrides": list(v.overrides), "runs": runs, "n_ok": len(ok), "n_runs": len(mine)}
-        if ok:
-            final = np.array([r["final_return"] for r in runs if "final_return" in r])
-            finals[v.name] = final
-            point, low, high = bootstrap_interval(final[:, None], mean_and_iqm, rng, reps, confidence)
-            entry.update(
-                final_mean=float(point[0]), final_mean_ci=[float(low[0]), float(high[0])],
-                final_iqm=float(point[1]), final_iqm_ci=[float(low[1]), float(high[1])],
-                best_mean=float(np.mean([r["best_return"] for r in runs if "best_return" in r])),
-                **{k: float(np.mean([r[k] for r in runs if k in r]))
-                   for k in ("n_parameters", "sps", "agent_sps", "wall_time_s")},
-            )
-            entry["curves"] = {}
-            for axis in ("env_steps", "wall_time_s"):
-                curves = [_curve(r.summary, axis) for r in ok]
-                curves = [c for c in curves if c[0].size]
-                grid = common_grid([c[0] for c in curves]) if curves else np.zeros(0)
-                if grid.size:
-                    ys = interpolate_curves([c[0] for c in curves], [c[1] for c in curves], grid)
-                    mean, low, high = bootstrap_interval(ys, lambda s: s.mean(axis=0), rng, min(reps, 2000), confidence)
-                    entry["curves"][axis] = {"x": grid.tolist(), "mean": mean.tolist(), "low": low.tolist(),
-                                             "high": high.tolist()}
+        rows = [run_row(r) for r in mine]
+        ok = [row for row in rows if "final_return" in row]
+        entry: dict[str, Any] = {"overrides": list(v.overrides), "runs": rows, "n_ok": len(ok), "n_runs": len(rows)}
         out["variants"][v.name] = entry
+        if not ok:
+            continue
+        finals[v.name] = final = np.array([row["final_return"] for row in ok])
+        point, low, high = bootstrap_interval(final[:, None], mean_and_iqm, rng, reps, confidence)
+        entry.update(final_mean=float(point[0]), final_mean_ci=[float(low[0]), float(high[0])],
+                     final_iqm=float(point[1]), final_iqm_ci=[float(low[1]), float(high[1])],
+                     best_mean=float(np.mean([row["best_return"] for row in ok])))
+        entry.update({k: float(np.mean([row[k] for row in ok])) for k in _RUN_KEYS[:4]})
+        summaries = [r.summary for r in mine if r.summary is not None]
+        entry["curves"] = {}
+        for axis in ("env_steps", "wall_time_s"):
+            curve = mean_curve(summaries, axis, rng, min(reps, 2000), confidence)
+            if curve is not None:
+                entry["curves"][axis] = curve
     names = [v.name for v in variants if v.name in finals]
     for i, first in enumerate(names):
         for later in names[i + 1:]:  # "later - first": the first listed variant is the baseline
             diff, low, high = bootstrap_difference(finals[later], finals[first], rng, reps, confidence)
+            enough = min(finals[later].size, finals[first].size) > 1  # one run: the interval is a point
             out["pairwise"].append({"a": later, "b": first, "difference": diff, "ci": [low, high],
-                                    "excludes_zero": bool(low > 0 or high < 0)})
+                                    "excludes_zero": bool(low > 0 or high < 0) if enough else None})
     return out
 
 
@@ -423,7 +438,7 @@ def pairwise_table(agg: dict[str, Any]) -> str:
     lines = [f"| difference | mean final return | {pct}% CI | CI excludes 0 |", "| --- | --- | --- | --- |"]
     for p in agg["pairwise"]:
         lines.append(f"| {p['a']} − {p['b']} | {_fmt(p['difference'])} | [{_fmt(p['ci'][0])}, {_fmt(p['ci'][1])}] "
-                     f"| {'yes' if p['excludes_zero'] else 'no'} |")
+                     f"| {({True: 'yes', False: 'no', None: 'n/a (1 seed)'})[p['excludes_zero']]} |")
     return "\n".join(lines)
 
 
@@ -441,13 +456,8 @@ def plot_curves(agg: dict[str, Any], axis: str, path: Path) -> bool:
         if not c:
             continue
         drawn = True
-        x, mean = np.array(c["x"]), np.array(c["mean"])
-        if x.size == 1:
-            ax.errorbar(x, mean, yerr=[mean - c["low"], np.array(c["high"]) - mean], fmt="o", capsize=4,
-                        label=f"{name} (n={e['n_ok']})")
-        else:
-            (line,) = ax.plot(x, mean, label=f"{name} (n={e['n_ok']})")
-            ax.fill_between(x, c["low"], c["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+        (line,) = ax.plot(c["x"], c["mean"], marker="o" if len(c["x"]) == 1 else None, label=f"{name} (n={e['n_ok']})")
+        ax.fill_between(c["x"], c["low"], c["high"], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel({"env_steps": "env steps", "wall_time_s": "wall-clock time (s)"}[axis])
     ax.set_ylabel("evaluation return (team, mean over seeds)")
     ax.set_title(f"mean and pointwise {round(100 * agg['confidence'])}% bootstrap band over seeds")
@@ -463,32 +473,39 @@ def write_report(out: Path, agg: dict[str, Any], header: dict[str, Any]) -> Path
     plots = {axis: f"return_vs_{axis.removesuffix('_s')}.png" for axis in ("env_steps", "wall_time_s")}
     drawn = {axis: plot_curves(agg, axis, out / name) for axis, name in plots.items()}
     seeds = header["seeds"]
-    min_ok = min((e["n_ok"] for e in agg["variants"].values()), default=0)
+    min_ok = min((e["n_ok"] for e in agg["variants"].values() if e["n_ok"]), default=0)
+    how = "one after the other in one process" if header["jobs"] <= 1 else f"{header['jobs']} at a time"
     lines = [
         f"# Comparison: {header['config']}", "",
         f"Command: `{header['command']}`", "",
         f"Same config, budget ({header['total_env_steps']:,} env steps) and seeds ({', '.join(map(str, seeds))}) "
-        "for every variant. Returns are evaluation team returns (sum over agents) of the final evaluation.", "",
+        "for every variant. Returns are evaluation team returns (sum over agents) of the final evaluation. "
+        f"Runs trained {how}; wall time and steps/s include the periodic evaluations and any other load "
+        "on the machine.", "",
         "| variant | overrides |", "| --- | --- |",
         *[f"| {n} | `{' '.join(e['overrides']) or '(none)'}` |" for n, e in agg["variants"].items()], "",
         variant_table(agg), "",
     ]
-    if min_ok < 10:
+    if 0 < min_ok < 10:
         lines += [f"> Only {min_ok} successful seed(s) in the smallest variant: bootstrap intervals over so few runs "
                   "are coarse and tend to be too narrow; treat them as indicative." if min_ok > 1 else
                   "> A single seed per variant: the intervals collapse to the point estimate.", ""]
     if agg["pairwise"]:
-        lines += ["Differences (runs of each variant resampled independently):", "", pairwise_table(agg), ""]
+        lines += ["Differences of mean final return, later-listed variant minus earlier (runs of each variant "
+                  "resampled independently):", "", pairwise_table(agg), ""]
     for axis, name in plots.items():
-        lines += [f"![eval return vs {axis}]({name})" if drawn[axis] else f"(no {axis} curve: no evaluations overlap)", ""]
+        lines += [f"![eval return vs {axis}]({name})" if drawn[axis] else f"(no {axis} curve: no overlap)", ""]
     failed = [(n, r) for n, e in agg["variants"].items() for r in e["runs"] if r["status"] == "failed"]
     if failed:
-        lines += ["## Failed runs", "", *[f"- {n} seed {r['seed']}: {r['error']} ({r['run_dir']})" for n, r in failed], ""]
+        lines += ["## Failed runs", ""]
+        lines += [f"- {n} seed {r['seed']}: {r['error']} ({r['run_dir']})" for n, r in failed] + [""]
     lines += ["## Runs", "", "| variant | seed | status | final return | best eval | wall time (s) | run dir |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for n, e in agg["variants"].items():
         for r in e["runs"]:
-            vals = (_fmt(r["final_return"]), _fmt(r["best_return"]), f"{r['wall_time_s']:.1f}") if "final_return" in r else ("-",) * 3
+            vals = ("-",) * 3
+            if "final_return" in r:
+                vals = (_fmt(r["final_return"]), _fmt(r["best_return"]), f"{r['wall_time_s']:.1f}")
             lines.append(f"| {n} | {r['seed']} | {r['status']} | {' | '.join(vals)} | {r['run_dir']} |")
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
@@ -545,18 +562,11 @@ def run_comparison(
 
 
 HELP = """\
-Variants:
-  --sharing ITEMS    comma-separated: shared | independent | NAME=VALUE, where VALUE is shared,
-                     independent, or a YAML map for selective sharing (sets model.sharing):
-                       --sharing 'shared,independent,adv_shared={"adversary_*": adv, "agent_*": ag}'
-  --variant SPEC     NAME:key=value[,key=value...] for any other comparison (repeatable):
-                       --variant central:model.critic=central --variant local:model.critic=local
-                       --variant per_group:algo.optimizer=per_group --variant loop:model.strategy=loop
-Every variant runs the same config, overrides, total_env_steps and seeds; variants may not set
-seed, run_dir, resume or total_env_steps. Runs go to OUT/runs/<variant>/seed<k>; finished runs
-are reused when the same command runs again with the same --out (--force retrains).
-
-Example:
+variants (same config, overrides, total_env_steps and seeds for all; see docs/compare.md):
+  --sharing 'shared,independent,leader={"agent_0": lead, "agent_*": rest}'   sets model.sharing
+  --variant central:model.critic=central --variant local:model.critic=local   any overrides
+runs go to OUT/runs/<variant>/seed<k>; finished runs are reused by the same command with the
+same --out (--force retrains). Example:
   marl compare configs/simple_spread_ppo.yaml total_env_steps=150000 \\
       --sharing shared,independent --seeds 0,1,2 --out reports/spread-sharing
 """
@@ -583,23 +593,18 @@ def main(argv: list[str] | None = None) -> int:
     """``marl compare`` entry point; returns 0 when every run succeeded, 1 when some failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
     try:
-        config = None
-        overrides = []
-        for a in args.args:
-            if "=" in a:
-                overrides.append(a)
-            elif config is None:
-                config = a
-            else:
-                raise CompareError(f"unexpected argument {a!r}: give one config file and key=value overrides")
+        configs, overrides = [a for a in args.args if "=" not in a], [a for a in args.args if "=" in a]
+        if len(configs) > 1:
+            raise CompareError(f"unexpected arguments {configs[1:]}: give one config file and key=value overrides")
         try:
             seeds = [int(s) for s in split_top_level(args.seeds)]
         except ValueError:
             raise CompareError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
         variants = (parse_sharing(args.sharing) if args.sharing else []) + [parse_variant(v) for v in args.variant]
         command = "marl compare " + " ".join(argv if argv is not None else sys.argv[2:])
-        report, results = run_comparison(config, variants, seeds, overrides, args.out or None, args.jobs, args.force,
-                                         args.reps, args.bootstrap_seed, command)
+        report, results = run_comparison(configs[0] if configs else None, variants, seeds, overrides,
+                                         args.out or None, args.jobs, args.force, args.reps,
+                                         args.bootstrap_seed, command)
     except ConfigError as exc:
         print(f"marl compare: error: {exc}", file=sys.stderr)
         return 2

@@ -115,8 +115,9 @@ def evaluate(
             raise ValueError("opponent='random' needs a multi-agent env; this env has one agent")
         seats = [(g.name, i, a) for g in spec.groups for i, a in enumerate(g.agents)]
         started = [0] * num_envs  # episodes started per copy (rotates the learner's seat)
-        rng = np.random.default_rng(eval_seeds(seed, 2)[1])
-        obs, state = venv.reset(int(eval_seeds(seed, 1)[0]))
+        seeds = eval_seeds(seed, num_envs + 1)  # disjoint from the training copies' seeds
+        rng = np.random.default_rng(seeds[-1])
+        obs, state = venv.reset(seeds[:num_envs])
         for _ in range(max_steps):
             out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
             actions = out.env_action

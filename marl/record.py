@@ -190,7 +190,8 @@ def capture_episodes(
         policy: a :class:`marl.multi_agent.policy.Policy` (anything with its ``act``).
         cfg: the run's config (env section).
         episodes: episodes to run, one after the other.
-        seed: experiment seed; the env is reset with ``eval_seeds(seed, 1)[0]`` (default ``cfg.seed``).
+        seed: experiment seed; the env is reset with the env seed ``eval_seeds(seed, 1)[0]``, as the
+            first copy of :func:`marl.evaluation.evaluate` (default ``cfg.seed``).
         deterministic: act with the mode of the action distribution; otherwise sample, with torch's
             RNG seeded from ``seed`` inside a forked RNG state (the global state is left as it was).
         max_steps: safety bound on decisions in total.
@@ -203,19 +204,15 @@ def capture_episodes(
         raise RecordError(f"episodes must be >= 1, got {episodes}")
     seed = cfg.seed if seed is None else seed
     frames: list[np.ndarray | None] = []
-    fps = [DEFAULT_FPS]
-
-    def factory() -> Adapter:
-        adapter, fps[0] = recording_env(cfg, frames)
-        return adapter
-
-    venv = SyncVectorEnv(factory, 1)
+    adapter, fps = recording_env(cfg, frames)
+    venv = SyncVectorEnv(lambda: adapter, 1)
     done: list[EpisodeStats] = []
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             frames.clear()  # drop the frame of the adapter's probe reset
-            obs, state = venv.reset(int(eval_seeds(seed, 1)[0]))
+            obs, state = venv.reset([eval_seeds(seed, 1)[0]])  # the seed of marl eval's first env copy
+            _as_rgb(frames[-1], cfg.env.id)  # an env that draws nothing fails here, not after the episodes
             for _ in range(max_steps):
                 act = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
                 step = venv.step(act.env_action)
@@ -225,10 +222,11 @@ def capture_episodes(
                     frames.pop()  # the auto-reset frame of an episode that is not recorded
                     break
             else:
-                raise RecordError(f"{episodes} episode(s) did not finish within {max_steps} steps; raise --max-steps")
+                raise RecordError(f"{episodes} episode(s) did not finish within {max_steps} decisions; "
+                                  "raise max_steps (--max-steps)")
     finally:
         venv.close()
-    return [_as_rgb(f, cfg.env.id) for f in frames], done[:episodes], fps[0]
+    return [_as_rgb(f, cfg.env.id) for f in frames], done[:episodes], fps
 
 
 # --------------------------------------------------------------------------- writing
@@ -331,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RecordError, CheckpointError) as exc:
         print(f"marl record: error: {exc}", file=sys.stderr)
         return 2
-    returns = [sum(e.returns.values()) for e in rec.episodes]
+    returns = ", ".join(f"{sum(e.returns.values()):.3f}" for e in rec.episodes)
+    lengths = ", ".join(str(e.length) for e in rec.episodes)
     print(f"wrote {rec.path}: {rec.frames} frames at {rec.fps:g} fps, {len(rec.episodes)} episode(s), "
-          f"return {', '.join(f'{r:.3f}' for r in returns)} (length {', '.join(str(e.length) for e in rec.episodes)})")
+          f"return {returns} (length {lengths})")
     return 0

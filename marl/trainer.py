@@ -75,13 +75,21 @@ def env_factory(cfg: Config, render_mode: str | None = None) -> functools.partia
     return functools.partial(
         make_adapter, cfg.env.id, dict(cfg.env.kwargs), groups=dict(cfg.env.groups) or None,
         render_mode=render_mode, preprocess=preprocess_of(cfg),
+        use_state=cfg.model.critic == "central",  # state() can be costly (pistonball renders the screen)
     )
 
 
-def vector_env(cfg: Config, num_envs: int, backend: str | None = None, num_workers: int | None = None,
-               overlap: bool | None = None):
+def vector_env(cfg: Config, num_envs: int, backend: str | None = None):
+    """``num_envs`` copies of the config's env on ``backend`` (default ``cfg.env.backend``).
+
+    The subprocess backend runs ``env.num_workers`` processes (0 = one per core, at
+    most ``num_envs``); with ``env.overlap`` the collector acts on one worker's env
+    copies while the others step.
+    """
     backend = backend or cfg.env.backend
-    workers = num_workers if num_workers is not None else (cfg.env.num_workers or None)
+    workers = None
+    if backend == "subprocess":
+        workers = min(cfg.env.num_workers or (os.cpu_count() or 1), num_envs)
     return make_vector_env(env_factory(cfg), num_envs, backend=backend, num_workers=workers)
 
 
@@ -157,7 +165,7 @@ class Trainer:
             self.learner = PPOLearner(self.policy, cfg.algo)
             self.collector = Collector(
                 self.env, self.policy, cfg.algo.num_steps, cfg.norm.reward, cfg.norm.reward_clip,
-                cfg.algo.gamma, cfg.seed,
+                cfg.algo.gamma, cfg.seed, overlap=cfg.env.overlap,
             )
         except Exception:
             self.env.close()
@@ -280,11 +288,12 @@ class Trainer:
                 if self.iteration % cfg.log.interval == 0:
                     logger.scalars(row, self.env_steps)
                     ret = row.get("rollout/ep_return")
-                    best = self.best_eval["mean_return"] if self.best_eval else None
+                    best = score(self.best_eval) if self.best_eval else None
                     logger.status(self.env_steps, "  ".join([
                         f"it {self.iteration}",
                         f"ret {ret:.2f}" if ret is not None else "ret -",
-                        f"best eval {best:.2f}" if best is not None else "",
+                        (f"best eval {'win rate ' if 'win_rate' in self.best_eval else ''}{best:.2f}"
+                         if best is not None else ""),
                         f"sps {row['time/sps']:.0f}",
                     ]))
                 if next_eval and self.env_steps >= next_eval:
@@ -316,10 +325,15 @@ class Trainer:
             )
             return summary
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            logger.close()
-            self.env.close()
+            # Close first, restore the signal handlers last: a second Ctrl-C during the final
+            # save or the shutdown is absorbed instead of killing the process half-way.
+            try:
+                logger.close()
+                self.env.close()
+            finally:
+                if not interrupted:  # after a signal the process is exiting: keep absorbing repeats until it has
+                    for s, h in old_handlers.items():
+                        signal.signal(s, h)
 
     def _next_multiple(self, interval: int) -> int:
         if interval <= 0:

@@ -5,6 +5,7 @@
 * :mod:`marl.env.wrappers`: preprocessing (:class:`Preprocess`: frame stack, grayscale,
   resize, action repeat, padding).
 * :mod:`marl.env.vector`: E copies as ``[E, A, ...]`` (in-process or worker processes).
+* :mod:`marl.env.buffers`: the arrays of one step, written in place (shared memory for workers).
 """
 
 from marl.env.adapters import (

@@ -28,7 +28,7 @@ import signal
 import threading
 import traceback
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Literal, NamedTuple, Protocol
@@ -91,7 +91,7 @@ class VectorEnv(Protocol):
     num_envs: int
     num_chunks: int
 
-    def reset(self, seed: int) -> tuple[dict[str, GroupObs], np.ndarray | None]: ...
+    def reset(self, seed: int | Sequence[int]) -> tuple[dict[str, GroupObs], np.ndarray | None]: ...
     def send(self, chunk: int, actions: Mapping[str, np.ndarray]) -> None: ...
     def recv(self, chunk: int) -> VecStep: ...
     def step(self, actions: Mapping[str, np.ndarray]) -> VecStep: ...
@@ -140,6 +140,16 @@ def eval_seeds(seed: int, n: int) -> list[int]:
     Odd, so disjoint from every :func:`seeds_for` seed (those are even).
     """
     return _distinct_words([_check_seed(seed), 1], n, parity=1)
+
+
+def copy_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """Per-copy reset seeds: ``seeds_for(seed, n)`` for one int, or an explicit list of ``n`` seeds."""
+    if isinstance(seed, (int, np.integer)):
+        return seeds_for(int(seed), n)
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"reset got {len(seeds)} seeds for {n} env copies")
+    return seeds
 
 
 def chunk_slices(num_envs: int, num_chunks: int) -> list[slice]:
@@ -255,7 +265,7 @@ class _ChunkedBase:
         _check_actions(self.spec, actions, self.num_envs)
         for c, sl in enumerate(self._slices):
             self.send(c, {g: a[sl] for g, a in actions.items()})
-        return _concat([self.recv(c) for c in range(self.num_chunks)])
+        return concat_steps([self.recv(c) for c in range(self.num_chunks)])
 
     def __enter__(self) -> Any:
         return self
@@ -267,7 +277,7 @@ class _ChunkedBase:
         raise NotImplementedError
 
 
-def _concat(parts: list[VecStep]) -> VecStep:
+def concat_steps(parts: list[VecStep]) -> VecStep:
     """Chunks' results as one ``[E, ...]`` result (the one chunk itself when alone)."""
     if len(parts) == 1:
         return parts[0]
@@ -320,8 +330,8 @@ class SyncVectorEnv(_ChunkedBase):
         self._results: list[VecStep | None] = [None] * num_chunks
         self._goals: list[AchievedGoals | None] = [None] * num_chunks
 
-    def reset(self, seed: int) -> tuple[dict[str, GroupObs], np.ndarray | None]:
-        seeds = seeds_for(seed, self.num_envs)
+    def reset(self, seed: int | Sequence[int]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
+        seeds = copy_seeds(seed, self.num_envs)
         self._results = [None] * self.num_chunks
         out = allocate_buffers(self.spec, (self.num_envs,))
         _reset_block(self._adapters, 0, seeds, out)
@@ -569,16 +579,16 @@ class SubprocVectorEnv(_ChunkedBase):
 
     # -- VectorEnv -----------------------------------------------------------------------------
 
-    def reset(self, seed: int) -> tuple[dict[str, GroupObs], np.ndarray | None]:
+    def reset(self, seed: int | Sequence[int]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
         self._check_open()
-        seeds = seeds_for(seed, self.num_envs)
+        seeds = copy_seeds(seed, self.num_envs)
         for w, sl in enumerate(self._slices):
             if self._pending[w] == "step":
                 self._wait(w)
             self._command(w, "reset", seeds[sl])
         for w in range(self.num_chunks):
             self._wait(w)
-        first = _concat([_to_vec_step(self._copy(w), []) for w in range(self.num_chunks)])
+        first = concat_steps([_to_vec_step(self._copy(w), []) for w in range(self.num_chunks)])
         return first.obs, first.state
 
     def send(self, chunk: int, actions: Mapping[str, np.ndarray]) -> None:

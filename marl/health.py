@@ -1,0 +1,375 @@
+"""Training health: non-finite numbers stop a run; warning signs in the metrics are reported.
+
+Two kinds of checks, both from the seed's "Logging and Evaluation" and "Common
+Failure Modes" sections:
+
+* **Numeric health** (errors). :func:`check_finite_update` runs after
+  ``backward()`` and before clipping and the optimizer step; it raises
+  :class:`NonFiniteError` naming the first non-finite tensor, so the parameters in
+  memory are still the last good ones and no checkpoint of a broken state is
+  written. :func:`check_inputs` (opt-in, ``health.check_inputs``) names the group,
+  agent and env copy of the first NaN/inf observation or reward an env returns.
+* **Warning signs** (reported once per run and series). :class:`HealthMonitor`
+  watches the logged metrics with one pure detector per sign:
+
+  ==========================  =========================================  ===============
+  warning                     metric (and ``/<group>`` series)           seen as
+  ==========================  =========================================  ===============
+  ``entropy_collapse``        ``train/entropy``                          below a floor
+  ``kl_high``                 ``train/approx_kl``                        above ``kl_high``
+  ``clip_fraction_low``       ``train/clip_fraction``                    below ``clip_low``
+  ``clip_fraction_high``      ``train/clip_fraction``                    above ``clip_high``
+  ``explained_variance_low``  ``train/explained_variance``               below ``ev_low``
+  ``returns_collapse``        ``rollout/ep_return`` (team only)          rise, then drop
+  ==========================  =========================================  ===============
+
+  A *check* is one call of :meth:`HealthMonitor.observe` (the trainer makes one per
+  iteration); every sign must hold for ``patience`` consecutive checks. Per-agent
+  and per-group returns are not watched: in competitive games one side's return
+  falls whenever the other side learns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch stays out of the import of marl.config, which imports HealthConfig
+    from torch import Tensor, nn
+
+    from marl.types import EnvSpec
+
+
+@dataclass
+class HealthConfig:
+    """Numeric checks and the thresholds of the warning signs (a check = one training iteration)."""
+
+    enabled: bool = field(default=True, metadata={"doc": "watch the training metrics and report warning signs"})
+    patience: int = field(default=5, metadata={"doc": "consecutive checks a sign must persist before it is reported"})
+    entropy_floor_frac: float = field(default=0.05, metadata={"doc": "entropy collapse: below this fraction of the first entropy (Gaussian: of the first action std)"})
+    entropy_abs_floor: float = field(default=0.01, metadata={"doc": "entropy collapse: below this entropy in nats (categorical policies)"})
+    kl_high: float = field(default=0.05, metadata={"doc": "approx KL above this is too large an update"})
+    clip_low: float = field(default=0.005, metadata={"doc": "clip fraction below this: clipping has no effect"})
+    clip_high: float = field(default=0.9, metadata={"doc": "clip fraction above this: nearly every sample is clipped"})
+    lr_quiet_frac: float = field(default=0.1, metadata={"doc": "skip clip_fraction_low once train/lr has annealed below this fraction of its first value"})
+    ev_low: float = field(default=0.0, metadata={"doc": "explained variance below this: the critic is worse than the mean return"})
+    ev_warmup: int = field(default=10, metadata={"doc": "checks before explained variance is judged (a fresh critic starts near 0)"})
+    collapse_frac: float = field(default=0.5, metadata={"doc": "returns collapse: smoothed return below best - collapse_frac * (best - first)"})
+    return_window: int = field(default=10, metadata={"doc": "moving-average window of rollout/ep_return, in checks"})
+    return_min_rise: float = field(default=3.0, metadata={"doc": "the rise (best - first) must exceed this many noise std of the returns to count"})
+    check_inputs: bool = field(default=False, metadata={"doc": "check every observation and reward for NaN/inf (costs a pass over each step's arrays)"})
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, message)`` for every value out of range; empty when the config is usable."""
+        rules = [
+            (self.patience >= 1, "patience", "must be >= 1"),
+            (0 <= self.entropy_floor_frac < 1, "entropy_floor_frac", "must be in [0, 1)"),
+            (self.kl_high > 0, "kl_high", "must be > 0"),
+            (0 <= self.clip_low < self.clip_high <= 1, "clip_low", "need 0 <= clip_low < clip_high <= 1"),
+            (0 <= self.lr_quiet_frac <= 1, "lr_quiet_frac", "must be in [0, 1]"),
+            (self.ev_warmup >= 0, "ev_warmup", "must be >= 0"),
+            (0 < self.collapse_frac <= 1, "collapse_frac", "must be in (0, 1]"),
+            (self.return_window >= 1, "return_window", "must be >= 1"),
+            (self.return_min_rise >= 0, "return_min_rise", "must be >= 0"),
+        ]
+        return [(key, f"{msg}, got {getattr(self, key)!r}") for ok, key, msg in rules if not ok]
+
+
+# --------------------------------------------------------------------------- numeric health
+NUMERIC_REMEDY = ("check the scale of observations and rewards and enable normalization (norm.obs=true, "
+                  "norm.reward=true); lower algo.lr; check the network initialization; make sure no log(0) is taken")
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or inf where training needs finite numbers; the message names the tensor and what to do."""
+
+    def with_context(self, env_steps: int, checkpoint: str | Path | None) -> NonFiniteError:
+        """The same error with the env step count and where the last good checkpoint is kept."""
+        where = (f"the last good checkpoint is kept at {checkpoint} (resume from it with a lower algo.lr)"
+                 if checkpoint is not None and Path(checkpoint).is_file() else "no checkpoint had been written yet")
+        return NonFiniteError(f"{self.args[0]} [at {env_steps:,} env steps; {where}]")
+
+
+def _kind(t: Tensor) -> str:
+    """``'nan'``, ``'inf'`` or ``'nan and inf'``, with the count of such entries."""
+    bad = ~t.detach().isfinite()
+    nan = int(t.detach().isnan().sum())
+    inf = int(bad.sum()) - nan
+    kinds = " and ".join(k for k, n in (("nan", nan), ("inf", inf)) if n)
+    return f"{kinds} ({int(bad.sum())} of {t.numel()} entries)"
+
+
+def first_nonfinite(named_tensors: Iterable[tuple[str, Tensor | None]]) -> str | None:
+    """Name of the first floating tensor holding a NaN or inf (``None`` tensors skipped), else ``None``."""
+    for name, t in named_tensors:
+        if t is not None and (t.is_floating_point() or t.is_complex()) and not bool(t.detach().isfinite().all()):
+            return name
+    return None
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """One reduction for many tensors: a float64 sum is finite iff every float32/16 entry is."""
+    import torch
+
+    if not tensors:
+        return True
+    sums = torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors])
+    return bool(sums.isfinite().all())
+
+
+def check_finite_update(loss: Tensor, grad_norm: float | None, module: nn.Module) -> None:
+    """Raise :class:`NonFiniteError` if the loss, a parameter, a gradient or the gradient norm is NaN/inf.
+
+    Call it after ``loss.backward()`` and *before* gradient clipping and
+    ``optimizer.step()``: clipping multiplies every gradient by ``max_norm / norm``,
+    so after it a single NaN has spread to every gradient and cannot be traced. The
+    first non-finite item is named in causal order: a parameter (it makes the loss
+    non-finite), the loss (a bad input or a log 0), a gradient, the norm.
+
+    Args:
+        loss: the scalar that was back-propagated.
+        grad_norm: the global gradient norm if already computed, else ``None``
+            (then every gradient is checked).
+        module: the module whose ``named_parameters()`` were updated.
+    """
+    params = list(module.named_parameters())
+    loss_value = float(loss.detach())
+    grads = [p.grad for _, p in params if p.grad is not None]
+    screened = [p for _, p in params] + (grads if grad_norm is None else [])
+    if math.isfinite(loss_value) and (grad_norm is None or math.isfinite(grad_norm)) and _all_finite(screened):
+        return
+    name = first_nonfinite(params)
+    if name is not None:
+        what = f"parameter {name} is {_kind(dict(params)[name])}"
+    elif not math.isfinite(loss_value):
+        what = (f"the loss is {loss_value} while every parameter is finite (a non-finite observation or reward, "
+                "or a log 0 / division by 0 in the loss; health.check_inputs=true finds a bad input at its source)")
+    elif (name := first_nonfinite((n, p.grad) for n, p in params)) is not None:
+        what = f"gradient of {name} is {_kind(dict(params)[name].grad)} while the loss is finite ({loss_value:.6g})"
+    else:
+        what = f"the gradient norm is {grad_norm} although every gradient is finite (the norm overflowed)"
+    raise NonFiniteError(f"non-finite update: {what}; training stopped. To fix: {NUMERIC_REMEDY}")
+
+
+def check_inputs(obs: Mapping[str, np.ndarray], reward: Mapping[str, np.ndarray],
+                 agents: Mapping[str, Sequence[str]], env_offset: int = 0) -> None:
+    """Raise :class:`NonFiniteError` at the first NaN/inf observation or reward.
+
+    Groups are scanned in the order of ``agents``; per group the observations, then
+    the rewards; within an array env copies first, then agents.
+
+    Args:
+        obs: group -> ``[E, A, ...]`` observations (integer arrays, e.g. images, are skipped).
+        reward: group -> ``[E, A]`` rewards.
+        agents: group -> agent names along the ``A`` axis.
+        env_offset: index of the first env copy in the arrays (a chunk of a larger vector env).
+    """
+    for group, names in agents.items():
+        for what, arrays in (("observation", obs), ("reward", reward)):
+            x = np.asarray(arrays[group])
+            if x.shape[1:2] != (len(names),):
+                raise ValueError(f"{what} of group {group!r} has shape {x.shape}; expected [E, {len(names)}, ...]")
+            if not np.issubdtype(x.dtype, np.inexact):
+                continue
+            bad = ~np.isfinite(x.reshape(x.shape[0], x.shape[1], -1)).all(axis=-1)
+            if bad.any():
+                e, a = (int(i) for i in np.argwhere(bad)[0])
+                entry = np.asarray(x[e, a]).reshape(-1)
+                value = entry[~np.isfinite(entry)][0]
+                raise NonFiniteError(
+                    f"non-finite {what} ({value}) from the env: agent {names[a]!r} of group {group!r}, "
+                    f"env copy {env_offset + e}; check the env's {what} code (division by 0, overflow, "
+                    "uninitialized state), or set health.check_inputs=false to skip this check")
+
+
+# --------------------------------------------------------------------------- detectors (pure)
+def persistently_above(series: Sequence[float], threshold: float, patience: int) -> bool:
+    """The series has at least ``patience`` values and the last ``patience`` are all ``> threshold``."""
+    return len(series) >= patience and all(v > threshold for v in series[-patience:])
+
+
+def persistently_below(series: Sequence[float], threshold: float, patience: int) -> bool:
+    """The series has at least ``patience`` values and the last ``patience`` are all ``< threshold``."""
+    return len(series) >= patience and all(v < threshold for v in series[-patience:])
+
+
+def entropy_collapse(series: Sequence[float], floor_frac: float, abs_floor: float, patience: int,
+                     gaussian_dims: int = 0) -> str | None:
+    """Entropy stayed below its floor for ``patience`` checks: a description, else ``None``.
+
+    Categorical policies: the floor is ``max(floor_frac * first, abs_floor)`` nats.
+    Gaussian policies (``gaussian_dims = d > 0``) have a differential entropy that is
+    negative for small stds, so the test is on the geometric-mean std instead:
+    ``exp((H - H_first) / d) < floor_frac``.
+    """
+    if len(series) < patience:
+        return None
+    first, now = series[0], series[-1]
+    if gaussian_dims > 0:
+        ratio = np.exp((np.asarray(series[-patience:]) - first) / gaussian_dims)
+        if np.all(ratio < floor_frac):
+            return (f"the action std fell to {ratio[-1]:.1%} of its first value (entropy {first:.3g} -> {now:.3g} "
+                    f"nats over {gaussian_dims} action dims) for {patience} checks")
+        return None
+    floor = max(floor_frac * first, abs_floor)
+    if persistently_below(series, floor, patience):
+        return f"entropy fell from {first:.3g} to {now:.3g} nats (floor {floor:.3g}) for {patience} checks"
+    return None
+
+
+def returns_collapse(series: Sequence[float], collapse_frac: float, window: int, min_rise: float,
+                     patience: int) -> str | None:
+    """Returns rose, then fell by more than ``collapse_frac`` of the rise for ``patience`` checks.
+
+    ``s`` is the trailing moving average (``window`` values) of the series,
+    ``best_t = max(s_0..s_t)``; check ``t`` counts when
+    ``s_t < best_t - collapse_frac * (best_t - s_0)`` and the rise ``best_t - s_0``
+    exceeds ``min_rise`` noise std (robust: median absolute first difference).
+    """
+    x = np.asarray(series, dtype=np.float64)
+    if len(x) < patience + 1:
+        return None
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(idx - window, 0)
+    s = (c[idx] - c[lo]) / (idx - lo)
+    best = np.maximum.accumulate(s)
+    rise = best - s[0]
+    d = np.diff(x)
+    noise = 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0)
+    dropped = (s < best - collapse_frac * rise) & (rise > min_rise * noise) & (rise > 0)
+    if not dropped[-patience:].all():
+        return None
+    return (f"the smoothed return rose from {s[0]:.4g} to a best of {best[-1]:.4g}, then fell to {s[-1]:.4g} "
+            f"({(best[-1] - s[-1]) / rise[-1]:.0%} of the rise) for {patience} checks")
+
+
+# --------------------------------------------------------------------------- the monitor
+REMEDIES = {
+    "entropy_collapse": "the policy is converging prematurely: increase the entropy coefficient algo.ent_coef "
+                        "(more exploration), or use a larger network (model.hidden)",
+    "kl_high": "the update step is too large: lower algo.lr, lower algo.update_epochs, or set algo.target_kl "
+               "(e.g. 0.02) to stop an update's epochs early",
+    "clip_fraction_low": "clipping is not taking effect: algo.clip_coef may be too large (or algo.lr too small)",
+    "clip_fraction_high": "nearly every sample is clipped: the learning rate is likely too high; lower algo.lr",
+    "explained_variance_low": "the critic is worse than predicting the mean return: check the critic's size "
+                              "(model.hidden), lower algo.lr, and make sure norm.obs=true",
+    "returns_collapse": "possible catastrophic forgetting: lower algo.lr, algo.update_epochs or algo.clip_coef; "
+                        "watch the policy for a reward exploit (reward hacking)",
+}
+WATCHED = ("train/entropy", "train/approx_kl", "train/clip_fraction", "train/explained_variance", "rollout/ep_return")
+
+
+class HealthWarning(NamedTuple):
+    """One warning sign seen in the metrics.
+
+    Attributes:
+        name: which sign, a key of :data:`REMEDIES` (e.g. ``"entropy_collapse"``).
+        metric: the series it was seen in (e.g. ``"train/entropy/adversary"``).
+        env_steps: env steps when it was reported.
+        message: what was seen, with numbers.
+        remedy: what to try, from the seed.
+    """
+
+    name: str
+    metric: str
+    env_steps: int
+    message: str
+    remedy: str
+
+    def __str__(self) -> str:
+        return f"health warning [{self.name}] {self.metric}: {self.message} (at {self.env_steps:,} env steps). Remedy: {self.remedy}"
+
+
+def entropy_action_dims(spec: EnvSpec) -> dict[str, int | None]:
+    """Entropy metric key -> Gaussian action dims (0 = categorical; ``None`` = a mean over unlike groups, not checked)."""
+    dims = {g.name: 0 if g.discrete else int(np.prod(g.action_shape)) for g in spec.groups}
+    if len(dims) == 1:
+        return {"train/entropy": next(iter(dims.values()))}
+    out: dict[str, int | None] = {f"train/entropy/{g}": d for g, d in dims.items()}
+    out["train/entropy"] = dims[spec.groups[0].name] if len(set(dims.values())) == 1 else None
+    return out
+
+
+def _seen(condition: bool, text: str) -> str | None:
+    return text if condition else None
+
+
+def _base(key: str) -> str | None:
+    """The watched metric ``key`` belongs to (``train/entropy`` for ``train/entropy/<group>``), else ``None``."""
+    if key == "rollout/ep_return":
+        return key
+    return next((b for b in WATCHED[:4] if key == b or key.startswith(b + "/")), None)
+
+
+class HealthMonitor:
+    """Keeps the watched metric series and reports each warning sign once per series.
+
+    Args:
+        cfg: thresholds.
+        entropy_dims: entropy metric key -> Gaussian action dims, from
+            :func:`entropy_action_dims`; keys not listed are treated as categorical.
+    """
+
+    def __init__(self, cfg: HealthConfig, entropy_dims: Mapping[str, int | None] | None = None) -> None:
+        self.cfg = cfg
+        self.entropy_dims = dict(entropy_dims or {})
+        self.series: dict[str, list[float]] = {}
+        self.reported: set[tuple[str, str]] = set()
+        self.lr_first: float | None = None
+
+    def observe(self, metrics: Mapping[str, float], env_steps: int) -> list[HealthWarning]:
+        """Append this check's watched metrics; return the warning signs seen for the first time."""
+        if not self.cfg.enabled:
+            return []
+        lr = metrics.get("train/lr")
+        if lr is not None and self.lr_first is None and lr > 0:
+            self.lr_first = float(lr)
+        found = []
+        for key, value in metrics.items():
+            base = _base(key)
+            if base is None or value is None or not math.isfinite(value):
+                continue
+            self.series.setdefault(key, []).append(float(value))
+            for name, seen in self._signs(base, key, lr).items():
+                if seen is not None and (name, key) not in self.reported:
+                    self.reported.add((name, key))
+                    found.append(HealthWarning(name, key, int(env_steps), seen, REMEDIES[name]))
+        return found
+
+    def _signs(self, base: str, key: str, lr: float | None) -> dict[str, str | None]:
+        """Warning name -> what was seen (``None``: not seen) for the series ``key``."""
+        c, s, p = self.cfg, self.series[key], self.cfg.patience
+        last = f"for {p} checks (last {s[-1]:.3g})"
+        if base == "train/entropy":
+            dims = self.entropy_dims.get(key, 0)
+            if dims is None:
+                return {}
+            return {"entropy_collapse": entropy_collapse(s, c.entropy_floor_frac, c.entropy_abs_floor, p, dims)}
+        if base == "train/approx_kl":
+            return {"kl_high": _seen(persistently_above(s, c.kl_high, p), f"approx KL stayed above {c.kl_high} {last}")}
+        if base == "train/clip_fraction":
+            annealed = lr is not None and self.lr_first is not None and lr < c.lr_quiet_frac * self.lr_first
+            low = not annealed and persistently_below(s, c.clip_low, p)
+            return {"clip_fraction_low": _seen(low, f"clip fraction stayed below {c.clip_low} {last}"),
+                    "clip_fraction_high": _seen(persistently_above(s, c.clip_high, p),
+                                                f"clip fraction stayed above {c.clip_high} {last}")}
+        if base == "train/explained_variance":
+            bad = len(s) >= c.ev_warmup + p and persistently_below(s, c.ev_low, p)
+            return {"explained_variance_low": _seen(bad, f"explained variance stayed below {c.ev_low} {last}")}
+        return {"returns_collapse": returns_collapse(s, c.collapse_frac, c.return_window, c.return_min_rise, p)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data (lists, floats, strings) for a checkpoint loaded with ``weights_only=True``."""
+        return {"series": {k: list(v) for k, v in self.series.items()},
+                "reported": sorted([n, k] for n, k in self.reported), "lr_first": self.lr_first}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.series = {k: [float(x) for x in v] for k, v in state["series"].items()}
+        self.reported = {(str(n), str(k)) for n, k in state["reported"]}
+        self.lr_first = None if state["lr_first"] is None else float(state["lr_first"])

@@ -1,0 +1,320 @@
+"""Numeric health checks and the warning signs, on synthetic metric series with known answers."""
+
+from dataclasses import replace
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from marl.health import (
+    REMEDIES,
+    HealthConfig,
+    HealthMonitor,
+    NonFiniteError,
+    check_finite_update,
+    check_inputs,
+    entropy_action_dims,
+    entropy_collapse,
+    first_nonfinite,
+    returns_collapse,
+)
+from marl.types import EnvSpec, GroupSpec
+
+STEPS = 1000  # env steps per check in these series
+
+
+def feed(monitor, rows):
+    """Observe ``rows`` in order; return ``[(check index, warning)]``."""
+    return [(i, w) for i, row in enumerate(rows) for w in monitor.observe(row, (i + 1) * STEPS)]
+
+
+def healthy_rows(n=300, seed=0):
+    """A run as the seed says it should look: every metric in its expected range, with noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    rows = []
+    for i in t:
+        ret = 100 * (1 - np.exp(-i / 40)) + rng.normal(0, 4)
+        rows.append({
+            "train/entropy": 1.6 * np.exp(-i / 200) + rng.normal(0, 0.02),   # 1.6 -> 0.36, gradual
+            "train/entropy/a": 1.6 * np.exp(-i / 250) + rng.normal(0, 0.02),
+            "train/approx_kl": 0.01 + rng.normal(0, 0.004),
+            "train/clip_fraction": rng.uniform(0.1, 0.3),
+            "train/explained_variance": min(0.9, -0.5 + i / 20) + rng.normal(0, 0.02),  # negative for 10 checks
+            "train/lr": 3e-4,
+            "rollout/ep_return": ret,
+            "rollout/ep_return/agent_0": ret / 2 + rng.normal(0, 10),
+        })
+    return rows
+
+
+def series_rows(key, values, **extra):
+    return [{key: float(v), **extra} for v in values]
+
+
+# --------------------------------------------------------------------------- no false alarms
+def test_a_healthy_run_raises_no_warning():
+    assert feed(HealthMonitor(HealthConfig()), healthy_rows()) == []
+
+
+def test_disabled_monitor_reports_nothing():
+    rows = series_rows("train/approx_kl", [0.5] * 20)
+    assert feed(HealthMonitor(HealthConfig(enabled=False)), rows) == []
+    assert len(feed(HealthMonitor(HealthConfig()), rows)) == 1
+
+
+# --------------------------------------------------------------------------- each sign, at the right check
+def test_entropy_collapse_fires_after_patience_checks_once():
+    values = [1.6] * 20 + [0.02] * 30  # floor = max(0.05 * 1.6, 0.01) = 0.08
+    found = feed(HealthMonitor(HealthConfig()), series_rows("train/entropy", values))
+    assert len(found) == 1
+    i, w = found[0]
+    assert i == 20 + 5 - 1 and w.env_steps == 25 * STEPS
+    assert (w.name, w.metric) == ("entropy_collapse", "train/entropy")
+    assert "1.6" in w.message and "0.02" in w.message and "0.08" in w.message
+    assert "algo.ent_coef" in w.remedy and w.remedy == REMEDIES["entropy_collapse"]
+    assert "25,000 env steps" in str(w)
+
+
+def test_entropy_absolute_floor_and_patience_are_respected():
+    values = [0.5] * 5 + [0.03] * 20  # relative floor 0.025: 0.03 is above it
+    assert feed(HealthMonitor(HealthConfig()), series_rows("train/entropy", values)) == []
+    found = feed(HealthMonitor(HealthConfig(entropy_abs_floor=0.05, patience=3)), series_rows("train/entropy", values))
+    assert [i for i, _ in found] == [5 + 3 - 1]
+
+
+def test_entropy_collapse_of_one_group_names_that_group():
+    rows = [{"train/entropy/a": 1.0, "train/entropy/b": 1.0 if i < 10 else 0.001, "train/entropy": 1.0 if i < 10 else 0.5}
+            for i in range(30)]
+    found = feed(HealthMonitor(HealthConfig()), rows)
+    assert [(i, w.metric) for i, w in found] == [(14, "train/entropy/b")]
+
+
+def test_gaussian_entropy_is_judged_by_the_action_std():
+    d, h0 = 2, 2 * (0.5 + 0.5 * np.log(2 * np.pi))  # std 1 in 2 dims: 2.84 nats
+    mild = [h0] * 5 + [h0 + d * np.log(0.2)] * 20   # std fell to 20%: negative entropy, but not a collapse
+    sharp = [h0] * 5 + [h0 + d * np.log(0.03)] * 20  # std fell to 3% < 5%
+    dims = {"train/entropy": d}
+    assert feed(HealthMonitor(HealthConfig(), dims), series_rows("train/entropy", mild)) == []
+    assert len(feed(HealthMonitor(HealthConfig()), series_rows("train/entropy", mild))) == 1  # as if categorical
+    found = feed(HealthMonitor(HealthConfig(), dims), series_rows("train/entropy", sharp))
+    assert [i for i, _ in found] == [9] and "3.0%" in found[0][1].message
+    assert entropy_collapse(sharp, 0.05, 0.01, 5, gaussian_dims=d) is not None
+    assert entropy_collapse(sharp, 0.02, 0.01, 5, gaussian_dims=d) is None
+
+
+def test_kl_persistently_high_fires_and_short_spikes_do_not():
+    spikes = ([0.01] * 10 + [0.08] * 4) * 5
+    assert feed(HealthMonitor(HealthConfig()), series_rows("train/approx_kl", spikes)) == []
+    values = [0.01] * 30 + [0.08] * 20
+    found = feed(HealthMonitor(HealthConfig()), series_rows("train/approx_kl", values))
+    assert [(i, w.name) for i, w in found] == [(34, "kl_high")]
+    assert "algo.lr" in found[0][1].remedy
+    assert feed(HealthMonitor(HealthConfig(kl_high=0.1)), series_rows("train/approx_kl", values)) == []
+    assert [i for i, _ in feed(HealthMonitor(HealthConfig(patience=2)), series_rows("train/approx_kl", values))] == [31]
+
+
+def test_clip_fraction_near_zero_and_near_one():
+    low = [0.2] * 10 + [0.001] * 10
+    high = [0.2] * 10 + [0.95] * 10
+    lo = feed(HealthMonitor(HealthConfig()), series_rows("train/clip_fraction", low, **{"train/lr": 3e-4}))
+    hi = feed(HealthMonitor(HealthConfig()), series_rows("train/clip_fraction", high))
+    assert [(i, w.name) for i, w in lo] == [(14, "clip_fraction_low")] and "clip_coef" in lo[0][1].remedy
+    assert [(i, w.name) for i, w in hi] == [(14, "clip_fraction_high")] and "algo.lr" in hi[0][1].remedy
+    assert feed(HealthMonitor(HealthConfig(clip_low=0.0005)), series_rows("train/clip_fraction", low)) == []
+    assert feed(HealthMonitor(HealthConfig(clip_high=0.99)), series_rows("train/clip_fraction", high)) == []
+
+
+def test_clip_fraction_near_zero_is_expected_once_the_learning_rate_has_annealed():
+    n = 100
+    rows = [{"train/lr": 3e-4 * (1 - i / n), "train/clip_fraction": 0.2 * (1 - i / n) ** 2} for i in range(n)]
+    assert feed(HealthMonitor(HealthConfig()), rows) == []  # clip < 0.005 only when lr < 16% ... 10% of its start
+    found = feed(HealthMonitor(HealthConfig(lr_quiet_frac=0.0)), rows)
+    assert [w.name for _, w in found] == ["clip_fraction_low"]
+
+
+def test_explained_variance_negative_after_warmup():
+    values = [-0.3] * 30
+    found = feed(HealthMonitor(HealthConfig()), series_rows("train/explained_variance", values))
+    assert [(i, w.name) for i, w in found] == [(10 + 5 - 1, "explained_variance_low")]
+    found = feed(HealthMonitor(HealthConfig(ev_warmup=0, ev_low=-0.5)), series_rows("train/explained_variance", values))
+    assert found == []
+    early = [-0.3] * 9 + [0.5] * 20  # a fresh critic: negative only during the warm-up
+    assert feed(HealthMonitor(HealthConfig()), series_rows("train/explained_variance", early)) == []
+
+
+def test_nan_metrics_are_skipped():
+    rows = series_rows("train/explained_variance", [float("nan")] * 30)
+    monitor = HealthMonitor(HealthConfig())
+    assert feed(monitor, rows) == [] and "train/explained_variance" not in monitor.series
+
+
+# --------------------------------------------------------------------------- returns rising then collapsing
+def rise_then_collapse():
+    return list(np.linspace(0, 100, 50)) + [100.0] * 10 + [20.0] * 30
+
+
+def test_returns_collapse_fires_at_the_hand_computed_check():
+    # Moving average (window 10) of the drop: s_t = 100 - 8 (t - 59); below 100 - 0.5 * 100 = 50 from t = 66;
+    # five checks in a row -> t = 70.
+    x = rise_then_collapse()
+    assert returns_collapse(x[:70], 0.5, 10, 3.0, 5) is None
+    assert returns_collapse(x[:71], 0.5, 10, 3.0, 5) is not None
+    found = feed(HealthMonitor(HealthConfig()), series_rows("rollout/ep_return", x))
+    assert [(i, w.name) for i, w in found] == [(70, "returns_collapse")]
+    assert "100" in found[0][1].message and "algo.lr" in found[0][1].remedy
+
+
+def test_returns_collapse_with_noise_and_changed_thresholds():
+    rng = np.random.default_rng(3)
+    x = np.array(rise_then_collapse()) + rng.normal(0, 3, 90)
+    found = feed(HealthMonitor(HealthConfig()), series_rows("rollout/ep_return", x))
+    assert len(found) == 1 and 66 <= found[0][0] <= 80
+    assert feed(HealthMonitor(HealthConfig(collapse_frac=0.9)), series_rows("rollout/ep_return", x)) == []
+
+
+def test_returns_that_never_rose_or_only_dip_do_not_fire():
+    rng = np.random.default_rng(4)
+    flat = rng.normal(-50, 5, 200)  # noise only: any "rise" is within the noise
+    dip = list(np.linspace(0, 100, 50)) + [100.0] * 10 + [20.0] * 3 + [100.0] * 30
+    per_agent = series_rows("rollout/ep_return/agent_0", rise_then_collapse())
+    for rows in (series_rows("rollout/ep_return", flat), series_rows("rollout/ep_return", dip), per_agent):
+        assert feed(HealthMonitor(HealthConfig()), rows) == []
+
+
+# --------------------------------------------------------------------------- once per run, across resume
+def unhealthy_rows():
+    rows = healthy_rows(120, seed=1)
+    for i, row in enumerate(rows):
+        if i >= 40:
+            row["train/approx_kl"] = 0.2
+        if i >= 70:
+            row["train/entropy/a"] = 0.0
+    return rows
+
+
+def test_each_warning_is_reported_once_per_series():
+    found = feed(HealthMonitor(HealthConfig()), unhealthy_rows())
+    assert [(i, w.name, w.metric) for i, w in found] == [(44, "kl_high", "train/approx_kl"),
+                                                         (74, "entropy_collapse", "train/entropy/a")]
+
+
+@pytest.mark.parametrize("split", [42, 60, 90])
+def test_state_round_trip_gives_the_uninterrupted_warnings_without_repeats(tmp_path, split):
+    rows = unhealthy_rows()
+    whole = feed(HealthMonitor(HealthConfig()), rows)
+    first = HealthMonitor(HealthConfig())
+    before = feed(first, rows[:split])
+    torch.save(first.state_dict(), tmp_path / "health.pt")
+    resumed = HealthMonitor(HealthConfig())
+    resumed.load_state_dict(torch.load(tmp_path / "health.pt", weights_only=True))
+    after = [(i + split, w) for i, w in feed(resumed, rows[split:])]
+    assert before + after == whole
+    fresh = [(i + split, w) for i, w in feed(HealthMonitor(HealthConfig()), rows[split:])]
+    assert fresh != after  # without the state a resumed run would judge (and warn) differently
+
+
+# --------------------------------------------------------------------------- config and spec helpers
+def test_config_problems_name_the_key():
+    assert HealthConfig().problems() == []
+    bad = replace(HealthConfig(), patience=0, clip_low=0.95, collapse_frac=1.5)
+    assert [k for k, _ in bad.problems()] == ["patience", "clip_low", "collapse_frac"]
+    assert "got 0" in bad.problems()[0][1]
+
+
+def test_entropy_action_dims_from_the_spec():
+    box = gymnasium.spaces.Box(-1, 1, (4,))
+    disc = gymnasium.spaces.Discrete(5)
+    g = lambda name, space: GroupSpec(name, (f"{name}_0", f"{name}_1"), box, space)  # noqa: E731
+    assert entropy_action_dims(EnvSpec(("a_0", "a_1"), (g("a", gymnasium.spaces.Box(-1, 1, (3,))),))) == {"train/entropy": 3}
+    mixed = entropy_action_dims(EnvSpec((), (g("a", disc), g("b", gymnasium.spaces.Box(-1, 1, (2,))))))
+    assert mixed == {"train/entropy/a": 0, "train/entropy/b": 2, "train/entropy": None}
+    assert entropy_action_dims(EnvSpec((), (g("a", disc), g("b", disc))))["train/entropy"] == 0
+
+
+# --------------------------------------------------------------------------- numeric health
+def test_first_nonfinite_finds_the_right_tensor():
+    ok = torch.ones(3)
+    assert first_nonfinite([("a", ok), ("b", None), ("c", torch.arange(3))]) is None
+    named = [("a", ok), ("b", torch.tensor([1.0, float("inf")])), ("c", torch.tensor([float("nan")]))]
+    assert first_nonfinite(named) == "b"
+    assert first_nonfinite(named[::2]) == "c"
+
+
+def small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+
+
+def test_finite_update_passes():
+    net = small_net()
+    loss = net(torch.randn(5, 3)).pow(2).mean()
+    loss.backward()
+    check_finite_update(loss, None, net)
+    check_finite_update(loss, 0.3, net)
+
+
+def test_an_infinite_gradient_is_named():
+    net = small_net()
+    bias = net[2].bias
+    loss = net(torch.randn(5, 3)).mean() + torch.sqrt(bias - bias.detach()).sum()  # d sqrt(x)/dx at 0 = inf
+    loss.backward()
+    with pytest.raises(NonFiniteError, match=r"gradient of 2\.bias is inf \(1 of 1 entries\)") as err:
+        check_finite_update(loss, None, net)
+    assert "lower algo.lr" in str(err.value) and "norm.obs" in str(err.value)
+
+
+def test_a_nan_parameter_is_named_before_the_loss_it_poisons():
+    net = small_net()
+    with torch.no_grad():
+        net[0].weight[1, 2] = float("nan")
+    loss = net(torch.randn(5, 3)).mean()
+    loss.backward()
+    assert not torch.isfinite(loss)
+    with pytest.raises(NonFiniteError, match=r"parameter 0\.weight is nan \(1 of 12 entries\)"):
+        check_finite_update(loss, None, net)
+
+
+def test_a_nan_loss_from_a_bad_input_and_an_overflowed_norm():
+    net = small_net()
+    x = torch.randn(5, 3)
+    x[2, 0] = float("nan")
+    loss = net(x).mean()
+    loss.backward()
+    with pytest.raises(NonFiniteError, match="the loss is nan while every parameter is finite"):
+        check_finite_update(loss, None, net)
+    net.zero_grad()
+    good = net(torch.randn(5, 3)).mean()
+    good.backward()
+    with pytest.raises(NonFiniteError, match="gradient norm is inf although every gradient is finite"):
+        check_finite_update(good, float("inf"), net)
+
+
+def test_error_context_names_the_last_good_checkpoint(tmp_path):
+    err = NonFiniteError("non-finite update: the loss is nan")
+    ckpt = tmp_path / "latest.pt"
+    assert "no checkpoint had been written yet" in str(err.with_context(2048, ckpt))
+    ckpt.write_bytes(b"x")
+    text = str(err.with_context(2048, ckpt))
+    assert text.startswith("non-finite update: the loss is nan") and "2,048 env steps" in text
+    assert f"the last good checkpoint is kept at {ckpt}" in text
+
+
+def test_check_inputs_names_group_agent_and_env_copy():
+    agents = {"a": ("a_0", "a_1"), "b": ("b_0", "b_1", "b_2")}
+    obs = {"a": np.zeros((4, 2, 3), np.float32), "b": np.zeros((4, 3, 2, 2), np.float32)}
+    reward = {"a": np.zeros((4, 2), np.float32), "b": np.zeros((4, 3), np.float32)}
+    check_inputs(obs, reward, agents)
+    reward["b"][3, 0] = np.inf
+    with pytest.raises(NonFiniteError, match=r"non-finite reward \(inf\).*agent 'b_0' of group 'b', env copy 3"):
+        check_inputs(obs, reward, agents)
+    obs["b"][2, 1, 1, 0] = np.nan  # observations of a group are checked before its rewards
+    with pytest.raises(NonFiniteError, match=r"observation \(nan\).*agent 'b_1' of group 'b', env copy 6"):
+        check_inputs(obs, reward, agents, env_offset=4)
+    images = {"a": np.full((4, 2, 3), 255, np.uint8), "b": obs["b"]}
+    with pytest.raises(NonFiniteError, match="agent 'b_1'"):
+        check_inputs(images, reward, agents)
+    with pytest.raises(ValueError, match=r"group 'a' has shape \(4, 3\); expected \[E, 2, \.\.\.\]"):
+        check_inputs(obs, {**reward, "a": np.zeros((4, 3))}, agents)

@@ -1,0 +1,100 @@
+"""Nothing lost to Ctrl-C / SIGTERM, and no orphan worker processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from marl import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_training(run: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "marl", "train", "configs/simple_spread_ppo.yaml", f"run_dir={run}",
+           "total_env_steps=10000000", "env.num_envs=4", "algo.num_steps=25", "algo.num_minibatches=2",
+           "algo.update_epochs=1", "eval.interval=0", "log.progress=false", "log.tensorboard=false", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_progress(proc: subprocess.Popen, timeout: float = 60.0) -> list[str]:
+    """Read output until two iterations have been logged."""
+    lines = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if sum(" it " in x for x in lines) >= 2:
+            return lines
+    raise AssertionError("training did not start:\n" + "".join(lines))
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_writes_a_checkpoint_and_exits_non_zero_with_a_resume_hint(tmp_path, sig, code):
+    run = tmp_path / "run"
+    proc = start_training(run, "env.backend=subprocess", "env.num_workers=2")
+    wait_for_progress(proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the subprocess backend should have worker processes"
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == code, out
+    assert "Resume with: marl train" in out and f"resume={run}" in out
+    state = ckpt.load(run / "checkpoints" / "latest.pt")
+    assert state["counters"]["env_steps"] > 0
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"orphan workers: {alive}"
+
+
+def test_second_sigint_during_shutdown_does_not_corrupt_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = start_training(run)
+    wait_for_progress(proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    ckpt.load(run / "checkpoints" / "latest.pt")  # loads: not corrupt
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def test_no_children_after_a_normal_run_or_an_exception(tmp_path):
+    from marl.config import load_config
+    from marl.trainer import Trainer
+
+    me = psutil.Process(os.getpid())
+
+    def live_children() -> set[int]:
+        return {p.pid for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+
+    cfg = load_config("configs/simple_spread_ppo.yaml", [
+        f"run_dir={tmp_path / 'ok'}", "total_env_steps=200", "env.num_envs=4", "algo.num_steps=25",
+        "algo.num_minibatches=2", "algo.update_epochs=1", "eval.episodes=1", "eval.num_envs=1", "log.progress=false",
+        "env.backend=subprocess", "env.num_workers=2",
+    ])
+    Trainer(cfg).train()
+    time.sleep(0.5)
+    # What may stay: multiprocessing's own helpers (the forkserver and the resource tracker), never env workers.
+    baseline = live_children()
+    assert len(baseline) <= 2, [psutil.Process(p).cmdline() for p in baseline]
+    trainer = Trainer(load_config("configs/simple_spread_ppo.yaml", [
+        f"run_dir={tmp_path / 'bad'}", "total_env_steps=200", "env.num_envs=4", "algo.num_steps=25",
+        "algo.num_minibatches=2", "log.progress=false", "env.backend=subprocess", "env.num_workers=2",
+    ]))
+
+    def boom():
+        raise RuntimeError("learner exploded")
+
+    trainer.collector.collect = boom
+    with pytest.raises(RuntimeError, match="exploded"):
+        trainer.train()
+    time.sleep(0.5)
+    assert live_children() <= baseline
