@@ -56,7 +56,7 @@ class HealthConfig:
     kl_high: float = field(default=0.05, metadata={"doc": "approx KL above this is too large an update"})
     clip_low: float = field(default=0.005, metadata={"doc": "clip fraction below this: clipping has no effect"})
     clip_high: float = field(default=0.9, metadata={"doc": "clip fraction above this: nearly every sample is clipped"})
-    lr_quiet_frac: float = field(default=0.1, metadata={"doc": "skip clip_fraction_low once train/lr has annealed below this fraction of its first value"})
+    lr_quiet_frac: float = field(default=0.5, metadata={"doc": "skip clip_fraction_low once train/lr has annealed below this fraction of its first value (small steps clip nothing)"})
     ev_low: float = field(default=0.0, metadata={"doc": "explained variance below this: the critic is worse than the mean return"})
     ev_warmup: int = field(default=10, metadata={"doc": "checks before explained variance is judged (a fresh critic starts near 0)"})
     collapse_frac: float = field(default=0.5, metadata={"doc": "returns collapse: smoothed return below best - collapse_frac * (best - first)"})

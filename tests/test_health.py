@@ -25,9 +25,9 @@ from marl.types import EnvSpec, GroupSpec
 STEPS = 1000  # env steps per check in these series
 
 
-def feed(monitor, rows):
-    """Observe ``rows`` in order; return ``[(check index, warning)]``."""
-    return [(i, w) for i, row in enumerate(rows) for w in monitor.observe(row, (i + 1) * STEPS)]
+def feed(monitor, rows, start=0):
+    """Observe ``rows`` as checks ``start, start + 1, ...``; return ``[(check index, warning)]``."""
+    return [(i, w) for i, row in enumerate(rows, start) for w in monitor.observe(row, (i + 1) * STEPS)]
 
 
 def healthy_rows(n=300, seed=0):
@@ -130,7 +130,7 @@ def test_clip_fraction_near_zero_and_near_one():
 def test_clip_fraction_near_zero_is_expected_once_the_learning_rate_has_annealed():
     n = 100
     rows = [{"train/lr": 3e-4 * (1 - i / n), "train/clip_fraction": 0.2 * (1 - i / n) ** 2} for i in range(n)]
-    assert feed(HealthMonitor(HealthConfig()), rows) == []  # clip < 0.005 only when lr < 16% ... 10% of its start
+    assert feed(HealthMonitor(HealthConfig()), rows) == []  # clip < 0.005 only once lr < 16% of its start
     found = feed(HealthMonitor(HealthConfig(lr_quiet_frac=0.0)), rows)
     assert [w.name for _, w in found] == ["clip_fraction_low"]
 
@@ -165,6 +165,9 @@ def test_returns_collapse_fires_at_the_hand_computed_check():
     found = feed(HealthMonitor(HealthConfig()), series_rows("rollout/ep_return", x))
     assert [(i, w.name) for i, w in found] == [(70, "returns_collapse")]
     assert "100" in found[0][1].message and "algo.lr" in found[0][1].remedy
+    # window 4: s_t = 100 - 20 (t - 59) < 50 from t = 62 -> t = 66
+    found = feed(HealthMonitor(HealthConfig(return_window=4)), series_rows("rollout/ep_return", x))
+    assert [i for i, _ in found] == [66]
 
 
 def test_returns_collapse_with_noise_and_changed_thresholds():
@@ -188,6 +191,9 @@ def test_returns_that_never_rose_or_only_dip_do_not_fire():
 def unhealthy_rows():
     rows = healthy_rows(120, seed=1)
     for i, row in enumerate(rows):
+        row["train/lr"] = 3e-4 * (1 - i / 120)  # annealed: clip fractions near 0 after check 60 are expected
+        if i >= 80:
+            row["train/clip_fraction"] = 0.001
         if i >= 40:
             row["train/approx_kl"] = 0.2
         if i >= 70:
@@ -210,9 +216,9 @@ def test_state_round_trip_gives_the_uninterrupted_warnings_without_repeats(tmp_p
     torch.save(first.state_dict(), tmp_path / "health.pt")
     resumed = HealthMonitor(HealthConfig())
     resumed.load_state_dict(torch.load(tmp_path / "health.pt", weights_only=True))
-    after = [(i + split, w) for i, w in feed(resumed, rows[split:])]
+    after = feed(resumed, rows[split:], start=split)
     assert before + after == whole
-    fresh = [(i + split, w) for i, w in feed(HealthMonitor(HealthConfig()), rows[split:])]
+    fresh = feed(HealthMonitor(HealthConfig()), rows[split:], start=split)
     assert fresh != after  # without the state a resumed run would judge (and warn) differently
 
 
