@@ -1,32 +1,29 @@
 """Training health: non-finite numbers stop a run; warning signs in the metrics are reported.
 
-Two kinds of checks, both from the seed's "Logging and Evaluation" and "Common
-Failure Modes" sections:
+Both kinds come from the seed's "Logging and Evaluation" and "Common Failure Modes".
 
-* **Numeric health** (errors). :func:`check_finite_update` runs after
-  ``backward()`` and before clipping and the optimizer step; it raises
-  :class:`NonFiniteError` naming the first non-finite tensor, so the parameters in
-  memory are still the last good ones and no checkpoint of a broken state is
-  written. :func:`check_inputs` (opt-in, ``health.check_inputs``) names the group,
-  agent and env copy of the first NaN/inf observation or reward an env returns.
-* **Warning signs** (reported once per run and series). :class:`HealthMonitor`
-  watches the logged metrics with one pure detector per sign:
+* **Numeric health** (errors): :func:`check_finite_update` (after ``backward()``,
+  before clipping and the optimizer step) names the first non-finite parameter,
+  loss, gradient or norm, so the parameters in memory and the checkpoints on disk
+  stay the last good ones; :func:`check_inputs` (opt-in) names the group, agent and
+  env copy of the first NaN/inf observation or reward.
+* **Warning signs**, each reported once per run and series by :class:`HealthMonitor`
+  with one pure detector per sign; a sign must hold for ``patience`` consecutive
+  *checks* (calls of :meth:`HealthMonitor.observe`, one per training iteration):
 
-  ==========================  =========================================  ===============
-  warning                     metric (and ``/<group>`` series)           seen as
-  ==========================  =========================================  ===============
-  ``entropy_collapse``        ``train/entropy``                          below a floor
-  ``kl_high``                 ``train/approx_kl``                        above ``kl_high``
-  ``clip_fraction_low``       ``train/clip_fraction``                    below ``clip_low``
-  ``clip_fraction_high``      ``train/clip_fraction``                    above ``clip_high``
-  ``explained_variance_low``  ``train/explained_variance``               below ``ev_low``
-  ``returns_collapse``        ``rollout/ep_return`` (team only)          rise, then drop
-  ==========================  =========================================  ===============
+  ==========================  ==============================  ====================
+  warning                     metric (and ``/<group>``)       seen as
+  ==========================  ==============================  ====================
+  ``entropy_collapse``        ``train/entropy``               below a floor
+  ``kl_high``                 ``train/approx_kl``             above ``kl_high``
+  ``clip_fraction_low``       ``train/clip_fraction``         below ``clip_low``
+  ``clip_fraction_high``      ``train/clip_fraction``         above ``clip_high``
+  ``explained_variance_low``  ``train/explained_variance``    below ``ev_low``
+  ``returns_collapse``        ``rollout/ep_return`` only      a rise, then a drop
+  ==========================  ==============================  ====================
 
-  A *check* is one call of :meth:`HealthMonitor.observe` (the trainer makes one per
-  iteration); every sign must hold for ``patience`` consecutive checks. Per-agent
-  and per-group returns are not watched: in competitive games one side's return
-  falls whenever the other side learns.
+  Per-agent and per-group returns are not watched: in competitive games one side's
+  return falls whenever the other side learns.
 """
 
 from __future__ import annotations
@@ -143,16 +140,17 @@ def check_finite_update(loss: Tensor, grad_norm: float | None, module: nn.Module
     screened = [p for _, p in params] + (grads if grad_norm is None else [])
     if math.isfinite(loss_value) and (grad_norm is None or math.isfinite(grad_norm)) and _all_finite(screened):
         return
-    name = first_nonfinite(params)
-    if name is not None:
+    if (name := first_nonfinite(params)) is not None:
         what = f"parameter {name} is {_kind(dict(params)[name])}"
     elif not math.isfinite(loss_value):
         what = (f"the loss is {loss_value} while every parameter is finite (a non-finite observation or reward, "
                 "or a log 0 / division by 0 in the loss; health.check_inputs=true finds a bad input at its source)")
     elif (name := first_nonfinite((n, p.grad) for n, p in params)) is not None:
         what = f"gradient of {name} is {_kind(dict(params)[name].grad)} while the loss is finite ({loss_value:.6g})"
-    else:
+    elif grad_norm is not None and not math.isfinite(grad_norm):
         what = f"the gradient norm is {grad_norm} although every gradient is finite (the norm overflowed)"
+    else:
+        return  # only the float64 screening sum overflowed: every value is finite
     raise NonFiniteError(f"non-finite update: {what}; training stopped. To fix: {NUMERIC_REMEDY}")
 
 
@@ -242,7 +240,7 @@ def returns_collapse(series: Sequence[float], collapse_frac: float, window: int,
     rise = best - s[0]
     d = np.diff(x)
     noise = 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0)
-    dropped = (s < best - collapse_frac * rise) & (rise > min_rise * noise) & (rise > 0)
+    dropped = (s < best - collapse_frac * rise) & (rise > min_rise * noise)
     if not dropped[-patience:].all():
         return None
     return (f"the smoothed return rose from {s[0]:.4g} to a best of {best[-1]:.4g}, then fell to {s[-1]:.4g} "

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -215,18 +215,39 @@ def build_learner(actor: OffPolicyActor, cfg: Config) -> Learner:
 # ---------------------------------------------------------------------------------------------
 # Replay: rows in, batches out, state
 # ---------------------------------------------------------------------------------------------
-def goal_reward_fn(cfg: Config) -> tuple[Callable[[np.ndarray, np.ndarray, Any], np.ndarray], Any]:
-    """``(compute_reward, env)`` of the config's env (close ``env`` when done); for HER."""
+class GoalFunctions(NamedTuple):
+    """What HER needs from a goal env (Gymnasium's goal-env API).
+
+    Attributes:
+        compute_reward: vectorized ``(achieved [K, G], desired [K, G], info) -> [K]``.
+        terminate_on_success: the env ends an episode when the goal is reached (its
+            ``compute_terminated(g, g, None)`` is true); relabelled successes are then terminal.
+        success_reward: ``compute_reward(g, g, None)``, the reward of a reached goal.
+        env: the env the functions are bound to (close it when done).
+    """
+
+    compute_reward: Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
+    terminate_on_success: bool
+    success_reward: float
+    env: Any
+
+
+def goal_functions(cfg: Config, goal_dim: int) -> GoalFunctions:
+    """The reward (and termination) functions of the config's goal env, for HER."""
     env = make_raw_env(cfg.env.id, cfg.env.kwargs)
-    fn = getattr(getattr(env, "unwrapped", env), "compute_reward", None)
-    if not callable(fn):
+    base = getattr(env, "unwrapped", env)
+    reward_fn = getattr(base, "compute_reward", None)
+    if not callable(reward_fn):
         env.close()
         raise ValueError(f"algo.her needs the env's compute_reward(achieved_goal, desired_goal, info); "
                          f"{cfg.env.id!r} has none. Set algo.her=false")
-    return fn, env
+    goal = np.zeros((1, goal_dim), np.float32)
+    terminated_fn = getattr(base, "compute_terminated", None)
+    terminates = bool(np.all(terminated_fn(goal, goal, None))) if callable(terminated_fn) else False
+    return GoalFunctions(reward_fn, terminates, float(np.asarray(reward_fn(goal, goal, None)).reshape(-1)[0]), env)
 
 
-def build_replays(spec: EnvSpec, cfg: Config, compute_reward: Callable | None) -> dict[str, ReplayBuffer]:
+def build_replays(spec: EnvSpec, cfg: Config, goals: GoalFunctions | None) -> dict[str, ReplayBuffer]:
     """One replay buffer per group (PER and/or HER as configured); capacity rounded down to a multiple of E."""
     algo: OffPolicyConfig = cfg.algo
     n_envs = cfg.env.num_envs
@@ -240,9 +261,11 @@ def build_replays(spec: EnvSpec, cfg: Config, compute_reward: Callable | None) -
             if g.goal is None:
                 raise ValueError(f"algo.her: group {g.name!r} has no goal (the env's observations are not "
                                  "Dict(observation, achieved_goal, desired_goal)). Set algo.her=false")
-            out[g.name] = HerReplayBuffer(schema, capacity, n_envs, goal_slice=g.goal, compute_reward=compute_reward,
-                                          strategy=algo.her_strategy, n_sampled_goal=algo.n_sampled_goal,
-                                          gamma=algo.gamma, sampler=sampler)
+            out[g.name] = HerReplayBuffer(
+                schema, capacity, n_envs, goal_slice=g.goal, compute_reward=goals.compute_reward,
+                strategy=algo.her_strategy, n_sampled_goal=algo.n_sampled_goal,
+                terminate_on_success=goals.terminate_on_success, success_reward=goals.success_reward,
+                gamma=algo.gamma, sampler=sampler)
         else:
             out[g.name] = ReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma, sampler=sampler)
     return out
@@ -406,10 +429,12 @@ class OffPolicyTrainer:
         try:
             self.actor = build_actor(self.spec, cfg, self.device)
             self.learner = build_learner(self.actor, cfg)
-            compute_reward = None
+            goals = None
             if cfg.algo.her:
-                compute_reward, self.goal_env = goal_reward_fn(cfg)
-            self.replay = build_replays(self.spec, cfg, compute_reward)
+                start, stop = self.spec.groups[0].goal or (0, 1)
+                goals = goal_functions(cfg, stop - start)
+                self.goal_env = goals.env
+            self.replay = build_replays(self.spec, cfg, goals)
         except Exception:
             self.close()
             raise

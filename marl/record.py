@@ -321,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``marl record`` entry point: prints the video path, frame count and episode returns."""
     args = build_parser().parse_args(argv)
-    # Envs drawing with pygame initialise SDL audio too; a video needs none (and headless machines have none).
+    # Envs drawing with pygame initialise SDL's display and audio, which a video needs neither of (and
+    # which print errors on headless machines); rgb_array frames are drawn off-screen either way.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     try:
         rec = record(args.path, args.out or None, args.episodes, args.fps or None, args.seed,

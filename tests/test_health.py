@@ -223,8 +223,11 @@ def test_state_round_trip_gives_the_uninterrupted_warnings_without_repeats(tmp_p
 
 
 # --------------------------------------------------------------------------- config and spec helpers
-def test_config_problems_name_the_key():
-    assert HealthConfig().problems() == []
+def test_config_defaults_are_the_seed_thresholds_and_problems_name_the_key():
+    cfg = HealthConfig()
+    assert (cfg.kl_high, cfg.clip_low, cfg.clip_high, cfg.ev_low, cfg.entropy_floor_frac) == (0.05, 0.005, 0.9, 0.0, 0.05)
+    assert cfg.enabled and not cfg.check_inputs
+    assert cfg.problems() == []
     bad = replace(HealthConfig(), patience=0, clip_low=0.95, collapse_frac=1.5)
     assert [k for k, _ in bad.problems()] == ["patience", "clip_low", "collapse_frac"]
     assert "got 0" in bad.problems()[0][1]

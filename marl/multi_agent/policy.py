@@ -92,8 +92,12 @@ class GroupActorCritic(nn.Module):
             agent_id=model.agent_id,
             strategy=model.strategy,
         )
-        self.actor = AgentNet(tuple(group.obs_space.shape), n_out, out_gain=0.01, **common)
-        self.critic = AgentNet(tuple(critic_in_shape), 1, out_gain=1.0, **common)
+        obs_shape = tuple(group.obs_space.shape)
+        # Only uint8 [H, W, C] observations are pixels (CNN, /255); other multi-dim inputs (board planes) are flattened.
+        actor_enc = "cnn" if is_image(obs_shape, group.obs_space.dtype) else "mlp"
+        critic_enc = actor_enc if tuple(critic_in_shape) == obs_shape else "mlp"
+        self.actor = AgentNet(obs_shape, n_out, out_gain=0.01, encoder=actor_enc, **common)
+        self.critic = AgentNet(tuple(critic_in_shape), 1, out_gain=1.0, encoder=critic_enc, **common)
         if not group.discrete:
             n_sets = max(self.param_sets) + 1
             self.log_std = nn.Parameter(torch.full((n_sets, n_out), float(model.init_log_std)))
@@ -164,6 +168,7 @@ class Policy:
         self.critic = cfg.model.critic
         self.net = ActorCritic(env, cfg.model).to(self.device)
         self.obs_norm: dict[str, ObsNormalizer] = {}
+        self.image_groups = {g.name for g in env.groups if is_image(g.obs_space.shape, g.obs_space.dtype)}
         if cfg.norm.obs:
             for g in env.groups:
                 if not is_image(g.obs_space.shape, g.obs_space.dtype):
@@ -178,6 +183,8 @@ class Policy:
         if norm is not None:
             norm.training = update
             x = norm(x, alive)
+        elif x.dtype != np.float32 and name not in self.image_groups:
+            x = x.astype(np.float32)  # e.g. int8 board planes
         return torch.as_tensor(x, device=self.device)
 
     def inputs(
