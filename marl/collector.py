@@ -101,7 +101,10 @@ class Collector:
                     (self.num_envs, g.n_agents), gamma, clip=reward_clip or None
                 )
         self.reward_clip = reward_clip
-        obs, state = env.reset(seed)
+        self.set_obs(*env.reset(seed))
+
+    def set_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
+        """Take the env copies' current observations (after a reset or a restore)."""
         # Own copies: a vector env may hand out views of buffers it rewrites on the next step.
         self.obs = {g: GroupObs(o.obs.copy(), o.alive.copy(), None if o.action_mask is None else o.action_mask.copy())
                     for g, o in obs.items()}

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch stays out of the import of marl.config, which imports HealthConfig
+if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from marl.types import EnvSpec
@@ -110,36 +110,38 @@ def first_nonfinite(named_tensors: Iterable[tuple[str, Tensor | None]]) -> str |
 
 
 def _all_finite(tensors: list[Tensor]) -> bool:
-    """One reduction for many tensors: a float64 sum is finite iff every float32/16 entry is."""
-    import torch
+    """One sync for many tensors: ``True`` means every entry is finite (``False`` may be a sum overflow)."""
+    import torch  # here, so that importing HealthConfig (from marl.config) does not import torch
 
-    if not tensors:
-        return True
-    sums = torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors])
-    return bool(sums.isfinite().all())
+    return not tensors or bool(torch.stack([t.detach().sum() for t in tensors]).isfinite().all())
 
 
 def check_finite_update(loss: Tensor, grad_norm: float | None, module: nn.Module) -> None:
-    """Raise :class:`NonFiniteError` if the loss, a parameter, a gradient or the gradient norm is NaN/inf.
+    """Raise :class:`NonFiniteError` naming the first non-finite parameter, loss, gradient or norm.
 
-    Call it after ``loss.backward()`` and *before* gradient clipping and
-    ``optimizer.step()``: clipping multiplies every gradient by ``max_norm / norm``,
-    so after it a single NaN has spread to every gradient and cannot be traced. The
-    first non-finite item is named in causal order: a parameter (it makes the loss
-    non-finite), the loss (a bad input or a log 0), a gradient, the norm.
+    Call it after ``loss.backward()`` and *before* clipping and ``optimizer.step()``
+    (clipping multiplies every gradient by ``max_norm / norm``: after it one NaN
+    has spread to every gradient). With a pre-clip norm from
+    ``torch.nn.utils.get_total_norm`` (then ``clip_grads_with_norm_``) a passing
+    check costs one ``float(loss)``; with ``grad_norm=None`` every gradient is
+    reduced once. Parameters are scanned only after a failure: a step with finite
+    gradients keeps parameters finite, and a non-finite parameter shows as a
+    non-finite loss. The name given is the first in causal order: a parameter,
+    the loss (a bad input or a log 0), a gradient, the norm (an overflow).
 
     Args:
         loss: the scalar that was back-propagated.
-        grad_norm: the global gradient norm if already computed, else ``None``
-            (then every gradient is checked).
-        module: the module whose ``named_parameters()`` were updated.
+        grad_norm: global gradient norm before clipping, or ``None``.
+        module: the module whose parameters the optimizer steps.
     """
-    params = list(module.named_parameters())
     loss_value = float(loss.detach())
-    grads = [p.grad for _, p in params if p.grad is not None]
-    screened = [p for _, p in params] + (grads if grad_norm is None else [])
-    if math.isfinite(loss_value) and (grad_norm is None or math.isfinite(grad_norm)) and _all_finite(screened):
+    if grad_norm is not None:
+        grads_ok = math.isfinite(grad_norm)
+    else:
+        grads_ok = _all_finite([p.grad for p in module.parameters() if p.grad is not None])
+    if math.isfinite(loss_value) and grads_ok:
         return
+    params = list(module.named_parameters())
     if (name := first_nonfinite(params)) is not None:
         what = f"parameter {name} is {_kind(dict(params)[name])}"
     elif not math.isfinite(loss_value):
@@ -150,11 +152,11 @@ def check_finite_update(loss: Tensor, grad_norm: float | None, module: nn.Module
     elif grad_norm is not None and not math.isfinite(grad_norm):
         what = f"the gradient norm is {grad_norm} although every gradient is finite (the norm overflowed)"
     else:
-        return  # only the float64 screening sum overflowed: every value is finite
+        return  # only the screening sum overflowed: every value is finite
     raise NonFiniteError(f"non-finite update: {what}; training stopped. To fix: {NUMERIC_REMEDY}")
 
 
-def check_inputs(obs: Mapping[str, np.ndarray], reward: Mapping[str, np.ndarray],
+def check_inputs(obs: Mapping[str, np.ndarray], reward: Mapping[str, np.ndarray] | None,
                  agents: Mapping[str, Sequence[str]], env_offset: int = 0) -> None:
     """Raise :class:`NonFiniteError` at the first NaN/inf observation or reward.
 
@@ -163,12 +165,13 @@ def check_inputs(obs: Mapping[str, np.ndarray], reward: Mapping[str, np.ndarray]
 
     Args:
         obs: group -> ``[E, A, ...]`` observations (integer arrays, e.g. images, are skipped).
-        reward: group -> ``[E, A]`` rewards.
+        reward: group -> ``[E, A]`` rewards, or ``None`` (after a reset: observations only).
         agents: group -> agent names along the ``A`` axis.
         env_offset: index of the first env copy in the arrays (a chunk of a larger vector env).
     """
+    sources = {"observation": obs} if reward is None else {"observation": obs, "reward": reward}
     for group, names in agents.items():
-        for what, arrays in (("observation", obs), ("reward", reward)):
+        for what, arrays in sources.items():
             x = np.asarray(arrays[group])
             if x.shape[1:2] != (len(names),):
                 raise ValueError(f"{what} of group {group!r} has shape {x.shape}; expected [E, {len(names)}, ...]")

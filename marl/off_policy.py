@@ -55,7 +55,15 @@ from marl.algos.sac import SACLearner, SACPolicyNet
 from marl.algos.targets import OffPolicyBatch
 from marl.algos.td3 import TD3Learner, TD3PolicyNet
 from marl.config import Config, DQNConfig, NormConfig, OffPolicyConfig, SACConfig, TD3Config, dump_yaml, to_dict
-from marl.data import HerReplayBuffer, PrioritizedSampler, ReplayBuffer, ReplaySample, per_beta_at, replay_schema
+from marl.data import (
+    HerReplayBuffer,
+    PrioritizedReplayBuffer,
+    PrioritizedSampler,
+    ReplayBuffer,
+    ReplaySample,
+    per_beta_at,
+    replay_schema,
+)
 from marl.env.make import make_raw_env
 from marl.logger import Logger, episode_metrics, flatten_dict, flatten_eval
 from marl.multi_agent.policy import ActOutput, is_image
@@ -255,19 +263,18 @@ def build_replays(spec: EnvSpec, cfg: Config, goals: GoalFunctions | None) -> di
     out: dict[str, ReplayBuffer] = {}
     for g in spec.groups:
         schema = replay_schema(g)
-        sampler = (PrioritizedSampler(capacity, per_alpha=algo.per_alpha, per_eps=algo.per_eps, per_beta=algo.per_beta)
-                   if algo.per else None)
         if algo.her:
-            if g.goal is None:
-                raise ValueError(f"algo.her: group {g.name!r} has no goal (the env's observations are not "
-                                 "Dict(observation, achieved_goal, desired_goal)). Set algo.her=false")
             out[g.name] = HerReplayBuffer(
                 schema, capacity, n_envs, goal_slice=g.goal, compute_reward=goals.compute_reward,
                 strategy=algo.her_strategy, n_sampled_goal=algo.n_sampled_goal,
                 terminate_on_success=goals.terminate_on_success, success_reward=goals.success_reward,
-                gamma=algo.gamma, sampler=sampler)
+                gamma=algo.gamma, sampler=PrioritizedSampler(capacity, per_alpha=algo.per_alpha, per_eps=algo.per_eps,
+                                                             per_beta=algo.per_beta) if algo.per else None)
+        elif algo.per:
+            out[g.name] = PrioritizedReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma,
+                                                  per_alpha=algo.per_alpha, per_eps=algo.per_eps, per_beta=algo.per_beta)
         else:
-            out[g.name] = ReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma, sampler=sampler)
+            out[g.name] = ReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma)
     return out
 
 
@@ -431,7 +438,11 @@ class OffPolicyTrainer:
             self.learner = build_learner(self.actor, cfg)
             goals = None
             if cfg.algo.her:
-                start, stop = self.spec.groups[0].goal or (0, 1)
+                missing = [g.name for g in self.spec.groups if g.goal is None]
+                if missing:
+                    raise ValueError(f"algo.her: groups {missing} have no goal (the env's observations are not "
+                                     "Dict(observation, achieved_goal, desired_goal)). Set algo.her=false")
+                start, stop = self.spec.groups[0].goal
                 goals = goal_functions(cfg, stop - start)
                 self.goal_env = goals.env
             self.replay = build_replays(self.spec, cfg, goals)

@@ -38,6 +38,7 @@ from marl import checkpoint as ckpt
 from marl.algos.ppo import PPOLearner, linear_schedule
 from marl.collector import Collector
 from marl.config import Config, dump_yaml, from_dict, to_dict
+from marl.env.adapters import EnvSnapshot
 from marl.env.make import make_adapter
 from marl.env.vector import make_vector_env
 from marl.env.wrappers import Preprocess
@@ -120,7 +121,7 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
     """Refuse to resume with a config whose networks or spaces differ from the checkpoint's."""
-    keys = ["env.id", "env.kwargs", "env.groups", "env.frame_stack", "env.grayscale", "env.resize", "env.pad",
+    keys = ["env.id", "env.kwargs", "env.groups", "env.num_envs", "env.frame_stack", "env.grayscale", "env.resize", "env.pad",
             "model.hidden", "model.activation", "model.sharing", "model.agent_id", "model.critic", "algo.name",
             "algo.optimizer", "norm.obs", "norm.reward"]
     now = flatten_dict(to_dict(cfg))
@@ -192,6 +193,8 @@ class Trainer:
             "counters": {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "iteration": self.iteration,
                          "episodes": self.episodes, "wall_time_s": self._wall_time()},
             "rng": {**ckpt.rng_state(), "generator": self.generator.get_state()},
+            "env": [tuple(s._replace(actions={g: torch.from_numpy(a) for g, a in s.actions.items()}))
+                    for s in self.env.snapshot()],
             "best_eval": self.best_eval,
             "eval_history": self.eval_history,
         }
@@ -206,6 +209,9 @@ class Trainer:
         self.wall_time_prev = float(c["wall_time_s"])
         ckpt.set_rng_state(state["rng"])
         self.generator.set_state(state["rng"]["generator"])
+        # Env copies continue their episodes exactly: same reset, actions replayed (marl.env.adapters.EnvSnapshot).
+        snaps = [EnvSnapshot(seed, rng, {g: a.numpy() for g, a in acts.items()}) for seed, rng, acts in state["env"]]
+        self.collector.set_obs(*self.env.restore(snaps))
         self.best_eval = state.get("best_eval")
         self.eval_history = list(state.get("eval_history") or [])
 

@@ -275,6 +275,28 @@ def test_an_infinite_gradient_is_named():
     assert "lower algo.lr" in str(err.value) and "norm.obs" in str(err.value)
 
 
+def test_checked_before_clipping_the_source_is_named_and_clipping_would_have_hidden_it():
+    net = small_net()
+    net(torch.randn(5, 3)).mean().backward()
+    net[0].bias.grad[1] = float("nan")
+    grads = [p.grad for p in net.parameters()]
+    norm = torch.nn.utils.get_total_norm(grads)
+    loss = torch.tensor(0.5)
+    with pytest.raises(NonFiniteError, match=r"gradient of 0\.bias is nan \(1 of 4 entries\)"):
+        check_finite_update(loss, float(norm), net)
+    torch.nn.utils.clip_grads_with_norm_(list(net.parameters()), 0.5, norm)
+    assert all(g.isnan().all() for g in grads)  # after clipping every gradient is NaN
+    with pytest.raises(NonFiniteError, match=r"gradient of 0\.weight"):
+        check_finite_update(loss, None, net)
+
+
+def test_huge_but_finite_gradients_pass():
+    net = small_net()
+    net(torch.randn(5, 3)).mean().backward()
+    net[2].weight.grad.fill_(3e38)  # their float32 sum overflows; every entry is finite
+    check_finite_update(torch.tensor(1.0), None, net)
+
+
 def test_a_nan_parameter_is_named_before_the_loss_it_poisons():
     net = small_net()
     with torch.no_grad():
@@ -322,6 +344,9 @@ def test_check_inputs_names_group_agent_and_env_copy():
     obs["b"][2, 1, 1, 0] = np.nan  # observations of a group are checked before its rewards
     with pytest.raises(NonFiniteError, match=r"observation \(nan\).*agent 'b_1' of group 'b', env copy 6"):
         check_inputs(obs, reward, agents, env_offset=4)
+    check_inputs({"a": obs["a"]}, None, {"a": agents["a"]})  # observations only, as after a reset
+    with pytest.raises(NonFiniteError, match="agent 'b_1'"):
+        check_inputs(obs, None, agents)
     images = {"a": np.full((4, 2, 3), 255, np.uint8), "b": obs["b"]}
     with pytest.raises(NonFiniteError, match="agent 'b_1'"):
         check_inputs(images, reward, agents)

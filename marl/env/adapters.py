@@ -260,6 +260,57 @@ def _pettingzoo_spec(
     )
 
 
+def _find_rng(env: Any) -> np.random.Generator | None:
+    """The env's ``np_random`` generator, looking through wrappers (``unwrapped``, ``.env``)."""
+    seen = set()
+    node = env
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        for candidate in (getattr(node, "unwrapped", None), node):
+            rng = getattr(candidate, "_np_random", None) or getattr(candidate, "np_random", None)
+            if isinstance(rng, np.random.Generator):
+                return rng
+        node = getattr(node, "env", None) or getattr(node, "aec_env", None)
+    return None
+
+
+def _plain(x: Any) -> Any:
+    """Bit-generator state as plain Python data (lists for arrays), safe for weights_only checkpoints."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return x
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    state = dict(state)
+    inner = state.get("state")
+    if isinstance(inner, dict) and isinstance(inner.get("key"), list):  # MT19937 keeps an array
+        state["state"] = {**inner, "key": np.asarray(inner["key"], np.uint32)}
+    rng.bit_generator.state = state
+
+
+class EnvSnapshot(NamedTuple):
+    """What rebuilds an env copy's current state: how its episode started plus the actions since.
+
+    Attributes:
+        seed: the reset seed of the current episode, or ``None`` (auto-reset).
+        rng: the env's ``np_random`` bit-generator state right before that reset
+            (plain data), or ``None`` when the env has no ``np_random``.
+        actions: group -> ``[n, A, *action_shape]`` actions taken in the episode so far.
+
+    Restoring resets with the same seed / RNG state and replays the actions, so an
+    env whose randomness all comes from ``np_random`` (Gymnasium, PettingZoo, mpe2,
+    our ``envs/``) ends in exactly the state it was in. Other sources of randomness
+    (Python's ``random``, a global numpy RNG) are not captured.
+    """
+
+    seed: int | None
+    rng: dict | None
+    actions: dict[str, np.ndarray]
+
+
 class _Base:
     """Shared bookkeeping: the allocating API, slots, obs writing, episode statistics."""
 
@@ -280,6 +331,9 @@ class _Base:
         self._length = 0
         self._success: dict[str, float] = {}
         self._needs_reset = True
+        self._episode_seed: int | None = None
+        self._episode_rng: dict | None = None
+        self._actions: list[dict[str, np.ndarray]] = []
 
     def reset(self, seed: int | None = None) -> tuple[dict[str, GroupObs], np.ndarray | None]:
         out = allocate_buffers(self.spec, (), self._fields)
@@ -290,6 +344,39 @@ class _Base:
         out = allocate_buffers(self.spec, (), self._fields)
         episode = self.step_into(actions, out)
         return buffers_to_step(out, episode)
+
+    def snapshot(self) -> EnvSnapshot:
+        """The current episode as a replayable record (see :class:`EnvSnapshot`)."""
+        actions = {}
+        for g in self.spec.groups:
+            rows = [a[g.name] for a in self._actions]
+            shape = (0, g.n_agents, *g.action_shape)
+            actions[g.name] = np.stack(rows) if rows else np.zeros(shape, g.action_dtype)
+        return EnvSnapshot(self._episode_seed, self._episode_rng, actions)
+
+    def restore_into(self, snapshot: EnvSnapshot, out: StepBuffers) -> None:
+        """Rebuild the state of :meth:`snapshot`: same reset, same actions; obs written to ``out``."""
+        if snapshot.seed is None and snapshot.rng is not None:
+            rng = _find_rng(self._env)
+            if rng is None:
+                raise RuntimeError("cannot restore the env's RNG: the env has no np_random generator")
+            _set_rng_state(rng, snapshot.rng)
+        self.reset_into(snapshot.seed, out)
+        n = len(next(iter(snapshot.actions.values()))) if snapshot.actions else 0
+        for i in range(n):
+            episode = self.step_into({g: np.asarray(a[i]) for g, a in snapshot.actions.items()}, out)
+            if episode is not None:
+                raise RuntimeError("replaying an env snapshot ended its episode early: the env is not deterministic")
+
+    def _begin_episode(self, seed: int | None) -> None:
+        """Remember how this episode starts (for :meth:`snapshot`); call right before the env's reset."""
+        self._episode_seed = None if seed is None else int(seed)
+        rng = None if seed is not None else _find_rng(self._env)
+        self._episode_rng = None if rng is None else _plain(rng.bit_generator.state)
+        self._actions = []
+
+    def _record(self, actions: Mapping[str, np.ndarray]) -> None:
+        self._actions.append({g: np.array(a, copy=True) for g, a in actions.items()})
 
     def reset_into(self, seed: int | None, out: StepBuffers) -> None:
         raise NotImplementedError
@@ -432,6 +519,7 @@ class ParallelAdapter(_Base):
         self._setup(formats, mask_from_info)
 
     def reset_into(self, seed: int | None, out: StepBuffers) -> None:
+        self._begin_episode(seed)
         obs, infos = self._env.reset(seed=seed)
         self._start_episode()
         self._write_obs(obs.__getitem__, infos, set(self._env.agents), out)
@@ -440,6 +528,7 @@ class ParallelAdapter(_Base):
 
     def step_into(self, actions: Mapping[str, np.ndarray], out: StepBuffers) -> EpisodeStats | None:
         self._check_ready()
+        self._record(actions)
         env = self._env
         acting = list(env.agents)
         per_group = _to_env_actions(self.spec, actions)
@@ -538,6 +627,7 @@ class AECAdapter(_Base):
             out.state[:] = env.state()
 
     def reset_into(self, seed: int | None, out: StepBuffers) -> None:
+        self._begin_episode(seed)
         self._env.reset(seed=seed)
         self._start_episode()
         self._ended = set()
@@ -567,6 +657,7 @@ class AECAdapter(_Base):
 
     def step_into(self, actions: Mapping[str, np.ndarray], out: StepBuffers) -> EpisodeStats | None:
         self._check_ready()
+        self._record(actions)
         env = self._env
         mover = env.agent_selection
         _, g, k, _, _ = self._slots[self._slot_index[mover]]

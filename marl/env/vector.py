@@ -35,7 +35,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
-from marl.env.adapters import Adapter
+from marl.env.adapters import Adapter, EnvSnapshot
 from marl.env.buffers import (
     StepBuffers,
     allocate_buffers,
@@ -92,6 +92,8 @@ class VectorEnv(Protocol):
     num_chunks: int
 
     def reset(self, seed: int | Sequence[int]) -> tuple[dict[str, GroupObs], np.ndarray | None]: ...
+    def snapshot(self) -> list[EnvSnapshot]: ...
+    def restore(self, snapshots: Sequence[EnvSnapshot]) -> tuple[dict[str, GroupObs], np.ndarray | None]: ...
     def send(self, chunk: int, actions: Mapping[str, np.ndarray]) -> None: ...
     def recv(self, chunk: int) -> VecStep: ...
     def step(self, actions: Mapping[str, np.ndarray]) -> VecStep: ...
@@ -242,6 +244,10 @@ def _reset_block(adapters: list[Adapter], start: int, seeds: list[int], out: Ste
     _each_copy(start, len(adapters), lambda j: adapters[j].reset_into(seeds[j], out.at(j)))
 
 
+def _restore_block(adapters: list[Adapter], start: int, snapshots: Sequence[EnvSnapshot], out: StepBuffers) -> None:
+    _each_copy(start, len(adapters), lambda j: adapters[j].restore_into(EnvSnapshot(*snapshots[j]), out.at(j)))
+
+
 class _ChunkedBase:
     """Chunk bookkeeping and ``step`` as send-all / recv-all."""
 
@@ -339,6 +345,21 @@ class SyncVectorEnv(_ChunkedBase):
             self._goals[c] = _goals_of(out.at(sl))
         return {g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in out.groups.items()}, out.state
 
+    def snapshot(self) -> list[EnvSnapshot]:
+        """Per-copy replay records of the current episodes (see :class:`EnvSnapshot`)."""
+        return [a.snapshot() for a in self._adapters]
+
+    def restore(self, snapshots: Sequence[EnvSnapshot]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
+        """Put every copy back in the state of ``snapshots``; return the observations like ``reset``."""
+        if len(snapshots) != self.num_envs:
+            raise ValueError(f"restore got {len(snapshots)} snapshots for {self.num_envs} env copies")
+        self._results = [None] * self.num_chunks
+        out = allocate_buffers(self.spec, (self.num_envs,))
+        _restore_block(self._adapters, 0, snapshots, out)
+        for c, sl in enumerate(self._slices):
+            self._goals[c] = _goals_of(out.at(sl))
+        return {g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in out.groups.items()}, out.state
+
     def send(self, chunk: int, actions: Mapping[str, np.ndarray]) -> None:
         sl = self.chunk_slice(chunk)
         if self._results[chunk] is not None:
@@ -394,6 +415,11 @@ def _worker(conn: Connection, factory: Callable[[], Adapter], start: int, count:
             elif cmd == "reset":
                 _reset_block(adapters, start, arg, out)
                 conn.send(("ok", None))
+            elif cmd == "restore":
+                _restore_block(adapters, start, arg, out)
+                conn.send(("ok", None))
+            elif cmd == "snapshot":
+                conn.send(("ok", [a.snapshot() for a in adapters]))
             elif cmd == "render":
                 conn.send(("ok", adapters[arg - start].render()))
             else:
@@ -586,6 +612,31 @@ class SubprocVectorEnv(_ChunkedBase):
             if self._pending[w] == "step":
                 self._wait(w)
             self._command(w, "reset", seeds[sl])
+        for w in range(self.num_chunks):
+            self._wait(w)
+        first = concat_steps([_to_vec_step(self._copy(w), []) for w in range(self.num_chunks)])
+        return first.obs, first.state
+
+    def snapshot(self) -> list[EnvSnapshot]:
+        """Per-copy replay records of the current episodes (see :class:`EnvSnapshot`)."""
+        self._check_open()
+        out: list[EnvSnapshot] = []
+        for w in range(self.num_chunks):
+            if self._pending[w] == "step":
+                raise RuntimeError(f"snapshot() with a step in flight on chunk {w}; recv it first")
+            self._command(w, "snapshot")
+            out.extend(EnvSnapshot(*x) for x in self._wait(w))
+        return out
+
+    def restore(self, snapshots: Sequence[EnvSnapshot]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
+        """Put every copy back in the state of ``snapshots``; return the observations like ``reset``."""
+        self._check_open()
+        if len(snapshots) != self.num_envs:
+            raise ValueError(f"restore got {len(snapshots)} snapshots for {self.num_envs} env copies")
+        for w, sl in enumerate(self._slices):
+            if self._pending[w] == "step":
+                self._wait(w)
+            self._command(w, "restore", [tuple(x) for x in snapshots[sl]])
         for w in range(self.num_chunks):
             self._wait(w)
         first = concat_steps([_to_vec_step(self._copy(w), []) for w in range(self.num_chunks)])
