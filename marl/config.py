@@ -335,14 +335,31 @@ def from_dict(data: dict) -> Config:
     return cfg
 
 
+# Names other libraries use for our keys (Stable-Baselines3, CleanRL), for "did you mean" hints.
+ALIASES = {
+    "learning_rate": "lr", "n_steps": "num_steps", "n_epochs": "update_epochs", "clip_range": "clip_coef",
+    "n_envs": "num_envs", "total_timesteps": "total_env_steps", "lam": "gae_lambda", "gae": "gae_lambda",
+    "ent": "ent_coef", "vf": "vf_coef", "max_grad": "max_grad_norm", "num_epochs": "update_epochs",
+    "clip_range_vf": "clip_vloss", "normalize_advantage": "advantage", "env_id": "id", "net_arch": "hidden",
+}
+
+
+def nearest_key(key: str, valid: list[str]) -> str | None:
+    """The valid key closest to ``key`` (by spelling, or through a known alias), or ``None``."""
+    candidates = {k: k for k in valid}
+    candidates.update({alias: k for alias, k in ALIASES.items() if k in valid})
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return candidates[close[0]] if close else None
+
+
 def _build(cls: type, data: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            close = nearest_key(str(key), list(fields))
+            hint = f"; did you mean {prefix}{close}?" if close else ""
             raise ConfigError(f"unknown config key {prefix}{key}{hint} (valid keys here: {', '.join(fields)})")
         if key in _SECTIONS and cls is Config:
             if not isinstance(value, dict):

@@ -87,7 +87,7 @@ class NonFiniteError(FloatingPointError):
 
     def with_context(self, env_steps: int, checkpoint: str | Path | None) -> NonFiniteError:
         """The same error with the env step count and where the last good checkpoint is kept."""
-        where = (f"the last good checkpoint is kept at {checkpoint} (resume from it with a lower algo.lr)"
+        where = (f"the last good checkpoint is kept at {checkpoint}"
                  if checkpoint is not None and Path(checkpoint).is_file() else "no checkpoint had been written yet")
         return NonFiniteError(f"{self.args[0]} [at {env_steps:,} env steps; {where}]")
 

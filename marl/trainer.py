@@ -37,7 +37,7 @@ import torch
 from marl import checkpoint as ckpt
 from marl.algos.ppo import PPOLearner, linear_schedule
 from marl.collector import Collector
-from marl.config import Config, dump_yaml, from_dict, to_dict
+from marl.config import Config, ConfigError, dump_yaml, from_dict, to_dict
 from marl.env.adapters import EnvSnapshot
 from marl.env.make import make_adapter
 from marl.env.vector import make_vector_env
@@ -92,6 +92,25 @@ def vector_env(cfg: Config, num_envs: int, backend: str | None = None):
     if backend == "subprocess":
         workers = min(cfg.env.num_workers or (os.cpu_count() or 1), num_envs)
     return make_vector_env(env_factory(cfg), num_envs, backend=backend, num_workers=workers)
+
+
+def check_env(cfg: Config) -> EnvSpec:
+    """Build one env in-process and return its spec; bad ids / kwargs / groups become a ConfigError.
+
+    Runs before any worker process starts, so a typo in ``env.id`` or an impossible
+    grouping is reported in one line that names the key, not as a worker traceback.
+    """
+    try:
+        adapter = env_factory(cfg)()
+    except ImportError as exc:
+        raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        key = "env.groups" if "group" in str(exc) else ("env.kwargs" if isinstance(exc, TypeError) else "env.id")
+        raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}") from exc
+    try:
+        return adapter.spec
+    finally:
+        adapter.close()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -159,6 +178,7 @@ class Trainer:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
+        check_env(cfg)
         self.env = vector_env(cfg, cfg.env.num_envs)
         self.spec: EnvSpec = self.env.spec
         try:

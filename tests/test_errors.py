@@ -1,0 +1,39 @@
+"""Bad input is refused before any work starts, with a message naming the key and the fix."""
+
+import pytest
+
+from marl.cli import main
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["env.id=simple_sprad_v3"], ["env.id", "Did you mean", "mpe2.simple_spread_v3"]),
+        (["env.kwargs={N: 3, bogus: 1}"], ["env.kwargs", "bogus"]),
+        (["env.id=mpe2.simple_adversary_v3", "env.kwargs={}", "env.groups={all: [adversary_0, agent_0, agent_1]}"],
+         ["env.groups", "mixes observation spaces", "different groups"]),
+        (["algo.gamma=2"], ["algo.gamma", "(0, 1]"]),
+        (["algo.lerning_rate=1"], ["algo.lerning_rate", "did you mean"]),
+        (["model.critic=centre"], ["model.critic", "'central'"]),
+        (["resume=/nonexistent/run"], ["no such checkpoint"]),
+    ],
+)
+def test_bad_input_fails_fast_with_a_named_key(tmp_path, capsys, args, words):
+    assert main(["train", f"run_dir={tmp_path / 'r'}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marl: error:")
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "r" / "checkpoints").exists() or not list((tmp_path / "r" / "checkpoints").iterdir())
+
+
+
+def test_eval_of_a_directory_without_checkpoints(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "no checkpoints/best.pt or latest.pt" in capsys.readouterr().err
+
+
+def test_eval_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing.pt")]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
