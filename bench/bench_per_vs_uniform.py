@@ -1,27 +1,28 @@
-"""Prioritized vs uniform replay for DQN on the Blind Cliffwalk, same budget, same seeds.
+"""Prioritized vs uniform replay for DQN on the Blind Cliffwalk: same data, same budget, same seeds.
 
 The task (Schaul et al. 2016, section 3.1, where prioritization is shown to help): a chain of ``n``
 states (one-hot observations) and two actions. In every state one action (fixed, drawn once from
 ``layout_seed``) moves one step right; the other ends the episode with reward 0. Taking the right
-action in the last state ends the episode with reward 1. A random policy reaches the reward once in
-``2**n`` episodes, so rewarding transitions and the transitions just before them are rare in the
-replay; prioritized replay revisits them while their TD errors are large and propagates the reward
-back along the chain in far fewer gradient steps.
+action in the last state ends the episode with reward 1. True values: ``Q(s_k, right) =
+gamma ** (n - 1 - k)``, ``Q(s_k, wrong) = 0``. A random policy reaches the reward once in ``2**n``
+episodes, so the rewarding transition and those just before it are rare in the replay: uniform
+replay seldom samples them, prioritized replay revisits them while their TD errors are large.
 
-Runs: DQN (double Q, Huber, one hidden layer of 64, gamma 0.9, hard target copy every 50 gradient
-steps, one gradient step of batch 32 per env step, epsilon 1 -> 0.1 over the first half) with
-``algo.per=false`` and ``algo.per=true`` (alpha 0.6, beta 0.4 -> 1), nothing else changed. Budget:
-``--steps`` env steps per run (default 20,000), greedy evaluation every 1,000 env steps. Solved = the
-greedy policy walks the whole chain (return 1). Reported per run: env steps until first solved, and
-whether solved at the end; plus the median over seeds.
+Setup, as in the paper: the behaviour is fixed (uniformly random actions, the same stream for both
+runs of a seed, so both replays hold identical data) and we measure how fast the Q network learns the
+true values: the mean squared error over all ``2n`` state-action pairs, every 250 gradient steps.
+DQN: double Q, Huber, one hidden layer of 64, gamma 0.9, hard target copy every 50 gradient steps,
+one gradient step of batch 32 per env step after 500 random steps; ``algo.per`` false / true
+(alpha 0.6, beta 0.4 -> 1), nothing else changed. Budget: ``--steps`` env steps = gradient steps + 500.
+Reported per run: gradient steps until the MSE first falls below ``--tol`` (default 1e-3), and the
+final MSE; then the median over seeds.
 
-    .venv/bin/python bench/bench_per_vs_uniform.py [--n 10] [--seeds 0,1,2,3,4] [--steps 20000] [--workers 2]
+    .venv/bin/python bench/bench_per_vs_uniform.py [--n 8] [--seeds 0,1,2,3,4] [--steps 8000] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -72,54 +73,84 @@ def register() -> None:
         gymnasium.register(ENV_ID, entry_point=BlindCliffwalk)
 
 
-def run(n: int, per: bool, seed: int, steps: int, out: str) -> dict:
-    """Train one run (stdout to ``<run>/train.log``); return its summary."""
+def true_q(env: BlindCliffwalk, gamma: float) -> np.ndarray:
+    """``[n, 2]`` true action values of the chain."""
+    q = np.zeros((env.n, 2))
+    for k in range(env.n):
+        q[k, env.right[k]] = gamma ** (env.n - 1 - k)
+    return q
+
+
+def run(n: int, per: bool, seed: int, steps: int, tol: float, out: str) -> dict:
+    """Collect with uniformly random actions, train every env step; return the Q error curve."""
+    import torch
+
     from marl.config import load_config
-    from marl.trainer import train
+    from marl.off_policy import OffPolicyTrainer
 
     register()
+    gamma, warmup = 0.9, 500
     run_dir = Path(out) / f"n{n}-{'per' if per else 'uniform'}-seed{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, [
         "algo.name=dqn", f"env.id={ENV_ID}", f"env.kwargs={{n: {n}}}", "env.num_envs=1", "norm.obs=false",
-        "norm.reward=false", f"seed={seed}", f"total_env_steps={steps}", "algo.lr=0.001", "algo.gamma=0.9",
-        "algo.buffer_size=100000", "algo.learning_starts=500", "algo.batch_size=32", "algo.train_freq=1",
-        "algo.gradient_steps=1", "algo.tau=1.0", "algo.target_update_interval=50", "algo.exploration_fraction=0.5",
-        "algo.epsilon_start=1.0", "algo.epsilon_final=0.1", f"algo.per={str(per).lower()}", "model.hidden=[64]",
-        "model.activation=relu", "eval.interval=1000", "eval.episodes=1", "eval.num_envs=1", f"run_dir={run_dir}",
-        "log.tensorboard=false", "log.progress=false", "log.interval=1000", "checkpoint.interval=0",
+        "norm.reward=false", f"seed={seed}", f"total_env_steps={steps}", "algo.lr=0.001", f"algo.gamma={gamma}",
+        "algo.buffer_size=100000", f"algo.learning_starts={warmup}", "algo.batch_size=32", "algo.train_freq=1",
+        "algo.gradient_steps=1", "algo.tau=1.0", "algo.target_update_interval=50", f"algo.per={str(per).lower()}",
+        "model.hidden=[64]", "model.activation=relu", f"run_dir={run_dir}", "log.tensorboard=false",
+        "log.progress=false",
     ])
-    with open(run_dir / "train.log", "w") as log, contextlib.redirect_stdout(log):
-        return train(cfg)
+    trainer = OffPolicyTrainer(cfg)
+    target = true_q(BlindCliffwalk(n), gamma)
+    inputs = torch.eye(n).view(n, 1, n)
+    curve: list[tuple[int, float]] = []
+    start = time.time()
+    try:
+        obs, _ = trainer.env.reset(seed)
+        for step in range(steps):
+            obs, _, _ = trainer.collect(obs, None, epsilon=1.0)
+            if step < warmup:
+                continue
+            trainer.train_step()
+            if trainer.learner.grad_steps % 250 == 0:
+                with torch.no_grad():
+                    q = trainer.actor.net["agent"](inputs).squeeze(1).numpy()
+                curve.append((trainer.learner.grad_steps, float(np.mean((q - target) ** 2))))
+    finally:
+        trainer.close()
+    first = next((g for g, mse in curve if mse < tol), None)
+    rewards = int(trainer.replay["agent"].storage.field("reward").sum())
+    return {"first": first, "final_mse": curve[-1][1], "rewards_in_replay": rewards, "wall_s": time.time() - start}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=10, help="chain length")
+    parser.add_argument("--n", type=int, default=8, help="chain length")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--steps", type=int, default=8_000)
+    parser.add_argument("--tol", type=float, default=1e-3, help="Q mean squared error counted as learned")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/bench/per_vs_uniform")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [(per, s) for per in (False, True) for s in seeds]
+    jobs = [(per, s) for s in seeds for per in (False, True)]
     start = time.time()
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run, args.n, per, s, args.steps, args.out) for per, s in jobs]
-        summaries = [f.result() for f in futures]
-    print(f"Blind Cliffwalk n={args.n}, DQN, {args.steps:,} env steps per run; greedy eval every 1,000 env steps")
-    print(f"{'replay':>8}  {'seed':>4}  {'solved at':>9}  {'solved at end':>13}  {'wall s':>7}")
+        futures = [pool.submit(run, args.n, per, s, args.steps, args.tol, args.out) for per, s in jobs]
+        results = [f.result() for f in futures]
+    print(f"Blind Cliffwalk n={args.n}, DQN on identical random-behaviour data, {args.steps - 500:,} gradient steps per run")
+    print(f"{'replay':>8}  {'seed':>4}  {'rewards seen':>12}  {f'MSE<{args.tol:g} at':>14}  {'final MSE':>10}  {'wall s':>7}")
     firsts: dict[str, list[float]] = {"uniform": [], "per": []}
-    for (per, seed), s in zip(jobs, summaries):
+    finals: dict[str, list[float]] = {"uniform": [], "per": []}
+    for (per, seed), r in zip(jobs, results):
         name = "per" if per else "uniform"
-        first = next((h["env_steps"] for h in s["eval_history"] if h["mean_return"] >= 1.0), None)
-        firsts[name].append(first if first is not None else np.inf)
-        print(f"{name:>8}  {seed:>4}  {first if first else '-':>9}  {str(s['final_eval']['mean_return'] >= 1.0):>13}  "
-              f"{s['wall_time_s']:>7.0f}")
-    for name, values in firsts.items():
-        solved = sum(np.isfinite(values))
-        print(f"{name:>8}: solved {solved}/{len(values)} runs; median env steps to solve "
-              f"{np.median(values):,.0f}" if solved > len(values) / 2 else f"{name:>8}: solved {solved}/{len(values)} runs")
+        firsts[name].append(np.inf if r["first"] is None else r["first"])
+        finals[name].append(r["final_mse"])
+        print(f"{name:>8}  {seed:>4}  {r['rewards_in_replay']:>12}  {r['first'] if r['first'] else '-':>14}  "
+              f"{r['final_mse']:>10.2e}  {r['wall_s']:>7.0f}")
+    for name in firsts:
+        solved = int(np.sum(np.isfinite(firsts[name])))
+        print(f"{name:>8}: learned in {solved}/{len(seeds)} runs; median gradient steps to MSE < {args.tol:g}: "
+              f"{np.median(firsts[name]):,.0f}; median final MSE {np.median(finals[name]):.2e}")
     print(f"total wall time {time.time() - start:.0f}s")
 
 

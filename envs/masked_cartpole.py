@@ -14,7 +14,9 @@ history (stacked frames or a recurrent network) to balance the pole for long.
 * ``render()`` (``render_mode="rgb_array"``): CartPole's ``uint8 [400, 600, 3]`` picture.
 
 The env id ``envs.masked_cartpole`` resolves to :func:`env`. Dynamics, seeding, rewards and
-episode ends are CartPole's own; only the observation is cut down.
+termination are those of Gymnasium's ``CartPoleEnv``, and the time limit counts steps as
+``gymnasium.wrappers.TimeLimit`` does, so an episode equals the ``CartPole-v1`` episode of the
+same seed and actions; only the observation is cut down.
 """
 
 from __future__ import annotations
@@ -23,34 +25,61 @@ from typing import Any
 
 import gymnasium
 import numpy as np
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 #: indices of ``CartPole-v1``'s observation that are kept: cart position and pole angle.
 KEPT = (0, 2)
 
 
-class MaskedCartPole(gymnasium.ObservationWrapper):
-    """A ``CartPole`` env whose observation keeps only the entries :data:`KEPT` (the positions)."""
-
-    def __init__(self, env: gymnasium.Env) -> None:
-        super().__init__(env)
-        space = env.observation_space
-        if not isinstance(space, gymnasium.spaces.Box) or space.shape != (4,):
-            raise ValueError(f"expected CartPole's Box observation of shape (4,), got {space}")
-        keep = list(KEPT)
-        self.observation_space = gymnasium.spaces.Box(space.low[keep], space.high[keep], dtype=np.float32)
-
-    def observation(self, observation: np.ndarray) -> np.ndarray:
-        return np.asarray(observation, dtype=np.float32)[list(KEPT)]
-
-
-def env(max_episode_steps: int = 500, render_mode: str | None = None) -> gymnasium.Env:
-    """``CartPole-v1`` with velocities removed (see the module docstring).
+class MaskedCartPoleEnv(gymnasium.Env):
+    """CartPole observed through its positions only (see the module docstring).
 
     Args:
         max_episode_steps: steps before truncation (``CartPole-v1``'s own limit is 500).
         render_mode: ``None`` or ``"rgb_array"``.
     """
-    if max_episode_steps < 1:
-        raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
-    base: Any = gymnasium.make("CartPole-v1", max_episode_steps=max_episode_steps, render_mode=render_mode)
-    return MaskedCartPole(base)
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(self, max_episode_steps: int = 500, render_mode: str | None = None) -> None:
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode={render_mode!r}: only None and 'rgb_array' are supported")
+        self.cartpole = CartPoleEnv(render_mode=render_mode)
+        self.max_episode_steps = max_episode_steps
+        self.render_mode = render_mode
+        full = self.cartpole.observation_space
+        keep = list(KEPT)
+        self.observation_space = gymnasium.spaces.Box(full.low[keep], full.high[keep], dtype=np.float32)
+        self.action_space = self.cartpole.action_space
+        self._steps = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        obs, info = self.cartpole.reset(seed=seed, options=options)
+        self._steps = 0
+        return self._mask(obs), info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, _, info = self.cartpole.step(action)
+        self._steps += 1
+        truncated = self._steps >= self.max_episode_steps and not terminated
+        return self._mask(obs), float(reward), bool(terminated), truncated, info
+
+    def render(self) -> np.ndarray | None:
+        return self.cartpole.render()
+
+    def close(self) -> None:
+        self.cartpole.close()
+
+    @staticmethod
+    def _mask(obs: np.ndarray) -> np.ndarray:
+        return np.asarray(obs, dtype=np.float32)[list(KEPT)]
+
+
+def env(max_episode_steps: int = 500, render_mode: str | None = None) -> MaskedCartPoleEnv:
+    """The env id ``envs.masked_cartpole``: a :class:`MaskedCartPoleEnv`."""
+    return MaskedCartPoleEnv(max_episode_steps, render_mode)

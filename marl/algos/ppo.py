@@ -107,6 +107,7 @@ class PPOLearner:
             self.optimizers = {"all": make_adam(net.parameters(), cfg.lr, cfg.adam_eps)}
         else:
             self.optimizers = {g: make_adam(net[g].parameters(), cfg.lr, cfg.adam_eps) for g in net.keys()}
+        self._params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in self.optimizers.items()}
         self.grad_steps = 0
         self.clip_coef = cfg.clip_coef  # annealed by the trainer when algo.anneal_clip
 
@@ -131,52 +132,52 @@ class PPOLearner:
         """
         cfg = self.cfg
         net = self.policy.net
-        n_rows = next(iter(batches.values())).obs.shape[0]
+        first = next(iter(batches.values()))
+        n_rows = first.obs.shape[0]
         mb_size = n_rows // num_minibatches
-        sums: dict[str, float] = {}
-        count = 0
-        stop = False
+        keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+        # Per-minibatch statistics stay tensors (no host sync per step); converted once at the end.
+        stats: dict[str, list[Tensor]] = {name: [] for name in batches}
+        grad_norms: list[Tensor] = []
         epochs_done = 0
         for _epoch in range(cfg.update_epochs):
-            perm = torch.randperm(n_rows, generator=generator).to(next(iter(batches.values())).obs.device)
+            perm = None if num_minibatches == 1 else torch.randperm(n_rows, generator=generator).to(first.obs.device)
+            stop = False
             for start in range(0, n_rows, mb_size):
-                rows = perm[start:start + mb_size]
                 total = None
-                kl_groups = []
+                kls = []
                 for name, full in batches.items():
-                    mb = full.index(rows)
+                    mb = full if perm is None else full.index(perm[start:start + mb_size])
                     gnet = net[name]
                     dist = gnet.dist(mb.obs, mb.action_mask)
-                    new_log_prob = dist.log_prob(mb.action)
-                    entropy = dist.entropy()
-                    new_value = gnet.value(mb.critic_in)
                     adv = normalize_advantage(mb.advantage, mb.alive) if normalize_adv else mb.advantage
-                    out = ppo_loss(new_log_prob, mb.log_prob, adv, new_value, mb.value, mb.ret, entropy, mb.alive,
-                                   self.clip_coef, cfg.vf_coef, cfg.ent_coef, cfg.clip_vloss)
+                    out = ppo_loss(dist.log_prob(mb.action), mb.log_prob, adv, gnet.value(mb.critic_in), mb.value,
+                                   mb.ret, dist.entropy(), mb.alive, self.clip_coef, cfg.vf_coef, cfg.ent_coef,
+                                   cfg.clip_vloss)
                     total = out.loss if total is None else total + out.loss
-                    kl_groups.append(out.approx_kl)
-                    suffix = f"/{name}" if len(batches) > 1 else ""
-                    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
-                        sums[key + suffix] = sums.get(key + suffix, 0.0) + float(getattr(out, key).detach())
+                    stats[name].append(torch.stack([getattr(out, k) for k in keys]).detach())
+                    kls.append(out.approx_kl)
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
                 total.backward()
-                grad_norm = self._clip()
+                grad_norms.append(self._clip())
                 for opt in self.optimizers.values():
                     opt.step()
                 self.grad_steps += 1
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-                count += 1
-                if cfg.target_kl > 0 and max(float(k) for k in kl_groups) > cfg.target_kl:
-                    stop = True
+                if cfg.target_kl > 0 and max(float(k) for k in kls) > cfg.target_kl:
+                    stop = True  # approx KL past target_kl: stop this update early
                     break
             epochs_done += 1
             if stop:
                 break
-        metrics = {k: v / max(count, 1) for k, v in sums.items()}
-        if len(batches) > 1:  # team-level means over groups
-            for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
-                metrics[key] = float(np.mean([metrics[f"{key}/{g}"] for g in batches]))
+        metrics: dict[str, float] = {}
+        means = {name: torch.stack(rows).mean(0).tolist() for name, rows in stats.items()}
+        for i, key in enumerate(keys):
+            metrics[key] = float(np.mean([means[name][i] for name in batches]))  # team mean over groups
+            if len(batches) > 1:
+                for name in batches:
+                    metrics[f"{key}/{name}"] = means[name][i]
+        metrics["grad_norm"] = float(torch.stack(grad_norms).mean())
         ev = []
         for name, full in batches.items():
             mask = full.alive
@@ -189,16 +190,16 @@ class PPOLearner:
         metrics["epochs"] = float(epochs_done)
         return metrics
 
-    def _clip(self) -> float:
-        """Clip the global gradient norm (per optimizer); return the pre-clip norm."""
+    def _clip(self) -> Tensor:
+        """Clip the global gradient norm (per optimizer); return the pre-clip norm over all of them."""
         norms = []
-        for opt in self.optimizers.values():
-            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        for params in self._params.values():
+            grads = [p for p in params if p.grad is not None]
             if self.cfg.max_grad_norm > 0:
-                norms.append(float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)))
+                norms.append(torch.nn.utils.clip_grad_norm_(grads, self.cfg.max_grad_norm))
             else:
-                norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))))
-        return float(np.sqrt(np.sum(np.square(norms))))
+                norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in grads])))
+        return torch.stack(norms).square().sum().sqrt()
 
     def state_dict(self) -> dict:
         return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}, "grad_steps": self.grad_steps}
