@@ -8,16 +8,16 @@ gamma ** (n - 1 - k)``, ``Q(s_k, wrong) = 0``. A random policy reaches the rewar
 episodes, so the rewarding transition and those just before it are rare in the replay: uniform
 replay seldom samples them, prioritized replay revisits them while their TD errors are large.
 
-Setup, as in the paper: the behaviour is fixed (uniformly random actions, the same stream for both
-runs of a seed, so both replays hold identical data) and we measure how fast the Q network learns the
-true values: the mean squared error over all ``2n`` state-action pairs, every 250 gradient steps.
-DQN: double Q, Huber, one hidden layer of 64, gamma 0.9, hard target copy every 50 gradient steps,
-one gradient step of batch 32 per env step after 500 random steps; ``algo.per`` false / true
-(alpha 0.6, beta 0.4 -> 1), nothing else changed. Budget: ``--steps`` env steps = gradient steps + 500.
-Reported per run: gradient steps until the MSE first falls below ``--tol`` (default 1e-3), and the
-final MSE; then the median over seeds.
+Setup, as in the paper: the replay is filled first by a fixed behaviour (``--steps`` env steps of
+uniformly random actions, the same stream for both runs of a seed, so both replays hold identical
+data), then DQN trains on it for ``--grad-steps`` gradient steps and we measure how fast the Q network
+learns the true values: the mean squared error over all ``2n`` state-action pairs, every 25 gradient
+steps. DQN: double Q, Huber, one hidden layer of 64, gamma 0.9, lr 1e-3, hard target copy every 50
+gradient steps, batch 32; ``algo.per`` false / true (alpha 0.6; beta is 1 here: the run's env steps
+are all collected), nothing else changed. Reported per run: gradient steps until the MSE first falls
+below ``--tol`` (default 1e-3) and the final MSE; then the median over seeds.
 
-    .venv/bin/python bench/bench_per_vs_uniform.py [--n 8] [--seeds 0,1,2,3,4] [--steps 8000] [--workers 2]
+    .venv/bin/python bench/bench_per_vs_uniform.py [--n 10] [--seeds 0,1,2,3,4] [--steps 20000] [--grad-steps 3000]
 """
 
 from __future__ import annotations
@@ -81,23 +81,22 @@ def true_q(env: BlindCliffwalk, gamma: float) -> np.ndarray:
     return q
 
 
-def run(n: int, per: bool, seed: int, steps: int, tol: float, out: str) -> dict:
-    """Collect with uniformly random actions, train every env step; return the Q error curve."""
+def run(n: int, per: bool, seed: int, steps: int, grad_steps: int, tol: float, out: str) -> dict:
+    """Fill the replay with random behaviour, then train; return the Q error curve."""
     import torch
 
     from marl.config import load_config
     from marl.off_policy import OffPolicyTrainer
 
     register()
-    gamma, warmup = 0.9, 500
+    gamma = 0.9
     run_dir = Path(out) / f"n{n}-{'per' if per else 'uniform'}-seed{seed}"
     cfg = load_config(None, [
         "algo.name=dqn", f"env.id={ENV_ID}", f"env.kwargs={{n: {n}}}", "env.num_envs=1", "norm.obs=false",
         "norm.reward=false", f"seed={seed}", f"total_env_steps={steps}", "algo.lr=0.001", f"algo.gamma={gamma}",
-        "algo.buffer_size=100000", f"algo.learning_starts={warmup}", "algo.batch_size=32", "algo.train_freq=1",
-        "algo.gradient_steps=1", "algo.tau=1.0", "algo.target_update_interval=50", f"algo.per={str(per).lower()}",
-        "model.hidden=[64]", "model.activation=relu", f"run_dir={run_dir}", "log.tensorboard=false",
-        "log.progress=false",
+        f"algo.buffer_size={steps}", "algo.learning_starts=0", "algo.batch_size=32", "algo.tau=1.0",
+        "algo.target_update_interval=50", f"algo.per={str(per).lower()}", "model.hidden=[64]",
+        "model.activation=relu", f"run_dir={run_dir}", "log.tensorboard=false", "log.progress=false",
     ])
     trainer = OffPolicyTrainer(cfg)
     target = true_q(BlindCliffwalk(n), gamma)
@@ -106,15 +105,14 @@ def run(n: int, per: bool, seed: int, steps: int, tol: float, out: str) -> dict:
     start = time.time()
     try:
         obs, _ = trainer.env.reset(seed)
-        for step in range(steps):
+        for _ in range(steps):
             obs, _, _ = trainer.collect(obs, None, epsilon=1.0)
-            if step < warmup:
-                continue
+        for step in range(1, grad_steps + 1):
             trainer.train_step()
-            if trainer.learner.grad_steps % 250 == 0:
+            if step % 25 == 0:
                 with torch.no_grad():
                     q = trainer.actor.net["agent"](inputs).squeeze(1).numpy()
-                curve.append((trainer.learner.grad_steps, float(np.mean((q - target) ** 2))))
+                curve.append((step, float(np.mean((q - target) ** 2))))
     finally:
         trainer.close()
     first = next((g for g, mse in curve if mse < tol), None)
@@ -124,9 +122,10 @@ def run(n: int, per: bool, seed: int, steps: int, tol: float, out: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=8, help="chain length")
+    parser.add_argument("--n", type=int, default=10, help="chain length")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--steps", type=int, default=8_000)
+    parser.add_argument("--steps", type=int, default=20_000, help="env steps of random behaviour in the replay")
+    parser.add_argument("--grad-steps", type=int, default=3_000)
     parser.add_argument("--tol", type=float, default=1e-3, help="Q mean squared error counted as learned")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/bench/per_vs_uniform")
@@ -135,9 +134,10 @@ def main() -> None:
     jobs = [(per, s) for s in seeds for per in (False, True)]
     start = time.time()
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run, args.n, per, s, args.steps, args.tol, args.out) for per, s in jobs]
+        futures = [pool.submit(run, args.n, per, s, args.steps, args.grad_steps, args.tol, args.out) for per, s in jobs]
         results = [f.result() for f in futures]
-    print(f"Blind Cliffwalk n={args.n}, DQN on identical random-behaviour data, {args.steps - 500:,} gradient steps per run")
+    print(f"Blind Cliffwalk n={args.n}: {args.steps:,} random env steps in the replay, then {args.grad_steps:,} "
+          "gradient steps of DQN")
     print(f"{'replay':>8}  {'seed':>4}  {'rewards seen':>12}  {f'MSE<{args.tol:g} at':>14}  {'final MSE':>10}  {'wall s':>7}")
     firsts: dict[str, list[float]] = {"uniform": [], "per": []}
     finals: dict[str, list[float]] = {"uniform": [], "per": []}

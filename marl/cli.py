@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
@@ -85,13 +84,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str, args: argparse.Namespace) -> int:
-    """Run ``module.main(argv)`` for subcommands whose parsers live in their own modules."""
-    import importlib
-
-    return importlib.import_module(module).main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marl", description="Multi-agent reinforcement learning on PettingZoo and Gymnasium.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,13 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opponent", choices=["none", "random"], default=None,
                    help="random: the policy plays one seat, the other agents act randomly (default: the run's eval.opponent)")
     p.set_defaults(func=cmd_eval)
-    for name, module, text in (
-        ("compare", "marl.compare", "train variants (e.g. shared vs independent) over seeds and write a report"),
-        ("record", "marl.record", "write a video (MP4/GIF) of a trained policy acting in its env"),
-    ):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=functools.partial(_delegate, module))
+    # Listed for --help; main() hands their arguments to the modules' own parsers.
+    sub.add_parser("compare", help="train variants (e.g. shared vs independent) over seeds and write a report")
+    sub.add_parser("record", help="write a video (MP4/GIF) of a trained policy acting in its env")
     p = sub.add_parser("config", help="print the resolved config, or --keys for every key")
     p.add_argument("args", nargs="*")
     p.add_argument("--keys", action="store_true")
@@ -121,7 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DELEGATED = {"compare": "marl.compare", "record": "marl.record"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:  # these subcommands parse their own options (--help included)
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -170,10 +170,12 @@ def plan_runs(
 
 
 def _config_diff(saved: dict, cfg: Config) -> list[str]:
+    """Keys whose values differ, except the logging and checkpoint cadence (they change no result)."""
     from marl.logger import flatten_dict
 
     old, new = flatten_dict(saved), flatten_dict(to_dict(cfg))
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    keys = {k for k in set(old) | set(new) if not k.startswith(("log.", "checkpoint."))}
+    return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
 def finished_summary(spec: RunSpec) -> dict | None:
@@ -591,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``marl compare`` entry point; returns 0 when every run succeeded, 1 when some failed, 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # key=value overrides may follow the flags
     try:
         configs, overrides = [a for a in args.args if "=" not in a], [a for a in args.args if "=" in a]
         if len(configs) > 1:

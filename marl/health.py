@@ -42,24 +42,32 @@ if TYPE_CHECKING:
     from marl.types import EnvSpec
 
 
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class HealthConfig:
     """Numeric checks and the thresholds of the warning signs (a check = one training iteration)."""
 
-    enabled: bool = field(default=True, metadata={"doc": "watch the training metrics and report warning signs"})
-    patience: int = field(default=5, metadata={"doc": "consecutive checks a sign must persist before it is reported"})
-    entropy_floor_frac: float = field(default=0.05, metadata={"doc": "entropy collapse: below this fraction of the first entropy (Gaussian: of the first action std)"})
-    entropy_abs_floor: float = field(default=0.01, metadata={"doc": "entropy collapse: below this entropy in nats (categorical policies)"})
-    kl_high: float = field(default=0.05, metadata={"doc": "approx KL above this is too large an update"})
-    clip_low: float = field(default=0.005, metadata={"doc": "clip fraction below this: clipping has no effect"})
-    clip_high: float = field(default=0.9, metadata={"doc": "clip fraction above this: nearly every sample is clipped"})
-    lr_quiet_frac: float = field(default=0.5, metadata={"doc": "skip clip_fraction_low once train/lr has annealed below this fraction of its first value (small steps clip nothing)"})
-    ev_low: float = field(default=0.0, metadata={"doc": "explained variance below this: the critic is worse than the mean return"})
-    ev_warmup: int = field(default=10, metadata={"doc": "checks before explained variance is judged (a fresh critic starts near 0)"})
-    collapse_frac: float = field(default=0.5, metadata={"doc": "returns collapse: smoothed return below best - collapse_frac * (best - first)"})
-    return_window: int = field(default=10, metadata={"doc": "moving-average window of rollout/ep_return, in checks"})
-    return_min_rise: float = field(default=3.0, metadata={"doc": "the rise (best - first) must exceed this many noise std of the returns to count"})
-    check_inputs: bool = field(default=False, metadata={"doc": "check every observation and reward for NaN/inf (costs a pass over each step's arrays)"})
+    enabled: bool = _f(True, "watch the training metrics and report warning signs")
+    patience: int = _f(5, "consecutive checks a sign must persist before it is reported")
+    entropy_floor_frac: float = _f(0.05, "entropy collapse: below this fraction of the first entropy "
+                                         "(Gaussian policies: of the first action std)")
+    entropy_abs_floor: float = _f(0.01, "entropy collapse: below this entropy in nats (categorical policies)")
+    kl_high: float = _f(0.05, "approx KL above this: the update step is too large")
+    clip_low: float = _f(0.005, "clip fraction below this: clipping has no effect")
+    clip_high: float = _f(0.9, "clip fraction above this: nearly every sample is clipped")
+    lr_quiet_frac: float = _f(0.5, "skip clip_fraction_low once train/lr has annealed below this fraction "
+                                   "of its first value (small steps clip nothing)")
+    ev_low: float = _f(0.0, "explained variance below this: the critic is worse than the mean return")
+    ev_warmup: int = _f(10, "checks before explained variance is judged (a fresh critic starts near 0)")
+    collapse_frac: float = _f(0.5, "returns collapse: smoothed return below "
+                                   "best - collapse_frac * (best - first)")
+    return_window: int = _f(10, "moving-average window of rollout/ep_return, in checks")
+    return_min_rise: float = _f(3.0, "a rise (best - first) counts only above this many noise std "
+                                     "of the returns")
+    check_inputs: bool = _f(False, "check every observation and reward for NaN/inf (one pass over each step)")
 
     def problems(self) -> list[tuple[str, str]]:
         """``(key, message)`` for every value out of range; empty when the config is usable."""
@@ -79,7 +87,8 @@ class HealthConfig:
 
 # --------------------------------------------------------------------------- numeric health
 NUMERIC_REMEDY = ("check the scale of observations and rewards and enable normalization (norm.obs=true, "
-                  "norm.reward=true); lower algo.lr; check the network initialization; make sure no log(0) is taken")
+                  "norm.reward=true); lower algo.lr; check the network initialization; "
+                  "make sure no log(0) is taken")
 
 
 class NonFiniteError(FloatingPointError):
@@ -87,70 +96,80 @@ class NonFiniteError(FloatingPointError):
 
     def with_context(self, env_steps: int, checkpoint: str | Path | None) -> NonFiniteError:
         """The same error with the env step count and where the last good checkpoint is kept."""
-        where = (f"the last good checkpoint is kept at {checkpoint}"
-                 if checkpoint is not None and Path(checkpoint).is_file() else "no checkpoint had been written yet")
+        where = "no checkpoint was written yet"
+        if checkpoint is not None and Path(checkpoint).is_file():
+            where = f"the last good checkpoint is kept at {checkpoint}"
         return NonFiniteError(f"{self.args[0]} [at {env_steps:,} env steps; {where}]")
 
 
 def _kind(t: Tensor) -> str:
     """``'nan'``, ``'inf'`` or ``'nan and inf'``, with the count of such entries."""
-    bad = ~t.detach().isfinite()
-    nan = int(t.detach().isnan().sum())
-    inf = int(bad.sum()) - nan
-    kinds = " and ".join(k for k, n in (("nan", nan), ("inf", inf)) if n)
-    return f"{kinds} ({int(bad.sum())} of {t.numel()} entries)"
+    t = t.detach()
+    n_bad, n_nan = int((~t.isfinite()).sum()), int(t.isnan().sum())
+    kinds = " and ".join(k for k, n in (("nan", n_nan), ("inf", n_bad - n_nan)) if n)
+    return f"{kinds} ({n_bad} of {t.numel()} entries)"
 
 
 def first_nonfinite(named_tensors: Iterable[tuple[str, Tensor | None]]) -> str | None:
     """Name of the first floating tensor holding a NaN or inf (``None`` tensors skipped), else ``None``."""
     for name, t in named_tensors:
-        if t is not None and (t.is_floating_point() or t.is_complex()) and not bool(t.detach().isfinite().all()):
+        if t is None or not (t.is_floating_point() or t.is_complex()):
+            continue
+        if not bool(t.detach().isfinite().all()):
             return name
     return None
 
 
 def _all_finite(tensors: list[Tensor]) -> bool:
-    """One sync for many tensors: ``True`` means every entry is finite (``False`` may be a sum overflow)."""
+    """One sync for many tensors (non-empty, one device): ``True`` = every entry is finite.
+
+    ``False`` may also be a sum that overflowed; callers confirm with :func:`first_nonfinite`.
+    """
     import torch  # here, so that importing HealthConfig (from marl.config) does not import torch
 
-    return not tensors or bool(torch.stack([t.detach().sum() for t in tensors]).isfinite().all())
+    return bool(torch.stack([t.detach().sum() for t in tensors]).isfinite().all())
 
 
-def check_finite_update(loss: Tensor, grad_norm: float | None, module: nn.Module) -> None:
+def check_finite_update(loss: Tensor, grad_norm: Tensor | float | None, module: nn.Module) -> None:
     """Raise :class:`NonFiniteError` naming the first non-finite parameter, loss, gradient or norm.
 
     Call it after ``loss.backward()`` and *before* clipping and ``optimizer.step()``
     (clipping multiplies every gradient by ``max_norm / norm``: after it one NaN
-    has spread to every gradient). With a pre-clip norm from
-    ``torch.nn.utils.get_total_norm`` (then ``clip_grads_with_norm_``) a passing
-    check costs one ``float(loss)``; with ``grad_norm=None`` every gradient is
-    reduced once. Parameters are scanned only after a failure: a step with finite
-    gradients keeps parameters finite, and a non-finite parameter shows as a
-    non-finite loss. The name given is the first in causal order: a parameter,
-    the loss (a bad input or a log 0), a gradient, the norm (an overflow).
+    has spread to every gradient). Given the pre-clip norm (``get_total_norm``, then
+    ``clip_grads_with_norm_``), a passing check is one reduction of two scalars and
+    one host sync; with ``grad_norm=None`` every gradient is reduced too. Parameters
+    are scanned only after a failure: a step with finite gradients keeps parameters
+    finite, and a non-finite parameter shows as a non-finite loss. The name given is
+    the first in causal order: a parameter, the loss (a bad input or a log 0), a
+    gradient, the norm (an overflow).
 
     Args:
         loss: the scalar that was back-propagated.
-        grad_norm: global gradient norm before clipping, or ``None``.
+        grad_norm: global gradient norm before clipping (a scalar tensor or a float), or ``None``.
         module: the module whose parameters the optimizer steps.
     """
-    loss_value = float(loss.detach())
-    if grad_norm is not None:
-        grads_ok = math.isfinite(grad_norm)
+    if grad_norm is None:
+        screened = [loss, *(p.grad for p in module.parameters() if p.grad is not None)]
+    elif isinstance(grad_norm, (int, float)):
+        screened = [loss] if math.isfinite(grad_norm) else []
     else:
-        grads_ok = _all_finite([p.grad for p in module.parameters() if p.grad is not None])
-    if math.isfinite(loss_value) and grads_ok:
+        screened = [loss, grad_norm]
+    if screened and _all_finite(screened):
         return
+    loss_value = float(loss.detach())
+    norm = None if grad_norm is None else float(grad_norm)
     params = list(module.named_parameters())
     if (name := first_nonfinite(params)) is not None:
         what = f"parameter {name} is {_kind(dict(params)[name])}"
     elif not math.isfinite(loss_value):
-        what = (f"the loss is {loss_value} while every parameter is finite (a non-finite observation or reward, "
-                "or a log 0 / division by 0 in the loss; health.check_inputs=true finds a bad input at its source)")
+        what = (f"the loss is {loss_value} while every parameter is finite (a non-finite observation or "
+                "reward, or a log 0 / division by 0 in the loss; health.check_inputs=true finds a bad input "
+                "at its source)")
     elif (name := first_nonfinite((n, p.grad) for n, p in params)) is not None:
-        what = f"gradient of {name} is {_kind(dict(params)[name].grad)} while the loss is finite ({loss_value:.6g})"
-    elif grad_norm is not None and not math.isfinite(grad_norm):
-        what = f"the gradient norm is {grad_norm} although every gradient is finite (the norm overflowed)"
+        grad = dict(params)[name].grad
+        what = f"gradient of {name} is {_kind(grad)} while the loss is finite ({loss_value:.6g})"
+    elif norm is not None and not math.isfinite(norm):
+        what = f"the gradient norm is {norm} although every gradient is finite (the norm overflowed)"
     else:
         return  # only the screening sum overflowed: every value is finite
     raise NonFiniteError(f"non-finite update: {what}; training stopped. To fix: {NUMERIC_REMEDY}")
@@ -174,18 +193,19 @@ def check_inputs(obs: Mapping[str, np.ndarray], reward: Mapping[str, np.ndarray]
         for what, arrays in sources.items():
             x = np.asarray(arrays[group])
             if x.shape[1:2] != (len(names),):
-                raise ValueError(f"{what} of group {group!r} has shape {x.shape}; expected [E, {len(names)}, ...]")
+                raise ValueError(f"{what} of group {group!r} has shape {x.shape}; "
+                                 f"expected [E, {len(names)}, ...]")
             if not np.issubdtype(x.dtype, np.inexact):
                 continue
             bad = ~np.isfinite(x.reshape(x.shape[0], x.shape[1], -1)).all(axis=-1)
             if bad.any():
                 e, a = (int(i) for i in np.argwhere(bad)[0])
                 entry = np.asarray(x[e, a]).reshape(-1)
-                value = entry[~np.isfinite(entry)][0]
                 raise NonFiniteError(
-                    f"non-finite {what} ({value}) from the env: agent {names[a]!r} of group {group!r}, "
-                    f"env copy {env_offset + e}; check the env's {what} code (division by 0, overflow, "
-                    "uninitialized state), or set health.check_inputs=false to skip this check")
+                    f"non-finite {what} ({entry[~np.isfinite(entry)][0]}) from the env: agent "
+                    f"{names[a]!r} of group {group!r}, env copy {env_offset + e}; check the env's {what} "
+                    "code (division by 0, overflow, uninitialized state), or set health.check_inputs=false "
+                    "to skip this check")
 
 
 # --------------------------------------------------------------------------- detectors (pure)
@@ -214,8 +234,8 @@ def entropy_collapse(series: Sequence[float], floor_frac: float, abs_floor: floa
     if gaussian_dims > 0:
         ratio = np.exp((np.asarray(series[-patience:]) - first) / gaussian_dims)
         if np.all(ratio < floor_frac):
-            return (f"the action std fell to {ratio[-1]:.1%} of its first value (entropy {first:.3g} -> {now:.3g} "
-                    f"nats over {gaussian_dims} action dims) for {patience} checks")
+            return (f"the action std fell to {ratio[-1]:.1%} of its first value (entropy {first:.3g} -> "
+                    f"{now:.3g} nats over {gaussian_dims} action dims) for {patience} checks")
         return None
     floor = max(floor_frac * first, abs_floor)
     if persistently_below(series, floor, patience):
@@ -235,10 +255,10 @@ def returns_collapse(series: Sequence[float], collapse_frac: float, window: int,
     x = np.asarray(series, dtype=np.float64)
     if len(x) < patience + 1:
         return None
-    c = np.cumsum(np.insert(x, 0, 0.0))
-    idx = np.arange(1, len(x) + 1)
-    lo = np.maximum(idx - window, 0)
-    s = (c[idx] - c[lo]) / (idx - lo)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    end = np.arange(1, len(x) + 1)
+    start = np.maximum(end - window, 0)
+    s = (c[end] - c[start]) / (end - start)
     best = np.maximum.accumulate(s)
     rise = best - s[0]
     d = np.diff(x)
@@ -252,18 +272,20 @@ def returns_collapse(series: Sequence[float], collapse_frac: float, window: int,
 
 # --------------------------------------------------------------------------- the monitor
 REMEDIES = {
-    "entropy_collapse": "the policy is converging prematurely: increase the entropy coefficient algo.ent_coef "
-                        "(more exploration), or use a larger network (model.hidden)",
-    "kl_high": "the update step is too large: lower algo.lr, lower algo.update_epochs, or set algo.target_kl "
-               "(e.g. 0.02) to stop an update's epochs early",
-    "clip_fraction_low": "clipping is not taking effect: algo.clip_coef may be too large (or algo.lr too small)",
-    "clip_fraction_high": "nearly every sample is clipped: the learning rate is likely too high; lower algo.lr",
+    "entropy_collapse": "the policy is converging prematurely: increase the entropy coefficient "
+                        "algo.ent_coef (more exploration), or use a larger network (model.hidden)",
+    "kl_high": "the update step is too large: lower algo.lr, lower algo.update_epochs, or set "
+               "algo.target_kl (e.g. 0.02) to stop an update's epochs early",
+    "clip_fraction_low": "clipping is not taking effect: algo.clip_coef may be too large "
+                         "(or algo.lr too small)",
+    "clip_fraction_high": "nearly every sample is clipped: the learning rate is likely too high; "
+                          "lower algo.lr",
     "explained_variance_low": "the critic is worse than predicting the mean return: check the critic's size "
                               "(model.hidden), lower algo.lr, and make sure norm.obs=true",
-    "returns_collapse": "possible catastrophic forgetting: lower algo.lr, algo.update_epochs or algo.clip_coef; "
-                        "watch the policy for a reward exploit (reward hacking)",
+    "returns_collapse": "possible catastrophic forgetting: lower algo.lr, algo.update_epochs or "
+                        "algo.clip_coef; watch the policy for a reward exploit (reward hacking)",
 }
-WATCHED = ("train/entropy", "train/approx_kl", "train/clip_fraction", "train/explained_variance", "rollout/ep_return")
+PER_GROUP = ("train/entropy", "train/approx_kl", "train/clip_fraction", "train/explained_variance")
 
 
 class HealthWarning(NamedTuple):
@@ -284,16 +306,17 @@ class HealthWarning(NamedTuple):
     remedy: str
 
     def __str__(self) -> str:
-        return f"health warning [{self.name}] {self.metric}: {self.message} (at {self.env_steps:,} env steps). Remedy: {self.remedy}"
+        return (f"health warning [{self.name}] {self.metric}: {self.message} "
+                f"(at {self.env_steps:,} env steps). Remedy: {self.remedy}")
 
 
 def entropy_action_dims(spec: EnvSpec) -> dict[str, int | None]:
-    """Entropy metric key -> Gaussian action dims (0 = categorical; ``None`` = a mean over unlike groups, not checked)."""
+    """Entropy metric key -> Gaussian action dims (0: categorical; ``None``: unlike groups, unchecked)."""
     dims = {g.name: 0 if g.discrete else int(np.prod(g.action_shape)) for g in spec.groups}
     if len(dims) == 1:
         return {"train/entropy": next(iter(dims.values()))}
     out: dict[str, int | None] = {f"train/entropy/{g}": d for g, d in dims.items()}
-    out["train/entropy"] = dims[spec.groups[0].name] if len(set(dims.values())) == 1 else None
+    out["train/entropy"] = next(iter(dims.values())) if len(set(dims.values())) == 1 else None
     return out
 
 
@@ -301,11 +324,11 @@ def _seen(condition: bool, text: str) -> str | None:
     return text if condition else None
 
 
-def _base(key: str) -> str | None:
-    """The watched metric ``key`` belongs to (``train/entropy`` for ``train/entropy/<group>``), else ``None``."""
+def _watched(key: str) -> str | None:
+    """The watched metric of series ``key`` (``train/entropy`` for ``train/entropy/<g>``), else ``None``."""
     if key == "rollout/ep_return":
         return key
-    return next((b for b in WATCHED[:4] if key == b or key.startswith(b + "/")), None)
+    return next((b for b in PER_GROUP if key == b or key.startswith(b + "/")), None)
 
 
 class HealthMonitor:
@@ -333,7 +356,7 @@ class HealthMonitor:
             self.lr_first = float(lr)
         found = []
         for key, value in metrics.items():
-            base = _base(key)
+            base = _watched(key)
             if base is None or value is None or not math.isfinite(value):
                 continue
             self.series.setdefault(key, []).append(float(value))
@@ -344,26 +367,30 @@ class HealthMonitor:
         return found
 
     def _signs(self, base: str, key: str, lr: float | None) -> dict[str, str | None]:
-        """Warning name -> what was seen (``None``: not seen) for the series ``key``."""
+        """Warning name -> what was seen (``None``: not seen) in the series ``key``."""
         c, s, p = self.cfg, self.series[key], self.cfg.patience
         last = f"for {p} checks (last {s[-1]:.3g})"
         if base == "train/entropy":
             dims = self.entropy_dims.get(key, 0)
             if dims is None:
                 return {}
-            return {"entropy_collapse": entropy_collapse(s, c.entropy_floor_frac, c.entropy_abs_floor, p, dims)}
+            seen = entropy_collapse(s, c.entropy_floor_frac, c.entropy_abs_floor, p, dims)
+            return {"entropy_collapse": seen}
         if base == "train/approx_kl":
-            return {"kl_high": _seen(persistently_above(s, c.kl_high, p), f"approx KL stayed above {c.kl_high} {last}")}
+            high = persistently_above(s, c.kl_high, p)
+            return {"kl_high": _seen(high, f"approx KL stayed above {c.kl_high} {last}")}
         if base == "train/clip_fraction":
             annealed = lr is not None and self.lr_first is not None and lr < c.lr_quiet_frac * self.lr_first
             low = not annealed and persistently_below(s, c.clip_low, p)
+            high = persistently_above(s, c.clip_high, p)
             return {"clip_fraction_low": _seen(low, f"clip fraction stayed below {c.clip_low} {last}"),
-                    "clip_fraction_high": _seen(persistently_above(s, c.clip_high, p),
-                                                f"clip fraction stayed above {c.clip_high} {last}")}
+                    "clip_fraction_high": _seen(high, f"clip fraction stayed above {c.clip_high} {last}")}
         if base == "train/explained_variance":
             bad = len(s) >= c.ev_warmup + p and persistently_below(s, c.ev_low, p)
-            return {"explained_variance_low": _seen(bad, f"explained variance stayed below {c.ev_low} {last}")}
-        return {"returns_collapse": returns_collapse(s, c.collapse_frac, c.return_window, c.return_min_rise, p)}
+            seen = _seen(bad, f"explained variance stayed below {c.ev_low} {last}")
+            return {"explained_variance_low": seen}
+        seen = returns_collapse(s, c.collapse_frac, c.return_window, c.return_min_rise, p)
+        return {"returns_collapse": seen}
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data (lists, floats, strings) for a checkpoint loaded with ``weights_only=True``."""

@@ -191,6 +191,9 @@ def test_tiny_compare_writes_the_report_folder(tmp_path, capsys):
     assert (out / "runs" / "shared" / "seed0" / "summary.json").stat().st_mtime == mtime
     assert json.loads((out / "results.json").read_text())["variants"]["shared"]["final_mean"] == pytest.approx(
         finals["shared"].mean())
+    # logging switches change no result: still reused
+    assert main([*args, "log.progress=true"]) == 0
+    assert "reusing finished run" in capsys.readouterr().out
     # a finished run of another config in the same folder is refused before anything trains
     assert main([*args[:2], *TINY, "algo.lr=0.01", *args[2 + len(TINY):]]) == 2
     assert "algo.lr" in capsys.readouterr().err
