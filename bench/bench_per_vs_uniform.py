@@ -81,7 +81,7 @@ def true_q(env: BlindCliffwalk, gamma: float) -> np.ndarray:
     return q
 
 
-def run(n: int, per: bool, seed: int, steps: int, grad_steps: int, tol: float, out: str) -> dict:
+def run(n: int, per: bool, seed: int, steps: int, grad_steps: int, tol: float, out: str, total: int = 0) -> dict:
     """Fill the replay with random behaviour, then train; return the Q error curve."""
     import torch
 
@@ -93,7 +93,7 @@ def run(n: int, per: bool, seed: int, steps: int, grad_steps: int, tol: float, o
     run_dir = Path(out) / f"n{n}-{'per' if per else 'uniform'}-seed{seed}"
     cfg = load_config(None, [
         "algo.name=dqn", f"env.id={ENV_ID}", f"env.kwargs={{n: {n}}}", "env.num_envs=1", "norm.obs=false",
-        "norm.reward=false", f"seed={seed}", f"total_env_steps={steps}", "algo.lr=0.001", f"algo.gamma={gamma}",
+        "norm.reward=false", f"seed={seed}", f"total_env_steps={total or steps}", "algo.lr=0.001", f"algo.gamma={gamma}",
         f"algo.buffer_size={steps}", "algo.learning_starts=0", "algo.batch_size=32", "algo.tau=1.0",
         "algo.target_update_interval=50", f"algo.per={str(per).lower()}", "model.hidden=[64]",
         "model.activation=relu", f"run_dir={run_dir}", "log.tensorboard=false", "log.progress=false",

@@ -149,12 +149,12 @@ def check_finite_update(loss: Tensor, grad_norm: Tensor | float | None, module: 
         module: the module whose parameters the optimizer steps.
     """
     if grad_norm is None:
-        screened = [loss, *(p.grad for p in module.parameters() if p.grad is not None)]
+        ok = _all_finite([loss, *(p.grad for p in module.parameters() if p.grad is not None)])
     elif isinstance(grad_norm, (int, float)):
-        screened = [loss] if math.isfinite(grad_norm) else []
+        ok = math.isfinite(grad_norm) and math.isfinite(float(loss.detach()))
     else:
-        screened = [loss, grad_norm]
-    if screened and _all_finite(screened):
+        ok = bool((loss.detach() + grad_norm).isfinite())  # finite iff both are, barring an overflow
+    if ok:
         return
     loss_value = float(loss.detach())
     norm = None if grad_norm is None else float(grad_norm)
