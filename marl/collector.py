@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from marl.data.rollout import GroupRollout
+from marl import health
 from marl.multi_agent.policy import Policy, critic_input_shape, is_image
 from marl.normalization import RewardScaler
 from marl.env.vector import concat_steps
@@ -59,6 +60,7 @@ class Collector:
         seed: seed of the env copies' first reset.
         overlap: act on each chunk as soon as its step returns (inference overlaps the
             other chunks' stepping); ``False`` acts once on all env copies per step.
+        check_inputs: raise on a NaN/inf observation or reward, naming the agent and env copy.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Collector:
         gamma: float,
         seed: int,
         overlap: bool = True,
+        check_inputs: bool = False,
     ) -> None:
         self.env = env
         self.policy = policy
@@ -101,10 +104,14 @@ class Collector:
                     (self.num_envs, g.n_agents), gamma, clip=reward_clip or None
                 )
         self.reward_clip = reward_clip
+        self.check_inputs = check_inputs
+        self.agents = {g.name: g.agents for g in spec.groups}
         self.set_obs(*env.reset(seed))
 
     def set_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
         """Take the env copies' current observations (after a reset or a restore)."""
+        if self.check_inputs:
+            health.check_inputs({g: o.obs for g, o in obs.items()}, None, self.agents)
         # Own copies: a vector env may hand out views of buffers it rewrites on the next step.
         self.obs = {g: GroupObs(o.obs.copy(), o.alive.copy(), None if o.action_mask is None else o.action_mask.copy())
                     for g, o in obs.items()}
@@ -133,6 +140,9 @@ class Collector:
             for u, sl in enumerate(self.unit_slices):
                 steps = [self.env.recv(k) for k in self.units[u]]
                 step = steps[0] if len(steps) == 1 else concat_steps(steps)
+                if self.check_inputs:
+                    health.check_inputs({g: o.obs for g, o in step.obs.items()},
+                                        {g: tr.reward for g, tr in step.transition.items()}, self.agents, sl.start)
                 agent_steps += self._store(t, sl, pending[u], step)
                 episodes.extend(step.episodes)
                 # Merge the unit's new observations into the full-batch view.

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import yaml
 
+from marl.health import HealthConfig
+
 
 class ConfigError(ValueError):
     """A config key, type or value that cannot be used; the message says which and how to fix it."""
@@ -234,6 +236,7 @@ class Config:
     eval: EvalConfig = _f(None, "evaluation")
     checkpoint: CheckpointConfig = _f(None, "checkpoints")
     log: LogConfig = _f(None, "logging")
+    health: HealthConfig = _f(None, "training health: non-finite checks and warning signs")
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
@@ -263,6 +266,7 @@ _SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "checkpoint": CheckpointConfig,
     "log": LogConfig,
+    "health": HealthConfig,
 }
 
 
@@ -442,6 +446,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", "must be >= 0")
     _require(all(isinstance(h, int) and h > 0 for h in cfg.model.hidden), "model.hidden", "must be a list of positive integers")
     _require(cfg.norm.obs_clip > 0, "norm.obs_clip", "must be > 0")
+    for key, message in cfg.health.problems():
+        _require(False, f"health.{key}", message)
     _require(cfg.norm.reward_clip >= 0, "norm.reward_clip", "must be >= 0 (0 = no clipping)")
     sharing = cfg.model.sharing
     _require(

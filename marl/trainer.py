@@ -43,6 +43,7 @@ from marl.env.make import make_adapter
 from marl.env.vector import make_vector_env
 from marl.env.wrappers import Preprocess
 from marl.evaluation import evaluate
+from marl.health import HealthMonitor, NonFiniteError, entropy_action_dims
 from marl.logger import Logger, episode_metrics, flatten_dict, flatten_eval
 from marl.multi_agent.policy import Policy
 from marl.types import EnvSpec
@@ -186,12 +187,13 @@ class Trainer:
             self.learner = PPOLearner(self.policy, cfg.algo)
             self.collector = Collector(
                 self.env, self.policy, cfg.algo.num_steps, cfg.norm.reward, cfg.norm.reward_clip,
-                cfg.algo.gamma, cfg.seed, overlap=cfg.env.overlap,
+                cfg.algo.gamma, cfg.seed, overlap=cfg.env.overlap, check_inputs=cfg.health.check_inputs,
             )
         except Exception:
             self.env.close()
             raise
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.health = HealthMonitor(cfg.health, entropy_action_dims(self.spec))
         self.env_steps = 0
         self.agent_steps = 0
         self.iteration = 0
@@ -217,6 +219,7 @@ class Trainer:
                     for s in self.env.snapshot()],
             "best_eval": self.best_eval,
             "eval_history": self.eval_history,
+            "health": self.health.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -234,6 +237,8 @@ class Trainer:
         self.collector.set_obs(*self.env.restore(snaps))
         self.best_eval = state.get("best_eval")
         self.eval_history = list(state.get("eval_history") or [])
+        if "health" in state:
+            self.health.load_state_dict(state["health"])
 
     def save(self, name: str = "latest.pt") -> Path:
         return ckpt.save(self.state(), self.ckpt_dir / name)
@@ -295,11 +300,14 @@ class Trainer:
                     self.learner.set_lr(linear_schedule(algo.lr, progress))
                 if algo.anneal_clip:
                     self.learner.clip_coef = linear_schedule(algo.clip_coef, progress)
-                rollout = self.collector.collect()
-                for name, buf in rollout.groups.items():
-                    buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
-                batches = {name: buf.flat() for name, buf in rollout.groups.items()}
-                metrics = self.learner.update(batches, algo.num_minibatches, cfg.norm.advantage, self.generator)
+                try:  # a NaN/inf stops the run here, before anything is logged or saved
+                    rollout = self.collector.collect()
+                    for name, buf in rollout.groups.items():
+                        buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
+                    batches = {name: buf.flat() for name, buf in rollout.groups.items()}
+                    metrics = self.learner.update(batches, algo.num_minibatches, cfg.norm.advantage, self.generator)
+                except NonFiniteError as err:
+                    raise err.with_context(self.env_steps, self.ckpt_dir / "latest.pt") from None
                 self.iteration += 1
                 self.env_steps += rollout.env_steps
                 self.agent_steps += rollout.agent_steps
@@ -311,6 +319,9 @@ class Trainer:
                 row["time/agent_sps"] = (self.agent_steps - sps_agent) / elapsed
                 row["time/env_frames"] = float(self.env_steps * cfg.env.action_repeat)
                 row["time/agent_steps"] = float(self.agent_steps)
+                for warning in self.health.observe(row, self.env_steps):
+                    logger.message(str(warning))
+                    logger.text(f"health/{warning.name}", str(warning), self.env_steps)
                 if self.iteration % cfg.log.interval == 0:
                     logger.scalars(row, self.env_steps)
                     ret = row.get("rollout/ep_return")

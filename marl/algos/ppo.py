@@ -18,6 +18,7 @@ from torch import Tensor
 
 from marl.config import PPOConfig
 from marl.data.rollout import GroupBatch
+from marl.health import check_finite_update
 from marl.multi_agent.policy import Policy
 from marl.normalization import normalize_advantage
 from marl.returns import explained_variance
@@ -160,7 +161,7 @@ class PPOLearner:
                 for opt in self.optimizers.values():
                     opt.zero_grad(set_to_none=True)
                 total.backward()
-                grad_norms.append(self._clip())
+                grad_norms.append(self._clip(total))
                 for opt in self.optimizers.values():
                     opt.step()
                 self.grad_steps += 1
@@ -190,16 +191,17 @@ class PPOLearner:
         metrics["epochs"] = float(epochs_done)
         return metrics
 
-    def _clip(self) -> Tensor:
-        """Clip the global gradient norm (per optimizer); return the pre-clip norm over all of them."""
-        norms = []
-        for params in self._params.values():
-            grads = [p for p in params if p.grad is not None]
-            if self.cfg.max_grad_norm > 0:
-                norms.append(torch.nn.utils.clip_grad_norm_(grads, self.cfg.max_grad_norm))
-            else:
-                norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in grads])))
-        return torch.stack(norms).square().sum().sqrt()
+    def _clip(self, loss: Tensor) -> Tensor:
+        """Stop on a non-finite update, then clip the global gradient norm (per optimizer); return the
+        pre-clip norm over all of them. The check comes first: clipping would spread one NaN to every gradient."""
+        params = {k: [p for p in ps if p.grad is not None] for k, ps in self._params.items()}
+        norms = {k: torch.nn.utils.get_total_norm([p.grad for p in ps]) for k, ps in params.items()}
+        total = torch.stack(list(norms.values())).square().sum().sqrt()
+        check_finite_update(loss, total, self.policy.net)
+        if self.cfg.max_grad_norm > 0:
+            for k, ps in params.items():
+                torch.nn.utils.clip_grads_with_norm_(ps, self.cfg.max_grad_norm, norms[k])
+        return total
 
     def state_dict(self) -> dict:
         return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}, "grad_steps": self.grad_steps}
