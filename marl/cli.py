@@ -126,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as exc:
         print(f"marl: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - training failures with a message written for users
+        from marl.env.vector import EnvWorkerError
+        from marl.health import NonFiniteError
+
+        if not isinstance(exc, (NonFiniteError, EnvWorkerError)):
+            raise
+        print(f"marl: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
