@@ -62,30 +62,35 @@ def compute_gae(
     pending_reward = torch.zeros_like(next_value)
     pending_term = torch.zeros_like(next_value, dtype=torch.bool)
     pending_done = torch.zeros_like(next_value, dtype=torch.bool)
+    zero = torch.zeros_like(next_value)
     for t in reversed(range(steps)):
-        is_alive = alive[t]
-        term = terminated[t] | pending_term
-        trunc = truncated[t] & ~term
-        done = term | trunc | pending_done
+        is_alive, waiting = alive[t], ~alive[t]
+        ended = terminated[t] | truncated[t]
+        # What reached the agent while it waited after this move belongs to this move,
+        # unless the agent's own episode ended here (then it belongs to the next episode).
+        keep = ~ended
+        pend_r = torch.where(keep, pending_reward, zero)
+        term = terminated[t] | (keep & pending_term)
+        trunc = truncated[t] & ~terminated[t]
+        done = ended | (keep & pending_done)
         # On truncation bootstrap from the real final observation.
         boot = torch.where(trunc, final_value[t].float(), next_value)
-        delta = reward[t] + pending_reward + gamma * (~term) * boot - value[t]
+        delta = reward[t] + pend_r + gamma * (~term) * boot - value[t]
         adv = delta + gamma * gae_lambda * (~done) * next_adv
-        advantage[t] = torch.where(is_alive, adv, torch.zeros_like(adv))
-        # Update the carry: alive steps become the "next step" of earlier ones;
-        # while an agent waits, what reaches it is accumulated for its last move.
+        advantage[t] = torch.where(is_alive, adv, zero)
+        # Carry for earlier steps: an alive step becomes the agent's "next step".
         next_adv = torch.where(is_alive, adv, next_adv)
         next_value = torch.where(is_alive, value[t], next_value)
-        waiting = ~is_alive
-        pending_reward = torch.where(waiting, pending_reward + reward[t], torch.zeros_like(pending_reward))
-        # A waiting agent whose episode ended has the end pending for its last move;
-        # a waiting step that ends an episode also restarts the carry (new episode after it).
-        ended = (terminated[t] | truncated[t]) & waiting
-        pending_term = torch.where(waiting, pending_term | (terminated[t] & waiting), torch.zeros_like(pending_term))
-        pending_done = torch.where(waiting, pending_done | ended, torch.zeros_like(pending_done))
-        # A waiting agent truncated: bootstrap its last move from the final obs.
-        next_value = torch.where(truncated[t] & waiting, final_value[t].float(), next_value)
-        next_adv = torch.where(ended, torch.zeros_like(next_adv), next_adv)
+        # A waiting step accumulates into the pending quantities; one that ends the agent's
+        # episode restarts them (what came after it is the next episode).
+        ended_waiting = ended & waiting
+        pending_reward = torch.where(
+            is_alive, zero, torch.where(ended_waiting, reward[t], pending_reward + reward[t])
+        )
+        pending_term = torch.where(ended_waiting, terminated[t], pending_term & waiting)
+        pending_done = torch.where(ended_waiting, torch.ones_like(pending_done), pending_done & waiting)
+        next_value = torch.where(ended_waiting & truncated[t] & ~terminated[t], final_value[t].float(), next_value)
+        next_adv = torch.where(ended_waiting, zero, next_adv)
     ret = advantage + value * alive
     return advantage, ret
 

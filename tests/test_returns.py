@@ -130,3 +130,41 @@ def test_explained_variance():
     assert explained_variance(y, y) == 1.0
     assert abs(explained_variance(torch.full_like(y, 2.5), y)) < 1e-6
     assert explained_variance(-y, y) < 0
+
+
+def compact_gae(r, v, term, trunc, alive, fv, last, gamma, lam):
+    """Oracle for one agent: keep its alive steps only; what reaches it while waiting is credited
+    to its previous alive step; then ordinary GAE on the compacted sequence."""
+    steps = [t for t in range(len(r)) if alive[t]]
+    rows = []
+    for j, t in enumerate(steps):
+        nxt = steps[j + 1] if j + 1 < len(steps) else len(r)
+        rew, te, tr, boot = r[t], term[t], trunc[t], fv[t] if trunc[t] else None
+        for w in range(t + 1, nxt):  # waiting steps up to the agent's next move
+            if te or tr:
+                break
+            rew += r[w]
+            te, tr = term[w], trunc[w]
+            if tr and not te:
+                boot = fv[w]
+        nv = 0.0 if te else (boot if tr else (v[nxt] if nxt < len(r) else last))
+        rows.append((t, rew + gamma * nv - v[t], te or tr))
+    adv = np.zeros(len(r))
+    carry = 0.0
+    for t, delta, cut in reversed(rows):
+        carry = delta + (0.0 if cut else gamma * lam * carry)
+        adv[t] = carry
+    return adv
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 14), st.integers(0, 2**31 - 1))
+def test_alive_aware_gae_equals_compacted_oracle(T, seed):
+    rng = np.random.default_rng(seed)
+    r, v, fv = rng.normal(size=(3, T))
+    alive = rng.random(T) < 0.6
+    term = rng.random(T) < 0.15
+    trunc = (rng.random(T) < 0.15) & ~term
+    last = float(rng.normal())
+    adv, _ = gae(r, v, term, trunc, fv, last, 0.9, 0.8, alive=alive)
+    np.testing.assert_allclose(adv.numpy(), compact_gae(r, v, term, trunc, alive, fv, last, 0.9, 0.8), atol=1e-5)
