@@ -154,7 +154,7 @@ def main() -> None:
     for env, seed, lib, sps, ret in rows:
         print(f"{env:<9} {seed:>4} {lib:<11} {sps:>12.0f} {sps * agents:>14.0f} {ret:>12.2f}")
     by = {}
-    for env, seed, lib, sps, ret in rows:
+    for _env, _seed, lib, sps, ret in rows:
         by.setdefault(lib, []).append((sps, ret))
     print()
     sb3_sps = np.mean([s for s, _ in by["sb3"]])
