@@ -182,9 +182,11 @@ def arm_table(runs: dict[str, list[SeedRun]], threshold: float | None) -> tuple[
             "final_std": float(finals.std()),
             "wall_time_s": [round(r.wall_time_s, 1) for r in arm_runs],
             "sps": [round(r.sps, 1) for r in arm_runs],
-            "curves": {r.seed: {"env_steps": r.env_steps.tolist(), "values": r.values.tolist()} for r in arm_runs},
+            "curves": {r.seed: {"env_steps": r.env_steps.tolist(), "values": r.values.tolist()}
+                       for r in arm_runs},
         }
-        text = f"{name:>12}: final {finals.mean():.3f} ± {finals.std():.3f} (seeds {np.round(finals, 3).tolist()})"
+        text = (f"{name:>12}: final {finals.mean():.3f} ± {finals.std():.3f} "
+                f"(seeds {np.round(finals, 3).tolist()})")
         if threshold is not None:
             hits = [first_crossing(r.env_steps, r.values, threshold) for r in arm_runs]
             reached = [h for h in hits if h is not None]
@@ -204,9 +206,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="vector",
                         help="vector: the configs as they are; image: env.kwargs.obs_mode=image")
-    parser.add_argument("--total-env-steps", type=int, default=0, help="budget per run (0 = the configs' own)")
+    parser.add_argument("--total-env-steps", type=int, default=0,
+                        help="budget per run (0 = the configs' own)")
     parser.add_argument("--threshold", type=float, default=0.8, help="eval success rate to reach")
-    parser.add_argument("--out", type=Path, default=None, help="default bench/out/frame_of_reference_<variant>")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/out/frame_of_reference_<variant>")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs found in OUT/runs")
     args = parser.parse_args()
     out = args.out or Path("bench/out") / f"frame_of_reference_{args.variant}"

@@ -80,8 +80,9 @@ def run_sb3_spread(seed: int, steps: int, num_envs: int, num_cpus: int) -> tuple
     env = simple_spread_v3.parallel_env(**SPREAD_KW)
     vec = ss.pettingzoo_env_to_vec_env_v1(env)
     vec = ss.concat_vec_envs_v1(vec, num_envs, num_cpus=num_cpus, base_class="stable_baselines3")
-    set_random_seed(seed)  # PPO(seed=...) would call vec.seed(), which SuperSuit's SB3 adapter lacks
-    vec.reset(seed=seed) if "seed" in vec.reset.__code__.co_varnames else vec.reset()
+    # PPO(seed=...) and vec.reset(seed=...) both call vec.seed(), which SuperSuit's ConcatVecEnv lacks:
+    # seed torch/numpy/random only (the SuperSuit copies then seed themselves, identically -- its known bug).
+    set_random_seed(seed)
     n_sb3_envs = num_envs * 3
     model = PPO("MlpPolicy", vec, n_steps=100, batch_size=n_sb3_envs * 100 // 4, n_epochs=10, learning_rate=7e-4,
                 gamma=0.99, gae_lambda=0.95, ent_coef=0.01, clip_range=0.2, vf_coef=0.5, max_grad_norm=0.5,
@@ -115,6 +116,7 @@ def main() -> None:
     p.add_argument("--backend", default="subprocess", help="marl env backend for spread")
     p.add_argument("--sb3-cpus", type=int, default=1, help="SuperSuit concat_vec_envs num_cpus")
     p.add_argument("--out", default="bench/out")
+    p.add_argument("--only", choices=["all", "sb3", "marl"], default="all", help="spread: run only one side")
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -140,15 +142,17 @@ def main() -> None:
             equal = base + ["norm.obs=false", "norm.reward=false", "model.agent_id=false", "algo.vf_coef=1.0",
                             f"run_dir={out_dir / f'spread_marl_equal_{seed}'}"]
             best = base + [f"run_dir={out_dir / f'spread_marl_best_{seed}'}"]
-            t_e, _, tr_e = run_marl(cfg_path, equal)
-            ev_e = eval_both(cfg_path, equal, tr_e.policy, args.episodes, seed)
-            t_b, _, tr_b = run_marl(cfg_path, best)
-            ev_b = eval_both(cfg_path, best, tr_b.policy, args.episodes, seed)
-            t_s, sb3 = run_sb3_spread(seed, steps, 16, args.sb3_cpus)
-            ev_s = eval_both(cfg_path, equal, SB3Policy(sb3, "agent"), args.episodes, seed)
-            rows.append(("spread", seed, "marl-equal", steps / t_e, ev_e["mean_return"]))
-            rows.append(("spread", seed, "marl-best", steps / t_b, ev_b["mean_return"]))
-            rows.append(("spread", seed, "sb3", steps / t_s, ev_s["mean_return"]))
+            if args.only in ("all", "marl"):
+                t_e, _, tr_e = run_marl(cfg_path, equal)
+                ev_e = eval_both(cfg_path, equal, tr_e.policy, args.episodes, seed)
+                t_b, _, tr_b = run_marl(cfg_path, best)
+                ev_b = eval_both(cfg_path, best, tr_b.policy, args.episodes, seed)
+                rows.append(("spread", seed, "marl-equal", steps / t_e, ev_e["mean_return"]))
+                rows.append(("spread", seed, "marl-best", steps / t_b, ev_b["mean_return"]))
+            if args.only in ("all", "sb3"):
+                t_s, sb3 = run_sb3_spread(seed, steps, 16, args.sb3_cpus)
+                ev_s = eval_both(cfg_path, equal, SB3Policy(sb3, "agent"), args.episodes, seed)
+                rows.append(("spread", seed, "sb3", steps / t_s, ev_s["mean_return"]))
     agents = 1 if args.env == "cartpole" else 3
     print(f"\n{'env':<9} {'seed':>4} {'library':<11} {'env steps/s':>12} {'agent steps/s':>14} {'eval return':>12}")
     for env, seed, lib, sps, ret in rows:
@@ -157,7 +161,7 @@ def main() -> None:
     for _env, _seed, lib, sps, ret in rows:
         by.setdefault(lib, []).append((sps, ret))
     print()
-    sb3_sps = np.mean([s for s, _ in by["sb3"]])
+    sb3_sps = np.mean([s for s, _ in by["sb3"]]) if "sb3" in by else float("nan")
     for lib, vals in by.items():
         sps = np.mean([s for s, _ in vals])
         print(f"{lib:<11} mean env steps/s {sps:8.0f}  ratio to sb3 {sps / sb3_sps:5.2f}x  "

@@ -21,7 +21,7 @@ same seed and actions; only the observation is cut down.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -39,7 +39,7 @@ class MaskedCartPoleEnv(gymnasium.Env):
         render_mode: ``None`` or ``"rgb_array"``.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(self, max_episode_steps: int = 500, render_mode: str | None = None) -> None:
         if max_episode_steps < 1:

@@ -121,7 +121,7 @@ class OffPolicyConfig:
     adam_eps: float = _f(1e-8, "Adam epsilon")
     gamma: float = _f(0.99, "discount factor, in (0, 1]")
     buffer_size: int = _f(1_000_000, "replay capacity in rows per group; rounded down to a multiple of env.num_envs")
-    learning_starts: int = _f(1_000, "env steps of uniformly random actions before the first gradient step")
+    learning_starts: int = _f(1_000, "env steps of uniformly random actions; training starts at max(this, batch_size) rows")
     batch_size: int = _f(256, "rows per gradient step (B)")
     train_freq: int = _f(1, "env steps collected between training phases")
     gradient_steps: int = _f(1, "gradient steps per training phase")
@@ -136,7 +136,7 @@ class OffPolicyConfig:
     her: bool = _f(False, "hindsight relabelling of goals (goal envs only; one-step targets)")
     her_strategy: Literal["future", "final", "episode", "random"] = _f("future", "where relabelled goals come from")
     n_sampled_goal: int = _f(4, "relabelled goals per real transition: a fraction k/(k+1) of each batch")
-    save_replay: bool = _f(False, "also write the replay into latest.pt (bytes_per_row x buffer_size; see replay/bytes_per_row)")
+    save_replay: bool = _f(False, "also write the replay into latest.pt and step_*.pt (bytes: replay/bytes_per_row x buffer_size)")
 
 
 @dataclass

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from marl import checkpoint as ckpt
 from marl.cli import main
 from marl.config import ConfigError, load_config
 from marl.data import reduce_td_errors, td_priority
-from marl.off_policy import OffPolicyTrainer, cut_lanes
+from marl.off_policy import OffPolicyTrainer
 from marl.trainer import load_policy
 from marl.types import GroupObs
 
@@ -81,9 +82,9 @@ def test_cli_train_writes_summary_checkpoints_and_metrics(tmp_path, capsys):
 
 @pytest.mark.parametrize("algo_config", ["configs/pendulum_sac.yaml", "configs/pendulum_td3.yaml"])
 def test_checkpoint_round_trip_gives_equal_deterministic_actions(tmp_path, algo_config):
-    cfg = config(algo_config, tmp_path, "total_env_steps=300", "algo.learning_starts=100", "model.hidden=[16]",
-                 "algo.batch_size=32",
-                 "eval.interval=0", "eval.episodes=1", "eval.num_envs=1", "norm.obs=true", "log.interval=1000")
+    cfg = config(algo_config, tmp_path, "total_env_steps=300", "algo.learning_starts=100", "algo.batch_size=32",
+                 "model.hidden=[16]", "eval.interval=0", "eval.episodes=1", "eval.num_envs=1", "norm.obs=true",
+                 "log.interval=1000")
     trainer = OffPolicyTrainer(cfg)
     trainer.train()
     policy, loaded_cfg, state = load_policy(tmp_path / "checkpoints" / "latest.pt")
@@ -96,36 +97,35 @@ def test_checkpoint_round_trip_gives_equal_deterministic_actions(tmp_path, algo_
     assert state["learner"]["grad_steps"] == trainer.learner.grad_steps == 201  # one per env step from row 100 on
 
 
-def test_resume_with_saved_replay_continues_exactly(tmp_path):
-    cfg = config("configs/cartpole_dqn.yaml", tmp_path / "a", *SMALL_DQN, "algo.save_replay=true",
-                 "eval.interval=0", "algo.per=true", "norm.obs=true")
-    first = OffPolicyTrainer(cfg)
-    first.train()
-    second = OffPolicyTrainer(config("configs/cartpole_dqn.yaml", tmp_path / "b", *SMALL_DQN, "algo.save_replay=true",
-                                     "eval.interval=0", "algo.per=true", "norm.obs=true", f"resume={tmp_path / 'a'}"))
-    buf_a, buf_b = first.replay["agent"], second.replay["agent"]
-    cut_lanes(buf_a)  # the resumed run cut its lanes: its envs start new episodes
+def test_resume_with_saved_replay_equals_an_uninterrupted_run(tmp_path):
+    """1200 steps in one go == resumed from the checkpoint at 600 (replay, PER tree, normalizer, RNGs, envs)."""
+    common = [*SMALL_DQN, "eval.interval=0", "algo.save_replay=true", "algo.per=true", "norm.obs=true",
+              "checkpoint.interval=600", "checkpoint.keep_last=2", "env.kwargs={max_episode_steps: 60}"]
+    full = OffPolicyTrainer(config("configs/cartpole_dqn.yaml", tmp_path / "full", *common))
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoints" / "step_600.pt"
+    assert any(len(actions["agent"]) for _, _, actions in ckpt.load(checkpoint)["env"])  # stopped mid-episode
+    resumed = OffPolicyTrainer(config("configs/cartpole_dqn.yaml", tmp_path / "resumed", *common,
+                                      f"resume={checkpoint}"))
+    assert resumed.env_steps == 600 and len(resumed.replay["agent"]) == 600
+    resumed.train()
+    for p, q in zip(full.actor.net.parameters(), resumed.actor.net.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(full.learner.target.parameters(), resumed.learner.target.parameters()):
+        assert torch.equal(p, q)
+    buf_a, buf_b = full.replay["agent"], resumed.replay["agent"]
     for name in buf_a.schema:
-        np.testing.assert_array_equal(buf_a.storage.field(name), buf_b.storage.field(name))
+        np.testing.assert_array_equal(buf_a.storage.field(name), buf_b.storage.field(name), err_msg=name)
     np.testing.assert_array_equal(buf_a.sampler.tree.leaves, buf_b.sampler.tree.leaves)
-    assert (second.env_steps, second.learner.grad_steps) == (first.env_steps, first.learner.grad_steps)
-    for _ in range(3):  # same samples, same updates, same priorities
-        first.train_step()
-        second.train_step()
-    for p, q in zip(first.actor.net.parameters(), second.actor.net.parameters()):
-        assert torch.equal(p, q)
-    for p, q in zip(first.learner.target.parameters(), second.learner.target.parameters()):
-        assert torch.equal(p, q)
-    np.testing.assert_array_equal(buf_a.sampler.tree.leaves, buf_b.sampler.tree.leaves)
-    second.close()
+    assert (full.episodes, full.learner.grad_steps) == (resumed.episodes, resumed.learner.grad_steps)
+    assert full.last_eval["mean_return"] == resumed.last_eval["mean_return"]
 
 
 def test_per_priorities_are_updated_from_the_learners_td_errors(tmp_path):
     cfg = config("configs/cartpole_dqn.yaml", tmp_path, *SMALL_DQN, "algo.per=true", "algo.per_alpha=0.7")
     trainer = OffPolicyTrainer(cfg)
-    obs, _ = trainer.env.reset(0)
     for _ in range(100):
-        obs, _, _ = trainer.collect(obs, None, 1.0)
+        trainer.collect(1.0)
     buf = trainer.replay["agent"]
     seen = {}
     original_update = trainer.learner.update
@@ -157,9 +157,8 @@ def test_nstep_targets_in_the_loop_match_a_naive_walk(tmp_path):
     cfg = config("configs/cartpole_dqn.yaml", tmp_path, *SMALL_DQN, "algo.n_step=3", "algo.gamma=0.9",
                  "env.num_envs=2")
     trainer = OffPolicyTrainer(cfg)
-    obs, _ = trainer.env.reset(0)
     for _ in range(150):
-        obs, _, _ = trainer.collect(obs, None, 1.0)
+        trainer.collect(1.0)
     buf = trainer.replay["agent"]
     s = buf.sample(256, np.random.default_rng(0))
     field = {name: buf.storage.field(name) for name in ("reward", "terminated", "truncated", "next_obs")}
@@ -239,12 +238,20 @@ def test_sac_her_runs_multi_agent_goals_with_independent_parameters(tmp_path):
     np.testing.assert_array_equal(sample.reward[sample.alive], reward[sample.alive])  # recomputed, relabelled or not
 
 
-def test_spread_dqn_config_trains_three_agents(tmp_path):
-    cfg = config("configs/spread_dqn.yaml", tmp_path, "total_env_steps=400", "algo.learning_starts=100",
-                 "eval.interval=0", "eval.episodes=2", "eval.num_envs=2", "env.num_envs=2")
-    summary = OffPolicyTrainer(cfg).train()
+@pytest.mark.parametrize("algo", ["dqn", "sac"])
+def test_three_mpe_agents_train_with_one_shared_network(tmp_path, algo):
+    if algo == "dqn":
+        cfg = config("configs/spread_dqn.yaml", tmp_path, "total_env_steps=400", "algo.learning_starts=100",
+                     "eval.interval=0", "eval.episodes=2", "eval.num_envs=2", "env.num_envs=2")
+    else:  # discrete SAC on the same env
+        cfg = config(None, tmp_path, "algo.name=sac", "norm.reward=false", "total_env_steps=400",
+                     "algo.learning_starts=100", "algo.batch_size=32", "model.hidden=[32]", "eval.interval=0",
+                     "eval.episodes=2", "eval.num_envs=2", "env.num_envs=2")
+    trainer = OffPolicyTrainer(cfg)
+    summary = trainer.train()
     assert summary["agent_steps"] == 3 * 400
     assert set(summary["final_eval"]["per_agent"]) == {"agent_0", "agent_1", "agent_2"}
+    assert trainer.actor.net["agent"].net.n_param_sets == 1 and trainer.actor.net["agent"].net.uses_agent_id
 
 
 @pytest.mark.parametrize("path", ["configs/cartpole_dqn.yaml", "configs/pendulum_sac.yaml", "configs/pendulum_td3.yaml",
@@ -264,3 +271,25 @@ def test_config_and_env_mismatches_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="no goal"):
         OffPolicyTrainer(config(None, tmp_path / "b", "algo.name=dqn", "env.id=CartPole-v1", "norm.reward=false",
                                 "algo.her=true", "env.num_envs=1"))
+
+
+def test_sync_and_subprocess_backends_fill_identical_goal_replays(tmp_path):
+    """Achieved goals are read per chunk of the vector env: worker processes must give the same rows."""
+    replays = []
+    for backend in ("sync", "subprocess"):
+        cfg = config("configs/bitflip_dqn_her.yaml", tmp_path / backend, "env.kwargs.n_bits=4", "env.num_envs=4",
+                     f"env.backend={backend}", "env.num_workers=2", "total_env_steps=100")
+        trainer = OffPolicyTrainer(cfg)
+        try:
+            for _ in range(25):
+                trainer.collect(1.0)
+        finally:
+            trainer.close()
+        replays.append(trainer.replay["agent"])
+    for name in replays[0].schema:
+        np.testing.assert_array_equal(replays[0].storage.field(name), replays[1].storage.field(name), err_msg=name)
+    achieved = replays[0].storage.field("next_achieved_goal")
+    next_obs = replays[0].storage.field("next_obs")
+    np.testing.assert_array_equal(achieved, next_obs[..., :4])  # bit flipping: achieved goal = the bits
+
+

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from marl.algos.targets import (
     LearnerOut,
     OffPolicyBatch,
+    adam,
     clip_grad,
     make_target,
     masked_mean,
@@ -151,8 +152,8 @@ class DQNLearner:
 
     Args:
         q: the online Q networks (also the acting networks).
-        cfg: DQN hyperparameters (lr, gamma is already folded into the samples'
-            ``discount_n``, tau, target_update_interval, max_grad_norm, double_q).
+        cfg: lr, adam_eps, tau, target_update_interval, max_grad_norm, double_q are
+            read; gamma enters through the samples' ``discount_n``.
 
     Attributes:
         target: the target Q networks (no gradients).
@@ -164,7 +165,7 @@ class DQNLearner:
         self.q = q
         self.cfg = cfg
         self.target = make_target(q)
-        self.optimizer = torch.optim.Adam(q.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = adam(q.parameters(), cfg.lr, cfg.adam_eps)
         self.grad_steps = 0
 
     def losses(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:

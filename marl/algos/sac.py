@@ -38,6 +38,7 @@ from marl.algos.dqn import group_net
 from marl.algos.targets import (
     LearnerOut,
     OffPolicyBatch,
+    adam,
     clip_grad,
     make_target,
     masked_mean,
@@ -216,10 +217,9 @@ class SACLearner:
             {g.name: nn.Parameter(torch.tensor(math.log(cfg.ent_coef), device=device)) for g in spec.groups}
         )
         self.target_entropy = {g.name: default_target_entropy(g, cfg) for g in spec.groups}
-        adam = dict(lr=cfg.lr, eps=cfg.adam_eps)
-        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), **adam)
-        self.actor_optimizer = torch.optim.Adam(actor.parameters(), **adam)
-        self.alpha_optimizer = torch.optim.Adam(self.log_alpha.parameters(), **adam) if cfg.autotune else None
+        self.critic_optimizer = adam(self.critics.parameters(), cfg.lr, cfg.adam_eps)
+        self.actor_optimizer = adam(actor.parameters(), cfg.lr, cfg.adam_eps)
+        self.alpha_optimizer = adam(self.log_alpha.parameters(), cfg.lr, cfg.adam_eps) if cfg.autotune else None
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.grad_steps = 0
 

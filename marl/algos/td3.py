@@ -28,6 +28,7 @@ from marl.algos.sac import TwinQ, action_dim, twin_q_loss
 from marl.algos.targets import (
     LearnerOut,
     OffPolicyBatch,
+    adam,
     clip_grad,
     make_target,
     masked_mean,
@@ -112,9 +113,8 @@ class TD3Learner:
         self.actor_target = make_target(actor)
         self.critics = nn.ModuleDict({g.name: TwinQ(g, model) for g in spec.groups}).to(device)
         self.critic_target = make_target(self.critics)
-        adam = dict(lr=cfg.lr, eps=cfg.adam_eps)
-        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), **adam)
-        self.actor_optimizer = torch.optim.Adam(actor.parameters(), **adam)
+        self.critic_optimizer = adam(self.critics.parameters(), cfg.lr, cfg.adam_eps)
+        self.actor_optimizer = adam(actor.parameters(), cfg.lr, cfg.adam_eps)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.grad_steps = 0
 

@@ -8,7 +8,7 @@ The toy envs below make every number visible: observation pixels encode the raw 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -36,7 +36,7 @@ class CounterImages(ParallelEnv):
     ``agent_1`` terminates at raw step ``death_step``; every agent left is truncated at ``max_steps``.
     """
 
-    metadata = {"name": "counter_images_v0"}
+    metadata: ClassVar[dict[str, str]] = {"name": "counter_images_v0"}
     render_mode = None
 
     def __init__(self, death_step: int = 100, max_steps: int = 100):
@@ -178,7 +178,8 @@ def test_parallel_truncation_inside_a_repeat_is_kept_apart_from_termination():
     tr = out.transition["agent"]
     np.testing.assert_array_equal(tr.reward, [4 + 5, 4 + 5])
     assert tr.truncated.tolist() == [True, True] and tr.terminated.tolist() == [False, False]
-    np.testing.assert_array_equal(channel_values(tr.final_obs), [[pixel(5, a, c) for c in range(C)] for a in (0, 1)])
+    final = [[pixel(5, a, c) for c in range(C)] for a in (0, 1)]
+    np.testing.assert_array_equal(channel_values(tr.final_obs), final)
     assert raw.raw_steps == 5 and out.episode.length == 2
 
 
@@ -218,10 +219,10 @@ def test_run_counts_decisions_as_env_steps_and_frames_with_the_repeat(tmp_path):
     cfg = load_config(
         "configs/grid_nav_world_ppo.yaml",
         [
-            f"run_dir={run}", "total_env_steps=64", "env.num_envs=2", "env.action_repeat=2", "env.frame_stack=2",
-            "env.kwargs.obs_mode=image", "env.kwargs.max_cycles=8", "algo.num_steps=16", "algo.num_minibatches=2",
-            "algo.update_epochs=1", "eval.episodes=2", "eval.num_envs=2", "log.tensorboard=false",
-            "log.progress=false",
+            f"run_dir={run}", "total_env_steps=64", "env.num_envs=2", "env.action_repeat=2",
+            "env.frame_stack=2", "env.kwargs.obs_mode=image", "env.kwargs.max_cycles=8", "algo.num_steps=16",
+            "algo.num_minibatches=2", "algo.update_epochs=1", "eval.episodes=2", "eval.num_envs=2",
+            "log.tensorboard=false", "log.progress=false",
         ],
     )
     summary = Trainer(cfg).train()

@@ -1,0 +1,193 @@
+"""Replay plumbing of the off-policy loop: buffers per group, rows in, batches out, persistence.
+
+* :func:`build_replays`: one buffer per group (uniform, prioritized, hindsight), capacity
+  ``algo.buffer_size`` rounded down to a multiple of the env copies.
+* :func:`replay_rows`: one vector step as rows ``[E, A, ...]``, the real final observation as
+  ``next_obs`` where an episode ended.
+* :func:`to_batch`: a sample as tensors, observations normalized with frozen statistics.
+* :func:`goal_functions`: the goal env's ``compute_reward`` (and whether it ends on success) for HER.
+* :func:`replay_state` / :func:`load_replay_state`: checkpointing a buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from marl import checkpoint as ckpt
+from marl.algos.targets import OffPolicyBatch
+from marl.config import Config, OffPolicyConfig
+from marl.data import (
+    HerReplayBuffer,
+    PrioritizedReplayBuffer,
+    PrioritizedSampler,
+    ReplayBuffer,
+    ReplaySample,
+    replay_schema,
+)
+from marl.env.make import make_raw_env
+from marl.normalization import ObsNormalizer
+from marl.types import EnvSpec, GroupObs, GroupTransition
+
+
+class GoalFunctions(NamedTuple):
+    """What HER needs from a goal env (Gymnasium's goal-env API).
+
+    Attributes:
+        compute_reward: vectorized ``(achieved [K, G], desired [K, G], info) -> [K]``.
+        terminate_on_success: the env ends an episode when the goal is reached (its
+            ``compute_terminated(g, g, None)`` is true); relabelled successes are then terminal.
+        success_reward: ``compute_reward(g, g, None)``, the reward of a reached goal.
+        env: the env the functions are bound to (close it when done).
+    """
+
+    compute_reward: Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
+    terminate_on_success: bool
+    success_reward: float
+    env: Any
+
+
+def goal_functions(cfg: Config, spec: EnvSpec) -> GoalFunctions:
+    """The reward (and termination) functions of the config's goal env, for HER."""
+    missing = [g.name for g in spec.groups if g.goal is None]
+    if missing:
+        raise ValueError(f"algo.her: groups {missing} have no goal (the env's observations are not "
+                         "Dict(observation, achieved_goal, desired_goal)). Set algo.her=false")
+    env = make_raw_env(cfg.env.id, cfg.env.kwargs)
+    base = getattr(env, "unwrapped", env)
+    reward_fn = getattr(base, "compute_reward", None)
+    if not callable(reward_fn):
+        env.close()
+        raise ValueError(f"algo.her needs the env's compute_reward(achieved_goal, desired_goal, info); "
+                         f"{cfg.env.id!r} has none. Set algo.her=false")
+    start, stop = spec.groups[0].goal
+    goal = np.zeros((1, stop - start), np.float32)
+    terminated_fn = getattr(base, "compute_terminated", None)
+    terminates = bool(np.all(terminated_fn(goal, goal, None))) if callable(terminated_fn) else False
+    return GoalFunctions(reward_fn, terminates, float(np.asarray(reward_fn(goal, goal, None)).reshape(-1)[0]), env)
+
+
+def build_replays(spec: EnvSpec, cfg: Config, goals: GoalFunctions | None) -> dict[str, ReplayBuffer]:
+    """One replay buffer per group (PER and/or HER as configured); capacity rounded down to a multiple of E."""
+    algo: OffPolicyConfig = cfg.algo
+    n_envs = cfg.env.num_envs
+    capacity = algo.buffer_size - algo.buffer_size % n_envs
+    out: dict[str, ReplayBuffer] = {}
+    for g in spec.groups:
+        schema = replay_schema(g)
+        if algo.her:
+            out[g.name] = HerReplayBuffer(
+                schema, capacity, n_envs, goal_slice=g.goal, compute_reward=goals.compute_reward,
+                strategy=algo.her_strategy, n_sampled_goal=algo.n_sampled_goal,
+                terminate_on_success=goals.terminate_on_success, success_reward=goals.success_reward,
+                gamma=algo.gamma, sampler=PrioritizedSampler(capacity, per_alpha=algo.per_alpha, per_eps=algo.per_eps,
+                                                             per_beta=algo.per_beta) if algo.per else None)
+        elif algo.per:
+            out[g.name] = PrioritizedReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma,
+                                                  per_alpha=algo.per_alpha, per_eps=algo.per_eps, per_beta=algo.per_beta)
+        else:
+            out[g.name] = ReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma)
+    return out
+
+
+def replay_rows(before: GroupObs, action: np.ndarray, tr: GroupTransition, after: GroupObs,
+                achieved: np.ndarray | None, next_achieved: np.ndarray | None) -> dict[str, np.ndarray]:
+    """One group's replay rows ``[E, A, ...]`` of one vector step.
+
+    ``next_obs`` is the real observation after the step: ``tr.final_obs`` where the
+    agent's episode ended (never the auto-reset observation). Where an episode ended,
+    ``next_alive`` is the agent's ``alive`` and ``next_action_mask`` allows every action
+    (the env reports no mask for a final observation).
+    """
+    ended = tr.terminated | tr.truncated
+    ended_obs = ended.reshape(*ended.shape, *([1] * (after.obs.ndim - ended.ndim)))
+    rows = {
+        "obs": before.obs,
+        "action": action,
+        "reward": np.asarray(tr.reward, np.float32),
+        "next_obs": np.where(ended_obs, tr.final_obs, after.obs),
+        "terminated": tr.terminated,
+        "truncated": tr.truncated,
+        "alive": before.alive,
+        "next_alive": np.where(ended, before.alive, after.alive),
+    }
+    if before.action_mask is not None:
+        rows["action_mask"] = before.action_mask.astype(bool)
+        rows["next_action_mask"] = ended[..., None] | after.action_mask.astype(bool)
+    if achieved is not None:
+        rows["achieved_goal"], rows["next_achieved_goal"] = achieved, next_achieved
+    return rows
+
+
+def to_batch(sample: ReplaySample, norm: ObsNormalizer | None, device: torch.device) -> OffPolicyBatch:
+    """A sample as tensors on ``device``, observations normalized with frozen statistics."""
+
+    def obs(x: np.ndarray) -> Tensor:
+        return torch.as_tensor(x if norm is None else norm.normalize(x), device=device)
+
+    def t(x: np.ndarray | None) -> Tensor | None:
+        return None if x is None else torch.as_tensor(x, device=device)
+
+    return OffPolicyBatch(obs(sample.obs), t(sample.action), t(sample.reward_n), t(sample.discount_n),
+                          obs(sample.next_obs_n), t(sample.terminated_n), t(sample.alive), t(sample.weights),
+                          t(sample.action_mask), t(sample.next_action_mask_n))
+
+
+def replay_bytes_per_row(buf: ReplayBuffer) -> int:
+    """Bytes one stored row takes in a checkpoint: its fields, plus 8 per PER priority, plus 16 per agent for HER."""
+    n = sum(int(np.prod(spec.shape)) * spec.dtype.itemsize for spec in buf.schema.values())
+    if buf.sampler.prioritized:
+        n += 8
+    if isinstance(buf, HerReplayBuffer):
+        n += 16 * buf.trajectories.start.shape[2]
+    return n
+
+
+def replay_state(buf: ReplayBuffer) -> dict[str, Any]:
+    """A replay buffer as tensors and numbers (for ``weights_only`` checkpoints)."""
+    st = buf.storage
+    state: dict[str, Any] = {
+        "fields": {name: torch.from_numpy(np.array(st.field(name))) for name in buf.schema},
+        "pos": torch.from_numpy(st.pos.copy()), "size": torch.from_numpy(st.size.copy()),
+        "count": torch.from_numpy(st.count.copy()),
+    }
+    if buf.sampler.prioritized:
+        state["priorities"] = torch.from_numpy(buf.sampler.tree.leaves)
+        state["max_priority"] = float(buf.sampler.max_priority)
+    if isinstance(buf, HerReplayBuffer):
+        tr = buf.trajectories
+        state["her"] = {"start": torch.from_numpy(tr.start.copy()), "end": torch.from_numpy(tr.end.copy()),
+                        "open": torch.from_numpy(tr._open.copy())}
+    return state
+
+
+def load_replay_state(buf: ReplayBuffer, state: dict[str, Any]) -> None:
+    """Restore :func:`replay_state` into a buffer built with the same schema and capacity."""
+    st = buf.storage
+    for name in buf.schema:
+        src = state["fields"][name].numpy()
+        if src.shape != st._data[name].shape:
+            raise ckpt.CheckpointError(f"saved replay field {name!r} is {src.shape}, the buffer {st._data[name].shape}: "
+                                       "algo.buffer_size or env.num_envs changed; resume with the run's config")
+        st._data[name][...] = src
+    st.pos[:], st.size[:], st.count[:] = (state[k].numpy() for k in ("pos", "size", "count"))
+    if buf.sampler.prioritized:
+        leaves = state["priorities"].numpy()
+        buf.sampler.tree.update(np.arange(leaves.shape[0]), leaves)
+        buf.sampler.max_priority = float(state["max_priority"])
+    if isinstance(buf, HerReplayBuffer):
+        tr = buf.trajectories
+        tr.start[...], tr.end[...], tr._open[...] = (state["her"][k].numpy() for k in ("start", "end", "open"))
+
+
+def achieved_goals(env: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """Achieved goals of the latest ``obs`` and ``final_obs`` of every chunk, ``[E, A, G]`` per group."""
+    parts = [env.achieved_goals(k) for k in range(env.num_chunks)]
+    if parts[0] is None:
+        return None
+    return ({g: np.concatenate([p.obs[g] for p in parts]) for g in parts[0].obs},
+            {g: np.concatenate([p.final_obs[g] for p in parts]) for g in parts[0].final_obs})
