@@ -20,7 +20,7 @@ from marl.config import load_config
 from marl.env.adapters import GymAdapter, ParallelAdapter
 from marl.env.make import adapt
 from marl.env.wrappers import Preprocess, apply_preprocess, stacked_shape
-from marl.trainer import Trainer
+from marl.trainer import Trainer, env_factory
 
 H, W, C = 3, 4, 3
 
@@ -231,3 +231,23 @@ def test_run_counts_decisions_as_env_steps_and_frames_with_the_repeat(tmp_path):
     assert 0 < summary["agent_steps"] <= 2 * 64  # two agents, removed when they reach their goal
     # a time limit of 8 raw steps is at most 4 decisions of 2 frames each
     assert 1 <= summary["final_eval"]["mean_length"] <= 8 / 2
+
+
+# ------------------------------------------------------------------------ the pistonball configs
+@pytest.mark.parametrize("config", ["configs/pistonball_ppo.yaml", "configs/pistonball_small_ppo.yaml"])
+def test_pistonball_configs_give_observations_that_move(config):
+    # pistonball redraws the screen its observations are cut from only when it has a render mode;
+    # the configs must ask for one, or every observation is the first frame and the pistons are blind
+    cfg = load_config(config, ["env.kwargs.n_pistons=5", "env.num_envs=1", "env.action_repeat=1"])
+    adapter = env_factory(cfg)()
+    obs, _ = adapter.reset(seed=0)
+    assert obs["piston"].obs.dtype == np.uint8 and obs["piston"].obs.shape == (5, 42, 42, 4)
+    rng = np.random.default_rng(0)
+    moved = []
+    for _ in range(4):
+        out = adapter.step({"piston": rng.integers(0, 3, 5)})
+        assert out.episode is None  # no reset in between: a changed frame comes from the game itself
+        stack = out.obs["piston"].obs
+        moved.append(bool((stack[..., -1] != stack[..., -2]).any()))
+    adapter.close()
+    assert all(moved), "consecutive frames are equal: the env is not redrawing its screen"
