@@ -311,10 +311,14 @@ class OffPolicyTrainer:
             )
             return summary
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            logger.close()
-            self.close()
+            # As in the on-policy trainer: close first; after a signal keep absorbing repeats until exit.
+            try:
+                logger.close()
+                self.close()
+            finally:
+                if not interrupted:
+                    for s, h in old_handlers.items():
+                        signal.signal(s, h)
 
     def _status(self, logger: Logger, row: dict[str, float]) -> None:
         ret = row.get("rollout/ep_return")
