@@ -303,6 +303,28 @@ class AgentNet(nn.Module):
             "agent_order_inverse", torch.argsort(torch.tensor(order, dtype=torch.long)), persistent=False
         )
         self.register_buffer("agent_eye", torch.eye(n_agents), persistent=False)
+        self._param_cache: tuple[list[Tensor], ...] | None = None
+
+    def _params(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """``(conv_weights, conv_biases, weights, biases)`` as plain lists.
+
+        Iterating a ``ParameterList`` costs microseconds per element, which is a
+        large share of a small network's forward; the lists are built once and
+        rebuilt after ``.to()`` / ``.float()`` (see :meth:`_apply`). Parameters
+        keep their identity under ``load_state_dict`` (values are copied in).
+        """
+        if self._param_cache is None:
+            self._param_cache = (list(self.conv_weights), list(self.conv_biases), list(self.weights), list(self.biases))
+        return self._param_cache
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        self._param_cache = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_param_cache"] = None  # copies (deepcopy, pickle) rebuild it from their own parameters
+        return state
 
     @property
     def strategy(self) -> str:
@@ -331,7 +353,7 @@ class AgentNet(nn.Module):
                 f"AgentNet expects input [..., A={self.n_agents}, *{self.in_shape}], got {tuple(x.shape)}"
             )
         lead = tuple(x.shape[:-k])
-        dtype = self.weights[0].dtype
+        dtype = self._params()[2][0].dtype
         x = x.reshape(math.prod(lead), self.n_agents, *self.in_shape).to(dtype)
         return x, lead
 
@@ -388,14 +410,15 @@ class AgentNet(nn.Module):
         if self.encoder == "cnn":
             h = self._image_input(x)
             c, height, width = h.shape[2:]
+            conv_w, conv_b = self._params()[:2]
             if self.n_param_sets == 1:
                 h = h.reshape(n * a, c, height, width)
-                for w, b, s, p in zip(self.conv_weights, self.conv_biases, self.conv_stride, self.conv_pad):
+                for w, b, s, p in zip(conv_w, conv_b, self.conv_stride, self.conv_pad):
                     h = torch.relu(F.conv2d(h, w[0], b[0], s, p))
             else:
                 # agents as conv groups: [N, A * C, H, W] with weights [A * out, C, k, k]
                 h = h.reshape(n, a * c, height, width)
-                for w, b, s, p in zip(self.conv_weights, self.conv_biases, self.conv_stride, self.conv_pad):
+                for w, b, s, p in zip(conv_w, conv_b, self.conv_stride, self.conv_pad):
                     wa, ba = self._per_agent(w), self._per_agent(b)
                     h = torch.relu(F.conv2d(h, wa.flatten(0, 1), ba.flatten(), s, p, groups=a))
             h = h.reshape(n, a, self._fc_in)
@@ -410,10 +433,11 @@ class AgentNet(nn.Module):
         (row ``F + a`` of agent ``a``'s weight), which equals concatenating the id.
         """
         n, a, f = h.shape
-        n_layers = len(self.weights)
+        weights, biases = self._params()[2:]
+        n_layers = len(weights)
         if self.n_param_sets == 1:
             z = h.reshape(n * a, f)
-            for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            for i, (w, b) in enumerate(zip(weights, biases)):
                 w0, b0 = w[0], b[0]
                 if i == 0 and self._fc_id_dim:
                     z = (z @ w0[:f]).view(n, a, -1) + (w0[f:] + b0)
@@ -425,7 +449,7 @@ class AgentNet(nn.Module):
             return z.view(n, a, -1)
         z = h.transpose(0, 1)  # [A, N, F]
         agents = torch.arange(a, device=h.device)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, (w, b) in enumerate(zip(weights, biases)):
             wa, ba = self._per_agent(w), self._per_agent(b)
             if i == 0 and self._fc_id_dim:
                 bias = ba + wa[agents, f + agents]
@@ -443,14 +467,8 @@ class AgentNet(nn.Module):
             h = h.index_select(1, self.agent_order)
         chunks = h.split(self._set_sizes, dim=1)
         xs = [c.reshape(n * c.shape[1], *c.shape[2:]) for c in chunks]
-        args = (
-            list(self.conv_weights),
-            list(self.conv_biases),
-            self.conv_stride,
-            self.conv_pad,
-            list(self.weights),
-            list(self.biases),
-        )
+        conv_w, conv_b, weights, biases = self._params()
+        args = (conv_w, conv_b, self.conv_stride, self.conv_pad, weights, biases)
         if fork:
             outs = _compiled_fork_sets()(xs, *args, self.activation)
         else:

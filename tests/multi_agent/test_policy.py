@@ -64,7 +64,7 @@ def test_every_parameter_is_in_the_common_optimizer_exactly_once():
     ))
     p, cfg = policy_for(["model.sharing=independent"], env)
     learner = PPOLearner(p, cfg.algo)
-    ids = [id(t) for opt in learner.optimizers.values() for g in opt.param_groups for t in g["params"]]
+    ids = [id(t) for opt in learner.optimizers.values() for t in opt.params]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(t) for t in p.net.parameters() if t.requires_grad}
     per_group = PPOLearner(p, load_config(None, ["algo.optimizer=per_group"]).algo)

@@ -1,0 +1,108 @@
+"""PPO loss against a hand computation, and the flat-buffer optimizer against torch's Adam."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from marl.algos.optim import FlatAdam
+from marl.algos.ppo import masked_mean, ppo_loss
+
+
+def test_ppo_loss_matches_a_hand_computation():
+    # Two entries: ratio e^0.5 (clipped to 1.2, positive advantage) and e^-0.5 (negative advantage).
+    new_lp = torch.tensor([0.0, -1.0])
+    old_lp = torch.tensor([-0.5, -0.5])
+    adv = torch.tensor([2.0, -1.0])
+    value = torch.tensor([1.0, 0.0])
+    old_value = torch.tensor([0.5, 0.0])
+    ret = torch.tensor([2.0, 1.0])
+    ent = torch.tensor([0.3, 0.5])
+    out = ppo_loss(new_lp, old_lp, adv, value, old_value, ret, ent, None, 0.2, 0.5, 0.01, False)
+    r1, r2 = math.exp(0.5), math.exp(-0.5)
+    # entry 1: max(-2 r1, -2 * 1.2) = -2.4; entry 2: max(1 * r2, 1 * 0.8) = 0.8 (r2 = 0.607 clipped up)
+    pg = (-2.4 + 0.8) / 2
+    vl = 0.5 * ((1.0 - 2.0) ** 2 + (0.0 - 1.0) ** 2) / 2
+    assert out.policy_loss.item() == pytest.approx(pg, rel=1e-6)
+    assert out.value_loss.item() == pytest.approx(vl, rel=1e-6)
+    assert out.entropy.item() == pytest.approx(0.4, rel=1e-6)
+    assert out.loss.item() == pytest.approx(pg + 0.5 * vl - 0.01 * 0.4, rel=1e-6)
+    kl = ((r1 - 1) - 0.5 + (r2 - 1) + 0.5) / 2
+    assert out.approx_kl.item() == pytest.approx(kl, rel=1e-5)
+    assert out.clip_fraction.item() == pytest.approx(1.0)  # both ratios are outside [0.8, 1.2]
+
+
+def test_value_clipping_takes_the_larger_error():
+    z = torch.zeros(1)
+    out = ppo_loss(z, z, z, torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([1.0]), z, None, 0.2, 1.0, 0.0, True)
+    # unclipped error 0, clipped value 0.2 -> error 0.64: the max is taken
+    assert out.value_loss.item() == pytest.approx(0.5 * 0.64)
+
+
+def test_mask_none_equals_an_all_true_mask_and_masks_drop_entries():
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(6, 3, generator=g) for _ in range(7)]
+    full = ppo_loss(*x, None, 0.2, 0.5, 0.01, True)
+    ones = ppo_loss(*x, torch.ones(6, 3, dtype=torch.bool), 0.2, 0.5, 0.01, True)
+    for a, b in zip(full, ones):
+        torch.testing.assert_close(a, b)
+    mask = torch.zeros(6, 3, dtype=torch.bool)
+    mask[:2] = True
+    part = ppo_loss(*x, mask, 0.2, 0.5, 0.01, True)
+    ref = ppo_loss(*(t[:2] for t in x), None, 0.2, 0.5, 0.01, True)
+    for a, b in zip(part, ref):
+        torch.testing.assert_close(a, b)
+    assert masked_mean(torch.ones(3), torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+
+def _nets(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+
+
+def test_flat_adam_matches_torch_adam_with_clipping():
+    ref, flat = _nets(0), _nets(0)
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, eps=1e-5)
+    opt = FlatAdam(flat.parameters(), lr=1e-2, eps=1e-5)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(16, 3, generator=g) * 10  # large inputs: the norm exceeds max_norm, clipping acts
+        opt_ref.zero_grad()
+        ref(x).square().mean().backward()
+        norm_ref = nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+        opt_ref.step()
+        opt.zero_grad()
+        flat(x).square().mean().backward()
+        norm = opt.grad_norm()
+        opt.clip_grad_norm_(0.5, norm)
+        opt.step()
+        torch.testing.assert_close(norm, norm_ref)
+        assert norm.item() > 0.5
+    for a, b in zip(ref.parameters(), flat.parameters()):
+        torch.testing.assert_close(a, b)
+    # parameters and gradients are views of the two flat buffers
+    p = next(flat.parameters())
+    assert p.data_ptr() == opt.flat.data_ptr() and p.grad.data_ptr() == opt.grad.data_ptr()
+
+
+def test_flat_adam_refuses_to_step_after_the_views_are_dropped():
+    net = _nets(0)
+    opt = FlatAdam(net.parameters(), lr=1e-3, eps=1e-8)
+    net(torch.ones(1, 3)).sum().backward()
+    net.zero_grad()  # sets .grad to None: backward would no longer reach the flat buffer
+    with pytest.raises(RuntimeError, match="FlatAdam.zero_grad"):
+        opt.step()
+
+
+def test_flat_adam_state_round_trips():
+    net = _nets(0)
+    opt = FlatAdam(net.parameters(), lr=1e-3, eps=1e-8)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    other = FlatAdam(_nets(1).parameters(), lr=5.0, eps=1e-8)
+    other.load_state_dict(opt.state_dict())
+    assert other.lr == pytest.approx(1e-3)
+    torch.testing.assert_close(other.adam.state[other.flat]["exp_avg"], opt.adam.state[opt.flat]["exp_avg"])
