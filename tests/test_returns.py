@@ -168,3 +168,23 @@ def test_alive_aware_gae_equals_compacted_oracle(T, seed):
     last = float(rng.normal())
     adv, _ = gae(r, v, term, trunc, fv, last, 0.9, 0.8, alive=alive)
     np.testing.assert_allclose(adv.numpy(), compact_gae(r, v, term, trunc, alive, fv, last, 0.9, 0.8), atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 10), st.integers(0, 2**31 - 1))
+def test_all_alive_fast_path_equals_the_general_recursion(T, seed):
+    # compute_gae takes a vectorized path when every agent is alive; it must agree with the
+    # general alive-aware recursion on [T, E, A] data, including steps both terminated and truncated.
+    from marl.returns import _gae_alive_aware, _gae_all_alive
+
+    g = torch.Generator().manual_seed(seed)
+    shape = (T, 3, 2)
+    r, v, fv = (torch.randn(shape, generator=g) for _ in range(3))
+    term = torch.rand(shape, generator=g) < 0.2
+    trunc = torch.rand(shape, generator=g) < 0.2
+    last = torch.randn(shape[1:], generator=g)
+    alive = torch.ones(shape, dtype=torch.bool)
+    fast = _gae_all_alive(r, v, term, trunc, fv, last, 0.97, 0.9)
+    slow = _gae_alive_aware(r, v, term, trunc, alive, fv, last, 0.97, 0.9)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -37,6 +37,7 @@ import numpy as np
 
 from marl.env.adapters import Adapter, EnvSnapshot
 from marl.env.buffers import (
+    GroupBuffers,
     StepBuffers,
     allocate_buffers,
     block_layout,
@@ -199,6 +200,19 @@ def _to_vec_step(bufs: StepBuffers, episodes: list[EpisodeStats]) -> VecStep:
     )
 
 
+def _copy_buffers(bufs: StepBuffers) -> StepBuffers:
+    """A copy of every array of ``bufs`` (results must outlive the next step into ``bufs``)."""
+
+    def copy(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a.copy()
+
+    return StepBuffers(
+        {g: GroupBuffers(*(copy(a) for a in b)) for g, b in bufs.groups.items()},
+        copy(bufs.state),
+        copy(bufs.final_state),
+    )
+
+
 def _goals_of(bufs: StepBuffers) -> AchievedGoals | None:
     if all(b.achieved_goal is None for b in bufs.groups.values()):
         return None
@@ -335,6 +349,18 @@ class SyncVectorEnv(_ChunkedBase):
         self.num_envs, self.num_chunks = num_envs, num_chunks
         self._results: list[VecStep | None] = [None] * num_chunks
         self._goals: list[AchievedGoals | None] = [None] * num_chunks
+        # Per chunk, buffers the adapters write into and their per-copy views, made once (as a
+        # worker process does with its shared memory); each result is a copy of them.
+        self._actions: list[dict[str, np.ndarray]] = []
+        self._bufs: list[StepBuffers] = []
+        self._rows: list[tuple[list[dict], list[StepBuffers]]] = []
+        for sl in self._slices:
+            n = sl.stop - sl.start
+            actions = {name.split("/")[0]: np.zeros((n, *shape), dtype) for name, shape, dtype in _action_fields(self.spec)}
+            bufs = allocate_buffers(self.spec, (n,), self._fields)
+            self._actions.append(actions)
+            self._bufs.append(bufs)
+            self._rows.append(_rows(actions, bufs, n))
 
     def reset(self, seed: int | Sequence[int]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
         seeds = copy_seeds(seed, self.num_envs)
@@ -365,8 +391,10 @@ class SyncVectorEnv(_ChunkedBase):
         if self._results[chunk] is not None:
             raise RuntimeError(f"chunk {chunk} was sent actions twice; recv({chunk}) its result first")
         _check_actions(self.spec, actions, sl.stop - sl.start)
-        out = allocate_buffers(self.spec, (sl.stop - sl.start,), self._fields)
-        episodes = _step_block(self._adapters[sl], sl.start, *_rows(actions, out, sl.stop - sl.start))
+        for g, a in actions.items():
+            self._actions[chunk][g][...] = a
+        episodes = _step_block(self._adapters[sl], sl.start, *self._rows[chunk])
+        out = _copy_buffers(self._bufs[chunk])
         self._goals[chunk] = _goals_of(out)
         self._results[chunk] = _to_vec_step(out, episodes)
 

@@ -63,11 +63,18 @@ class MaskedCategorical:
         return self.log_probs.exp()
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """``[...]`` int64 actions drawn from the distribution (no gradient)."""
+        """``[...]`` int64 actions drawn from the distribution (no gradient).
+
+        Exponential race: with ``E_i ~ Exp(1)`` i.i.d., ``argmax_i p_i / E_i`` is
+        action ``i`` with probability ``p_i`` (``E_i / p_i ~ Exp(p_i)``, and the
+        smallest of independent exponentials is ``i`` with probability
+        ``p_i / sum p``). Three elementwise ops instead of ``torch.multinomial``
+        (half the time for small batches). ``E`` is kept above 0 so a masked
+        action (``p = 0``) gives ``0 / E = 0`` and is never the maximum.
+        """
         probs = self.probs.detach()
-        n = probs.shape[-1]
-        flat = torch.multinomial(probs.reshape(-1, n), 1, generator=generator)
-        return flat.view(probs.shape[:-1])
+        race = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
+        return torch.div(probs, race).argmax(dim=-1)
 
     def log_prob(self, action: Tensor) -> Tensor:
         """``[...]`` log-probability of integer ``action [...]``."""

@@ -429,21 +429,22 @@ class AgentNet(nn.Module):
     def _fc_batched(self, h: Tensor) -> Tensor:
         """Fully connected layers on ``h [N, A, F]`` -> ``[N, A, out_dim]``.
 
-        The one-hot id part of the first layer is applied as a per-agent bias
-        (row ``F + a`` of agent ``a``'s weight), which equals concatenating the id.
+        With one parameter set the one-hot ids are concatenated to the input; with
+        several, the id part of the first layer is applied as a per-agent bias (row
+        ``F + a`` of agent ``a``'s weight), which equals concatenating the id.
         """
         n, a, f = h.shape
         weights, biases = self._params()[2:]
         n_layers = len(weights)
         if self.n_param_sets == 1:
-            z = h.reshape(n * a, f)
+            # Rows of all agents as one batch of N*A, kept 3-D ([1, N*A, F]) so the [1, in, out]
+            # weights are used whole: indexing w[0] would add a select (and, in backward, a
+            # zero-filled copy) per tensor, which costs more than the matmuls of a small net.
+            if self._fc_id_dim:
+                h = torch.cat([h, self.agent_eye.to(h.dtype).expand(n, a, a)], dim=-1)
+            z = h.reshape(1, n * a, h.shape[-1])
             for i, (w, b) in enumerate(zip(weights, biases)):
-                w0, b0 = w[0], b[0]
-                if i == 0 and self._fc_id_dim:
-                    z = (z @ w0[:f]).view(n, a, -1) + (w0[f:] + b0)
-                    z = z.view(n * a, -1)
-                else:
-                    z = torch.addmm(b0, z, w0)
+                z = torch.baddbmm(b.unsqueeze(1), z, w)
                 if i < n_layers - 1:
                     z = _activate(z, self.activation)
             return z.view(n, a, -1)
