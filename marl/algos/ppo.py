@@ -157,10 +157,9 @@ class PPOLearner:
                 for name, full in batches.items():
                     mb = full if perm is None else full.index(perm[start:start + mb_size])
                     mask = None if all_alive[name] else mb.alive
-                    gnet = net[name]
-                    dist = gnet.dist(mb.obs, mb.action_mask)
+                    dist, value = net[name].dist_and_value(mb.obs, mb.critic_in, mb.action_mask)
                     adv = normalize_advantage(mb.advantage, mb.alive) if normalize_adv else mb.advantage
-                    out = ppo_loss(dist.log_prob(mb.action), mb.log_prob, adv, gnet.value(mb.critic_in), mb.value,
+                    out = ppo_loss(dist.log_prob(mb.action), mb.log_prob, adv, value, mb.value,
                                    mb.ret, dist.entropy(), mask, self.clip_coef, cfg.vf_coef, cfg.ent_coef,
                                    cfg.clip_vloss)
                     total = out.loss if total is None else total + out.loss

@@ -44,7 +44,10 @@ class GroupBatch(NamedTuple):
     action_mask: Tensor | None
 
     def index(self, rows: Tensor) -> GroupBatch:
-        return GroupBatch(*(None if x is None else x[rows] for x in self))
+        """The rows ``rows [B]`` of every field (``critic_in`` indexed once when it is ``obs``)."""
+        obs = self.obs[rows]
+        picked = GroupBatch(*(None if x is None or x is self.obs else x[rows] for x in self))
+        return picked._replace(obs=obs, critic_in=obs if self.critic_in is self.obs else picked.critic_in)
 
 
 class GroupRollout:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from marl.config import Config, ModelConfig
 from marl.nets import AgentNet, DiagGaussian, MaskedCategorical, param_sets_for, scale_action
+from marl.nets.twin import TwinMLP
 from marl.normalization import ObsNormalizer
 from marl.types import EnvSpec, GroupObs, GroupSpec
 
@@ -72,32 +73,47 @@ def group_sharing(sharing: str | Mapping, group: GroupSpec) -> str | dict:
 class GroupActorCritic(nn.Module):
     """Actor and critic of one group of agents.
 
+    When the critic reads the actor's input (``model.critic: local``), both are
+    MLPs and the group has one parameter set (``sharing: shared``), the two
+    networks are held as one :class:`~marl.nets.twin.TwinMLP` (``twin``): the
+    same two independent MLPs, computed together (one forward instead of two; the
+    common case of single-agent envs and shared-parameter teams). Otherwise they
+    are two :class:`~marl.nets.AgentNet` modules, ``actor`` and ``critic``.
+
     Args:
         group: the group's spaces and agents.
         model: network sizes and sharing mode.
         critic_in_shape: one agent's critic input shape (see :func:`critic_input_shape`).
+        critic_reads_obs: whether the critic's input is the actor's observation (``model.critic: local``).
     """
 
-    def __init__(self, group: GroupSpec, model: ModelConfig, critic_in_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, group: GroupSpec, model: ModelConfig, critic_in_shape: tuple[int, ...], critic_reads_obs: bool = False
+    ) -> None:
         super().__init__()
         self.group = group
         sharing = group_sharing(model.sharing, group)
         self.param_sets = param_sets_for(sharing, group.agents)
         n_out = int(group.action_space.n) if group.discrete else int(np.prod(group.action_space.shape))
-        common = dict(
-            n_agents=group.n_agents,
-            hidden=tuple(model.hidden),
-            activation=model.activation,
-            param_sets=self.param_sets,
-            agent_id=model.agent_id,
-            strategy=model.strategy,
-        )
         obs_shape = tuple(group.obs_space.shape)
         # Only uint8 [H, W, C] observations are pixels (CNN, /255); other multi-dim inputs (board planes) are flattened.
         actor_enc = "cnn" if is_image(obs_shape, group.obs_space.dtype) else "mlp"
-        critic_enc = actor_enc if tuple(critic_in_shape) == obs_shape else "mlp"
-        self.actor = AgentNet(obs_shape, n_out, out_gain=0.01, encoder=actor_enc, **common)
-        self.critic = AgentNet(tuple(critic_in_shape), 1, out_gain=1.0, encoder=critic_enc, **common)
+        self.fused = critic_reads_obs and actor_enc == "mlp" and max(self.param_sets) == 0
+        if self.fused:
+            self.twin = TwinMLP(obs_shape, (n_out, 1), group.n_agents, hidden=tuple(model.hidden),
+                                activation=model.activation, agent_id=model.agent_id, out_gains=(0.01, 1.0))
+        else:
+            common = dict(
+                n_agents=group.n_agents,
+                hidden=tuple(model.hidden),
+                activation=model.activation,
+                param_sets=self.param_sets,
+                agent_id=model.agent_id,
+                strategy=model.strategy,
+            )
+            critic_enc = actor_enc if tuple(critic_in_shape) == obs_shape else "mlp"
+            self.actor = AgentNet(obs_shape, n_out, out_gain=0.01, encoder=actor_enc, **common)
+            self.critic = AgentNet(tuple(critic_in_shape), 1, out_gain=1.0, encoder=critic_enc, **common)
         if not group.discrete:
             n_sets = max(self.param_sets) + 1
             self.log_std = nn.Parameter(torch.full((n_sets, n_out), float(model.init_log_std)))
@@ -105,17 +121,31 @@ class GroupActorCritic(nn.Module):
             self.register_buffer("high", torch.as_tensor(group.action_space.high, dtype=torch.float32))
             self.register_buffer("set_index", torch.as_tensor(self.param_sets, dtype=torch.long))
 
-    def dist(self, obs: Tensor, action_mask: Tensor | None = None) -> MaskedCategorical | DiagGaussian:
-        """Action distribution for ``obs [..., A, *obs_shape]`` (and ``action_mask [..., A, n]``)."""
-        out = self.actor(obs)
+    def policy_out(self, obs: Tensor) -> Tensor:
+        """The actor's output ``[..., A, n]`` (logits, or the Gaussian mean) for ``obs [..., A, *obs_shape]``."""
+        return self.twin(obs)[0] if self.fused else self.actor(obs)
+
+    def _make_dist(self, out: Tensor, action_mask: Tensor | None) -> MaskedCategorical | DiagGaussian:
         if self.group.discrete:
             return MaskedCategorical(out, action_mask)
-        log_std = self.log_std[self.set_index].expand_as(out)
-        return DiagGaussian(out, log_std)
+        return DiagGaussian(out, self.log_std[self.set_index].expand_as(out))
+
+    def dist(self, obs: Tensor, action_mask: Tensor | None = None) -> MaskedCategorical | DiagGaussian:
+        """Action distribution for ``obs [..., A, *obs_shape]`` (and ``action_mask [..., A, n]``)."""
+        return self._make_dist(self.policy_out(obs), action_mask)
 
     def value(self, critic_in: Tensor) -> Tensor:
         """``V`` for ``critic_in [..., A, *critic_in_shape]`` -> ``[..., A]``."""
-        return self.critic(critic_in).squeeze(-1)
+        return (self.twin(critic_in)[1] if self.fused else self.critic(critic_in)).squeeze(-1)
+
+    def dist_and_value(
+        self, obs: Tensor, critic_in: Tensor, action_mask: Tensor | None = None
+    ) -> tuple[MaskedCategorical | DiagGaussian, Tensor]:
+        """:meth:`dist` and :meth:`value` together (one forward when fused; then ``critic_in`` is ``obs``)."""
+        if self.fused:
+            out, value = self.twin(obs)
+            return self._make_dist(out, action_mask), value.squeeze(-1)
+        return self.dist(obs, action_mask), self.value(critic_in)
 
     def env_action(self, action: Tensor) -> Tensor:
         """Map a policy action to the env: discrete unchanged; continuous clipped to [-1, 1] and scaled to the bounds."""
@@ -129,7 +159,8 @@ class ActorCritic(nn.ModuleDict):
 
     def __init__(self, env: EnvSpec, model: ModelConfig) -> None:
         super().__init__(
-            {g.name: GroupActorCritic(g, model, critic_input_shape(env, g, model.critic)) for g in env.groups}
+            {g.name: GroupActorCritic(g, model, critic_input_shape(env, g, model.critic), model.critic == "local")
+             for g in env.groups}
         )
 
 
@@ -232,13 +263,14 @@ class Policy:
         for name, o in obs.items():
             net = self.net[name]
             mask = None if o.action_mask is None else torch.as_tensor(o.action_mask, device=self.device)
-            dist = net.dist(actor_in[name], mask)
+            if with_value:
+                dist, out.value[name] = net.dist_and_value(actor_in[name], critic_in[name], mask)
+            else:
+                dist = net.dist(actor_in[name], mask)
             action = dist.mode() if deterministic else dist.sample()
             out.action[name] = action
             out.log_prob[name] = dist.log_prob(action)
             out.env_action[name] = net.env_action(action).cpu().numpy()
-            if with_value:
-                out.value[name] = net.value(critic_in[name])
         return out
 
     @torch.no_grad()

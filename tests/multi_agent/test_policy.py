@@ -31,10 +31,10 @@ def policy_for(overrides, env_spec=None):
 def test_shared_network_differs_per_agent_only_through_the_id():
     obs = torch.ones(2, 3, 4)
     p, _ = policy_for(["model.sharing=shared", "model.agent_id=false"])
-    out = p.net["agent"].actor(obs)
+    out = p.net["agent"].policy_out(obs)
     torch.testing.assert_close(out[:, 0], out[:, 1])
     p, _ = policy_for(["model.sharing=shared", "model.agent_id=true"])
-    out = p.net["agent"].actor(obs)
+    out = p.net["agent"].policy_out(obs)
     assert not torch.allclose(out[:, 0], out[:, 1])
 
 
@@ -42,7 +42,7 @@ def test_independent_networks_differ_and_have_more_parameters():
     obs = torch.ones(2, 3, 4)
     shared, _ = policy_for(["model.sharing=shared"])
     indep, _ = policy_for(["model.sharing=independent"])
-    out = indep.net["agent"].actor(obs)
+    out = indep.net["agent"].policy_out(obs)
     assert not torch.allclose(out[:, 0], out[:, 1])
     n = lambda p: sum(x.numel() for x in p.net.parameters())  # noqa: E731
     assert n(indep) > 2.5 * n(shared)
@@ -52,7 +52,7 @@ def test_selective_sharing_map():
     env = spec(groups=(GroupSpec("agent", ("adv_0", "adv_1", "good_0"), BOX, gymnasium.spaces.Discrete(5)),))
     p, _ = policy_for(["model.sharing={'adv_*': a, good_0: g}", "model.agent_id=false"], env)
     assert p.net["agent"].param_sets == [0, 0, 1]
-    out = p.net["agent"].actor(torch.ones(1, 3, 4))
+    out = p.net["agent"].policy_out(torch.ones(1, 3, 4))
     torch.testing.assert_close(out[:, 0], out[:, 1])
     assert not torch.allclose(out[:, 0], out[:, 2])
 
@@ -149,5 +149,5 @@ def test_strategies_give_the_same_policy(strategy):
     other, _ = policy_for(["model.sharing=independent", f"model.strategy={strategy}"])
     other.net.load_state_dict(ref.net.state_dict())
     x = torch.randn(5, 3, 4)
-    torch.testing.assert_close(ref.net["agent"].actor(x), other.net["agent"].actor(x))
+    torch.testing.assert_close(ref.net["agent"].policy_out(x), other.net["agent"].policy_out(x))
     torch.testing.assert_close(ref.net["agent"].value(x), other.net["agent"].value(x))
