@@ -577,6 +577,49 @@ class GymAdapter(ParallelAdapter):
 
     def __init__(self, env: gymnasium.Env):
         super().__init__(GymAsParallel(env), {"agent": ["agent_0"]}, use_state=False)
+        self._gym = env
+        group = self.spec.groups[0]
+        self._box = None if group.discrete else group.action_space
+        _, _, _, self._format, self._mask_in_info = self._slots[0]
+
+    def step_into(self, actions: Mapping[str, np.ndarray], out: StepBuffers) -> EpisodeStats | None:
+        """:meth:`ParallelAdapter.step_into` for the one agent, without the per-agent dictionaries
+        (a single-agent step is a few microseconds of env code; the plumbing would double it)."""
+        self._check_ready()
+        self._record(actions)
+        a = _to_env_actions(self.spec, actions)["agent"][0]
+        obs, reward, terminated, truncated, info = self._gym.step(a)
+        self._length += 1
+        b = out.groups["agent"]
+        r = float(reward)
+        b.reward[0] = r
+        self._returns[0] += r
+        if terminated or truncated:
+            self._env.agents = []
+            b.terminated[0] = bool(terminated)
+            b.truncated[0] = not terminated
+            _decode(self._format, obs, 0, b.final_obs, None, b.final_achieved_goal)
+            if info and "is_success" in info:
+                self._success["agent_0"] = float(info["is_success"])
+            episode = self._episode(not terminated)
+            self.reset_into(None, out)
+            return episode
+        b.terminated[0] = False
+        b.truncated[0] = False
+        b.final_obs[0] = 0
+        if b.final_achieved_goal is not None:
+            b.final_achieved_goal[0] = 0.0
+        b.alive[0] = True
+        _decode(self._format, obs, 0, b.obs, b.action_mask, b.achieved_goal)
+        if self._mask_in_info:
+            try:
+                b.action_mask[0] = info["action_mask"]
+            except KeyError:
+                raise RuntimeError(
+                    "the env gave an action mask in info at reset but not at this step; an env that masks "
+                    "actions must give info['action_mask'] at every step"
+                ) from None
+        return None
 
 
 class AECAdapter(_Base):
