@@ -68,7 +68,8 @@ class FlatAdam:
                 p.grad = self.grad[offset : offset + k].view_as(p)
                 offset += k
         self.flat.grad = self.grad
-        self._ptrs = [(p.data_ptr(), p.grad.data_ptr()) for p in self.params]
+        first = self.params[0]  # all parameters move together (.to(), zero_grad()): checking one suffices
+        self._first_ptrs = (first.data_ptr(), first.grad.data_ptr())
         self.adam = torch.optim.Adam([self.flat], lr=lr, eps=eps, fused=True)
 
     @property
@@ -99,13 +100,13 @@ class FlatAdam:
                 with ``.to()``, or its ``.grad`` was replaced, e.g. by ``module.zero_grad()``),
                 so the step would not train it.
         """
-        for p, (data_ptr, grad_ptr) in zip(self.params, self._ptrs):
-            if p.data_ptr() != data_ptr or p.grad is None or p.grad.data_ptr() != grad_ptr:
-                raise RuntimeError(
-                    "a parameter left FlatAdam's buffer (the module was moved with .to() or its gradients "
-                    "were reset with module.zero_grad()); build the optimizer after moving the module and "
-                    "zero gradients with FlatAdam.zero_grad()"
-                )
+        p, (data_ptr, grad_ptr) = self.params[0], self._first_ptrs
+        if p.data_ptr() != data_ptr or p.grad is None or p.grad.data_ptr() != grad_ptr:
+            raise RuntimeError(
+                "a parameter left FlatAdam's buffer (the module was moved with .to() or its gradients "
+                "were reset with module.zero_grad()); build the optimizer after moving the module and "
+                "zero gradients with FlatAdam.zero_grad()"
+            )
         self.adam.step()
 
     def state_dict(self) -> dict:

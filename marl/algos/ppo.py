@@ -26,14 +26,16 @@ from marl.returns import explained_variance
 
 
 class PPOLossOut(NamedTuple):
-    """Loss terms of one group on one minibatch (scalars)."""
+    """Loss terms of one group on one minibatch (scalars; ``log_ratio`` detached, shaped like the inputs;
+    ``approx_kl`` / ``clip_fraction`` are ``None`` when not asked for, see :func:`ppo_stats`)."""
 
     loss: Tensor
     policy_loss: Tensor
     value_loss: Tensor
     entropy: Tensor
-    approx_kl: Tensor
-    clip_fraction: Tensor
+    approx_kl: Tensor | None
+    clip_fraction: Tensor | None
+    log_ratio: Tensor
 
 
 def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -57,6 +59,7 @@ def ppo_loss(
     vf_coef: float,
     ent_coef: float,
     clip_vloss: bool,
+    with_stats: bool = True,
 ) -> PPOLossOut:
     """Clipped-surrogate PPO loss, masked to the alive entries.
 
@@ -64,8 +67,8 @@ def ppo_loss(
     normalized if that is wanted; ``mask=None`` means every entry counts (no dead
     or waiting agent in the batch: fewer operations, same value). Value loss is ``0.5 (V - R)^2``, or with
     ``clip_vloss`` the max of the unclipped and clipped (``V_old ± clip_coef``) errors.
-    ``approx_kl`` is the low-variance estimator ``E[(r - 1) - log r]``
-    (http://joschu.net/blog/kl-approx.html).
+    ``with_stats=False`` skips ``approx_kl`` and ``clip_fraction`` (pure diagnostics: the
+    learner computes them for all minibatches at once with :func:`ppo_stats`).
     """
     log_ratio = new_log_prob - old_log_prob
     ratio = log_ratio.exp()
@@ -82,10 +85,32 @@ def ppo_loss(
     loss = policy_loss + vf_coef * value_loss
     if ent_coef:
         loss = loss - ent_coef * ent
-    with torch.no_grad():
-        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
-        clip_fraction = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
-    return PPOLossOut(loss, policy_loss, value_loss, ent, approx_kl, clip_fraction)
+    log_ratio = log_ratio.detach()
+    approx_kl = clip_fraction = None
+    if with_stats:
+        approx_kl, clip_fraction = ppo_stats(log_ratio, mask, clip_coef)
+    return PPOLossOut(loss, policy_loss, value_loss, ent, approx_kl, clip_fraction, log_ratio)
+
+
+@torch.no_grad()
+def ppo_stats(log_ratio: Tensor, mask: Tensor | None, clip_coef: float, dims: int = 0) -> tuple[Tensor, Tensor]:
+    """``approx_kl`` and ``clip_fraction`` from ``log_ratio = log pi_new - log pi_old``, masked.
+
+    ``approx_kl`` is the low-variance estimator ``E[(r - 1) - log r]``
+    (http://joschu.net/blog/kl-approx.html); ``clip_fraction`` the share of
+    entries with ``|r - 1| > clip_coef``. ``dims`` leading axes are kept (e.g.
+    ``dims=1`` on ``[S, B, A]`` stacked minibatches gives one value per minibatch).
+    """
+    ratio = log_ratio.exp()
+    kl = (ratio - 1) - log_ratio
+    clipped = ((ratio - 1).abs() > clip_coef).to(log_ratio.dtype)
+    if dims == 0:
+        return masked_mean(kl, mask), masked_mean(clipped, mask)
+    if mask is None:
+        return kl.flatten(dims).mean(-1), clipped.flatten(dims).mean(-1)
+    m = mask.to(log_ratio.dtype).flatten(dims)
+    n = m.sum(-1).clamp_min(1.0)
+    return (kl.flatten(dims) * m).sum(-1) / n, (clipped.flatten(dims) * m).sum(-1) / n
 
 
 def linear_schedule(start: float, progress: float) -> float:
@@ -145,7 +170,12 @@ class PPOLearner:
                        for name, full in batches.items()}
             normalize_adv = False
         # Per-minibatch statistics stay tensors (no host sync per step); converted once at the end.
-        stats: dict[str, list[Tensor]] = {name: [] for name in batches}
+        # Without target_kl, approx_kl and clip_fraction are diagnostics only: computed after the
+        # loop for all minibatches at once from the saved log-ratios.
+        per_step_kl = cfg.target_kl > 0
+        stats: dict[str, list[tuple[Tensor, ...]]] = {name: [] for name in batches}
+        log_ratios: dict[str, list[Tensor]] = {name: [] for name in batches}
+        masks: dict[str, list[Tensor | None]] = {name: [] for name in batches}
         grad_norms: list[Tensor] = []
         epochs_done = 0
         for _epoch in range(cfg.update_epochs):
@@ -159,12 +189,19 @@ class PPOLearner:
                     mask = None if all_alive[name] else mb.alive
                     dist, value = net[name].dist_and_value(mb.obs, mb.critic_in, mb.action_mask)
                     adv = normalize_advantage(mb.advantage, mb.alive) if normalize_adv else mb.advantage
+                    with torch.set_grad_enabled(bool(cfg.ent_coef)):  # without a bonus: a diagnostic only
+                        entropy = dist.entropy()
                     out = ppo_loss(dist.log_prob(mb.action), mb.log_prob, adv, value, mb.value,
-                                   mb.ret, dist.entropy(), mask, self.clip_coef, cfg.vf_coef, cfg.ent_coef,
-                                   cfg.clip_vloss)
+                                   mb.ret, entropy, mask, self.clip_coef, cfg.vf_coef, cfg.ent_coef,
+                                   cfg.clip_vloss, with_stats=per_step_kl)
                     total = out.loss if total is None else total + out.loss
-                    stats[name].append(torch.stack([getattr(out, k) for k in keys]).detach())
-                    kls.append(out.approx_kl)
+                    if per_step_kl:
+                        stats[name].append(tuple(getattr(out, k).detach() for k in keys))
+                        kls.append(out.approx_kl)
+                    else:
+                        stats[name].append((out.policy_loss.detach(), out.value_loss.detach(), out.entropy.detach()))
+                        log_ratios[name].append(out.log_ratio)
+                        masks[name].append(mask)
                 for opt in self.optimizers.values():
                     opt.zero_grad()
                 total.backward()
@@ -172,14 +209,19 @@ class PPOLearner:
                 for opt in self.optimizers.values():
                     opt.step()
                 self.grad_steps += 1
-                if cfg.target_kl > 0 and max(float(k) for k in kls) > cfg.target_kl:
+                if per_step_kl and max(float(k) for k in kls) > cfg.target_kl:
                     stop = True  # approx KL past target_kl: stop this update early
                     break
             epochs_done += 1
             if stop:
                 break
         metrics: dict[str, float] = {}
-        means = {name: torch.stack(rows).mean(0).tolist() for name, rows in stats.items()}
+        if not per_step_kl:
+            for name in batches:
+                m = None if masks[name][0] is None else torch.stack(masks[name])
+                kl, clip = ppo_stats(torch.stack(log_ratios[name]), m, self.clip_coef, dims=1)
+                stats[name] = [(*row, kl[i], clip[i]) for i, row in enumerate(stats[name])]
+        means = {name: torch.stack([torch.stack(row) for row in rows]).mean(0).tolist() for name, rows in stats.items()}
         for i, key in enumerate(keys):
             metrics[key] = float(np.mean([means[name][i] for name in batches]))  # team mean over groups
             if len(batches) > 1:

@@ -9,6 +9,9 @@ axis (``weights.i`` is ``[K, in, out]``) and runs each layer for all towers as
 one batched matmul. The towers share no parameter: the model is exactly ``K``
 independent MLPs, each initialised as :func:`marl.nets.mlp` would.
 
+The layers run through :func:`marl.nets.fused.stacked_mlp`: one autograd node
+for the whole network, and a faster tanh.
+
 Towers may differ in output width (``n`` logits vs one value): the output layer
 is stored ``max(out_dims)`` wide; a tower's extra columns are zero, never read,
 and get no gradient.
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from marl.nets.ensemble import _activate
+from marl.nets.fused import stacked_mlp
 from marl.nets.layers import HIDDEN_GAIN, check_activation, make_activation, orthogonal_stacked_
 
 
@@ -124,11 +127,7 @@ class TwinMLP(nn.Module):
             h = torch.cat([h, self.agent_eye.to(h.dtype).expand(n, a, a)], dim=-1)
         # [K, N*A, F]: every tower reads the same rows (a stride-0 view, no copy).
         z = h.reshape(1, n * a, h.shape[-1]).expand(len(self.out_dims), n * a, h.shape[-1])
-        last = len(weights) - 1
-        for i, (w, b) in enumerate(zip(weights, biases)):
-            z = torch.baddbmm(b.unsqueeze(1), z, w)
-            if i < last:
-                z = _activate(z, self.activation)
+        z = stacked_mlp(z, weights, biases, self.activation)
         return [z[t, :, :d].reshape(*lead, a, d) for t, d in enumerate(self.out_dims)]
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from marl.algos.optim import FlatAdam
-from marl.algos.ppo import masked_mean, ppo_loss
+from marl.algos.ppo import masked_mean, ppo_loss, ppo_stats
 
 
 def test_ppo_loss_matches_a_hand_computation():
@@ -49,11 +49,12 @@ def test_mask_none_equals_an_all_true_mask_and_masks_drop_entries():
     ones = ppo_loss(*x, torch.ones(6, 3, dtype=torch.bool), 0.2, 0.5, 0.01, True)
     for a, b in zip(full, ones):
         torch.testing.assert_close(a, b)
+    torch.testing.assert_close(full.log_ratio, x[0] - x[1])
     mask = torch.zeros(6, 3, dtype=torch.bool)
     mask[:2] = True
     part = ppo_loss(*x, mask, 0.2, 0.5, 0.01, True)
     ref = ppo_loss(*(t[:2] for t in x), None, 0.2, 0.5, 0.01, True)
-    for a, b in zip(part, ref):
+    for a, b in zip(part[:-1], ref[:-1]):  # all scalars; log_ratio keeps the full shape
         torch.testing.assert_close(a, b)
     assert masked_mean(torch.ones(3), torch.zeros(3, dtype=torch.bool)).item() == 0.0
 
@@ -106,3 +107,17 @@ def test_flat_adam_state_round_trips():
     other.load_state_dict(opt.state_dict())
     assert other.lr == pytest.approx(1e-3)
     torch.testing.assert_close(other.adam.state[other.flat]["exp_avg"], opt.adam.state[opt.flat]["exp_avg"])
+
+
+def test_stacked_stats_equal_per_minibatch_stats():
+    # The learner computes approx_kl / clip_fraction after the epochs from stacked log-ratios.
+    g = torch.Generator().manual_seed(3)
+    log_ratio = torch.randn(4, 5, 3, generator=g) * 0.3
+    mask = torch.rand(4, 5, 3, generator=g) < 0.7
+    for m in (None, mask):
+        kl, clip = ppo_stats(log_ratio, m, 0.2, dims=1)
+        for s in range(4):
+            ref_kl, ref_clip = ppo_stats(log_ratio[s], None if m is None else m[s], 0.2)
+            torch.testing.assert_close(kl[s], ref_kl)
+            torch.testing.assert_close(clip[s], ref_clip)
+    assert 0 < clip.mean() < 1 and kl.min() >= 0
