@@ -6,8 +6,9 @@
     ``resume=RUN_DIR`` continues a run from its ``checkpoints/latest.pt``.
 
 ``marl eval PATH [--episodes N] [--json]``
-    Evaluate a run directory (its best checkpoint) or a checkpoint file
-    deterministically on fresh, separately seeded envs.
+    Evaluate a run directory (its best checkpoint) or a checkpoint file on fresh,
+    separately seeded envs; actions are the distribution's mode unless the run's
+    ``eval.deterministic`` is false (``--deterministic`` / ``--stochastic`` override it).
 
 ``marl config [CONFIG.yaml] [key=value ...]``
     Print the resolved config; ``--keys`` lists every key with its default and doc.
@@ -60,7 +61,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     make = functools.partial(vector_env, cfg, backend="sync")
     seed = cfg.seed if args.seed is None else args.seed
     opponent = args.opponent or cfg.eval.opponent
-    result = evaluate(policy, make, episodes, seed, deterministic=not args.stochastic,
+    deterministic = cfg.eval.deterministic if args.deterministic is None else args.deterministic
+    result = evaluate(policy, make, episodes, seed, deterministic=deterministic,
                       num_envs=min(episodes, cfg.eval.num_envs), opponent=opponent)
     if args.json:
         print(json.dumps(result))
@@ -96,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=0, help="episodes (default: the run's eval.episodes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
-    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
+                      help="take the mode of the action distribution (default: the run's eval.deterministic)")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false",
+                      help="sample actions instead of the mode")
     p.add_argument("--opponent", choices=["none", "random"], default=None,
                    help="random: the policy plays one seat, the other agents act randomly (default: the run's eval.opponent)")
     p.set_defaults(func=cmd_eval)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from marl.multi_agent.policy import Policy
 from marl.types import EnvSpec, EpisodeStats
@@ -118,26 +119,31 @@ def evaluate(
         seeds = eval_seeds(seed, num_envs + 1)  # disjoint from the training copies' seeds
         rng = np.random.default_rng(seeds[-1])
         obs, state = venv.reset(seeds[:num_envs])
-        for _ in range(max_steps):
-            out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
-            actions = out.env_action
-            if opponent == "random":
-                actions = random_actions(spec, obs, rng)
-                for e in range(num_envs):
-                    group, i, _ = seats[(e + started[e]) % len(seats)]
-                    actions[group][e, i] = out.env_action[group][e, i]
-            step = venv.step(actions)
-            for ep in step.episodes:
-                e = ep.env_index
-                if done_count[e] < quota[e]:
-                    done_count[e] += 1
-                    finished.append(ep)
-                    if opponent == "random":
-                        learner_returns.append(ep.returns[seats[(e + started[e]) % len(seats)][2]])
-                started[e] += 1
-            obs, state = step.obs, step.state
-            if sum(done_count) >= episodes:
-                break
+        # Sampled actions draw from a torch RNG seeded here: a stochastic evaluation is reproducible
+        # and leaves the caller's (training) RNG stream untouched.
+        devices = [policy.device.index or 0] if policy.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seeds[-1])
+            for _ in range(max_steps):
+                out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
+                actions = out.env_action
+                if opponent == "random":
+                    actions = random_actions(spec, obs, rng)
+                    for e in range(num_envs):
+                        group, i, _ = seats[(e + started[e]) % len(seats)]
+                        actions[group][e, i] = out.env_action[group][e, i]
+                step = venv.step(actions)
+                for ep in step.episodes:
+                    e = ep.env_index
+                    if done_count[e] < quota[e]:
+                        done_count[e] += 1
+                        finished.append(ep)
+                        if opponent == "random":
+                            learner_returns.append(ep.returns[seats[(e + started[e]) % len(seats)][2]])
+                    started[e] += 1
+                obs, state = step.obs, step.state
+                if sum(done_count) >= episodes:
+                    break
     finally:
         venv.close()
     result = summarize(finished, spec)

@@ -133,13 +133,25 @@ def _import(env_id: str, module_name: str) -> Any:
         ) from err
 
 
+RENDER_FOR_OBSERVATIONS: tuple[str, ...] = ("pettingzoo.butterfly.pistonball", "butterfly/pistonball")
+"""Env ids (prefixes) whose observations come from a screen they only draw with a render mode set:
+PettingZoo's pistonball skips drawing when ``render_mode`` is ``None``, so every observation would be
+the first frame (pettingzoo 1.24-1.27)."""
+
+
 def make_raw_env(
     env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mode: str | None = None
 ) -> Any:
-    """The env named by ``env_id`` (see the module docstring), before preprocessing and adapters."""
+    """The env named by ``env_id`` (see the module docstring), before preprocessing and adapters.
+
+    Envs in :data:`RENDER_FOR_OBSERVATIONS` draw their observations only when a
+    render mode is set; they get ``render_mode="rgb_array"`` unless one is given.
+    """
     kwargs = dict(env_kwargs or {})
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
+    elif "render_mode" not in kwargs and env_id.startswith(RENDER_FOR_OBSERVATIONS):
+        kwargs["render_mode"] = "rgb_array"
     if env_id in gymnasium.registry:
         try:
             return gymnasium.make(env_id, **kwargs)

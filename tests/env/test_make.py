@@ -162,3 +162,17 @@ def test_preprocess_validation():
         Preprocess(frame_stack=0)
     with pytest.raises(ValueError, match="resize"):
         Preprocess(resize=(84,))
+
+
+def test_pistonball_draws_its_observations_without_an_explicit_render_mode():
+    # pistonball skips drawing when render_mode is None: every observation would be the first frame.
+    from marl.env.make import make_raw_env
+
+    env = make_raw_env("pettingzoo.butterfly.pistonball_v6", {"n_pistons": 8, "max_cycles": 20})
+    assert env.unwrapped.render_mode == "rgb_array"
+    obs, _ = env.reset(seed=0)
+    first = {a: o.copy() for a, o in obs.items()}
+    obs, *_ = env.step({a: np.ones(1, np.float32) for a in env.agents})  # every piston moves up
+    assert any(not np.array_equal(first[a], obs[a]) for a in obs)
+    explicit = make_raw_env("pettingzoo.butterfly.pistonball_v6", {"n_pistons": 3, "render_mode": None})
+    assert explicit.unwrapped.render_mode is None  # a user's explicit choice wins
