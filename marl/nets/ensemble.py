@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from marl.nets.encoders import choose_conv_stack, conv_flat_dim, resolve_encoder
-from marl.nets.layers import HIDDEN_GAIN, check_activation, make_activation, orthogonal_stacked_
+from marl.nets.layers import HIDDEN_GAIN, CachedParamLists, check_activation, make_activation, orthogonal_stacked_
 
 STRATEGIES = ("batched", "fork", "loop")
 
@@ -172,7 +172,7 @@ def _compiled_fork_sets():
         return torch.jit.script(_fork_sets)
 
 
-class AgentNet(nn.Module):
+class AgentNet(CachedParamLists):
     """Per-agent network over an agent axis: input ``[..., A, *in_shape]`` -> output ``[..., A, out_dim]``.
 
     Architecture per parameter set: for vector inputs, ``Linear, act`` for each
@@ -218,6 +218,8 @@ class AgentNet(nn.Module):
         >>> (net.n_param_sets, net.uses_agent_id, net.weights[0].shape)
         (3, False, torch.Size([3, 18, 64]))
     """
+
+    cached_lists = ("conv_weights", "conv_biases", "weights", "biases")
 
     def __init__(
         self,
@@ -303,28 +305,6 @@ class AgentNet(nn.Module):
             "agent_order_inverse", torch.argsort(torch.tensor(order, dtype=torch.long)), persistent=False
         )
         self.register_buffer("agent_eye", torch.eye(n_agents), persistent=False)
-        self._param_cache: tuple[list[Tensor], ...] | None = None
-
-    def _params(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """``(conv_weights, conv_biases, weights, biases)`` as plain lists.
-
-        Iterating a ``ParameterList`` costs microseconds per element, which is a
-        large share of a small network's forward; the lists are built once and
-        rebuilt after ``.to()`` / ``.float()`` (see :meth:`_apply`). Parameters
-        keep their identity under ``load_state_dict`` (values are copied in).
-        """
-        if self._param_cache is None:
-            self._param_cache = (list(self.conv_weights), list(self.conv_biases), list(self.weights), list(self.biases))
-        return self._param_cache
-
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        self._param_cache = None
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_param_cache"] = None  # copies (deepcopy, pickle) rebuild it from their own parameters
-        return state
 
     @property
     def strategy(self) -> str:
@@ -353,7 +333,7 @@ class AgentNet(nn.Module):
                 f"AgentNet expects input [..., A={self.n_agents}, *{self.in_shape}], got {tuple(x.shape)}"
             )
         lead = tuple(x.shape[:-k])
-        dtype = self._params()[2][0].dtype
+        dtype = self.param_lists()[2][0].dtype
         x = x.reshape(math.prod(lead), self.n_agents, *self.in_shape).to(dtype)
         return x, lead
 
@@ -410,7 +390,7 @@ class AgentNet(nn.Module):
         if self.encoder == "cnn":
             h = self._image_input(x)
             c, height, width = h.shape[2:]
-            conv_w, conv_b = self._params()[:2]
+            conv_w, conv_b = self.param_lists()[:2]
             if self.n_param_sets == 1:
                 h = h.reshape(n * a, c, height, width)
                 for w, b, s, p in zip(conv_w, conv_b, self.conv_stride, self.conv_pad):
@@ -434,7 +414,7 @@ class AgentNet(nn.Module):
         ``F + a`` of agent ``a``'s weight), which equals concatenating the id.
         """
         n, a, f = h.shape
-        weights, biases = self._params()[2:]
+        weights, biases = self.param_lists()[2:]
         n_layers = len(weights)
         if self.n_param_sets == 1:
             # Rows of all agents as one batch of N*A, kept 3-D ([1, N*A, F]) so the [1, in, out]
@@ -468,7 +448,7 @@ class AgentNet(nn.Module):
             h = h.index_select(1, self.agent_order)
         chunks = h.split(self._set_sizes, dim=1)
         xs = [c.reshape(n * c.shape[1], *c.shape[2:]) for c in chunks]
-        conv_w, conv_b, weights, biases = self._params()
+        conv_w, conv_b, weights, biases = self.param_lists()
         args = (conv_w, conv_b, self.conv_stride, self.conv_pad, weights, biases)
         if fork:
             outs = _compiled_fork_sets()(xs, *args, self.activation)

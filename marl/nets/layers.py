@@ -133,3 +133,33 @@ def mlp(
         layers += [orthogonal_init(nn.Linear(d_in, d_out), hidden_gain), make_activation(activation)]
     layers.append(orthogonal_init(nn.Linear(dims[-1], out_dim), out_gain))
     return nn.Sequential(*layers)
+
+
+class CachedParamLists(nn.Module):
+    """A module that keeps plain-list copies of its ``ParameterList`` contents for fast forwards.
+
+    Iterating an ``nn.ParameterList`` costs microseconds per element, a large share
+    of a small network's forward. Subclasses list the ``ParameterList`` attributes
+    in :attr:`cached_lists`; :meth:`param_lists` returns them as plain lists, built
+    once and dropped after ``.to()`` / ``.float()`` and in copies (deepcopy, pickle),
+    so they always hold the module's current parameters (``load_state_dict`` copies
+    values in place and keeps the parameters themselves).
+    """
+
+    cached_lists: tuple[str, ...] = ()
+
+    def param_lists(self) -> tuple[list[Tensor], ...]:
+        cache = self.__dict__.get("_param_cache")
+        if cache is None:
+            cache = tuple(list(getattr(self, name)) for name in self.cached_lists)
+            self.__dict__["_param_cache"] = cache
+        return cache
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        self.__dict__["_param_cache"] = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_param_cache"] = None
+        return state

@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from marl.nets.fused import stacked_mlp
-from marl.nets.layers import HIDDEN_GAIN, check_activation, make_activation, orthogonal_stacked_
+from marl.nets.layers import HIDDEN_GAIN, CachedParamLists, check_activation, make_activation, orthogonal_stacked_
 
 
-class TwinMLP(nn.Module):
+class TwinMLP(CachedParamLists):
     """``K`` independent MLP towers over one per-agent input: ``[..., A, *in_shape]`` -> ``K`` outputs ``[..., A, d_k]``.
 
     Tower ``k``: ``Linear(F (+A), hidden[0]), act, ..., Linear(hidden[-1], out_dims[k])``.
@@ -53,6 +53,8 @@ class TwinMLP(nn.Module):
         >>> logits.shape, value.shape
         (torch.Size([8, 1, 2]), torch.Size([8, 1, 1]))
     """
+
+    cached_lists = ("weights", "biases")
 
     def __init__(
         self,
@@ -93,26 +95,6 @@ class TwinMLP(nn.Module):
         self.weights.append(nn.Parameter(out_w))
         self.biases.append(nn.Parameter(torch.zeros(k, width)))
         self.register_buffer("agent_eye", torch.eye(self.n_agents), persistent=False)
-        self._param_cache: tuple[list[Tensor], list[Tensor]] | None = None
-
-    def extra_repr(self) -> str:
-        return (f"in_shape={self.in_shape}, out_dims={self.out_dims}, n_agents={self.n_agents}, hidden={self.hidden}, "
-                f"activation={self.activation!r}, agent_id={self.uses_agent_id}")
-
-    def _params(self) -> tuple[list[Tensor], list[Tensor]]:
-        """Weights and biases as plain lists (``ParameterList`` iteration is slow); rebuilt after ``.to()``."""
-        if self._param_cache is None:
-            self._param_cache = (list(self.weights), list(self.biases))
-        return self._param_cache
-
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        self._param_cache = None
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_param_cache"] = None
-        return state
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``x [..., A, *in_shape]`` -> one ``[..., A, out_dims[k]]`` tensor per tower."""
@@ -121,7 +103,7 @@ class TwinMLP(nn.Module):
             raise ValueError(f"TwinMLP expects input [..., A={self.n_agents}, *{self.in_shape}], got {tuple(x.shape)}")
         lead = x.shape[:-k]
         n, a = math.prod(lead), self.n_agents
-        weights, biases = self._params()
+        weights, biases = self.param_lists()
         h = x.reshape(n, a, self._features).to(weights[0].dtype)
         if self.uses_agent_id:
             h = torch.cat([h, self.agent_eye.to(h.dtype).expand(n, a, a)], dim=-1)
@@ -138,7 +120,7 @@ class TwinMLP(nn.Module):
         if not 0 <= t < len(self.out_dims):
             raise IndexError(f"tower {t} out of range 0..{len(self.out_dims) - 1}")
         layers: list[nn.Module] = []
-        weights, biases = self._params()
+        weights, biases = self.param_lists()
         for i, (w, b) in enumerate(zip(weights, biases)):
             d_out = self.out_dims[t] if i == len(weights) - 1 else w.shape[2]
             lin = nn.Linear(w.shape[1], d_out)
