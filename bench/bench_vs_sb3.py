@@ -59,16 +59,22 @@ def linear(start: float):
     return lambda progress_remaining: progress_remaining * start
 
 
-def run_sb3_cartpole(seed: int, steps: int) -> tuple[float, object]:
+def timed(fn):
+    """``(wall seconds, CPU seconds of this process, result)`` of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def run_sb3_cartpole(seed: int, steps: int) -> tuple[float, float, object]:
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
                 ent_coef=0.0, learning_rate=linear(1e-3), clip_range=linear(0.2), seed=seed, device="cpu")
-    t = time.perf_counter()
-    model.learn(steps)
-    return time.perf_counter() - t, model
+    wall, cpu, _ = timed(lambda: model.learn(steps))
+    return wall, cpu, model
 
 
 def run_sb3_spread(seed: int, steps: int, num_envs: int, num_cpus: int) -> tuple[float, object]:
@@ -92,12 +98,13 @@ def run_sb3_spread(seed: int, steps: int, num_envs: int, num_cpus: int) -> tuple
     return time.perf_counter() - t, model
 
 
-def run_marl(config: str, overrides: list[str]) -> tuple[float, dict, Trainer]:
+def run_marl(config: str, overrides: list[str]) -> tuple[float, float, dict, Trainer]:
+    """Train; the time excludes the final evaluation and checkpoint (SB3's ``learn`` does neither)."""
     cfg = load_config(config, overrides)
     trainer = Trainer(cfg)
-    t = time.perf_counter()
-    summary = trainer.train()
-    return time.perf_counter() - t, summary, trainer
+    wall, cpu, summary = timed(trainer.train)
+    eval_wall = sum(h.get("eval_time_s", 0.0) for h in summary.get("eval_history", []))
+    return wall - eval_wall, cpu - eval_wall, summary, trainer
 
 
 def eval_both(cfg_path: str, overrides: list[str], policy, episodes: int, seed: int) -> dict:
@@ -120,6 +127,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = []
+    cpu_rows = []  # cartpole: (seed, marl env steps per CPU second, sb3 env steps per CPU second)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
@@ -128,12 +136,13 @@ def main() -> None:
             cfg_path = "configs/cartpole_ppo.yaml"
             common = [f"seed={seed}", f"total_env_steps={steps}", "eval.interval=0", "log.progress=false",
                       "log.tensorboard=false", f"run_dir={out_dir / f'cartpole_marl_{seed}'}"]
-            t_m, s_m, tr = run_marl(cfg_path, common)
-            t_s, sb3 = run_sb3_cartpole(seed, steps)
+            t_m, c_m, s_m, tr = run_marl(cfg_path, common)
+            t_s, c_s, sb3 = run_sb3_cartpole(seed, steps)
             ev_m = eval_both(cfg_path, common, tr.policy, args.episodes, seed)
             ev_s = eval_both(cfg_path, common, SB3Policy(sb3, "agent"), args.episodes, seed)
             rows.append(("cartpole", seed, "marl", steps / t_m, ev_m["mean_return"]))
             rows.append(("cartpole", seed, "sb3", steps / t_s, ev_s["mean_return"]))
+            cpu_rows.append((seed, steps / c_m, steps / c_s))
         else:
             steps = args.agent_steps // 3
             cfg_path = "configs/simple_spread_ppo.yaml"
@@ -143,9 +152,9 @@ def main() -> None:
                             f"run_dir={out_dir / f'spread_marl_equal_{seed}'}"]
             best = base + [f"run_dir={out_dir / f'spread_marl_best_{seed}'}"]
             if args.only in ("all", "marl"):
-                t_e, _, tr_e = run_marl(cfg_path, equal)
+                t_e, _, _, tr_e = run_marl(cfg_path, equal)
                 ev_e = eval_both(cfg_path, equal, tr_e.policy, args.episodes, seed)
-                t_b, _, tr_b = run_marl(cfg_path, best)
+                t_b, _, _, tr_b = run_marl(cfg_path, best)
                 ev_b = eval_both(cfg_path, best, tr_b.policy, args.episodes, seed)
                 rows.append(("spread", seed, "marl-equal", steps / t_e, ev_e["mean_return"]))
                 rows.append(("spread", seed, "marl-best", steps / t_b, ev_b["mean_return"]))
@@ -166,7 +175,12 @@ def main() -> None:
         sps = np.mean([s for s, _ in vals])
         print(f"{lib:<11} mean env steps/s {sps:8.0f}  ratio to sb3 {sps / sb3_sps:5.2f}x  "
               f"mean eval return {np.mean([r for _, r in vals]):8.2f}  per seed {[round(r, 2) for _, r in vals]}")
-    (out_dir / f"vs_sb3_{args.env}.json").write_text(json.dumps(rows))
+    if cpu_rows:
+        # Both run in this one process on one thread: CPU time is not inflated by other jobs on the machine.
+        m, s = np.mean([r[1] for r in cpu_rows]), np.mean([r[2] for r in cpu_rows])
+        print(f"per CPU second (this process): marl {m:.0f}  sb3 {s:.0f}  ratio {m / s:.2f}x  "
+              f"per seed {[round(r[1] / r[2], 2) for r in cpu_rows]}")
+    (out_dir / f"vs_sb3_{args.env}.json").write_text(json.dumps({"rows": rows, "cpu_rows": cpu_rows}))
 
 
 if __name__ == "__main__":
