@@ -5,25 +5,35 @@ Both kinds come from the seed's "Logging and Evaluation" and "Common Failure Mod
 * **Numeric health** (errors): :func:`check_finite_update` (after ``backward()``,
   before clipping and the optimizer step) names the first non-finite parameter,
   loss, gradient or norm, so the parameters in memory and the checkpoints on disk
-  stay the last good ones; :func:`check_inputs` (opt-in) names the group, agent and
-  env copy of the first NaN/inf observation or reward.
+  stay the last good ones; :func:`check_finite_metrics` does the same from the
+  metrics an off-policy learner returns (loss, Q, gradient norm, entropy
+  coefficient), checked before anything is logged or saved; :func:`check_inputs`
+  (opt-in) names the group, agent and env copy of the first NaN/inf observation or
+  reward.
 * **Warning signs**, each reported once per run and series by :class:`HealthMonitor`
   with one pure detector per sign; a sign must hold for ``patience`` consecutive
-  *checks* (calls of :meth:`HealthMonitor.observe`, one per training iteration):
+  *checks* (calls of :meth:`HealthMonitor.observe`: one per PPO iteration, one per
+  ``log.interval`` training phases off-policy):
 
-  ==========================  ==============================  ====================
+  ==========================  ==============================  ===================================
   warning                     metric (and ``/<group>``)       seen as
-  ==========================  ==============================  ====================
+  ==========================  ==============================  ===================================
   ``entropy_collapse``        ``train/entropy``               below a floor
   ``kl_high``                 ``train/approx_kl``             above ``kl_high``
   ``clip_fraction_low``       ``train/clip_fraction``         below ``clip_low``
   ``clip_fraction_high``      ``train/clip_fraction``         above ``clip_high``
   ``explained_variance_low``  ``train/explained_variance``    below ``ev_low``
   ``returns_collapse``        ``rollout/ep_return`` only      a rise, then a drop
-  ==========================  ==============================  ====================
+  ``q_divergence``            ``train/q_mean`` (off-policy)   ``|Q|`` above the largest possible
+                                                              return, or growing without a reward
+  ``alpha_collapse``          ``train/alpha`` (SAC)           below a fraction of its first value
+  ==========================  ==============================  ===================================
 
   Per-agent and per-group returns are not watched: in competitive games one side's
-  return falls whenever the other side learns.
+  return falls whenever the other side learns. The largest possible return is
+  ``max |r| / (1 - gamma)`` with ``max |r|`` the largest reward magnitude seen so
+  far (:meth:`HealthMonitor.note_rewards`); SAC's soft values add
+  ``alpha * |entropy|`` per step to ``max |r|``.
 """
 
 from __future__ import annotations
@@ -48,7 +58,8 @@ def _f(default: Any, doc: str) -> Any:
 
 @dataclass
 class HealthConfig:
-    """Numeric checks and the thresholds of the warning signs (a check = one training iteration)."""
+    """Numeric checks and the thresholds of the warning signs (a check = one PPO iteration, or
+    ``log.interval`` off-policy training phases)."""
 
     enabled: bool = _f(True, "watch the training metrics and report warning signs")
     patience: int = _f(5, "consecutive checks a sign must persist before it is reported")
@@ -67,6 +78,12 @@ class HealthConfig:
     return_window: int = _f(10, "moving-average window of rollout/ep_return, in checks")
     return_min_rise: float = _f(3.0, "a rise (best - first) counts only above this many noise std "
                                      "of the returns")
+    q_bound_factor: float = _f(2.0, "Q divergence: |train/q_mean| above this multiple of the largest possible "
+                                     "return max|r| / (1 - gamma)")
+    q_growth: float = _f(10.0, "Q divergence before any nonzero reward was seen: |train/q_mean| rising at each "
+                               "of patience checks, to this multiple of where it started")
+    alpha_floor_frac: float = _f(1e-3, "entropy coefficient collapse (SAC autotune): train/alpha below this "
+                                       "fraction of its first value")
     check_inputs: bool = _f(False, "check every observation and reward for NaN/inf (one pass over each step)")
 
     def problems(self) -> list[tuple[str, str]]:
@@ -81,6 +98,9 @@ class HealthConfig:
             (0 < self.collapse_frac <= 1, "collapse_frac", "must be in (0, 1]"),
             (self.return_window >= 1, "return_window", "must be >= 1"),
             (self.return_min_rise >= 0, "return_min_rise", "must be >= 0"),
+            (self.q_bound_factor >= 1, "q_bound_factor", "must be >= 1"),
+            (self.q_growth > 1, "q_growth", "must be > 1"),
+            (0 < self.alpha_floor_frac < 1, "alpha_floor_frac", "must be in (0, 1)"),
         ]
         return [(key, f"{msg}, got {getattr(self, key)!r}") for ok, key, msg in rules if not ok]
 
@@ -173,6 +193,67 @@ def check_finite_update(loss: Tensor, grad_norm: Tensor | float | None, module: 
     else:
         return  # only the screening sum overflowed: every value is finite
     raise NonFiniteError(f"non-finite update: {what}; training stopped. To fix: {NUMERIC_REMEDY}")
+
+
+class NonFiniteSource(NamedTuple):
+    """A part of an off-policy update, the metrics it produces, and what to try when they are not finite."""
+
+    name: str
+    metrics: tuple[str, ...]
+    remedy: str
+
+
+NONFINITE_SOURCES = (
+    NonFiniteSource("critic", ("q_loss", "q_mean", "grad_norm"), (
+        "scale the rewards down (off-policy rewards are stored raw), lower algo.lr, clip the gradients "
+        "(algo.max_grad_norm, e.g. 10), slow the target updates (smaller algo.tau), enable norm.obs, and set "
+        "health.check_inputs=true to find a non-finite observation or reward at its source")),
+    NonFiniteSource("actor", ("actor_loss", "actor_grad_norm"), (
+        "lower algo.lr and clip the gradients (algo.max_grad_norm); a log-probability of an action at the "
+        "bounds of its box (log 0) also gives inf")),
+    NonFiniteSource("entropy coefficient", ("alpha", "alpha_loss", "entropy"), (
+        "log_alpha overflowed: lower algo.lr, or set algo.autotune=false with a fixed algo.ent_coef")),
+)
+"""In the order an update computes them: a NaN of the critic reaches the actor's loss, and so on."""
+
+
+def _source(key: str) -> tuple[int, int]:
+    """Where metric ``key`` (``train/q_loss/<group>``) comes from: ``(source, position in its metrics)``
+    indices into :data:`NONFINITE_SOURCES`; ``(len, 0)`` for a metric of no listed source."""
+    name = key.removeprefix("train/").split("/")[0]
+    for i, src in enumerate(NONFINITE_SOURCES):
+        if name in src.metrics:
+            return i, src.metrics.index(name)
+    return len(NONFINITE_SOURCES), 0
+
+
+def nonfinite_metrics(metrics: Mapping[str, float]) -> list[str]:
+    """Keys of the non-finite values, the likeliest origin first: critic, actor, entropy coefficient,
+    others; within a source the loss before the values and the gradient norm."""
+    return sorted((k for k, v in metrics.items() if not math.isfinite(v)), key=_source)
+
+
+def check_finite_metrics(metrics: Mapping[str, float], grad_steps: tuple[int, int], detail: str = "") -> None:
+    """Raise :class:`NonFiniteError` naming the first non-finite metric of off-policy updates and what to try.
+
+    Args:
+        metrics: ``train/<name>[/<group>]`` -> value, e.g. the sums over a logging window
+            (a NaN or inf in any update of the window makes its sum non-finite).
+        grad_steps: ``(first, last)`` gradient steps the values cover.
+        detail: appended to the message (e.g. which acting parameter is non-finite).
+    """
+    bad = nonfinite_metrics(metrics)
+    if not bad:
+        return
+    first = bad[0]
+    i = _source(first)[0]
+    source = NONFINITE_SOURCES[i] if i < len(NONFINITE_SOURCES) else NonFiniteSource("update", (), NUMERIC_REMEDY)
+    also = f" (also non-finite: {', '.join(bad[1:])})" if len(bad) > 1 else ""
+    steps = f"grad step {grad_steps[1]:,}" if grad_steps[0] == grad_steps[1] else \
+        f"grad steps {grad_steps[0]:,}-{grad_steps[1]:,}"
+    raise NonFiniteError(
+        f"non-finite off-policy update: {first} is {metrics[first]}{also} in {steps}{detail}; training stopped. "
+        f"To fix ({source.name}): {source.remedy}")
 
 
 def check_inputs(obs: Mapping[str, np.ndarray], reward: Mapping[str, np.ndarray] | None,
@@ -270,6 +351,46 @@ def returns_collapse(series: Sequence[float], collapse_frac: float, window: int,
             f"({(best[-1] - s[-1]) / rise[-1]:.0%} of the rise) for {patience} checks")
 
 
+def q_divergence(abs_q: Sequence[float], bound: Sequence[float], factor: float, growth: float,
+                 patience: int) -> str | None:
+    """Q values diverging: a description, else ``None``.
+
+    Args:
+        abs_q: ``|mean Q|`` per check.
+        bound: the largest possible ``|return|`` at each check (same length), 0 while
+            no nonzero reward has been seen.
+        factor: a bounded check counts when ``|Q| > factor * bound``.
+        growth: with bound 0 (every true value is 0), ``|Q|`` rising at each of the last
+            ``patience`` checks to ``growth`` times where it started is a divergence.
+        patience: consecutive checks.
+    """
+    if len(abs_q) < patience:
+        return None
+    q, b = np.asarray(abs_q[-patience:], np.float64), np.asarray(bound[-patience:], np.float64)
+    if np.all(b > 0):
+        if np.all(q > factor * b):
+            return (f"|Q| stayed above {factor:g} x the largest possible return max|r| / (1 - gamma) = {b[-1]:.4g} "
+                    f"for {patience} checks (last |Q| {q[-1]:.4g})")
+        return None
+    if len(abs_q) > patience and not np.any(np.asarray(bound[-patience - 1:]) > 0):
+        w = np.asarray(abs_q[-patience - 1:], np.float64)
+        if np.all(np.diff(w) > 0) and w[-1] >= growth * w[0]:
+            return (f"|Q| rose at each of {patience} checks from {w[0]:.4g} to {w[-1]:.4g} while every reward seen "
+                    "so far is 0 (so every true value is 0)")
+    return None
+
+
+def alpha_collapse(series: Sequence[float], floor_frac: float, patience: int) -> str | None:
+    """The entropy coefficient stayed below ``floor_frac`` of its first value for ``patience`` checks."""
+    if len(series) < patience:
+        return None
+    floor = floor_frac * series[0]
+    if persistently_below(series, floor, patience):
+        return (f"the entropy coefficient alpha fell from {series[0]:.3g} to {series[-1]:.3g} "
+                f"(floor {floor:.3g}) for {patience} checks")
+    return None
+
+
 # --------------------------------------------------------------------------- the monitor
 REMEDIES = {
     "entropy_collapse": "the policy is converging prematurely: increase the entropy coefficient "
@@ -284,8 +405,27 @@ REMEDIES = {
                               "(model.hidden), lower algo.lr, and make sure norm.obs=true",
     "returns_collapse": "possible catastrophic forgetting: lower algo.lr, algo.update_epochs or "
                         "algo.clip_coef; watch the policy for a reward exploit (reward hacking)",
+    "q_divergence": "the critic feeds its own overestimates back through bootstrapping: lower algo.lr, slow "
+                    "the target updates (smaller algo.tau, or a larger algo.target_update_interval), clip the "
+                    "gradients (algo.max_grad_norm), scale the rewards down; DQN: keep algo.double_q=true",
+    "alpha_collapse": "with alpha near 0 the policy regains exploration only slowly once its entropy falls "
+                      "below the target: check algo.target_entropy (a target below what the policy keeps lets "
+                      "alpha shrink without bound), or set algo.autotune=false with a fixed algo.ent_coef",
 }
-PER_GROUP = ("train/entropy", "train/approx_kl", "train/clip_fraction", "train/explained_variance")
+"""Warning name -> what to try (on-policy wording; :data:`OFF_POLICY_REMEDIES` for DQN, SAC, TD3)."""
+
+OFF_POLICY_REMEDIES = {
+    **REMEDIES,
+    "entropy_collapse": "the policy stopped exploring: with algo.autotune raise algo.target_entropy (SAC), "
+                        "else raise algo.ent_coef; or use a larger network (model.hidden)",
+    "returns_collapse": "possible catastrophic forgetting: lower algo.lr, slow the target updates (smaller "
+                        "algo.tau), keep older experience (a larger algo.buffer_size); watch the policy for a "
+                        "reward exploit (reward hacking)",
+}
+"""Warning name -> what to try, with the off-policy algorithms' settings."""
+
+PER_GROUP = ("train/entropy", "train/approx_kl", "train/clip_fraction", "train/explained_variance", "train/q_mean",
+             "train/alpha")
 
 
 class HealthWarning(NamedTuple):
@@ -331,6 +471,17 @@ def _watched(key: str) -> str | None:
     return next((b for b in PER_GROUP if key == b or key.startswith(b + "/")), None)
 
 
+def largest_return(reward_abs_max: float, soft_bonus: float, gamma: float | None) -> float:
+    """``(max |r| + soft_bonus) / (1 - gamma)``: no discounted return is larger in magnitude.
+
+    0 when nothing is known yet (no nonzero reward, or no ``gamma``); inf for ``gamma = 1``.
+    """
+    per_step = reward_abs_max + soft_bonus
+    if gamma is None or per_step <= 0:
+        return 0.0
+    return math.inf if gamma >= 1 else per_step / (1.0 - gamma)
+
+
 class HealthMonitor:
     """Keeps the watched metric series and reports each warning sign once per series.
 
@@ -338,14 +489,30 @@ class HealthMonitor:
         cfg: thresholds.
         entropy_dims: entropy metric key -> Gaussian action dims, from
             :func:`entropy_action_dims`; keys not listed are treated as categorical.
+        remedies: warning name -> what to try (default :data:`REMEDIES`).
+        gamma: discount factor of the value estimates; with the rewards fed to
+            :meth:`note_rewards` it bounds ``train/q_mean`` (``None``: no bound known).
     """
 
-    def __init__(self, cfg: HealthConfig, entropy_dims: Mapping[str, int | None] | None = None) -> None:
+    def __init__(self, cfg: HealthConfig, entropy_dims: Mapping[str, int | None] | None = None, *,
+                 remedies: Mapping[str, str] | None = None, gamma: float | None = None) -> None:
         self.cfg = cfg
         self.entropy_dims = dict(entropy_dims or {})
+        self.remedies = dict(REMEDIES if remedies is None else remedies)
+        self.gamma = gamma
         self.series: dict[str, list[float]] = {}
+        self.bounds: dict[str, list[float]] = {}
+        self.reward_abs_max: dict[str, float] = {}
         self.reported: set[tuple[str, str]] = set()
         self.lr_first: float | None = None
+
+    def note_rewards(self, group: str, reward: np.ndarray | float) -> None:
+        """Fold rewards of ``group`` (any shape; 0 where no agent acted) into the largest ``|r|`` seen."""
+        r = np.asarray(reward)
+        if r.size:
+            peak = float(np.abs(r).max())
+            if peak > self.reward_abs_max.get(group, 0.0):
+                self.reward_abs_max[group] = peak
 
     def observe(self, metrics: Mapping[str, float], env_steps: int) -> list[HealthWarning]:
         """Append this check's watched metrics; return the warning signs seen for the first time."""
@@ -360,11 +527,22 @@ class HealthMonitor:
             if base is None or value is None or not math.isfinite(value):
                 continue
             self.series.setdefault(key, []).append(float(value))
+            if base == "train/q_mean":
+                self.bounds.setdefault(key, []).append(self._q_bound(key, metrics))
             for name, seen in self._signs(base, key, lr).items():
                 if seen is not None and (name, key) not in self.reported:
                     self.reported.add((name, key))
-                    found.append(HealthWarning(name, key, int(env_steps), seen, REMEDIES[name]))
+                    found.append(HealthWarning(name, key, int(env_steps), seen, self.remedies[name]))
         return found
+
+    def _q_bound(self, key: str, metrics: Mapping[str, float]) -> float:
+        """Largest possible ``|return|`` for ``train/q_mean[/<group>]`` at this check (0 = unknown)."""
+        suffix = key[len("train/q_mean"):]
+        group = suffix[1:]
+        r_max = self.reward_abs_max.get(group, 0.0) if group else max(self.reward_abs_max.values(), default=0.0)
+        alpha, entropy = metrics.get("train/alpha" + suffix), metrics.get("train/entropy" + suffix)
+        soft = alpha * abs(entropy) if alpha is not None and entropy is not None else 0.0
+        return largest_return(r_max, soft if math.isfinite(soft) else 0.0, self.gamma)
 
     def _signs(self, base: str, key: str, lr: float | None) -> dict[str, str | None]:
         """Warning name -> what was seen (``None``: not seen) in the series ``key``."""
@@ -389,15 +567,24 @@ class HealthMonitor:
             bad = len(s) >= c.ev_warmup + p and persistently_below(s, c.ev_low, p)
             seen = _seen(bad, f"explained variance stayed below {c.ev_low} {last}")
             return {"explained_variance_low": seen}
+        if base == "train/q_mean":
+            return {"q_divergence": q_divergence(np.abs(s), self.bounds[key], c.q_bound_factor, c.q_growth, p)}
+        if base == "train/alpha":
+            return {"alpha_collapse": alpha_collapse(s, c.alpha_floor_frac, p)}
         seen = returns_collapse(s, c.collapse_frac, c.return_window, c.return_min_rise, p)
         return {"returns_collapse": seen}
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data (lists, floats, strings) for a checkpoint loaded with ``weights_only=True``."""
         return {"series": {k: list(v) for k, v in self.series.items()},
-                "reported": sorted([n, k] for n, k in self.reported), "lr_first": self.lr_first}
+                "reported": sorted([n, k] for n, k in self.reported), "lr_first": self.lr_first,
+                "bounds": {k: list(v) for k, v in self.bounds.items()},
+                "reward_abs_max": dict(self.reward_abs_max)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (checkpoints written before Q bounds were tracked load too)."""
         self.series = {k: [float(x) for x in v] for k, v in state["series"].items()}
         self.reported = {(str(n), str(k)) for n, k in state["reported"]}
         self.lr_first = None if state["lr_first"] is None else float(state["lr_first"])
+        self.bounds = {k: [float(x) for x in v] for k, v in state.get("bounds", {}).items()}
+        self.reward_abs_max = {k: float(v) for k, v in state.get("reward_abs_max", {}).items()}

@@ -1,26 +1,47 @@
 """Metrics to TensorBoard and the console.
 
-Tag scheme: ``<section>/<name>[/<group or agent>]``, x-axis = ``env_steps``.
+Tag scheme: ``<section>/<name>[/<group or agent>]``, x-axis = ``env_steps``. A ``train/*``
+metric of a run with several groups is logged per group (``train/q_loss/<group>``) and as
+the mean over groups (``train/q_loss``). Each concept has one name in every algorithm.
 
-========================  =====================================================
-tag                       meaning
-========================  =====================================================
-rollout/ep_return         team return of training episodes (sum over agents), mean
-rollout/ep_return/<who>   per agent and per group (mean per-agent return)
-rollout/ep_length         env steps per training episode
-rollout/<info>            episode infos, e.g. rollout/success_rate
-train/policy_loss         clipped surrogate loss (and /<group> with several groups)
-train/value_loss          0.5 (V - R)^2
-train/entropy             policy entropy
-train/approx_kl           E[(r-1) - log r]
-train/clip_fraction       fraction of ratios outside [1-eps, 1+eps]
-train/explained_variance  1 - Var(R - V) / Var(R)
-train/grad_norm           global gradient norm before clipping
-train/lr                  learning rate
-time/sps                  env steps per second (summed over env copies)
-time/agent_sps            agent decisions per second
-eval/<field>              fields of marl.evaluation.summarize
-========================  =====================================================
+==========================  ===================================================================
+tag                         meaning
+==========================  ===================================================================
+rollout/ep_return           team return of training episodes (sum over agents), mean
+rollout/ep_return/<who>     per agent and per group (mean per-agent return)
+rollout/ep_length           env steps per training episode
+rollout/episodes            training episodes finished since the last log
+rollout/<info>              episode infos, e.g. rollout/success_rate
+train/policy_loss           PPO: clipped surrogate loss
+train/value_loss            PPO: 0.5 (V - R)^2
+train/entropy               policy entropy in nats (PPO; SAC: -E[log pi], exact for Discrete groups)
+train/approx_kl             PPO: E[(r-1) - log r]
+train/clip_fraction         PPO: fraction of ratios outside [1-eps, 1+eps]
+train/explained_variance    PPO: 1 - Var(R - V) / Var(R)
+train/q_loss                off-policy critic loss: DQN Huber(Q, y); SAC/TD3 0.5 sum_i (Q_i - y)^2
+train/q_mean                mean Q of the replayed actions (SAC/TD3: of (Q_1 + Q_2) / 2)
+train/actor_loss            SAC: E[alpha log pi - min Q]; TD3: -Q_1(s, mu(s)) (its delayed steps)
+train/actor_grad_norm       SAC/TD3: the actor's gradient norm before clipping
+train/alpha                 SAC: entropy coefficient exp(log_alpha)
+train/alpha_loss            SAC with autotune: -log_alpha (log pi + target_entropy)
+train/epsilon               DQN: probability of a random action at the logged step
+train/per_beta              PER: importance-sampling exponent (annealed to 1)
+train/grad_norm             gradient norm before clipping (PPO: all networks; off-policy: the Q nets)
+train/lr                    PPO: learning rate
+train/epochs                PPO: epochs run in the update (fewer with algo.target_kl)
+time/sps                    env steps per second (summed over env copies)
+time/agent_sps              agent decisions per second
+time/env_frames             env frames so far (env steps x env.action_repeat)
+time/agent_steps            agent decisions so far
+time/grad_steps             optimizer steps so far
+replay/bytes_per_row        off-policy, once at step 0: checkpoint bytes of one replay row
+eval/<field>                fields of marl.evaluation.summarize
+health/<warning>            text: a warning sign of marl.health (e.g. health/q_divergence)
+==========================  ===================================================================
+
+PPO logs every ``log.interval`` iterations (its train/* values are means over the
+update); off-policy trainers every ``log.interval`` training phases (means over the
+gradient steps since the last log).
 """
 
 from __future__ import annotations

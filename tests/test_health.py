@@ -1,5 +1,7 @@
-"""Numeric health checks and the warning signs, on synthetic metric series with known answers."""
+"""Numeric health checks and the warning signs, on synthetic metric series with known answers, and
+wired into the off-policy loop (a NaN reward stops it before a checkpoint is overwritten)."""
 
+import math
 from dataclasses import replace
 
 import gymnasium
@@ -8,18 +10,26 @@ import pytest
 import torch
 from torch import nn
 
+from marl import checkpoint as ckpt
 from marl.health import (
+    OFF_POLICY_REMEDIES,
     REMEDIES,
     HealthConfig,
     HealthMonitor,
     NonFiniteError,
+    alpha_collapse,
+    check_finite_metrics,
     check_finite_update,
     check_inputs,
     entropy_action_dims,
     entropy_collapse,
     first_nonfinite,
+    largest_return,
+    nonfinite_metrics,
+    q_divergence,
     returns_collapse,
 )
+from marl.off_policy import OffPolicyTrainer
 from marl.types import EnvSpec, GroupSpec
 
 STEPS = 1000  # env steps per check in these series
@@ -242,6 +252,8 @@ def test_config_defaults_are_the_seed_thresholds_and_problems_name_the_key():
     bad = replace(HealthConfig(), patience=0, clip_low=0.95, collapse_frac=1.5)
     assert [k for k, _ in bad.problems()] == ["patience", "clip_low", "collapse_frac"]
     assert "got 0" in bad.problems()[0][1]
+    off_policy = replace(HealthConfig(), q_bound_factor=0.5, q_growth=1.0, alpha_floor_frac=0.0)
+    assert [k for k, _ in off_policy.problems()] == ["q_bound_factor", "q_growth", "alpha_floor_frac"]
 
 
 def test_entropy_action_dims_from_the_spec():
@@ -366,3 +378,177 @@ def test_check_inputs_names_group_agent_and_env_copy():
         check_inputs(images, reward, agents)
     with pytest.raises(ValueError, match=r"group 'a' has shape \(4, 3\); expected \[E, 2, \.\.\.\]"):
         check_inputs(obs, {**reward, "a": np.zeros((4, 3))}, agents)
+
+
+# --------------------------------------------------------------------------- off-policy signs
+def test_largest_return_by_hand():
+    assert largest_return(2.0, 0.0, 0.9) == pytest.approx(20.0)
+    assert largest_return(1.0, 0.5, 0.5) == pytest.approx(3.0)  # soft values: alpha |entropy| per step
+    assert largest_return(0.0, 0.0, 0.9) == 0.0 and largest_return(1.0, 0.0, None) == 0.0  # unknown
+    assert largest_return(1.0, 0.0, 1.0) == math.inf
+
+
+def test_q_divergence_fires_above_the_largest_possible_return():
+    monitor = HealthMonitor(HealthConfig(), gamma=0.9)
+    monitor.note_rewards("agent", np.array([[0.5, -1.0], [0.0, 0.25]]))  # max |r| = 1: bound 10, alarm above 20
+    values = [9.0] * 10 + [19.0] * 10 + [-25.0] * 10  # the magnitude counts
+    found = feed(monitor, series_rows("train/q_mean", values))
+    assert [(i, w.name, w.metric) for i, w in found] == [(24, "q_divergence", "train/q_mean")]
+    assert "= 10" in found[0][1].message and "25" in found[0][1].message and "algo.tau" in found[0][1].remedy
+    np.testing.assert_allclose(monitor.bounds["train/q_mean"], 10.0)
+    assert checks_of_monitor(HealthMonitor(HealthConfig(q_bound_factor=3.0), gamma=0.9), values, 1.0) == []
+
+
+def checks_of_monitor(monitor, values, reward, key="train/q_mean"):
+    monitor.note_rewards("agent", reward)
+    return [i for i, _ in feed(monitor, series_rows(key, values))]
+
+
+def test_q_growth_without_any_reward_seen():
+    doubling = [0.1 * 2**i for i in range(12)]  # x32 over 5 checks
+    assert checks_of_monitor(HealthMonitor(HealthConfig(), gamma=0.99), doubling, 0.0) == [5]
+    slow = [0.1 * 1.2**i for i in range(40)]  # x2.5 over 5 checks: below q_growth = 10
+    assert checks_of_monitor(HealthMonitor(HealthConfig(), gamma=0.99), slow, 0.0) == []
+    # once a reward is known the bound decides: 0.1 * 2**11 = 205 < 2 * 1 / (1 - 0.99)
+    assert checks_of_monitor(HealthMonitor(HealthConfig(), gamma=0.99), doubling, 1.0) == []
+    assert q_divergence([1, 2, 4, 8, 16, 32], [0] * 6, 2.0, 10.0, 5) is not None
+    assert q_divergence([1, 2, 4, 8, 16, 32], [0, 0, 0, 0, 0, 5], 2.0, 10.0, 5) is None  # bound appeared
+
+
+def test_q_bounds_per_group_and_with_the_soft_value_bonus():
+    monitor = HealthMonitor(HealthConfig(), gamma=0.5)
+    monitor.note_rewards("a", 1.0)
+    monitor.note_rewards("b", np.array([-3.0]))
+    monitor.observe({"train/q_mean/a": 0.0, "train/q_mean/b": 0.0, "train/q_mean": 0.0,
+                     "train/alpha/a": 0.5, "train/entropy/a": -2.0}, 1)
+    assert monitor.bounds == {"train/q_mean/a": [pytest.approx((1.0 + 0.5 * 2.0) / 0.5)],
+                              "train/q_mean/b": [pytest.approx(3.0 / 0.5)],
+                              "train/q_mean": [pytest.approx(3.0 / 0.5)]}  # the team mean: the largest bound
+
+
+def test_alpha_collapse():
+    values = [1.0] * 5 + [5e-4] * 10  # floor 1e-3 of the first value
+    found = feed(HealthMonitor(HealthConfig(), remedies=OFF_POLICY_REMEDIES), series_rows("train/alpha", values))
+    assert [(i, w.name) for i, w in found] == [(9, "alpha_collapse")]
+    assert "algo.target_entropy" in found[0][1].remedy
+    assert alpha_collapse(values, 1e-4, 5) is None and alpha_collapse(values[:7], 1e-3, 5) is None
+
+
+def test_off_policy_remedies_name_off_policy_settings():
+    values = [1.6] * 20 + [0.02] * 30
+    found = feed(HealthMonitor(HealthConfig(), remedies=OFF_POLICY_REMEDIES), series_rows("train/entropy", values))
+    assert found[0][1].remedy == OFF_POLICY_REMEDIES["entropy_collapse"] != REMEDIES["entropy_collapse"]
+    assert "target_entropy" in found[0][1].remedy
+    assert set(OFF_POLICY_REMEDIES) == set(REMEDIES)
+
+
+def test_q_state_round_trip_and_older_states_load():
+    rows = series_rows("train/q_mean", [9.0] * 3 + [50.0] * 10)
+    whole = HealthMonitor(HealthConfig(), gamma=0.9)
+    whole.note_rewards("agent", 1.0)
+    first = HealthMonitor(HealthConfig(), gamma=0.9)
+    first.note_rewards("agent", 1.0)
+    expected = feed(whole, rows)
+    before = feed(first, rows[:5])
+    resumed = HealthMonitor(HealthConfig(), gamma=0.9)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.reward_abs_max == {"agent": 1.0} and before + feed(resumed, rows[5:], start=5) == expected
+    old = {k: v for k, v in first.state_dict().items() if k not in ("bounds", "reward_abs_max")}
+    HealthMonitor(HealthConfig()).load_state_dict(old)
+
+
+def test_nonfinite_metrics_are_named_critic_first():
+    metrics = {"train/actor_loss": math.inf, "train/alpha": math.nan, "train/other": math.nan,
+               "train/q_mean/b": math.nan, "train/q_loss/b": 1.0}
+    assert nonfinite_metrics(metrics) == ["train/q_mean/b", "train/actor_loss", "train/alpha", "train/other"]
+    with pytest.raises(NonFiniteError, match=r"train/q_mean/b is nan \(also non-finite: train/actor_loss, "
+                                             r"train/alpha, train/other\) in grad steps 1,001-1,050; x; training "
+                                             r"stopped\. To fix \(critic\): scale the rewards down"):
+        check_finite_metrics(metrics, (1001, 1050), "; x")
+    with pytest.raises(NonFiniteError, match=r"train/alpha is inf in grad step 7; .*To fix \(entropy coefficient\)"):
+        check_finite_metrics({"train/alpha": math.inf}, (7, 7))
+    with pytest.raises(NonFiniteError, match=r"To fix \(update\): check the scale"):
+        check_finite_metrics({"train/per_beta": math.nan}, (1, 2))
+    check_finite_metrics({"train/q_loss": 0.5}, (1, 2))
+
+
+# --------------------------------------------------------------------------- in the off-policy loop
+class SpikeReward(gymnasium.Env):
+    """Observation 1, reward 1 every step but the ``nan_at``-th of the env's life (NaN there); time limit 10."""
+
+    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def __init__(self, nan_at=10**9):
+        self.t, self.nan_at = 0, nan_at
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.ones(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.ones(1, np.float32), math.nan if self.t == self.nan_at else 1.0, False, False, {}
+
+
+gymnasium.register("HealthSpikeReward-v0", entry_point=SpikeReward, max_episode_steps=10)
+SPIKE = ("algo.name=dqn", "env.id=HealthSpikeReward-v0", "env.backend=sync", "env.num_envs=1", "norm.obs=false",
+         "norm.reward=false", "algo.gamma=0.9", "algo.learning_starts=50", "algo.batch_size=32", "algo.train_freq=1",
+         "model.hidden=[16]", "eval.interval=0", "eval.episodes=1", "eval.num_envs=1", "log.interval=10")
+
+
+@pytest.mark.parametrize("per", [False, True])
+def test_a_nan_reward_stops_the_loop_before_the_checkpoint_is_overwritten(make_config, one_torch_thread, per):
+    trainer = OffPolicyTrainer(make_config(None, *SPIKE, "env.kwargs={nan_at: 250}", "total_env_steps=2000",
+                                           "checkpoint.interval=200", "checkpoint.keep_last=0", f"algo.per={per}"))
+    with pytest.raises(NonFiniteError) as info:
+        trainer.train()
+    text = str(info.value)
+    latest = trainer.ckpt_dir / "latest.pt"
+    assert text.startswith("non-finite off-policy update: train/q_loss is nan")
+    # PER stops at the very grad step (a NaN TD error must not reach the priorities); else at the next log
+    assert (" in grad step " if per else " in grad steps ") in text
+    assert "To fix (critic)" in text and f"the last good checkpoint is kept at {latest}" in text
+    assert "the acting networks are already non-finite (first: agent." in text
+    stopped = int(text.split("[at ")[1].split(" env steps")[0].replace(",", ""))
+    assert 250 < stopped <= 400  # first check after the NaN row is drawn, before the write at 400
+    state = ckpt.load(latest)
+    assert state["counters"]["env_steps"] == 200
+    assert all(bool(torch.isfinite(v).all()) for v in state["policy"]["net"].values())
+    assert all(bool(torch.isfinite(v).all()) for v in state["learner"]["target"].values())
+
+
+def test_check_inputs_names_the_nan_reward_at_its_source(make_config, one_torch_thread):
+    trainer = OffPolicyTrainer(make_config(None, *SPIKE, "env.kwargs={nan_at: 30}", "total_env_steps=100",
+                                           "health.check_inputs=true"))
+    with pytest.raises(NonFiniteError, match=r"non-finite reward \(nan\) from the env: agent 'agent_0' of group "
+                                             r"'agent', env copy 0.*\[at 29 env steps"):
+        trainer.train()
+
+
+def test_diverging_q_values_are_reported_once_with_the_off_policy_remedy(make_config, capsys, one_torch_thread):
+    trainer = OffPolicyTrainer(make_config(None, *SPIKE, "total_env_steps=300"))
+    real_update = trainer.learner.update
+
+    def inflated(batches):  # the real update, reporting Q values far above 1 / (1 - 0.9) = 10
+        out = real_update(batches)
+        out.metrics["q_mean"] = 1e3 * trainer.learner.grad_steps
+        return out
+
+    trainer.learner.update = inflated
+    trainer.train()
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("health warning")]
+    assert len(warnings) == 1 and warnings[0].startswith("health warning [q_divergence] train/q_mean:")
+    assert OFF_POLICY_REMEDIES["q_divergence"] in warnings[0]
+    assert trainer.health.reward_abs_max == {"agent": 1.0}
+    checks = (300 - 50) // 10  # one per log.interval = 10 training phases from row 50 on
+    np.testing.assert_allclose(trainer.health.bounds["train/q_mean"], [10.0] * checks)
+
+
+def test_soft_q_bounds_follow_alpha_and_entropy_in_the_loop(make_config, one_torch_thread):
+    trainer = OffPolicyTrainer(make_config(None, *SPIKE, "algo.name=sac", "total_env_steps=200"))
+    trainer.train()
+    series = trainer.health.series
+    expected = (1.0 + np.array(series["train/alpha"]) * np.abs(series["train/entropy"])) / (1 - 0.9)
+    np.testing.assert_allclose(trainer.health.bounds["train/q_mean"], expected, rtol=1e-9)
+    assert len(expected) == (200 - 50) // 10

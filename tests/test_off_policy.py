@@ -12,7 +12,7 @@ from marl import checkpoint as ckpt
 from marl.cli import main
 from marl.config import ConfigError, load_config
 from marl.data import reduce_td_errors, td_priority
-from marl.off_policy import OffPolicyTrainer
+from marl.off_policy import OffPolicyTrainer, load_replay_state, replay_state
 from marl.trainer import load_policy
 from marl.types import GroupObs
 
@@ -33,24 +33,10 @@ class ConstantReward(gymnasium.Env):
 
 gymnasium.register("OffPolicyConstantReward-v0", entry_point=ConstantReward, max_episode_steps=10)
 
-QUIET = ["log.tensorboard=false", "log.progress=false"]
-SMALL_DQN = ["total_env_steps=1200", "algo.learning_starts=200", "algo.train_freq=50", "algo.gradient_steps=5",
-             "model.hidden=[32]", "eval.interval=600", "eval.episodes=2", "eval.num_envs=2", "log.interval=1"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SUMMARY_KEYS = {"env_steps", "agent_steps", "env_frames", "iterations", "episodes", "grad_steps", "wall_time_s", "sps",
                 "agent_sps", "final_eval", "best_eval", "eval_history", "n_parameters"}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks run fastest, and reproducibly, on one thread (two oversubscribe a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def config(path, run_dir, *overrides):
-    return load_config(path, [f"run_dir={run_dir}", *QUIET, *overrides])
 
 
 def random_obs(spec, n, seed=0):
@@ -63,9 +49,9 @@ def random_obs(spec, n, seed=0):
     return out
 
 
-def test_cli_train_writes_summary_checkpoints_and_metrics(tmp_path, capsys):
+def test_cli_train_writes_summary_checkpoints_and_metrics(tmp_path, capsys, quiet, tiny_dqn):
     run = tmp_path / "run"
-    code = main(["train", "configs/cartpole_dqn.yaml", f"run_dir={run}", *QUIET, *SMALL_DQN])
+    code = main(["train", "configs/cartpole_dqn.yaml", f"run_dir={run}", *quiet, *tiny_dqn])
     assert code == 0
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS
@@ -81,13 +67,13 @@ def test_cli_train_writes_summary_checkpoints_and_metrics(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("algo_config", ["configs/pendulum_sac.yaml", "configs/pendulum_td3.yaml"])
-def test_checkpoint_round_trip_gives_equal_deterministic_actions(tmp_path, algo_config):
-    cfg = config(algo_config, tmp_path, "total_env_steps=300", "algo.learning_starts=100", "algo.batch_size=32",
+def test_checkpoint_round_trip_gives_equal_deterministic_actions(make_config, algo_config):
+    cfg = make_config(algo_config, "total_env_steps=300", "algo.learning_starts=100", "algo.batch_size=32",
                  "model.hidden=[16]", "eval.interval=0", "eval.episodes=1", "eval.num_envs=1", "norm.obs=true",
                  "log.interval=1000")
     trainer = OffPolicyTrainer(cfg)
     trainer.train()
-    policy, loaded_cfg, state = load_policy(tmp_path / "checkpoints" / "latest.pt")
+    policy, loaded_cfg, state = load_policy(trainer.ckpt_dir / "latest.pt")
     assert loaded_cfg.algo.name == cfg.algo.name and state["counters"]["env_steps"] == 300
     obs = random_obs(trainer.spec, 64)
     a = trainer.actor.act(obs, deterministic=True).env_action["agent"]
@@ -97,16 +83,16 @@ def test_checkpoint_round_trip_gives_equal_deterministic_actions(tmp_path, algo_
     assert state["learner"]["grad_steps"] == trainer.learner.grad_steps == 201  # one per env step from row 100 on
 
 
-def test_resume_with_saved_replay_equals_an_uninterrupted_run(tmp_path):
+def test_resume_with_saved_replay_equals_an_uninterrupted_run(make_config, tiny_dqn):
     """1200 steps in one go == resumed from the checkpoint at 600 (replay, PER tree, normalizer, RNGs, envs)."""
-    common = [*SMALL_DQN, "eval.interval=0", "algo.save_replay=true", "algo.per=true", "norm.obs=true",
+    common = [*tiny_dqn, "eval.interval=0", "algo.save_replay=true", "algo.per=true", "norm.obs=true",
               "checkpoint.interval=600", "checkpoint.keep_last=2", "env.kwargs={max_episode_steps: 60}"]
-    full = OffPolicyTrainer(config("configs/cartpole_dqn.yaml", tmp_path / "full", *common))
+    full = OffPolicyTrainer(make_config("configs/cartpole_dqn.yaml", *common, run="full"))
     full.train()
-    checkpoint = tmp_path / "full" / "checkpoints" / "step_600.pt"
+    checkpoint = full.ckpt_dir / "step_600.pt"
     assert any(len(actions["agent"]) for _, _, actions in ckpt.load(checkpoint)["env"])  # stopped mid-episode
-    resumed = OffPolicyTrainer(config("configs/cartpole_dqn.yaml", tmp_path / "resumed", *common,
-                                      f"resume={checkpoint}"))
+    resumed = OffPolicyTrainer(make_config("configs/cartpole_dqn.yaml", *common, f"resume={checkpoint}",
+                                           run="resumed"))
     assert resumed.env_steps == 600 and len(resumed.replay["agent"]) == 600
     resumed.train()
     for p, q in zip(full.actor.net.parameters(), resumed.actor.net.parameters()):
@@ -121,8 +107,8 @@ def test_resume_with_saved_replay_equals_an_uninterrupted_run(tmp_path):
     assert full.last_eval["mean_return"] == resumed.last_eval["mean_return"]
 
 
-def test_per_priorities_are_updated_from_the_learners_td_errors(tmp_path):
-    cfg = config("configs/cartpole_dqn.yaml", tmp_path, *SMALL_DQN, "algo.per=true", "algo.per_alpha=0.7")
+def test_per_priorities_are_updated_from_the_learners_td_errors(make_config, tiny_dqn):
+    cfg = make_config("configs/cartpole_dqn.yaml", *tiny_dqn, "algo.per=true", "algo.per_alpha=0.7")
     trainer = OffPolicyTrainer(cfg)
     for _ in range(100):
         trainer.collect(1.0)
@@ -153,8 +139,8 @@ def test_per_priorities_are_updated_from_the_learners_td_errors(tmp_path):
     trainer.close()
 
 
-def test_nstep_targets_in_the_loop_match_a_naive_walk(tmp_path):
-    cfg = config("configs/cartpole_dqn.yaml", tmp_path, *SMALL_DQN, "algo.n_step=3", "algo.gamma=0.9",
+def test_nstep_targets_in_the_loop_match_a_naive_walk(make_config, tiny_dqn):
+    cfg = make_config("configs/cartpole_dqn.yaml", *tiny_dqn, "algo.n_step=3", "algo.gamma=0.9",
                  "env.num_envs=2")
     trainer = OffPolicyTrainer(cfg)
     for _ in range(150):
@@ -179,9 +165,9 @@ def test_nstep_targets_in_the_loop_match_a_naive_walk(tmp_path):
     trainer.close()
 
 
-def test_time_limits_are_bootstrapped_infinite_horizon(tmp_path):
+def test_time_limits_are_bootstrapped_infinite_horizon(make_config):
     """Reward 1 forever, cut at 10 steps: Q(s, a) must reach 1 / (1 - 0.9) = 10, not the truncated ~6.5."""
-    cfg = config(None, tmp_path, "algo.name=dqn", "env.id=OffPolicyConstantReward-v0", "env.num_envs=2",
+    cfg = make_config(None, "algo.name=dqn", "env.id=OffPolicyConstantReward-v0", "env.num_envs=2",
                  "norm.obs=false", "norm.reward=false", "total_env_steps=3000", "algo.gamma=0.9", "algo.lr=0.003",
                  "algo.learning_starts=100", "algo.train_freq=2", "algo.gradient_steps=1", "algo.batch_size=64",
                  "algo.tau=0.05", "algo.target_update_interval=1", "model.hidden=[16]", "model.activation=relu",
@@ -193,8 +179,8 @@ def test_time_limits_are_bootstrapped_infinite_horizon(tmp_path):
     assert torch.all((q - 10.0).abs() < 1.0), q
 
 
-def test_collection_respects_action_masks_and_dead_agents(tmp_path):
-    cfg = config(None, tmp_path, "algo.name=dqn", "env.id=envs.coop_gather", "env.num_envs=2", "norm.reward=false",
+def test_collection_respects_action_masks_and_dead_agents(make_config):
+    cfg = make_config(None, "algo.name=dqn", "env.id=envs.coop_gather", "env.num_envs=2", "norm.reward=false",
                  "total_env_steps=400", "algo.learning_starts=100", "algo.batch_size=16", "model.hidden=[16]",
                  "eval.interval=0", "eval.episodes=1", "eval.num_envs=1", "env.kwargs={n_agents: 3}")
     trainer = OffPolicyTrainer(cfg)
@@ -208,9 +194,9 @@ def test_collection_respects_action_masks_and_dead_agents(tmp_path):
     assert (~alive).any() or buf.storage.field("terminated")[:n].any()  # deaths or ends happened in 400 steps
 
 
-def test_her_dqn_solves_small_bit_flipping_and_eval_reports_success_rate(tmp_path, capsys):
+def test_her_dqn_solves_small_bit_flipping_and_eval_reports_success_rate(tmp_path, capsys, quiet):
     run = tmp_path / "bits"
-    code = main(["train", "configs/bitflip_dqn_her.yaml", f"run_dir={run}", *QUIET, "env.kwargs.n_bits=5",
+    code = main(["train", "configs/bitflip_dqn_her.yaml", f"run_dir={run}", *quiet, "env.kwargs.n_bits=5",
                  "env.num_envs=4", "total_env_steps=6000", "algo.learning_starts=500", "algo.train_freq=8",
                  "algo.gradient_steps=1", "algo.batch_size=64", "model.hidden=[64]", "eval.interval=0",
                  "eval.episodes=20", "eval.num_envs=4", "algo.exploration_fraction=0.3"])
@@ -222,8 +208,8 @@ def test_her_dqn_solves_small_bit_flipping_and_eval_reports_success_rate(tmp_pat
     assert result["mean_length"] <= 4.0  # about n_bits / 2 flips: not random walking
 
 
-def test_sac_her_runs_multi_agent_goals_with_independent_parameters(tmp_path):
-    cfg = config(None, tmp_path, "algo.name=sac", "env.id=envs.multi_goal", "env.kwargs={n_agents: 2, max_cycles: 10}",
+def test_sac_her_runs_multi_agent_goals_with_independent_parameters(make_config):
+    cfg = make_config(None, "algo.name=sac", "env.id=envs.multi_goal", "env.kwargs={n_agents: 2, max_cycles: 10}",
                  "env.num_envs=2", "norm.reward=false", "algo.her=true", "algo.her_strategy=final",
                  "total_env_steps=200", "algo.learning_starts=60", "algo.batch_size=16", "model.hidden=[16]",
                  "model.sharing=independent", "eval.interval=0", "eval.episodes=2", "eval.num_envs=2")
@@ -239,12 +225,12 @@ def test_sac_her_runs_multi_agent_goals_with_independent_parameters(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["dqn", "sac"])
-def test_three_mpe_agents_train_with_one_shared_network(tmp_path, algo):
+def test_three_mpe_agents_train_with_one_shared_network(make_config, algo):
     if algo == "dqn":
-        cfg = config("configs/spread_dqn.yaml", tmp_path, "total_env_steps=400", "algo.learning_starts=100",
+        cfg = make_config("configs/spread_dqn.yaml", "total_env_steps=400", "algo.learning_starts=100",
                      "eval.interval=0", "eval.episodes=2", "eval.num_envs=2", "env.num_envs=2")
     else:  # discrete SAC on the same env
-        cfg = config(None, tmp_path, "algo.name=sac", "norm.reward=false", "total_env_steps=400",
+        cfg = make_config(None, "algo.name=sac", "norm.reward=false", "total_env_steps=400",
                      "algo.learning_starts=100", "algo.batch_size=32", "model.hidden=[32]", "eval.interval=0",
                      "eval.episodes=2", "eval.num_envs=2", "env.num_envs=2")
     trainer = OffPolicyTrainer(cfg)
@@ -261,24 +247,24 @@ def test_configs_load(path):
     assert load_config(path).algo.name in ("dqn", "sac", "td3")
 
 
-def test_config_and_env_mismatches_are_clear_errors(tmp_path):
+def test_config_and_env_mismatches_are_clear_errors(make_config):
     with pytest.raises(ConfigError, match="norm.reward"):
         load_config(None, ["algo.name=dqn"])
     with pytest.raises(ConfigError, match="algo.n_step"):
         load_config(None, ["algo.name=sac", "norm.reward=false", "algo.her=true", "algo.n_step=3"])
     with pytest.raises(ValueError, match="Discrete"):
-        OffPolicyTrainer(config(None, tmp_path / "a", "algo.name=dqn", "env.id=Pendulum-v1", "norm.reward=false"))
+        OffPolicyTrainer(make_config(None, "algo.name=dqn", "env.id=Pendulum-v1", "norm.reward=false", run="a"))
     with pytest.raises(ValueError, match="no goal"):
-        OffPolicyTrainer(config(None, tmp_path / "b", "algo.name=dqn", "env.id=CartPole-v1", "norm.reward=false",
-                                "algo.her=true", "env.num_envs=1"))
+        OffPolicyTrainer(make_config(None, "algo.name=dqn", "env.id=CartPole-v1", "norm.reward=false",
+                                     "algo.her=true", "env.num_envs=1", run="b"))
 
 
-def test_sync_and_subprocess_backends_fill_identical_goal_replays(tmp_path):
+def test_sync_and_subprocess_backends_fill_identical_goal_replays(make_config):
     """Achieved goals are read per chunk of the vector env: worker processes must give the same rows."""
     replays = []
     for backend in ("sync", "subprocess"):
-        cfg = config("configs/bitflip_dqn_her.yaml", tmp_path / backend, "env.kwargs.n_bits=4", "env.num_envs=4",
-                     f"env.backend={backend}", "env.num_workers=2", "total_env_steps=100")
+        cfg = make_config("configs/bitflip_dqn_her.yaml", "env.kwargs.n_bits=4", "env.num_envs=4",
+                          f"env.backend={backend}", "env.num_workers=2", "total_env_steps=100", run=backend)
         trainer = OffPolicyTrainer(cfg)
         try:
             for _ in range(25):
@@ -293,3 +279,29 @@ def test_sync_and_subprocess_backends_fill_identical_goal_replays(tmp_path):
     np.testing.assert_array_equal(achieved, next_obs[..., :4])  # bit flipping: achieved goal = the bits
 
 
+
+
+def test_saved_replays_load_weights_only_and_a_misfit_is_a_checkpoint_error(make_config, tmp_path):
+    common = ("configs/bitflip_dqn_her.yaml", "env.kwargs.n_bits=4", "env.num_envs=2", "env.backend=sync",
+              "algo.per=true", "algo.learning_starts=60", "algo.buffer_size=100")
+    source = OffPolicyTrainer(make_config(*common, run="source"))
+    for _ in range(30):
+        source.collect(1.0)
+    source.close()
+    buf = source.replay["agent"]
+    buf.update_priorities(np.arange(8), np.linspace(0.0, 5.0, 8))
+    torch.save(replay_state(buf), tmp_path / "replay.pt")
+    saved = torch.load(tmp_path / "replay.pt", weights_only=True)  # tensors and numbers only
+    assert set(saved) == {"fields", "pos", "size", "count", "priorities", "max_priority", "her"}
+    target = OffPolicyTrainer(make_config(*common, run="target"))
+    target.close()
+    load_replay_state(target.replay["agent"], saved)
+    a = buf.sample(64, np.random.default_rng(0))
+    b = target.replay["agent"].sample(64, np.random.default_rng(0))
+    for name in ("indices", "weights", "obs", "reward", "terminated"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    smaller = OffPolicyTrainer(make_config(*common[:-1], "algo.buffer_size=80", run="smaller"))
+    smaller.close()
+    with pytest.raises(ckpt.CheckpointError, match=r"'start' is \(50, 2, 1\), the buffer's is \(40, 2, 1\).*"
+                                                   r"algo.buffer_size, env.num_envs, algo.per or algo.her changed"):
+        load_replay_state(smaller.replay["agent"], saved)

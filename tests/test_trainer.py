@@ -8,18 +8,13 @@ import torch
 
 from marl import checkpoint as ckpt
 from marl.cli import main
-from marl.config import load_config
-from marl.trainer import Trainer, load_policy
-
-TINY_SPREAD = [
-    "total_env_steps=800", "env.num_envs=4", "algo.num_steps=50", "algo.num_minibatches=2", "algo.update_epochs=2",
-    "eval.interval=400", "eval.episodes=2", "eval.num_envs=2", "log.progress=false", "checkpoint.interval=400",
-]
+from marl.run import eval_record
+from marl.trainer import Trainer, load_policy, vector_env
 
 
-def test_cli_train_writes_the_run_directory_and_eval_json(tmp_path, capsys):
+def test_cli_train_writes_the_run_directory_and_eval_json(tmp_path, capsys, tiny_ppo):
     run = tmp_path / "run"
-    assert main(["train", "configs/simple_spread_ppo.yaml", f"run_dir={run}", *TINY_SPREAD]) == 0
+    assert main(["train", "configs/simple_spread_ppo.yaml", f"run_dir={run}", *tiny_ppo]) == 0
     assert (run / "config.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "latest.pt").is_file()
@@ -28,6 +23,9 @@ def test_cli_train_writes_the_run_directory_and_eval_json(tmp_path, capsys):
         assert key in summary
     assert summary["env_steps"] == 800 and summary["agent_steps"] == 2400  # 3 agents always alive
     assert summary["best_eval"]["mean_return"] >= summary["final_eval"]["mean_return"]
+    assert [e["env_steps"] for e in summary["eval_history"]] == [400, 800]
+    assert summary["eval_history"][-1] == eval_record(summary["final_eval"])
+    assert {"mean_return", "std_return", "mean_agent_return", "mean_length", "episodes"} <= set(summary["eval_history"][0])
     capsys.readouterr()
     assert main(["eval", str(run), "--episodes", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -39,9 +37,9 @@ def test_cli_train_writes_the_run_directory_and_eval_json(tmp_path, capsys):
     assert abs(sum(result["per_agent"].values()) - result["mean_return"]) < 1e-6
 
 
-def test_eval_is_deterministic_and_reproducible(tmp_path, capsys):
+def test_eval_is_deterministic_and_reproducible(tmp_path, capsys, tiny_ppo):
     run = tmp_path / "run"
-    main(["train", f"run_dir={run}", *TINY_SPREAD])
+    main(["train", f"run_dir={run}", *tiny_ppo])
     capsys.readouterr()
     main(["eval", str(run / "checkpoints" / "latest.pt"), "--episodes", "2", "--json"])
     a = json.loads(capsys.readouterr().out)
@@ -50,17 +48,14 @@ def test_eval_is_deterministic_and_reproducible(tmp_path, capsys):
     assert a == b
 
 
-def test_checkpoint_round_trip_gives_equal_actions_and_state(tmp_path):
-    cfg = load_config("configs/simple_spread_ppo.yaml", [f"run_dir={tmp_path / 'r'}", *TINY_SPREAD])
+def test_checkpoint_round_trip_gives_equal_actions_and_state(make_config, tiny_ppo):
+    cfg = make_config("configs/simple_spread_ppo.yaml", *tiny_ppo)
     trainer = Trainer(cfg)
     trainer.train()
-    policy, _, state = load_policy(tmp_path / "r" / "checkpoints" / "latest.pt")
+    policy, _, state = load_policy(trainer.ckpt_dir / "latest.pt")
     for k, v in trainer.policy.net.state_dict().items():
         torch.testing.assert_close(policy.net.state_dict()[k], v)
     np.testing.assert_array_equal(policy.obs_norm["agent"].rms.mean, trainer.policy.obs_norm["agent"].rms.mean)
-    obs, st = trainer.env.reset(7) if False else (None, None)
-    from marl.trainer import vector_env
-
     venv = vector_env(cfg, 2)
     obs, st = venv.reset(123)
     venv.close()
@@ -70,40 +65,35 @@ def test_checkpoint_round_trip_gives_equal_actions_and_state(tmp_path):
     assert state["counters"]["env_steps"] == 800
 
 
-def test_resume_continues_counters_and_state(tmp_path):
+def test_resume_continues_counters_and_state(tmp_path, tiny_ppo):
     run = tmp_path / "r"
-    main(["train", f"run_dir={run}", *TINY_SPREAD])
+    main(["train", f"run_dir={run}", *tiny_ppo])
     first = ckpt.load(run / "checkpoints" / "latest.pt")
-    assert main(["train", f"resume={run}", "total_env_steps=1600", *TINY_SPREAD[1:]]) == 0
+    assert main(["train", f"resume={run}", "total_env_steps=1600", *tiny_ppo[1:]]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["env_steps"] == 1600
     second = ckpt.load(run / "checkpoints" / "latest.pt")
     assert second["learner"]["grad_steps"] == 2 * first["learner"]["grad_steps"]
 
 
-def test_resume_refuses_a_different_network(tmp_path, capsys):
+def test_resume_refuses_a_different_network(tmp_path, capsys, tiny_ppo):
     run = tmp_path / "r"
-    main(["train", f"run_dir={run}", *TINY_SPREAD])
-    assert main(["train", f"resume={run}", "model.hidden=[32]", *TINY_SPREAD]) == 2
+    main(["train", f"run_dir={run}", *tiny_ppo])
+    assert main(["train", f"resume={run}", "model.hidden=[32]", *tiny_ppo]) == 2
     assert "model.hidden" in capsys.readouterr().err
 
 
-def test_single_agent_gymnasium_env_uses_the_same_trainer(tmp_path):
-    cfg = load_config("configs/pendulum_ppo.yaml", [
-        f"run_dir={tmp_path / 'p'}", "total_env_steps=512", "algo.num_steps=64", "algo.num_minibatches=4",
-        "algo.update_epochs=1", "eval.episodes=1", "eval.num_envs=1", "log.progress=false",
-    ])
+def test_single_agent_gymnasium_env_uses_the_same_trainer(make_config):
+    cfg = make_config("configs/pendulum_ppo.yaml", "total_env_steps=512", "algo.num_steps=64",
+                      "algo.num_minibatches=4", "algo.update_epochs=1", "eval.episodes=1", "eval.num_envs=1")
     summary = Trainer(cfg).train()
     assert summary["final_eval"]["mean_length"] == 200.0  # Pendulum's time limit
     assert set(summary["final_eval"]["per_agent"]) == {"agent_0"}
 
 
-def test_cartpole_learns_within_a_tiny_budget(tmp_path):
+def test_cartpole_learns_within_a_tiny_budget(make_config):
     """A fixed-seed learning check: rl-zoo CartPole PPO beats a random policy (~22) by far in 16k steps (127 measured)."""
-    cfg = load_config("configs/cartpole_ppo.yaml", [
-        f"run_dir={tmp_path / 'c'}", "total_env_steps=16384", "eval.interval=0", "eval.episodes=5",
-        "log.progress=false", "log.tensorboard=false",
-    ])
+    cfg = make_config("configs/cartpole_ppo.yaml", "total_env_steps=16384", "eval.interval=0", "eval.episodes=5")
     summary = Trainer(cfg).train()
     assert summary["final_eval"]["mean_return"] >= 100, summary["final_eval"]
 

@@ -98,6 +98,22 @@ class TrajectoryIndex:
         open_start[closing] = -1
         self._open[lanes] = open_start
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of ``start``, ``end`` (``[L, E, A]``) and ``open`` (``[E, A]``: start of each running
+        trajectory, -1 where none runs)."""
+        return {"start": self.start.copy(), "end": self.end.copy(), "open": self._open.copy()}
+
+    def load_state_dict(self, state: Mapping[str, ArrayLike]) -> None:
+        """Restore a :meth:`state_dict`; ``ValueError`` naming the array whose shape differs (nothing changed)."""
+        arrays = {"start": self.start, "end": self.end, "open": self._open}
+        saved = {k: np.asarray(state[k], dtype=np.int64) for k in arrays}
+        for k, dst in arrays.items():
+            if saved[k].shape != dst.shape:
+                raise ValueError(f"saved HER trajectory index {k!r} is {saved[k].shape}, the buffer's is {dst.shape} "
+                                 "(the capacity, n_envs or number of agents differ)")
+        for k, dst in arrays.items():
+            dst[...] = saved[k]
+
 
 class HerReplayBuffer(ReplayBuffer):
     """Replay buffer that relabels goals at sample time (see the module docstring).
@@ -165,6 +181,22 @@ class HerReplayBuffer(ReplayBuffer):
         done = np.asarray(batch["terminated"], dtype=bool) | np.asarray(batch["truncated"], dtype=bool)
         self.trajectories.record(lanes, self.storage.count[lanes] - 1, alive, done)
         return indices
+
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`ReplayBuffer.state_dict` plus ``her``: the trajectory index (:meth:`TrajectoryIndex.state_dict`)."""
+        return {**super().state_dict(), "her": self.trajectories.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a buffer built alike; ``ValueError`` naming what differs."""
+        if "her" not in state:
+            raise ValueError("saved replay has no HER trajectory index (it was not a hindsight buffer)")
+        before = self.trajectories.state_dict()
+        self.trajectories.load_state_dict(state["her"])
+        try:
+            super().load_state_dict(state)
+        except ValueError:
+            self.trajectories.load_state_dict(before)  # a refused state changes nothing
+            raise
 
     def sample(self, batch_size: int, rng: np.random.Generator, beta: float | None = None) -> ReplaySample:
         """Draw rows as :meth:`ReplayBuffer.sample`, then relabel a fraction ``her_ratio``."""

@@ -12,15 +12,21 @@
   ``P(i) = p_i / sum_j p_j``.
 * Importance-sampling weights ``w_i = (N * P(i)) ** -beta / max_j w_j`` with N
   the number of rows stored. The maximum is taken over the *whole buffer*, as in
-  the paper, i.e. at the smallest stored priority (tracked by the min tree), not
-  over the batch: ``max_j w_j = (N * p_min / total) ** -beta``, so
+  the paper, i.e. at the smallest stored priority (the sum tree's exact running
+  minimum), not over the batch: ``max_j w_j = (N * p_min / total) ** -beta``, so
   ``w_i = (p_min / p_i) ** beta`` in ``(0, 1]``. Weights only scale updates down.
 * ``beta`` is annealed linearly from ``per_beta`` to 1 over training: the
   trainer computes :func:`per_beta_at` from its progress and passes it to
   ``sample``.
+* Checkpoints: ``state_dict()`` holds every row's priority and ``max_priority``;
+  ``load_state_dict`` rebuilds the sum tree bit for bit, so a resumed buffer
+  draws the same rows from the same generator.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -71,8 +77,8 @@ class PrioritizedSampler:
             Default 0.4.
 
     Attributes:
-        tree: the sum/min tree over row priorities (0 for unwritten rows, which
-            are therefore never drawn).
+        tree: the sum tree over row priorities, with their exact running
+            minimum (0 for unwritten rows, which are therefore never drawn).
         max_priority: priority given to new rows (largest assigned so far).
     """
 
@@ -105,31 +111,71 @@ class PrioritizedSampler:
     def sample(
         self, sizes: np.ndarray, n_envs: int, batch_size: int, rng: np.random.Generator, beta: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Stratified draw: one prefix sum uniform in each of B equal segments."""
+        """Stratified draw (:meth:`SumTree.sample_stratified`) and importance weights ``[B]``."""
         del sizes, n_envs  # unwritten rows have priority 0; leaves are flat row indices
         beta = self.per_beta if beta is None else float(beta)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1], got {beta}")
-        tree = self.tree
-        prefix = rng.random(batch_size)
-        prefix += np.arange(batch_size)
-        prefix *= tree.total / batch_size
-        indices, priorities = tree.find_with_priority(prefix)
-        weights = importance_weights(priorities, tree.min, beta)
-        return indices, weights
+        indices, priorities = self.tree.sample_stratified(batch_size, rng)
+        return indices, importance_weights(priorities, self.tree.min, beta)
 
     def update_priorities(self, indices: np.ndarray, abs_td: np.ndarray) -> None:
         """Set the priorities of rows ``indices [B]`` from their ``|δ| [B]``."""
         priority = td_priority(abs_td, self.per_alpha, self.per_eps)
         if priority.shape != np.shape(indices):
             raise ValueError(f"one TD error per index expected: {priority.shape} vs {np.shape(indices)}")
-        self.tree.update(indices, priority)
+        self.tree.update(indices, priority)  # refuses nan / inf TD errors before anything changes
         if priority.size:
-            self.max_priority = max(self.max_priority, float(priority.max()))
+            self.max_priority = max(self.max_priority, float(np.maximum.reduce(priority)))
 
     def priorities(self, indices: ArrayLike) -> np.ndarray:
         """Current priorities ``[B]`` of rows ``indices [B]``."""
         return self.tree.get(indices)
+
+    def state_dict(self) -> dict[str, np.ndarray | float]:
+        """``priorities``: ``[C]`` float64 copy of every row's priority (0 = unwritten);
+        ``max_priority``: the priority given to new rows."""
+        return {"priorities": self.tree.leaves, "max_priority": float(self.max_priority)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a sampler of the same capacity.
+
+        The tree is rebuilt from the priorities (:meth:`SumTree.set_leaves`), bit
+        for bit the tree that was saved, so the same ``rng`` draws the same rows.
+
+        Raises:
+            ValueError: naming the entry that is missing or wrong (shape, nan,
+                negative); a refused state changes nothing.
+        """
+        priorities, max_priority = _checked_sampler_state(state, self.tree.capacity)
+        self.tree.set_leaves(priorities)
+        self.max_priority = max_priority
+
+
+def _checked_sampler_state(state: Mapping[str, Any], capacity: int) -> tuple[np.ndarray, float]:
+    """``(priorities [C] float64, max_priority)`` from a :meth:`PrioritizedSampler.state_dict`.
+
+    Raises:
+        ValueError: a key is missing, the priorities are not ``[capacity]``
+            finite and >= 0, or ``max_priority`` is not positive and finite.
+    """
+    missing = sorted({"priorities", "max_priority"} - set(state))
+    if missing:
+        raise ValueError(
+            f"saved prioritized replay lacks {missing} (it was saved without prioritized sampling)"
+        )
+    priorities = np.asarray(state["priorities"], dtype=np.float64)
+    if priorities.shape != (capacity,):
+        raise ValueError(
+            f"saved priorities have shape {priorities.shape}, the sampler holds ({capacity},) rows: "
+            "the capacity differs"
+        )
+    if not (np.minimum.reduce(priorities) >= 0 and np.maximum.reduce(priorities) < np.inf):
+        raise ValueError("saved priorities must be finite and >= 0")
+    max_priority = float(state["max_priority"])
+    if not 0.0 < max_priority < np.inf:
+        raise ValueError(f"saved max_priority must be positive and finite, got {max_priority}")
+    return priorities, max_priority
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
@@ -163,3 +209,23 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def priorities(self, indices: ArrayLike) -> np.ndarray:
         """Current priorities ``[B]`` of rows ``indices [B]`` (0 for unwritten rows)."""
         return self.prioritized_sampler.priorities(indices)
+
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`ReplayBuffer.state_dict` (rows and write pointers) plus the
+        sampler's ``priorities`` (``[C]`` float64) and ``max_priority``."""
+        state = super().state_dict()
+        state.update(self.prioritized_sampler.state_dict())
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a buffer built alike (schema, capacity, ``n_envs``).
+
+        Sampling after a restore with the same ``rng`` draws the same rows as the
+        saved buffer would have.
+
+        Raises:
+            ValueError: naming what differs; a refused state changes nothing.
+        """
+        _checked_sampler_state(state, self.capacity)  # refuse before the rows change
+        super().load_state_dict(state)
+        self.prioritized_sampler.load_state_dict(state)

@@ -49,7 +49,7 @@ field is stored and returned in ``ReplaySample.extras``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -313,6 +313,35 @@ class LaneStorage:
         """``[B]`` number of rows written after row ``(t, e)`` in its lane (0 for the newest)."""
         return (self.pos[lanes] - 1 - slots) % self.lane_length
 
+    def state_dict(self) -> dict[str, Any]:
+        """Copies (numpy) of ``fields`` (name -> ``[L, E, *shape]``, every slot) and of ``pos, size, count``."""
+        return {"fields": {name: a.copy() for name, a in self._data.items()},
+                "pos": self.pos.copy(), "size": self.size.copy(), "count": self.count.copy()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of storage with the same schema, capacity and ``n_envs``.
+
+        Raises:
+            ValueError: naming the field or pointer whose names, shape or dtype differ;
+                everything is checked first, so a refused state changes nothing.
+        """
+        fields = {name: np.asarray(value) for name, value in state["fields"].items()}
+        missing, unknown = sorted(set(self._data) - set(fields)), sorted(set(fields) - set(self._data))
+        if missing or unknown:
+            raise ValueError(f"saved replay fields do not match the schema: missing {missing}, unknown {unknown}")
+        for name, dst in self._data.items():
+            src = fields[name]
+            if src.shape != dst.shape or not np.can_cast(src.dtype, dst.dtype, casting="same_kind"):
+                raise ValueError(f"saved replay field {name!r} is {src.dtype} {src.shape}, the buffer's is {dst.dtype} "
+                                 f"{dst.shape} ([L, E, *shape]): the capacity, n_envs or the schema differ")
+        pointers = [np.asarray(state[k], dtype=np.int64) for k in ("pos", "size", "count")]
+        if any(v.shape != (self.n_envs,) for v in pointers):
+            raise ValueError(f"saved replay pointers have shapes {[v.shape for v in pointers]}; "
+                             f"the buffer has {self.n_envs} lanes")
+        for name, dst in self._data.items():
+            dst[...] = fields[name]
+        self.pos[:], self.size[:], self.count[:] = pointers
+
 
 def nstep_lengths(ends: np.ndarray, steps_ahead: np.ndarray) -> np.ndarray:
     """Window lengths ``n' [B]`` of n-step targets.
@@ -377,6 +406,14 @@ class Sampler(Protocol):
     def update_priorities(self, indices: np.ndarray, abs_td: np.ndarray) -> None:
         """New ``|TD error| [B]`` of rows ``indices [B]``."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What sampling depends on besides the stored rows (numpy arrays and numbers; keys kept
+        apart from the storage's ``fields, pos, size, count``)."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (``state`` may hold the storage's keys too); ``ValueError``
+        naming what does not fit, nothing changed then."""
+
 
 def uniform_rows(sizes: np.ndarray, n_envs: int, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Flat indices (array of ``shape``) of rows drawn uniformly among the written ones.
@@ -407,6 +444,12 @@ class UniformSampler:
 
     def update_priorities(self, indices: np.ndarray, abs_td: np.ndarray) -> None:
         del indices, abs_td
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # uniform sampling keeps no state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        del state
 
 
 def reduce_td_errors(td_errors: ArrayLike | torch.Tensor, alive: np.ndarray | None) -> np.ndarray:
@@ -503,6 +546,25 @@ class ReplayBuffer:
     def __len__(self) -> int:
         """Rows currently stored (at most ``capacity``)."""
         return len(self.storage)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to sample as if never stopped (numpy arrays and numbers).
+
+        :meth:`LaneStorage.state_dict` (``fields, pos, size, count``) and the sampler's
+        state (a prioritized sampler's ``priorities`` and ``max_priority``), so any buffer
+        with a prioritized sampler, hindsight included, resumes exactly. Subclasses add keys.
+        """
+        return {**self.storage.state_dict(), **self.sampler.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a buffer built alike; ``ValueError`` naming what differs, nothing changed."""
+        before = self.sampler.state_dict()
+        self.sampler.load_state_dict(state)
+        try:
+            self.storage.load_state_dict(state)
+        except ValueError:
+            self.sampler.load_state_dict(before)
+            raise
 
     def add(self, batch: Mapping[str, ArrayLike], env_indices: ArrayLike | None = None) -> np.ndarray:
         """Store one step of N env copies; see :meth:`LaneStorage.add`.

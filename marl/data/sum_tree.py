@@ -1,34 +1,59 @@
-"""Array-backed sum tree (with a companion min tree) for prioritized sampling.
+"""Array-backed sum tree for prioritized sampling, with an exact running minimum.
 
 Layout: a complete binary tree over ``2**depth >= capacity`` leaves stored as a
-heap in two float64 arrays (sums and minima): the root is slot 1, the children
-of slot ``n`` are ``2n`` and ``2n + 1``, and depth ``k`` occupies slots
-``[2**k, 2**(k+1))``.
-Leaf ``i`` (a row of the replay buffer) is slot ``2**depth + i``; leaves past
-``capacity`` stay 0 forever. Every internal node holds exactly
-``fl(left + right)`` (the floating-point sum of its children) in the sum tree
-and ``min(left, right)`` in the min tree, where a zero leaf counts as ``+inf``
-in the min tree, so ``min`` is the smallest *positive* priority.
+heap in one float64 array: the children of slot ``n`` are ``2n`` and
+``2n + 1``, depth ``k`` occupies slots ``[2**k, 2**(k+1))``, and leaf ``i`` (a
+row of the replay buffer) is slot ``2**depth + i``; leaves past ``capacity``
+stay 0 forever.
 
-Both operations work on a whole batch at once, one numpy call per tree level
-(no Python loop over the batch):
+The tree is kept from the leaves up to the *scan level*, depth
+``s = scan_depth`` (``W = 2**s`` nodes, each over a block of
+``2**(depth - s)`` leaves). Every kept node holds exactly ``fl(left + right)``
+of its children, so the tree is a pure function of the leaves: ``set_leaves``
+rebuilds bit for bit what any sequence of ``update`` calls built, and a
+restored tree draws the same leaves from the same generator. No node above the
+scan level is stored; ``total`` sums the ``W`` scan-level nodes when read.
+
+Both operations work on a whole batch, a fixed number of numpy calls per level
+and none per element:
 
 * ``update(indices [B], priorities [B])`` writes the leaves (the last write wins
-  for a repeated index) and recomputes the ancestors level by level: O(B log C).
-* ``find(prefix_sums [B])`` descends level by level for the whole batch and
+  for a repeated index), then recomputes the ancestors up to the scan level:
+  per level one shift, one ``take`` of the sibling pairs (viewed as complex
+  numbers, so both children come in one 16-byte element), one add, one indexed
+  store. O(B (depth - s)).
+* ``find(prefix_sums [B])`` takes one ``cumsum`` over the ``W`` scan-level sums
+  and one ``searchsorted`` to reach depth ``s``, then descends one level per
+  step for the whole batch (take the left child, compare, subtract, step). It
   returns, for each ``u``, the leaf ``i`` with ``cum[i-1] <= u < cum[i]``
-  (``cum`` the cumulative sum of the leaves): O(B log C).
+  (``cum`` the cumulative sum of the leaves). O(W + B (depth - s)).
+  ``sample_stratified`` draws one prefix per segment of ``[0, total)`` and
+  does the same.
 
-Speed (see ``bench/bench_per.py``): each numpy call costs a fixed ~1 µs, so the
-cost is the number of calls per level; on large trees the deep levels also miss
-the cache, and ``take``/``put`` move data several times faster than fancy
-indexing there. The top levels of the tree are tiny: levels shallower
-than ``scan_depth`` are therefore handled whole: ``update`` recomputes them as
-full arrays (one vectorized add per level, cheaper than scattering B indices
-once a level has fewer than a few thousand nodes), and ``find`` replaces the
-descent through them by one ``cumsum`` + ``searchsorted`` over the nodes at depth
-``scan_depth``. The result is the same tree; ``scan_depth=0`` gives the
-textbook per-index descent from the root.
+The minimum positive priority (for importance weights) is not a second tree:
+``update`` keeps the minimum and the number of leaves holding it, from the old
+and new values of the leaves it writes (O(B), a few calls). When the last leaf
+at the minimum is raised, the next read of ``min`` rescans the leaves (O(C),
+0.8 ms at C = 1e6). In prioritized replay that is rare: the row of smallest
+priority is the one least likely to be drawn and updated, and it is overwritten
+once per pass of the buffer.
+
+Speed (``bench/bench_per.py``: B = 256, C = 1e6, one core). A numpy call costs
+a fixed 0.3-1 µs, more than its arithmetic on 256 numbers, and the levels
+below depth ~16 of a 1e6-leaf tree miss the cache; the design counts calls and
+bytes:
+
+* one float64 array (16 MB at C = 1e6) instead of a sum tree plus a min tree:
+  half the memory traffic, no minimum work per level (the largest single win);
+* no levels above the scan: one ``cumsum`` over ``W`` nodes replaces ``s``
+  levels of every descent and of every update (a level costs about as much as
+  a scan over 2,000 nodes, hence the default ``s = 11``);
+* contiguous operands, preallocated outputs passed positionally,
+  ``take(..., mode="clip")`` (no buffered copy), ``a[idx] = v`` rather than
+  ``a.put`` (half the cost), ``count_nonzero`` rather than ``all``/``any``
+  (a third), no remainder update on the last level;
+* strictly increasing indices (a stratified draw) skip de-duplication and
+  bound-check with their two ends.
 
 Round-off: the descent compares prefix sums against partial sums computed in a
 different order than a flat ``cumsum``, so at a cell boundary it may pick the
@@ -44,36 +69,42 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-_DEFAULT_SCAN_DEPTH = 10  # 1024 nodes: measured optimum for B = 256, C = 1e6 on one core
+_DEFAULT_SCAN_DEPTH = 11  # 2048 nodes: measured optimum for B = 256, C = 1e6 on one core
 
 
 def _last_write_wins(indices: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop repeated indices, keeping the value written last (numpy leaves the
-    order of repeated fancy-index assignments unspecified)."""
+    """Sorted distinct ``indices`` with the value written last to each (numpy
+    leaves the order of repeated fancy-index assignments unspecified)."""
     order = np.argsort(indices, kind="stable")
     sorted_idx = indices[order]
     keep = np.empty(sorted_idx.shape[0], dtype=bool)
     keep[-1:] = True
     np.not_equal(sorted_idx[1:], sorted_idx[:-1], out=keep[:-1])
-    if keep.all():
-        return indices, values
     chosen = order[keep]
     return indices[chosen], values[chosen]
 
 
+def _positive_min(values: np.ndarray) -> float:
+    """Smallest positive entry of ``values``; ``inf`` when there is none."""
+    return float(np.minimum.reduce(values, where=values > 0, initial=np.inf))
+
+
 class SumTree:
-    """Sum and min over ``capacity`` non-negative float64 priorities.
+    """Sum and minimum over ``capacity`` non-negative float64 priorities.
 
     Args:
         capacity: number of leaves C (>= 1). All leaves start at priority 0.
-        scan_depth: tree depth above which levels are processed whole (see the
-            module docstring); clipped to the tree depth. A speed knob only:
-            every value gives the same tree, and the same ``find`` results up to
-            round-off at cell boundaries. Default 10.
+        scan_depth: depth ``s`` of the scan level (see the module docstring),
+            clipped to the tree depth. A speed knob only: every value stores the
+            same leaves and node sums below the scan level, and gives the same
+            ``find`` results up to round-off at cell boundaries. ``0`` is the
+            textbook tree (kept up to the root, descent from the root).
+            Default 11.
 
     Attributes:
         capacity: number of leaves C.
         depth: levels below the root; the tree has ``2**depth >= C`` leaf slots.
+        scan_depth: depth ``s`` of the scan level (``<= depth``).
     """
 
     def __init__(self, capacity: int, scan_depth: int = _DEFAULT_SCAN_DEPTH) -> None:
@@ -83,26 +114,32 @@ class SumTree:
             raise ValueError(f"scan_depth must be >= 0, got {scan_depth}")
         self.capacity = int(capacity)
         self.depth = max(1, int(np.ceil(np.log2(capacity))))
+        self.scan_depth = min(int(scan_depth), self.depth)
         self._n_slots = 1 << self.depth  # leaf slots, a power of two
-        self._scan_depth = min(scan_depth, self.depth)
+        self._width = 1 << self.scan_depth  # nodes at the scan level
         self._sum = np.zeros(2 * self._n_slots, dtype=np.float64)
-        self._min = np.full(2 * self._n_slots, np.inf, dtype=np.float64)
-        # Sibling pairs as complex numbers: pair n = slot 2n + 1j * slot 2n+1, the
-        # two children of node n, fetched by one take().
-        self._sum_pairs = self._sum.view(np.complex128)
-        self._min_pairs = self._min.view(np.complex128)
-        # Exclusive cumulative sum of the nodes at depth scan_depth, reused by find().
-        self._scan = np.zeros((1 << self._scan_depth) + 1, dtype=np.float64)
+        # Pair n of this view is (slot 2n, slot 2n + 1) = the children of node n.
+        self._pairs = self._sum.view(np.complex128)
+        self._scan_level = self._sum[self._width : 2 * self._width]
+        # Exclusive cumulative sum of the scan level, rebuilt by every find().
+        self._scan = np.zeros(self._width + 1, dtype=np.float64)
+        # Running minimum: value, number of leaves holding it, and whether a
+        # rescan is due (the last of those leaves was raised).
+        self._min = np.inf
+        self._min_count = 0
+        self._min_stale = False
 
     @property
     def total(self) -> float:
-        """Sum of all leaf priorities (the root)."""
-        return float(self._sum[1])
+        """Sum of all leaf priorities (the sum of the scan-level nodes; O(W))."""
+        return float(np.add.reduce(self._scan_level))
 
     @property
     def min(self) -> float:
         """Smallest positive leaf priority; ``inf`` when every leaf is 0."""
-        return float(self._min[1])
+        if self._min_stale:
+            self._rescan_min()
+        return self._min
 
     @property
     def leaves(self) -> np.ndarray:
@@ -115,46 +152,66 @@ class SumTree:
         return self._sum.take(idx + self._n_slots)
 
     def update(self, indices: ArrayLike, priorities: ArrayLike) -> None:
-        """Set leaf ``indices[b]`` to ``priorities[b]`` and refresh all ancestors.
+        """Set leaf ``indices[b]`` to ``priorities[b]`` and refresh the ancestors.
 
         Args:
             indices: ``[B]`` leaf indices in ``[0, C)``; repeats are allowed and
-                the value given last wins.
+                the value given last wins. Strictly increasing indices (what a
+                stratified draw returns) take the fast path.
             priorities: ``[B]`` finite priorities >= 0 (0 removes the leaf from
                 sampling), or a scalar applied to every index.
         """
-        idx = self._check_indices(indices)
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1:
+            raise ValueError(f"indices must be 1-D [B], got shape {idx.shape}")
         pri = np.asarray(priorities, dtype=np.float64)
         if pri.shape != idx.shape:
-            pri = np.broadcast_to(pri, idx.shape)
-        if idx.size == 0:
+            if pri.ndim != 0:
+                raise ValueError(
+                    f"one priority per index expected: priorities {pri.shape}, indices {idx.shape}"
+                )
+            pri = np.full(idx.shape, pri)
+        batch = idx.shape[0]
+        if batch == 0:
             return
-        low, high = pri.min(), pri.max()
+        low, high = np.minimum.reduce(pri), np.maximum.reduce(pri)
         if not (low >= 0 and high < np.inf):  # also catches nan
             raise ValueError(f"priorities must be finite and >= 0; got min {low}, max {high}")
-        tsum, tmin = self._sum, self._min
-        node = idx + self._n_slots
-        tsum.put(node, pri)
-        if not np.array_equal(tsum.take(node), pri):  # a repeated index with different values
+        # (count_nonzero is the cheapest reduction on a small array: ~3x faster than all())
+        if np.count_nonzero(idx[1:] <= idx[:-1]) == 0:  # distinct and sorted: the ends bound the range
+            if idx[0] < 0 or idx[-1] >= self.capacity:
+                self._raise_out_of_range(idx)
+            new_min = float(low) if low > 0 else _positive_min(pri)
+        else:
+            self._check_indices(idx)
             idx, pri = _last_write_wins(idx, pri)
-            node = idx + self._n_slots
-            tsum.put(node, pri)
-        tmin.put(node, np.where(pri > 0, pri, np.inf))
-        # Deep levels: recompute only the ancestors of the written leaves. A parent
-        # shared by several leaves is written several times with the same value.
-        # (take/put: several times faster than fancy indexing on large arrays.)
-        sum_pairs, min_pairs = self._sum_pairs, self._min_pairs
-        for _ in range(self.depth - self._scan_depth):
-            node >>= 1
-            children = sum_pairs.take(node)
-            tsum.put(node, children.real + children.imag)
-            children = min_pairs.take(node)
-            tmin.put(node, np.minimum(children.real, children.imag))
-        # Shallow levels: recompute whole levels (fewer nodes than the batch costs).
-        for level in range(self._scan_depth - 1, -1, -1):
+            new_min = _positive_min(pri)
+        node = idx + self._n_slots
+        old = self._sum.take(node)
+        self._sum[node] = pri  # distinct indices here
+        self._track_min(old, pri, new_min)
+        self._refresh(node)
+
+    def set_leaves(self, priorities: ArrayLike) -> None:
+        """Replace every leaf at once and rebuild the tree level by level (O(C)).
+
+        Gives exactly the tree (and ``total``) that :meth:`update` builds for the
+        same leaves.
+
+        Args:
+            priorities: ``[C]`` finite priorities >= 0.
+        """
+        pri = np.asarray(priorities, dtype=np.float64)
+        if pri.shape != (self.capacity,):
+            raise ValueError(f"set_leaves expects [C] = ({self.capacity},) priorities, got shape {pri.shape}")
+        if not (np.minimum.reduce(pri) >= 0 and np.maximum.reduce(pri) < np.inf):
+            raise ValueError("priorities must be finite and >= 0 (no nan, no inf)")
+        tree = self._sum
+        tree[self._n_slots : self._n_slots + self.capacity] = pri
+        for level in range(self.depth - 1, self.scan_depth - 1, -1):
             lo, hi = 1 << level, 2 << level
-            np.add(tsum[2 * lo : 2 * hi : 2], tsum[2 * lo + 1 : 2 * hi : 2], out=tsum[lo:hi])
-            np.minimum(tmin[2 * lo : 2 * hi : 2], tmin[2 * lo + 1 : 2 * hi : 2], out=tmin[lo:hi])
+            np.add(tree[2 * lo : 2 * hi : 2], tree[2 * lo + 1 : 2 * hi : 2], out=tree[lo:hi])
+        self._rescan_min()
 
     def find(self, prefix_sums: ArrayLike) -> np.ndarray:
         """Leaves ``[B]`` (int64) holding the given prefix sums.
@@ -171,55 +228,146 @@ class SumTree:
         return self.find_with_priority(prefix_sums)[0]
 
     def find_with_priority(self, prefix_sums: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`find`, also returning the priorities ``[B]`` of the leaves found."""
-        u = np.array(prefix_sums, dtype=np.float64, copy=True, ndmin=1)
-        tsum = self._sum
-        if not tsum[1] > 0:
-            raise ValueError("cannot search an empty SumTree (total priority is 0); update() some leaves first")
-        if np.isnan(u.min()):
+        """:meth:`find`, also returning the priorities ``[B]`` (float64) of the leaves found."""
+        prefix = np.asarray(prefix_sums, dtype=np.float64).reshape(-1)
+        self._build_scan()
+        if prefix.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        if np.isnan(np.minimum.reduce(prefix)):
             raise ValueError("prefix_sums contain nan")
-        # Out-of-range prefixes need no clipping here: below 0 the descent keeps
-        # left, past the total it keeps right, and a zero leaf is caught below.
-        # Top: one scan over the nodes at depth scan_depth replaces the descent to it.
-        width = 1 << self._scan_depth
+        return self._descend(prefix)
+
+    def sample_stratified(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Stratified draw: leaves ``[B]`` (int64) and their priorities ``[B]`` (float64).
+
+        The total priority is cut into ``B = batch_size`` equal segments and one
+        prefix sum is drawn uniformly in each (``(U_b + b) * total / B``), then
+        located as by :meth:`find`; a leaf is drawn with probability
+        ``p_i / total`` per segment it overlaps. The leaves come sorted.
+
+        Raises:
+            ValueError: if the tree is empty (``total == 0``) or ``batch_size < 1``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        total = self._build_scan()
+        prefix = rng.random(batch_size)
+        prefix += np.arange(batch_size, dtype=np.float64)
+        prefix *= total / batch_size
+        return self._descend(prefix)
+
+    def _build_scan(self) -> float:
+        """Refresh the exclusive cumulative sum of the scan level; returns the total it ends on."""
         scan = self._scan
-        np.cumsum(tsum[width : 2 * width], out=scan[1:])
-        cell = np.searchsorted(scan[1:], u, side="right")
-        np.minimum(cell, width - 1, out=cell)
-        u -= scan.take(cell)
-        node = cell + width
-        # Bottom: binary descent, one level per step for the whole batch.
-        for _ in range(self.depth - self._scan_depth):
-            node <<= 1
-            left = tsum.take(node)
-            go_right = u >= left
-            u -= left * go_right
-            node += go_right
-        leaf = node - self._n_slots
-        priority = tsum.take(node)
-        stray = priority == 0  # round-off led into a zero subtree: search again, guarded
-        if stray.any():
-            leaf[stray] = self._guarded_find(np.array(prefix_sums, dtype=np.float64, ndmin=1)[stray])
-            priority[stray] = tsum.take(leaf[stray] + self._n_slots)
-        return leaf, priority
+        np.cumsum(self._scan_level, out=scan[1:])
+        total = float(scan[-1])
+        if not total > 0:
+            raise ValueError("cannot search an empty SumTree (total priority is 0); update() some leaves first")
+        return total
+
+    def _descend(self, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Leaves and priorities ``[B]`` for prefixes ``prefix [B]`` (not nan), using the current scan."""
+        # Scan level: searchsorted replaces the descent to depth s. Out-of-range
+        # prefixes need no clipping: below 0 the descent keeps left, past the
+        # total it keeps right, and a zero leaf is caught below.
+        scan, width = self._scan, self._width
+        node = scan[1:].searchsorted(prefix, side="right")
+        np.minimum(node, width - 1, out=node)
+        u = prefix - scan.take(node)
+        node += width
+        # Below: binary descent, one level per step for the whole batch.
+        # Positional arguments and preallocated outputs: call overhead is the cost.
+        take, add, greater_equal = self._sum.take, np.add, np.greater_equal
+        multiply, subtract = np.multiply, np.subtract
+        batch = prefix.shape[0]
+        left = np.empty(batch, dtype=np.float64)
+        step = np.empty(batch, dtype=np.float64)
+        go_right = np.empty(batch, dtype=bool)
+        for level in range(self.depth - self.scan_depth, 0, -1):
+            add(node, node, node)  # left child
+            take(node, None, left, "clip")  # indices are in range; "clip" skips a buffered copy
+            greater_equal(u, left, go_right)
+            if level > 1:  # the leaf level needs no remainder
+                multiply(left, go_right, step)
+                subtract(u, step, u)
+            add(node, go_right, node)
+        priority = take(node)
+        node -= self._n_slots
+        if np.count_nonzero(priority) < batch:  # round-off led into a zero subtree: search again, guarded
+            stray = priority == 0
+            node[stray] = self._guarded_find(prefix[stray])
+            priority[stray] = take(node[stray] + self._n_slots)
+        return node, priority
 
     def _guarded_find(self, u: np.ndarray) -> np.ndarray:
-        """Descent from the root that only enters subtrees of positive sum."""
-        tsum = self._sum
-        u = np.clip(u, 0.0, tsum[1])
-        node = np.ones(u.shape[0], dtype=np.int64)
-        for _ in range(self.depth):
+        """Leaves ``[b]`` for prefixes ``u [b]``, entering only nodes of positive sum (current scan)."""
+        scan, width, tree = self._scan, self._width, self._sum
+        u = np.clip(u, 0.0, scan[-1])
+        cell = scan[1:].searchsorted(u, side="right")
+        positive = np.flatnonzero(self._scan_level > 0)  # not empty: total > 0
+        # The next positive cell, or the last one.
+        cell = positive[np.minimum(positive.searchsorted(cell), positive.size - 1)]
+        u = np.maximum(u - scan[cell], 0.0)
+        node = cell + width
+        for _ in range(self.depth - self.scan_depth):
             node <<= 1
-            left, right = tsum[node], tsum[node + 1]
+            left, right = tree[node], tree[node + 1]
             go_right = ((u >= left) & (right > 0)) | (left == 0)
             u = np.where(go_right, u - left, u)
             node += go_right
         return node - self._n_slots
 
+    def _refresh(self, node: np.ndarray) -> None:
+        """Recompute the ancestors of leaf slots ``node [B]`` (overwritten) up to the scan level."""
+        batch = node.shape[0]
+        children = np.empty(batch, dtype=np.complex128)  # (left, right) = (real, imag)
+        left, right = children.real, children.imag
+        parent = np.empty(batch, dtype=np.float64)
+        one = np.ones(batch, dtype=np.int64)  # an array operand: cheaper than a scalar in the shift
+        tree, take, right_shift, add = self._sum, self._pairs.take, np.right_shift, np.add
+        # A parent shared by several leaves is written several times with the same
+        # value, so the unspecified order of repeated index assignments is harmless
+        # (and ``tree[node] = ...`` costs half of ``tree.put``).
+        for _ in range(self.depth - self.scan_depth):
+            right_shift(node, one, node)
+            take(node, None, children, "clip")  # in range; "clip" skips a buffered copy
+            add(left, right, parent)
+            tree[node] = parent
+
+    def _track_min(self, old: np.ndarray, new: np.ndarray, new_min: float) -> None:
+        """Update the running minimum after distinct leaves went from ``old [B]`` to ``new [B]``.
+
+        ``new_min`` is the smallest positive entry of ``new`` (``inf`` if none).
+        """
+        if self._min_stale:
+            return  # the next read rescans
+        current = self._min
+        if new_min < current:  # every other leaf is >= current > new_min
+            self._min = new_min
+            self._min_count = int(np.count_nonzero(new == new_min))
+            return
+        if current == np.inf:
+            return  # no positive leaf before or after
+        count = self._min_count - int(np.count_nonzero(old == current))
+        if new_min == current:
+            count += int(np.count_nonzero(new == current))
+        self._min_count = count
+        self._min_stale = count == 0
+
+    def _rescan_min(self) -> None:
+        leaves = self._sum[self._n_slots : self._n_slots + self.capacity]
+        self._min = _positive_min(leaves)
+        self._min_count = int(np.count_nonzero(leaves == self._min)) if self._min < np.inf else 0
+        self._min_stale = False
+
     def _check_indices(self, indices: ArrayLike) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)  # never written to: callers build new arrays from it
         if idx.ndim != 1:
             raise ValueError(f"indices must be 1-D [B], got shape {idx.shape}")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.capacity):
-            raise IndexError(f"leaf index out of range [0, {self.capacity}): min {idx.min()}, max {idx.max()}")
+        # One comparison catches both ends: negative indices are huge as unsigned.
+        if np.count_nonzero(idx.view(np.uint64) >= self.capacity):
+            self._raise_out_of_range(idx)
         return idx
+
+    def _raise_out_of_range(self, idx: np.ndarray) -> None:
+        raise IndexError(f"leaf index out of range [0, {self.capacity}): min {idx.min()}, max {idx.max()}")

@@ -3,8 +3,10 @@
 * :mod:`marl.off_policy.actor`: :class:`OffPolicyActor` (acting networks + normalizers, the
   Policy interface that evaluation uses), :func:`build_actor`, :func:`build_learner`.
 * :mod:`marl.off_policy.replay`: replay buffers per group, rows from vector steps, sampled
-  batches as tensors, HER's goal functions, replay persistence.
-* :mod:`marl.off_policy.trainer`: :class:`OffPolicyTrainer`, the loop.
+  batches as tensors, HER's goal functions, the replays' checkpoint entries (tensors of
+  :meth:`marl.data.ReplayBuffer.state_dict`).
+* :mod:`marl.off_policy.trainer`: :class:`OffPolicyTrainer`, the loop body (act, store, learn) inside
+  the run scaffolding every trainer shares (:class:`marl.run.TrainingRun`).
 
 Glossary (as in :mod:`marl.trainer`, plus):
 
@@ -31,8 +33,9 @@ The replay stores raw observations, normalized with the current statistics when 
 (after HER relabelling); rewards are stored raw (``norm.reward`` must be off). Checkpoints:
 ``policy`` (acting networks + normalizers, what :func:`build_actor` loads), ``learner``
 (critics, targets, optimizers, ``log_alpha``, generator), counters, RNG states (python, numpy,
-torch, replay sampling, actor), env snapshots (:class:`marl.env.adapters.EnvSnapshot`: a
-resumed run continues its episodes exactly) and, with ``algo.save_replay``, the replays in
+torch, replay sampling, actor), the health monitor, env snapshots
+(:class:`marl.env.adapters.EnvSnapshot`: a resumed run continues its episodes exactly) and,
+with ``algo.save_replay``, the replays in
 ``latest.pt`` and ``step_*.pt`` (``replay/bytes_per_row``, logged at start, times the capacity).
 Resumed with the replay, a run continues exactly as if never stopped; without it, the replay
 refills ``max(learning_starts, batch_size)`` rows (acting with the policy) before training.

@@ -147,41 +147,37 @@ def replay_bytes_per_row(buf: ReplayBuffer) -> int:
     return n
 
 
+def _tensors(x: Any) -> Any:
+    """numpy arrays (also inside dicts) as tensors, for a ``weights_only`` checkpoint."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    return {k: _tensors(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+
+def _arrays(x: Any) -> Any:
+    """Tensors (also inside dicts) as numpy arrays: the inverse of :func:`_tensors`."""
+    if isinstance(x, torch.Tensor):
+        return x.numpy()
+    return {k: _arrays(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+
 def replay_state(buf: ReplayBuffer) -> dict[str, Any]:
-    """A replay buffer as tensors and numbers (for ``weights_only`` checkpoints)."""
-    st = buf.storage
-    state: dict[str, Any] = {
-        "fields": {name: torch.from_numpy(np.array(st.field(name))) for name in buf.schema},
-        "pos": torch.from_numpy(st.pos.copy()), "size": torch.from_numpy(st.size.copy()),
-        "count": torch.from_numpy(st.count.copy()),
-    }
-    if buf.sampler.prioritized:
-        state["priorities"] = torch.from_numpy(buf.sampler.tree.leaves)
-        state["max_priority"] = float(buf.sampler.max_priority)
-    if isinstance(buf, HerReplayBuffer):
-        tr = buf.trajectories
-        state["her"] = {"start": torch.from_numpy(tr.start.copy()), "end": torch.from_numpy(tr.end.copy()),
-                        "open": torch.from_numpy(tr._open.copy())}
-    return state
+    """A replay buffer's :meth:`~marl.data.ReplayBuffer.state_dict` as tensors and numbers."""
+    return _tensors(buf.state_dict())
 
 
 def load_replay_state(buf: ReplayBuffer, state: dict[str, Any]) -> None:
-    """Restore :func:`replay_state` into a buffer built with the same schema and capacity."""
-    st = buf.storage
-    for name in buf.schema:
-        src = state["fields"][name].numpy()
-        if src.shape != st._data[name].shape:
-            raise ckpt.CheckpointError(f"saved replay field {name!r} is {src.shape}, the buffer {st._data[name].shape}: "
-                                       "algo.buffer_size or env.num_envs changed; resume with the run's config")
-        st._data[name][...] = src
-    st.pos[:], st.size[:], st.count[:] = (state[k].numpy() for k in ("pos", "size", "count"))
-    if buf.sampler.prioritized:
-        leaves = state["priorities"].numpy()
-        buf.sampler.tree.update(np.arange(leaves.shape[0]), leaves)
-        buf.sampler.max_priority = float(state["max_priority"])
-    if isinstance(buf, HerReplayBuffer):
-        tr = buf.trajectories
-        tr.start[...], tr.end[...], tr._open[...] = (state["her"][k].numpy() for k in ("start", "end", "open"))
+    """Restore :func:`replay_state` into a buffer built from the same config.
+
+    Raises:
+        CheckpointError: the saved replay does not fit the buffer (the message names the
+            field); the buffer is left as it was.
+    """
+    try:
+        buf.load_state_dict(_arrays(state))
+    except ValueError as exc:
+        raise ckpt.CheckpointError(f"{exc}; algo.buffer_size, env.num_envs, algo.per or algo.her changed since the "
+                                   "checkpoint: resume with the run's config.yaml") from exc
 
 
 def achieved_goals(env: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:

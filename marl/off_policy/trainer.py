@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
-import signal
-import time
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
 from marl import checkpoint as ckpt
 from marl.algos.dqn import linear_epsilon
-from marl.config import Config, DQNConfig, OffPolicyConfig, dump_yaml, to_dict
+from marl.config import Config, DQNConfig, OffPolicyConfig
 from marl.data import per_beta_at
-from marl.env.adapters import EnvSnapshot
-from marl.evaluation import evaluate
-from marl.logger import Logger, episode_metrics, flatten_dict, flatten_eval
-from marl.off_policy.actor import build_actor, build_learner
+from marl.health import OFF_POLICY_REMEDIES, check_finite_metrics, check_inputs, first_nonfinite
+from marl.logger import episode_metrics
+from marl.off_policy.actor import OffPolicyActor, build_actor, build_learner
 from marl.off_policy.replay import (
     achieved_goals,
     build_replays,
@@ -31,161 +25,123 @@ from marl.off_policy.replay import (
     replay_state,
     to_batch,
 )
-from marl.trainer import (
-    TrainingInterrupted,
-    check_resume_config,
-    default_run_dir,
-    find_checkpoint,
-    resolve_device,
-    seed_everything,
-    vector_env,
-)
-from marl.types import EnvSpec, EpisodeStats, GroupObs
+from marl.run import Report, TrainingRun
+from marl.types import EpisodeStats, GroupObs
 
 
-class OffPolicyTrainer:
-    """Builds an off-policy run from a :class:`Config` and runs it (see the module docstring).
+class MetricWindow:
+    """Learner metrics and finished episodes since the last log, summed as they come.
 
-    Run directory, checkpoints (``latest.pt``, ``best.pt``, ``step_<env_steps>.pt``),
-    evaluation, signals (SIGINT/SIGTERM save ``latest.pt`` and exit 130/143),
-    ``summary.json`` and ``resume=RUN_DIR`` behave as in :class:`marl.trainer.Trainer`.
+    A NaN or inf in any update makes its metric's sum non-finite, so one look at the
+    sums (:meth:`all_finite`) covers every update of the window. The values are
+    what the learners return (Python floats); nothing here reads from the device.
     """
+
+    def __init__(self, first_grad_step: int = 0) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.episodes: list[EpisodeStats] = []
+        self.first_grad_step = first_grad_step  # grad steps before the window's first update
+
+    def add(self, metrics: Mapping[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        """``train/<name>`` -> mean over the window's updates."""
+        return {f"train/{k}": v / self.counts[k] for k, v in self.sums.items()}
+
+    def all_finite(self) -> bool:
+        return all(math.isfinite(v) for v in self.sums.values())
+
+
+class OffPolicyTrainer(TrainingRun):
+    """Builds an off-policy run (DQN, SAC, TD3; PER, n-step, HER) from a :class:`Config` and runs it.
+
+    The run directory, checkpoints, evaluation, signals, ``summary.json`` and
+    ``resume=RUN_DIR`` are those of :class:`marl.run.TrainingRun`; this class holds
+    the acting networks (:attr:`actor`), the learner, one replay per group and the
+    loop body: act, store, and every ``algo.train_freq`` env steps
+    ``algo.gradient_steps`` updates (:meth:`advance`).
+
+    Health: the learner's metrics are summed per logging window and checked for
+    NaN/inf at every log and before every evaluation and checkpoint write (no
+    checkpoint is overwritten with a non-finite network), and with PER after every
+    update (a NaN TD error must not reach the priorities); the warning signs of
+    :class:`marl.health.HealthMonitor` are watched once per log (``q_divergence``
+    against the largest reward magnitude seen, ``alpha_collapse``,
+    ``entropy_collapse``, ``returns_collapse``); ``health.check_inputs`` checks every
+    observation and reward.
+    """
+
+    remedies = OFF_POLICY_REMEDIES
 
     def __init__(self, cfg: Config) -> None:
         if not isinstance(cfg.algo, OffPolicyConfig):
             raise ValueError(f"OffPolicyTrainer runs dqn, sac or td3, not {cfg.algo.name!r}")
-        self.resume_path: Path | None = None
-        saved = None
-        if cfg.resume:
-            self.resume_path = find_checkpoint(cfg.resume)
-            saved = ckpt.load(self.resume_path)
-            check_resume_config(saved["config"], cfg, self.resume_path)
-            if not cfg.run_dir:
-                cfg = replace(cfg, run_dir=str(self.resume_path.parent.parent))
-        self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_stale(self.ckpt_dir)
-        dump_yaml(cfg, self.run_dir / "config.yaml")
-        if cfg.torch_threads > 0:
-            torch.set_num_threads(cfg.torch_threads)
-        seed_everything(cfg.seed)
-        self.device = resolve_device(cfg.device)
-        self.env = vector_env(cfg, cfg.env.num_envs)
-        self.spec: EnvSpec = self.env.spec
-        self.goal_env = None
-        try:
-            self.actor = build_actor(self.spec, cfg, self.device)
-            self.learner = build_learner(self.actor, cfg)
-            goals = goal_functions(cfg, self.spec) if cfg.algo.her else None
-            self.goal_env = None if goals is None else goals.env
-            self.replay = build_replays(self.spec, cfg, goals)
-        except Exception:
-            self.close()
-            raise
+        self.goal_env: Any = None  # HER's goal env, once built (closed with the training envs)
+        super().__init__(cfg)
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.actor: OffPolicyActor = build_actor(self.spec, cfg, self.device)
+        self.learner = build_learner(self.actor, cfg)
+        goals = goal_functions(cfg, self.spec) if cfg.algo.her else None
+        self.goal_env = None if goals is None else goals.env
+        self.replay = build_replays(self.spec, cfg, goals)
+        if goals is not None:  # relabelled rewards reach the success reward even before a real success
+            for g in self.replay:
+                self.health.note_rewards(g, goals.success_reward)
         self.rng = np.random.default_rng(cfg.seed)
+        self.agents = {g.name: g.agents for g in self.spec.groups}
         self.obs: dict[str, GroupObs] = {}
         self.goals: dict[str, np.ndarray] | None = None
-        self._take_obs(self.env.reset(cfg.seed))
-        self.env_steps = self.agent_steps = self.iteration = self.episodes = 0
+        self.take_obs(*self.env.reset(cfg.seed))
         self.since_train = 0  # env steps collected since the last training phase
-        self.best_eval: dict[str, Any] | None = None
-        self.last_eval: dict[str, Any] | None = None
-        self.eval_history: list[dict[str, Any]] = []
-        self.wall_time_prev = 0.0
-        self._start: float | None = None
-        if saved is not None:
-            self._restore(saved)  # on the CPU: load_state_dict copies onto the networks' device
+        self.window = MetricWindow()
 
-    def _take_obs(self, obs_state: tuple[dict[str, GroupObs], Any]) -> None:
+    def take_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
         """Hold copies of the env copies' current observations and achieved goals (after a reset or restore)."""
+        del state  # off-policy critics are local
+        if self.cfg.health.check_inputs:
+            check_inputs({g: o.obs for g, o in obs.items()}, None, self.agents)
         self.obs = {g: GroupObs(o.obs.copy(), o.alive.copy(), None if o.action_mask is None else o.action_mask.copy())
-                    for g, o in obs_state[0].items()}
+                    for g, o in obs.items()}
         goals = achieved_goals(self.env)
         self.goals = None if goals is None else goals[0]
 
+    def acting_policy(self) -> OffPolicyActor:
+        return self.actor
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.learner.trainable())
+
     def close(self) -> None:
-        self.env.close()
+        super().close()
         if self.goal_env is not None:
             self.goal_env.close()
 
     # ------------------------------------------------------------------ checkpoints
-    def state(self, with_replay: bool = False) -> dict[str, Any]:
-        state = {
-            "config": to_dict(self.cfg),
-            "policy": self.actor.state_dict(),
-            "learner": self.learner.state_dict(),
-            "counters": {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "iteration": self.iteration,
-                         "episodes": self.episodes, "since_train": self.since_train, "wall_time_s": self._wall_time()},
-            "rng": {**ckpt.rng_state(), "replay": ckpt.generator_state(self.rng),
-                    "actor": self.actor.generator.get_state()},
-            "env": [tuple(s._replace(actions={g: torch.from_numpy(a) for g, a in s.actions.items()}))
-                    for s in self.env.snapshot()],
-            "best_eval": self.best_eval,
-            "eval_history": self.eval_history,
-        }
-        if with_replay:
+    def checkpoint_state(self, name: str) -> dict[str, Any]:
+        """Adds the replay-sampling and exploration RNGs, ``since_train`` and, with
+        ``algo.save_replay``, the replays (not in ``best.pt``)."""
+        state = super().checkpoint_state(name)
+        state["counters"]["since_train"] = self.since_train
+        state["rng"].update(replay=ckpt.generator_state(self.rng), actor=self.actor.generator.get_state())
+        if self.cfg.algo.save_replay and name != "best.pt":
             state["replay"] = {g: replay_state(buf) for g, buf in self.replay.items()}
         return state
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["policy"])
-        self.learner.load_state_dict(state["learner"])
-        c = state["counters"]
-        self.env_steps, self.agent_steps = int(c["env_steps"]), int(c["agent_steps"])
-        self.iteration, self.episodes = int(c["iteration"]), int(c["episodes"])
-        self.since_train, self.wall_time_prev = int(c["since_train"]), float(c["wall_time_s"])
-        ckpt.set_rng_state(state["rng"])
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.since_train = int(state["counters"]["since_train"])
         self.rng.bit_generator.state = state["rng"]["replay"]
         self.actor.generator.set_state(state["rng"]["actor"])
-        # Env copies continue their episodes exactly: same reset, actions replayed (marl.env.adapters.EnvSnapshot).
-        snaps = [EnvSnapshot(seed, rng, {g: a.numpy() for g, a in acts.items()}) for seed, rng, acts in state["env"]]
-        self._take_obs(self.env.restore(snaps))
-        self.best_eval = state.get("best_eval")
-        self.eval_history = list(state.get("eval_history") or [])
         if "replay" in state:
             for g, buf in self.replay.items():
                 load_replay_state(buf, state["replay"][g])
-
-    def save(self, name: str = "latest.pt") -> Path:
-        with_replay = self.cfg.algo.save_replay and name != "best.pt"
-        return ckpt.save(self.state(with_replay), self.ckpt_dir / name)
-
-    def _rotate(self) -> None:
-        keep = self.cfg.checkpoint.keep_last
-        if keep <= 0:
-            return
-        self.save(f"step_{self.env_steps}.pt")
-        numbered = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for old in numbered[:-keep]:
-            old.unlink(missing_ok=True)
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, episodes: int | None = None) -> dict[str, Any]:
-        """Deterministic evaluation on fresh, separately seeded env copies (:func:`marl.evaluation.evaluate`)."""
-        cfg = self.cfg
-        return evaluate(self.actor, lambda n: vector_env(cfg, n, backend="sync"), episodes or cfg.eval.episodes,
-                        cfg.seed, deterministic=cfg.eval.deterministic, num_envs=cfg.eval.num_envs,
-                        opponent=cfg.eval.opponent)
-
-    def _eval_and_keep_best(self, logger: Logger) -> None:
-        result = self.evaluate()
-        result["env_steps"] = self.env_steps
-        result["wall_time_s"] = self._wall_time()
-        self.last_eval = result
-        self.eval_history.append({"env_steps": self.env_steps, "wall_time_s": result["wall_time_s"],
-                                  "mean_return": result["mean_return"]})
-        logger.scalars(flatten_eval(result), self.env_steps)
-        if self.best_eval is None or result["mean_return"] > self.best_eval["mean_return"]:
-            self.best_eval = result
-            self.save("best.pt")
-
-    def _wall_time(self) -> float:
-        return self.wall_time_prev + (time.time() - self._start if self._start is not None else 0.0)
-
-    def _next_multiple(self, interval: int) -> int:
-        return 0 if interval <= 0 else (self.env_steps // interval + 1) * interval
+        self.window = MetricWindow(self.learner.grad_steps)
 
     # ------------------------------------------------------------------ loop pieces
     def exploration(self) -> float:
@@ -203,6 +159,9 @@ class OffPolicyTrainer:
         obs, goals = self.obs, self.goals
         out = self.actor.act(obs, None, deterministic=False, update_stats=True, with_value=False, epsilon=epsilon)
         step = self.env.step(out.env_action)
+        if self.cfg.health.check_inputs:
+            check_inputs({g: o.obs for g, o in step.obs.items()}, {g: t.reward for g, t in step.transition.items()},
+                         self.agents)
         after_goals = achieved_goals(self.env) if goals is not None else None
         for g, buf in self.replay.items():
             tr = step.transition[g]
@@ -212,6 +171,7 @@ class OffPolicyTrainer:
                 ended = (tr.terminated | tr.truncated)[..., None]
                 next_achieved = np.where(ended, after_goals[1][g], after_goals[0][g])
             buf.add(replay_rows(obs[g], out.action[g].cpu().numpy(), tr, step.obs[g], achieved, next_achieved))
+            self.health.note_rewards(g, tr.reward)
             self.agent_steps += int(obs[g].alive.sum())
         self.env_steps += self.env.num_envs
         self.obs, self.goals = step.obs, None if after_goals is None else after_goals[0]
@@ -224,128 +184,58 @@ class OffPolicyTrainer:
         samples = {g: buf.sample(algo.batch_size, self.rng, beta) for g, buf in self.replay.items()}
         batches = {g: to_batch(s, self.actor.obs_norm.get(g), self.device) for g, s in samples.items()}
         out = self.learner.update(batches)
+        if algo.per and not all(math.isfinite(v) for v in out.metrics.values()):
+            self._raise_nonfinite(out.metrics, self.learner.grad_steps)  # before NaN TD errors reach the priorities
         for g, buf in self.replay.items():
             buf.update_priorities(samples[g].indices, out.td_error[g])  # a no-op without PER
         if algo.per:
             out.metrics["per_beta"] = beta
         return out.metrics
 
-    # ------------------------------------------------------------------ loop
-    def train(self) -> dict[str, Any]:
-        """Train to ``total_env_steps``; write checkpoints and ``summary.json``; return the summary."""
+    def advance(self) -> list[Report]:
+        """One vector step of every env copy, then the training phases now due (one per ``algo.train_freq``
+        env steps, once the replays hold ``max(learning_starts, batch_size)`` rows); a report every
+        ``log.interval`` training phases."""
         cfg, algo = self.cfg, self.cfg.algo
-        logger = Logger(self.run_dir, cfg.log.tensorboard, cfg.log.progress, cfg.total_env_steps)
-        self._start = time.time()
-        interrupted: list[int] = []
-
-        def on_signal(signum, _frame):
-            if not interrupted:
-                interrupted.append(signum)
-
-        old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        next_eval = self._next_multiple(cfg.eval.interval)
-        next_ckpt = self._next_multiple(cfg.checkpoint.interval)
-        sps_start, sps_steps, sps_agent = time.time(), self.env_steps, self.agent_steps
+        epsilon = self.exploration()
+        finished = self.collect(epsilon)
+        self.episodes += len(finished)
+        self.window.episodes.extend(finished)
         first = next(iter(self.replay.values()))
-        ready_rows = min(first.capacity, max(algo.learning_starts, algo.batch_size))
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        window_episodes: list[EpisodeStats] = []
-        try:
-            logger.text("config", "```\n" + json.dumps(to_dict(cfg), indent=1) + "\n```")
-            logger.scalars({"replay/bytes_per_row": float(sum(replay_bytes_per_row(b) for b in self.replay.values()))}, 0)
-            while self.env_steps < cfg.total_env_steps and not interrupted:
-                epsilon = self.exploration()
-                finished = self.collect(epsilon)
-                self.episodes += len(finished)
-                window_episodes.extend(finished)
-                ready = len(first) >= ready_rows
-                self.since_train += self.env.num_envs if ready else 0
-                while ready and self.since_train >= algo.train_freq:
-                    self.since_train -= algo.train_freq
-                    for _ in range(algo.gradient_steps):
-                        for k, v in self.train_step().items():
-                            sums[k] = sums.get(k, 0.0) + v
-                            counts[k] = counts.get(k, 0) + 1
-                    self.iteration += 1
-                    if self.iteration % cfg.log.interval == 0:
-                        elapsed = max(time.time() - sps_start, 1e-9)
-                        row = {f"train/{k}": v / counts[k] for k, v in sums.items()}
-                        if isinstance(algo, DQNConfig):
-                            row["train/epsilon"] = epsilon
-                        row.update(episode_metrics(window_episodes, self.spec))
-                        row["time/sps"] = (self.env_steps - sps_steps) / elapsed
-                        row["time/agent_sps"] = (self.agent_steps - sps_agent) / elapsed
-                        row["time/env_frames"] = float(self.env_steps * cfg.env.action_repeat)
-                        row["time/agent_steps"] = float(self.agent_steps)
-                        row["time/grad_steps"] = float(self.learner.grad_steps)
-                        logger.scalars(row, self.env_steps)
-                        self._status(logger, row)
-                        sums, counts, window_episodes = {}, {}, []
-                if next_eval and self.env_steps >= next_eval:
-                    self._eval_and_keep_best(logger)
-                    next_eval = self._next_multiple(cfg.eval.interval)
-                if next_ckpt and self.env_steps >= next_ckpt:
-                    self.save()
-                    self._rotate()
-                    next_ckpt = self._next_multiple(cfg.checkpoint.interval)
-            if interrupted:
-                self.save()
-                logger.message(
-                    f"{signal.Signals(interrupted[0]).name}: stopped at {self.env_steps:,} env steps; saved "
-                    f"{self.ckpt_dir / 'latest.pt'}. Resume with: marl train {self.run_dir / 'config.yaml'} "
-                    f"resume={self.run_dir}"
-                )
-                raise TrainingInterrupted(128 + interrupted[0])
-            if self.last_eval is None or self.last_eval["env_steps"] != self.env_steps:
-                self._eval_and_keep_best(logger)
-            self.save()
-            summary = self.summary()
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            logger.hparams(flatten_dict({k: v for k, v in to_dict(cfg).items() if k not in ("run_dir", "resume")}),
-                           {"final_eval_return": summary["final_eval"]["mean_return"]})
-            logger.message(
-                f"done: {self.env_steps:,} env steps in {summary['wall_time_s']:.0f}s ({summary['sps']:.0f} env steps/s); "
-                f"final eval return {summary['final_eval']['mean_return']:.2f}, "
-                f"best {summary['best_eval']['mean_return']:.2f}; run dir {self.run_dir}"
-            )
-            return summary
-        finally:
-            # As in the on-policy trainer: close first; after a signal keep absorbing repeats until exit.
-            try:
-                logger.close()
-                self.close()
-            finally:
-                if not interrupted:
-                    for s, h in old_handlers.items():
-                        signal.signal(s, h)
+        ready = len(first) >= min(first.capacity, max(algo.learning_starts, algo.batch_size))
+        self.since_train += self.env.num_envs if ready else 0
+        reports = []
+        while ready and self.since_train >= algo.train_freq:
+            self.since_train -= algo.train_freq
+            for _ in range(algo.gradient_steps):
+                self.window.add(self.train_step())
+            self.iteration += 1
+            if self.iteration % cfg.log.interval == 0:
+                self.check_finite()
+                row = self.window.means()
+                if isinstance(algo, DQNConfig):
+                    row["train/epsilon"] = epsilon
+                row.update(episode_metrics(self.window.episodes, self.spec))
+                reports.append(Report(row, log=True))
+                self.window = MetricWindow(self.learner.grad_steps)
+        return reports
 
-    def _status(self, logger: Logger, row: dict[str, float]) -> None:
-        ret = row.get("rollout/ep_return")
-        best = self.best_eval["mean_return"] if self.best_eval else None
+    def check_finite(self) -> None:
+        """The window's learner metrics are finite, else :class:`marl.health.NonFiniteError` naming the
+        first non-finite one, the grad steps it covers, and what to try."""
+        if not self.window.all_finite():
+            self._raise_nonfinite(self.window.sums, self.window.first_grad_step + 1)
+
+    def _raise_nonfinite(self, metrics: Mapping[str, float], first_grad_step: int) -> None:
+        bad = first_nonfinite(self.actor.net.named_parameters())
+        detail = ("; the acting networks are still finite" if bad is None else
+                  f"; the acting networks are already non-finite (first: {bad})")
+        check_finite_metrics({f"train/{k}": v for k, v in metrics.items()},
+                             (first_grad_step, self.learner.grad_steps), detail)
+
+    def start_metrics(self) -> dict[str, float]:
+        return {"replay/bytes_per_row": float(sum(replay_bytes_per_row(b) for b in self.replay.values()))}
+
+    def status_parts(self, row: Mapping[str, float]) -> list[str]:
         loss = row.get("train/q_loss")
-        logger.status(self.env_steps, "  ".join(part for part in (
-            f"it {self.iteration}",
-            f"ret {ret:.2f}" if ret is not None else "ret -",
-            f"q_loss {loss:.3g}" if loss is not None and math.isfinite(loss) else "",
-            f"best eval {best:.2f}" if best is not None else "",
-            f"sps {row['time/sps']:.0f}",
-        ) if part))
-
-    def summary(self) -> dict[str, Any]:
-        wall = self._wall_time()
-        return {
-            "env_steps": self.env_steps,
-            "agent_steps": self.agent_steps,
-            "env_frames": self.env_steps * self.cfg.env.action_repeat,
-            "iterations": self.iteration,
-            "episodes": self.episodes,
-            "grad_steps": self.learner.grad_steps,
-            "wall_time_s": wall,
-            "sps": self.env_steps / max(wall, 1e-9),
-            "agent_sps": self.agent_steps / max(wall, 1e-9),
-            "final_eval": self.last_eval,
-            "best_eval": self.best_eval,
-            "eval_history": self.eval_history,
-            "n_parameters": sum(p.numel() for p in self.learner.trainable()),
-        }
+        return [f"q_loss {loss:.3g}"] if loss is not None and math.isfinite(loss) else []

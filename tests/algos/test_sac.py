@@ -14,14 +14,7 @@ from marl.config import load_config
 from marl.off_policy import build_actor
 from marl.types import EnvSpec, GroupObs, GroupSpec
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks run fastest, and reproducibly, on one thread (two oversubscribe a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def box_spec(n_agents=1, obs_dim=3, act_dim=1, low=-2.0, high=2.0) -> EnvSpec:

@@ -6,16 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from marl.algos.targets import clip_grad, hard_update, make_target, masked_mean, soft_update, td_target, team_means
+from marl.algos.targets import (
+    clip_grad,
+    hard_update,
+    make_target,
+    masked_mean,
+    soft_update,
+    td_target,
+    team_means,
+)
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks run fastest, and reproducibly, on one thread (two oversubscribe a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def small_net(seed: int) -> nn.Module:

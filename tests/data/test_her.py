@@ -283,3 +283,46 @@ def test_errors_name_the_problem():
     fill(bad, steps=5, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="one reward per goal pair"):
         bad.sample(16, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- checkpoint state
+def test_state_round_trip_relabels_and_continues_as_the_original():
+    a, b = make("future"), make("future")
+    fill(a, steps=23, rng=np.random.default_rng(11))  # episodes still running in some lanes
+    state = a.state_dict()
+    assert set(state["her"]) == {"start", "end", "open"} and (state["her"]["open"] >= 0).any()
+    b.load_state_dict(state)
+    for seed in (0, 1):
+        sa, sb = a.sample(128, np.random.default_rng(seed)), b.sample(128, np.random.default_rng(seed))
+        for name in ("indices", "obs", "next_obs", "reward", "terminated"):
+            np.testing.assert_array_equal(getattr(sa, name), getattr(sb, name), err_msg=name)
+    fill(a, steps=9, rng=np.random.default_rng(12))  # the running trajectories close alike
+    fill(b, steps=9, rng=np.random.default_rng(12))
+    for name in ("start", "end"):
+        np.testing.assert_array_equal(getattr(a.trajectories, name), getattr(b.trajectories, name), err_msg=name)
+    np.testing.assert_array_equal(a.state_dict()["her"]["open"], b.state_dict()["her"]["open"])
+
+
+def test_her_state_with_priorities_and_refusals_that_change_nothing():
+    a = make("final", sampler=PrioritizedSampler(60, per_alpha=1.0))
+    fill(a, steps=20, rng=np.random.default_rng(13))
+    rows = a.sample(16, np.random.default_rng(0))
+    a.update_priorities(rows.indices, np.full(16, 7.0))
+    state = a.state_dict()
+    b = make("final", sampler=PrioritizedSampler(60, per_alpha=1.0))
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.sampler.tree.leaves, a.sampler.tree.leaves)
+
+    small = make("final", capacity=40)
+    fill(small, steps=5, rng=np.random.default_rng(14))
+    before = small.state_dict()
+    with pytest.raises(ValueError, match=r"HER trajectory index 'start' is \(30, 2, 2\), the buffer's is \(20, 2, 2\)"):
+        small.load_state_dict(state)
+    index_fits = {**state, "her": {k: v[:20] if v.ndim == 3 else v for k, v in state["her"].items()}}
+    with pytest.raises(ValueError, match=r"field 'obs' is float32 \(30, 2, 2, 2\)"):
+        small.load_state_dict(index_fits)  # the index fits, the rows do not: the index is put back
+    after = small.state_dict()
+    for name in ("start", "end", "open"):
+        np.testing.assert_array_equal(after["her"][name], before["her"][name], err_msg=name)
+    with pytest.raises(ValueError, match="no HER trajectory index"):
+        small.load_state_dict({k: v for k, v in before.items() if k != "her"})

@@ -156,3 +156,78 @@ def test_errors_name_the_problem():
         buffer.sample(2, np.random.default_rng(0), beta=2.0)
     with pytest.raises(ValueError, match="one TD error per index"):
         buffer.update_priorities([0, 0], np.ones(3))
+
+
+def filled_buffer(seed=0, capacity=24, n_envs=3):
+    """A prioritized buffer with rows written, sampled and re-prioritized."""
+    rng = np.random.default_rng(seed)
+    buffer = PrioritizedReplayBuffer(
+        schema(), capacity=capacity, n_envs=n_envs, n_step=2, gamma=0.9, per_alpha=0.7
+    )
+    for step in range(6):
+        row = rows(n_envs)
+        row["obs"][:] = step
+        row["reward"][:] = rng.standard_normal((n_envs, 2))
+        buffer.add(row)
+    sample = buffer.sample(8, rng, beta=0.5)
+    buffer.update_priorities(sample.indices, rng.exponential(2.0, 8))
+    return buffer
+
+
+def assert_same_draws(a, b, seed, beta=0.6):
+    sa = a.sample(32, np.random.default_rng(seed), beta=beta)
+    sb = b.sample(32, np.random.default_rng(seed), beta=beta)
+    np.testing.assert_array_equal(sa.indices, sb.indices)
+    np.testing.assert_array_equal(sa.weights, sb.weights)
+    np.testing.assert_array_equal(sa.reward_n, sb.reward_n)
+    return sa
+
+
+def test_state_round_trip_draws_the_same_rows_and_continues_alike():
+    a = filled_buffer()
+    state = a.state_dict()
+    assert state["priorities"].shape == (24,) and state["priorities"].dtype == np.float64
+    assert state["max_priority"] == a.prioritized_sampler.max_priority > 1.0
+    b = PrioritizedReplayBuffer(schema(), capacity=24, n_envs=3, n_step=2, gamma=0.9, per_alpha=0.7)
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.priorities(np.arange(24)), a.priorities(np.arange(24)))
+    assert b.prioritized_sampler.tree.min == a.prioritized_sampler.tree.min
+    sample = assert_same_draws(a, b, seed=3)
+    td = np.linspace(0.1, 5.0, 32)
+    a.update_priorities(sample.indices, td)
+    b.update_priorities(sample.indices, td)
+    a.add(rows(3))  # enters at the restored max priority
+    b.add(rows(3))
+    assert_same_draws(a, b, seed=4)
+    assert not np.array_equal(state["priorities"], a.priorities(np.arange(24)))  # the state is a copy
+
+
+def test_a_prioritized_state_that_does_not_fit_is_refused_and_changes_nothing():
+    target = filled_buffer(seed=1)
+    sampler = target.prioritized_sampler
+    before = target.priorities(np.arange(24)), target.storage.pos.copy(), sampler.max_priority
+    good = filled_buffer(seed=2).state_dict()
+    for broken, match in [
+        ({k: v for k, v in good.items() if k != "priorities"}, r"lacks \['priorities'\]"),
+        ({**good, "priorities": good["priorities"][:-1]}, r"shape \(23,\)"),
+        ({**good, "priorities": np.where(np.arange(24) == 5, np.nan, good["priorities"])}, "finite and >= 0"),
+        ({**good, "max_priority": 0.0}, "max_priority"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            target.load_state_dict(broken)
+        np.testing.assert_array_equal(target.priorities(np.arange(24)), before[0])
+        np.testing.assert_array_equal(target.storage.pos, before[1])
+        assert sampler.max_priority == before[2]
+
+
+def test_importance_weights_use_the_new_minimum_after_it_is_raised():
+    rng = np.random.default_rng(5)
+    buffer = PrioritizedReplayBuffer(schema(), capacity=4, n_envs=1, per_alpha=1.0, per_eps=1e-9)
+    for _ in range(4):
+        buffer.add(rows(1))
+    buffer.update_priorities(np.arange(4), np.array([0.5, 2.0, 4.0, 8.0]))
+    buffer.update_priorities([0], [3.0])  # the smallest row is raised: the minimum is now 2
+    sample = buffer.sample(64, rng, beta=1.0)
+    p = np.array([3.0, 2.0, 4.0, 8.0]) + 1e-9
+    np.testing.assert_allclose(sample.weights, p.min() / p[sample.indices], rtol=1e-6)
+    assert sample.weights.max() == pytest.approx(1.0)  # row 1, the new minimum, is drawn (p = 2/17 per draw)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from marl.data.prioritized import PrioritizedSampler
 from marl.data.replay import ReplayBuffer, nstep_lengths, nstep_return, reduce_td_errors, replay_schema
 from marl.types import GroupSpec
 
@@ -218,3 +219,95 @@ def test_errors_name_the_problem():
     uint8_buffer = ReplayBuffer({**schema, "obs": image, "next_obs": image}, capacity=4, n_envs=2)
     with pytest.raises(TypeError, match="cannot store float32 as uint8"):
         uint8_buffer.add(rows)
+
+
+# --------------------------------------------------------------------------- checkpoint state
+def filled(sampler=None, n_step=3, steps=10, seed=0):
+    """A 3-lane buffer of 12 rows whose lanes were written unevenly and wrapped."""
+    rng = np.random.default_rng(seed)
+    buffer = ReplayBuffer(vec_schema(), capacity=12, n_envs=3, n_step=n_step, gamma=0.9, sampler=sampler)
+    for step in range(steps):
+        lanes = np.sort(rng.choice(3, size=rng.integers(1, 4), replace=False))
+        buffer.add(make_rows(lanes.size, obs_value=10 * step + lanes, rng=rng, p_term=0.1), env_indices=lanes)
+    return buffer
+
+
+def assert_same_samples(a, b, seed=5):
+    sa, sb = a.sample(64, np.random.default_rng(seed)), b.sample(64, np.random.default_rng(seed))
+    for name, x, y in zip(sa._fields, sa, sb):
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def test_state_round_trip_samples_and_continues_as_the_original():
+    a = filled()
+    state = a.state_dict()
+    b = ReplayBuffer(vec_schema(), capacity=12, n_envs=3, n_step=3, gamma=0.9)
+    b.load_state_dict(state)
+    assert_same_samples(a, b)
+    np.testing.assert_array_equal(b.storage.pos, a.storage.pos)
+    rows = make_rows(2, obs_value=[500, 501])
+    a.add(rows, env_indices=[2, 0])  # the restored write pointers put new rows where the original does
+    b.add(rows, env_indices=[2, 0])
+    for name in a.schema:
+        np.testing.assert_array_equal(a.storage.field(name), b.storage.field(name), err_msg=name)
+    assert not np.array_equal(state["fields"]["obs"], a.storage.field("obs"))  # the state is a copy
+    assert_same_samples(a, b, seed=6)
+
+
+def test_prioritized_state_keeps_the_priorities():
+    a = filled(sampler=PrioritizedSampler(12, per_alpha=0.7))
+    sample = a.sample(8, np.random.default_rng(1))
+    a.update_priorities(sample.indices, np.arange(8) * 3.0)
+    state = a.state_dict()
+    assert state["priorities"].shape == (12,) and state["max_priority"] == a.sampler.max_priority > 1.0
+    b = ReplayBuffer(vec_schema(), capacity=12, n_envs=3, n_step=3, gamma=0.9,
+                     sampler=PrioritizedSampler(12, per_alpha=0.7))
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.sampler.tree.leaves, a.sampler.tree.leaves)
+    assert b.sampler.tree.total == pytest.approx(a.sampler.tree.total)
+    assert_same_samples(a, b)  # same rows and the same importance weights
+
+
+def storage_snapshot(buffer):
+    return {k: np.array(v) for k, v in buffer.storage.state_dict()["fields"].items()}, buffer.storage.pos.copy()
+
+
+@pytest.mark.parametrize("case, match", [
+    ("capacity", r"field 'obs' is float32 \(5, 3, 2, 3\), the buffer's is float32 \(4, 3, 2, 3\)"),
+    ("missing", r"missing \['alive'\], unknown \[\]"),
+    ("dtype", r"field 'obs' is float32 .* the buffer's is uint8"),
+    ("pointers", r"pointers have shapes \[\(2,\), \(3,\), \(3,\)\]; the buffer has 3 lanes"),
+    ("priorities", r"saved prioritized replay lacks \['max_priority', 'priorities'\]"),
+    ("rows after priorities", r"field 'obs' is float32 \(5, 3, 2, 3\)"),
+])
+def test_a_state_that_does_not_fit_is_refused_and_changes_nothing(case, match):
+    state = filled().state_dict()
+    schema, sampler = vec_schema(), None
+    if case == "capacity":
+        state = ReplayBuffer(schema, capacity=15, n_envs=3).state_dict()
+    elif case == "rows after priorities":  # the priorities fit, the rows do not: the priorities are put back
+        sampler = PrioritizedSampler(12)
+        state = {**ReplayBuffer(schema, capacity=15, n_envs=3).state_dict(), "max_priority": 9.0,
+                 "priorities": np.full(12, 4.0)}
+    elif case == "missing":
+        del state["fields"]["alive"]
+    elif case == "dtype":
+        schema = {**schema, "obs": ((2, 3), np.uint8), "next_obs": ((2, 3), np.uint8)}
+    elif case == "pointers":
+        state["pos"] = state["pos"][:2]
+    else:
+        sampler = PrioritizedSampler(12)
+    target = ReplayBuffer(schema, capacity=12, n_envs=3, sampler=sampler)
+    target.add({**make_rows(3, obs_value=[1, 2, 3]), "obs": np.ones((3, 2, 3), schema["obs"][1]),
+                "next_obs": np.ones((3, 2, 3), schema["obs"][1])})
+    fields, pos = storage_snapshot(target)
+    sampler_before = target.sampler.state_dict()
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(state)
+    after, pos_after = storage_snapshot(target)
+    for key, value in target.sampler.state_dict().items():
+        np.testing.assert_array_equal(value, sampler_before[key], err_msg=key)
+    np.testing.assert_array_equal(pos_after, pos)
+    for name in fields:
+        np.testing.assert_array_equal(after[name], fields[name], err_msg=name)

@@ -1,0 +1,556 @@
+"""What every training run shares, whatever the algorithm: :class:`TrainingRun`.
+
+A run directory holds ``config.yaml``, TensorBoard event files, ``checkpoints/``
+(``latest.pt``, ``best.pt``, optionally ``step_<env_steps>.pt``) and, at the end,
+``summary.json``. SIGINT/SIGTERM write ``latest.pt`` before exiting with status 130/143.
+
+:class:`TrainingRun` owns that scaffolding: the run directory and the resolved config,
+seeding and the device, the training env copies, the counters (``env_steps``,
+``agent_steps``, ``iteration``, ``episodes``, wall time), evaluation every
+``eval.interval`` env steps with ``best.pt`` kept for the best :func:`score`,
+``latest.pt`` every ``checkpoint.interval`` env steps with ``checkpoint.keep_last``
+numbered copies, resume from a run directory or checkpoint, the health monitor and
+the logger, stop signals, the progress line and ``summary.json``. A trainer subclass
+adds only its algorithm: :meth:`~TrainingRun.build` (networks, learner, collector or
+replay), :meth:`~TrainingRun.advance` (one iteration), :meth:`~TrainingRun.take_obs`
+(where the env copies' observations go), :meth:`~TrainingRun.acting_policy` and
+:meth:`~TrainingRun.n_parameters`, and extends :meth:`~TrainingRun.checkpoint_state` /
+:meth:`~TrainingRun.restore` with its own entries.
+
+Why one small base class rather than a scaffolding object the trainers hold: the
+scaffolding and the algorithm share the counters and the checkpoint dict, and the
+scaffolding needs five things from the algorithm (one iteration, its checkpoint
+entries, its policy for evaluation, its parameter count, where restored observations
+go). Held as a separate object it would need either a back-reference to the trainer
+or a bundle of callbacks; as one level of inheritance with named abstract hooks each
+trainer reads as its algorithm and nothing else. There is no deeper hierarchy.
+
+Checkpoint entries written here: ``config``, ``policy``, ``learner``, ``counters``
+(``env_steps, agent_steps, iteration, episodes, wall_time_s``), ``rng`` (python,
+numpy, torch), ``env`` (:class:`marl.env.adapters.EnvSnapshot` per copy: a resumed
+run continues its episodes exactly), ``best_eval``, ``eval_history`` and ``health``;
+each trainer adds its own (see :class:`marl.trainer.Trainer`,
+:class:`marl.off_policy.OffPolicyTrainer`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, NamedTuple, Protocol, Self
+
+import numpy as np
+import torch
+
+from marl import checkpoint as ckpt
+from marl.config import Config, ConfigError, dump_yaml, to_dict
+from marl.env.adapters import EnvSnapshot
+from marl.env.make import make_adapter
+from marl.env.vector import VectorEnv, make_vector_env
+from marl.env.wrappers import Preprocess
+from marl.evaluation import evaluate
+from marl.health import REMEDIES, HealthMonitor, NonFiniteError, entropy_action_dims
+from marl.logger import Logger, flatten_dict, flatten_eval
+from marl.types import EnvSpec, GroupObs
+
+
+# --------------------------------------------------------------------------- run-level helpers
+def score(result: Mapping[str, Any]) -> float:
+    """What "best" means for an evaluation: win rate against a fixed opponent, else mean team return."""
+    return result["win_rate"] if "win_rate" in result else result["mean_return"]
+
+
+def eval_record(result: Mapping[str, Any]) -> dict[str, float | int]:
+    """One ``eval_history`` entry: every scalar number of an evaluation result.
+
+    ``env_steps`` and ``wall_time_s`` first, then ``mean_return``, ``std_return``,
+    ``mean_length``, ``success_rate``, ``win_rate`` ... as the evaluation reported them;
+    nested per-agent / per-group tables and strings are left out (``best_eval`` and
+    ``final_eval`` keep the whole result).
+    """
+    first = {k: result[k] for k in ("env_steps", "wall_time_s") if k in result}
+    rest = {k: v for k, v in result.items()
+            if k not in first and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {**first, **rest}
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised (as a SystemExit) after a signal stopped training and the checkpoint was written."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's legacy global and torch's RNGs (libraries that use them stay reproducible)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def preprocess_of(cfg: Config) -> Preprocess:
+    e = cfg.env
+    return Preprocess(
+        frame_stack=e.frame_stack, grayscale=e.grayscale, resize=tuple(e.resize) or None,
+        action_repeat=e.action_repeat, pad=e.pad,
+    )
+
+
+def env_factory(cfg: Config, render_mode: str | None = None) -> functools.partial:
+    """A picklable zero-argument factory of one env adapter for ``cfg``."""
+    return functools.partial(
+        make_adapter, cfg.env.id, dict(cfg.env.kwargs), groups=dict(cfg.env.groups) or None,
+        render_mode=render_mode, preprocess=preprocess_of(cfg),
+        use_state=cfg.model.critic == "central",  # state() can be costly (pistonball renders the screen)
+    )
+
+
+def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> VectorEnv:
+    """``num_envs`` copies of the config's env on ``backend`` (default ``cfg.env.backend``).
+
+    The subprocess backend runs ``env.num_workers`` processes (0 = one per core, at
+    most ``num_envs``); with ``env.overlap`` the collector acts on one worker's env
+    copies while the others step.
+    """
+    backend = backend or cfg.env.backend
+    workers = None
+    if backend == "subprocess":
+        workers = min(cfg.env.num_workers or (os.cpu_count() or 1), num_envs)
+    return make_vector_env(env_factory(cfg), num_envs, backend=backend, num_workers=workers)
+
+
+def check_env(cfg: Config) -> EnvSpec:
+    """Build one env in-process and return its spec; bad ids / kwargs / groups become a ConfigError.
+
+    Runs before any worker process starts, so a typo in ``env.id`` or an impossible
+    grouping is reported in one line that names the key, not as a worker traceback.
+    """
+    try:
+        adapter = env_factory(cfg)()
+    except ImportError as exc:
+        raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        key = "env.groups" if "group" in str(exc) else ("env.kwargs" if isinstance(exc, TypeError) else "env.id")
+        raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}") from exc
+    try:
+        return adapter.spec
+    finally:
+        adapter.close()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but torch sees no GPU; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    env = cfg.env.id.split(".")[-1].split(":")[-1]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{env}-{cfg.algo.name}-seed{cfg.seed}-{stamp}"
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A run directory -> its ``checkpoints/latest.pt``; a file -> itself."""
+    p = Path(path)
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / "latest.pt", p / "latest.pt"):
+            if candidate.is_file():
+                return candidate
+        raise ckpt.CheckpointError(f"{p}: no checkpoints/latest.pt in this run directory")
+    return p
+
+
+def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
+    """Refuse to resume with a config whose networks or spaces differ from the checkpoint's."""
+    keys = ["env.id", "env.kwargs", "env.groups", "env.num_envs", "env.frame_stack", "env.grayscale", "env.resize", "env.pad",
+            "model.hidden", "model.activation", "model.sharing", "model.agent_id", "model.critic", "algo.name",
+            "algo.optimizer", "norm.obs", "norm.reward"]
+    now = flatten_dict(to_dict(cfg))
+    old = flatten_dict(saved)
+    diff = [k for k in now if any(k == key or k.startswith(key + ".") for key in keys) and now.get(k) != old.get(k)]
+    if diff:
+        listing = ", ".join(f"{k}: checkpoint {old.get(k)!r} vs config {now.get(k)!r}" for k in diff)
+        raise ckpt.CheckpointError(f"{path}: checkpoint was trained with a different config ({listing}); "
+                                   "resume with the run's own config.yaml or start a new run")
+
+
+def next_multiple(env_steps: int, interval: int) -> int:
+    """The first multiple of ``interval`` above ``env_steps`` (0 = never, for ``interval <= 0``)."""
+    return 0 if interval <= 0 else (env_steps // interval + 1) * interval
+
+
+# --------------------------------------------------------------------------- pieces of the loop
+class Report(NamedTuple):
+    """Metrics of one health check, from :meth:`TrainingRun.advance`.
+
+    Attributes:
+        metrics: ``train/*`` and ``rollout/*`` scalars (``time/*`` is added by the run).
+        log: also write them to TensorBoard and the progress line (every ``log.interval``).
+    """
+
+    metrics: dict[str, float]
+    log: bool
+
+
+class StopSignals:
+    """Inside ``with``, SIGINT and SIGTERM are recorded instead of raising.
+
+    The first signal is kept in :attr:`signum`; repeats are absorbed, so a second
+    Ctrl-C during the final checkpoint write cannot kill the process half-way.
+    On exit the previous handlers come back only if no signal arrived: after one,
+    the process is on its way out and keeps absorbing repeats until it is gone.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> Self:
+        self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.signum is None:
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
+
+
+class ActingPolicy(Protocol):
+    """What evaluation and checkpoints need of a policy (PPO's ``Policy``, ``OffPolicyActor``)."""
+
+    def act(self, obs: Mapping[str, GroupObs], state: np.ndarray | None = None, deterministic: bool = False,
+            update_stats: bool = False, with_value: bool = True) -> Any: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Learner(Protocol):
+    """What the run needs of a learner: its checkpoint entry and its optimizer-step counter."""
+
+    grad_steps: int
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# --------------------------------------------------------------------------- the run
+class TrainingRun(ABC):
+    """One training run of one config: the scaffolding around an algorithm (see the module docstring).
+
+    Construction resolves ``cfg.resume`` (its run directory becomes the default
+    ``run_dir``; a config whose networks or spaces differ is refused), writes
+    ``config.yaml``, seeds every RNG, builds the env copies, calls :meth:`build` and
+    restores the checkpoint when resuming (the envs are closed if either fails).
+
+    Args:
+        cfg: the experiment.
+
+    Attributes:
+        cfg: the config as run (``run_dir`` filled in on resume).
+        run_dir, ckpt_dir: the run directory and its ``checkpoints/``.
+        env, spec: the training env copies and their spec.
+        device: torch device of the networks.
+        env_steps, agent_steps, iteration, episodes: counters (see :mod:`marl.trainer`).
+        best_eval, last_eval: evaluation results (``None`` before the first).
+        eval_history: :func:`eval_record` of every evaluation, in order.
+        health: the warning-sign monitor (its state is checkpointed).
+        learner: set by :meth:`build`; what updates the networks.
+    """
+
+    remedies: Mapping[str, str] = REMEDIES
+    """Warning name -> what to try, shown with each health warning (a subclass may specialise it)."""
+
+    learner: Learner
+
+    def __init__(self, cfg: Config) -> None:
+        self.resume_path: Path | None = None
+        saved: dict[str, Any] | None = None
+        if cfg.resume:
+            self.resume_path = find_checkpoint(cfg.resume)
+            saved = ckpt.load(self.resume_path)  # on the CPU: load_state_dict copies onto the networks' device
+            check_resume_config(saved["config"], cfg, self.resume_path)
+            if not cfg.run_dir:
+                cfg = replace(cfg, run_dir=str(self.resume_path.parent.parent))
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_stale(self.ckpt_dir)
+        dump_yaml(cfg, self.run_dir / "config.yaml")
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        check_env(cfg)
+        self.env: VectorEnv = vector_env(cfg, cfg.env.num_envs)
+        self.spec: EnvSpec = self.env.spec
+        self.env_steps = self.agent_steps = self.iteration = self.episodes = 0
+        self.best_eval: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self.eval_history: list[dict[str, Any]] = []
+        self.wall_time_prev = 0.0
+        self._start: float | None = None
+        self.health = HealthMonitor(cfg.health, entropy_action_dims(self.spec), remedies=self.remedies,
+                                    gamma=cfg.algo.gamma)
+        try:
+            self.build()
+            if saved is not None:
+                self.restore(saved)
+        except Exception:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ algorithm hooks
+    @abstractmethod
+    def build(self) -> None:
+        """Create the algorithm's parts (networks, :attr:`learner`, collector or replay) for :attr:`env`."""
+
+    @abstractmethod
+    def advance(self) -> list[Report]:
+        """One iteration of the algorithm; advance the counters; return the health checks it completed.
+
+        A :class:`NonFiniteError` raised here stops the run before anything else is
+        logged or saved; the run adds the env step count and the last good checkpoint.
+        """
+
+    @abstractmethod
+    def take_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
+        """Continue from these observations of the env copies (after a reset or a restore)."""
+
+    @abstractmethod
+    def acting_policy(self) -> ActingPolicy:
+        """The policy that acts, is evaluated and is saved as the checkpoint's ``policy`` entry."""
+
+    @abstractmethod
+    def n_parameters(self) -> int:
+        """Trainable parameters, for the summary."""
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteError` if training produced a NaN/inf not yet reported.
+
+        Called before every evaluation and checkpoint write, so ``latest.pt`` and
+        ``best.pt`` stay the last good ones. Default: nothing to check (the learner
+        checks each update itself).
+        """
+
+    def start_metrics(self) -> dict[str, float]:
+        """Scalars logged once at env step 0 (e.g. the replay's bytes per row)."""
+        return {}
+
+    def status_parts(self, row: Mapping[str, float]) -> list[str]:
+        """Extra items of the progress line (e.g. the Q loss), between the return and the best eval."""
+        return []
+
+    def close(self) -> None:
+        """Close the env copies (and whatever else a trainer opened)."""
+        self.env.close()
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self, name: str) -> dict[str, Any]:
+        """The checkpoint written as ``checkpoints/<name>``; trainers add their entries to it."""
+        return {
+            "config": to_dict(self.cfg),
+            "policy": self.acting_policy().state_dict(),
+            "learner": self.learner.state_dict(),
+            "counters": {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "iteration": self.iteration,
+                         "episodes": self.episodes, "wall_time_s": self.wall_time()},
+            "rng": ckpt.rng_state(),
+            "env": [tuple(s._replace(actions={g: torch.from_numpy(a) for g, a in s.actions.items()}))
+                    for s in self.env.snapshot()],
+            "best_eval": self.best_eval,
+            "eval_history": self.eval_history,
+            "health": self.health.state_dict(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`checkpoint_state`; trainers restore their entries after calling this."""
+        self.acting_policy().load_state_dict(state["policy"])
+        self.learner.load_state_dict(state["learner"])
+        c = state["counters"]
+        self.env_steps, self.agent_steps = int(c["env_steps"]), int(c["agent_steps"])
+        self.iteration, self.episodes = int(c["iteration"]), int(c["episodes"])
+        self.wall_time_prev = float(c["wall_time_s"])
+        ckpt.set_rng_state(state["rng"])
+        # Env copies continue their episodes exactly: same reset, actions replayed (marl.env.adapters.EnvSnapshot).
+        snaps = [EnvSnapshot(seed, rng, {g: a.numpy() for g, a in acts.items()}) for seed, rng, acts in state["env"]]
+        self.take_obs(*self.env.restore(snaps))
+        self.best_eval = state.get("best_eval")
+        self.eval_history = list(state.get("eval_history") or [])
+        if "health" in state:
+            self.health.load_state_dict(state["health"])
+
+    def save(self, name: str = "latest.pt") -> Path:
+        """Write ``checkpoints/<name>`` atomically, after :meth:`check_finite`."""
+        self.check_finite()
+        return ckpt.save(self.checkpoint_state(name), self.ckpt_dir / name)
+
+    def rotate(self) -> None:
+        """Write ``step_<env_steps>.pt`` and delete all but the newest ``checkpoint.keep_last`` of them."""
+        keep = self.cfg.checkpoint.keep_last
+        if keep <= 0:
+            return
+        self.save(f"step_{self.env_steps}.pt")
+        numbered = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for old in numbered[:-keep]:
+            old.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, episodes: int | None = None) -> dict[str, Any]:
+        """Deterministic evaluation on fresh, separately seeded env copies (:func:`marl.evaluation.evaluate`)."""
+        cfg = self.cfg
+        make = functools.partial(vector_env, cfg, backend="sync")
+        return evaluate(self.acting_policy(), make, episodes or cfg.eval.episodes, cfg.seed,
+                        deterministic=cfg.eval.deterministic, num_envs=cfg.eval.num_envs, opponent=cfg.eval.opponent)
+
+    def evaluate_and_keep_best(self, logger: Logger) -> dict[str, Any]:
+        """Evaluate now, log ``eval/*``, append to ``eval_history``; write ``best.pt`` on a new best :func:`score`."""
+        self.check_finite()
+        result = self.evaluate()
+        result["env_steps"] = self.env_steps
+        result["wall_time_s"] = self.wall_time()
+        self.last_eval = result
+        self.eval_history.append(eval_record(result))
+        logger.scalars(flatten_eval(result), self.env_steps)
+        if self.best_eval is None or score(result) > score(self.best_eval):
+            self.best_eval = result
+            self.save("best.pt")
+        return result
+
+    def wall_time(self) -> float:
+        """Seconds of training, summed over the resumed parts of the run."""
+        return self.wall_time_prev + (time.time() - self._start if self._start is not None else 0.0)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Any]:
+        """Train to ``total_env_steps``; write checkpoints and ``summary.json``; return the summary.
+
+        Raises:
+            TrainingInterrupted: after SIGINT/SIGTERM, once ``latest.pt`` is written
+                (exit status ``128 + signal``).
+            NonFiniteError: a NaN/inf in training; no checkpoint is overwritten with it.
+        """
+        cfg = self.cfg
+        logger = Logger(self.run_dir, cfg.log.tensorboard, cfg.log.progress, cfg.total_env_steps)
+        self._start = time.time()
+        with StopSignals() as stop:
+            try:
+                self._loop(logger, stop)
+                if stop.signum is not None:
+                    self.save()
+                    logger.message(
+                        f"{signal.Signals(stop.signum).name}: stopped at {self.env_steps:,} env steps; saved "
+                        f"{self.ckpt_dir / 'latest.pt'}. Resume with: marl train {self.run_dir / 'config.yaml'} "
+                        f"resume={self.run_dir}"
+                    )
+                    raise TrainingInterrupted(128 + stop.signum)
+                return self._finish(logger)
+            except NonFiniteError as err:
+                raise err.with_context(self.env_steps, self.ckpt_dir / "latest.pt") from None
+            finally:
+                # Close first; the signal handlers come back last (StopSignals), so a second Ctrl-C
+                # during the final save or the shutdown is absorbed instead of killing the process.
+                try:
+                    logger.close()
+                finally:
+                    self.close()
+
+    def _loop(self, logger: Logger, stop: StopSignals) -> None:
+        """Iterate until the budget is spent or a stop signal arrives; evaluate and checkpoint on schedule."""
+        cfg = self.cfg
+        logger.text("config", "```\n" + json.dumps(to_dict(cfg), indent=1) + "\n```")
+        start = self.start_metrics()
+        if start:
+            logger.scalars(start, 0)
+        next_eval = next_multiple(self.env_steps, cfg.eval.interval)
+        next_ckpt = next_multiple(self.env_steps, cfg.checkpoint.interval)
+        rate = (time.time(), self.env_steps, self.agent_steps)  # throughput of this process only
+        while self.env_steps < cfg.total_env_steps and stop.signum is None:
+            for report in self.advance():
+                self._report(logger, report, rate)
+            if next_eval and self.env_steps >= next_eval:
+                self.evaluate_and_keep_best(logger)
+                next_eval = next_multiple(self.env_steps, cfg.eval.interval)
+            if next_ckpt and self.env_steps >= next_ckpt:
+                self.save()
+                self.rotate()
+                next_ckpt = next_multiple(self.env_steps, cfg.checkpoint.interval)
+
+    def _report(self, logger: Logger, report: Report, rate: tuple[float, int, int]) -> None:
+        """Add ``time/*`` to a report's metrics, watch them for warning signs, and log them when due."""
+        since, steps0, agent_steps0 = rate
+        elapsed = max(time.time() - since, 1e-9)
+        row = dict(report.metrics)
+        row["time/sps"] = (self.env_steps - steps0) / elapsed
+        row["time/agent_sps"] = (self.agent_steps - agent_steps0) / elapsed
+        row["time/env_frames"] = float(self.env_steps * self.cfg.env.action_repeat)
+        row["time/agent_steps"] = float(self.agent_steps)
+        row["time/grad_steps"] = float(self.learner.grad_steps)
+        for warning in self.health.observe(row, self.env_steps):
+            logger.message(str(warning))
+            logger.text(f"health/{warning.name}", str(warning), self.env_steps)
+        if report.log:
+            logger.scalars(row, self.env_steps)
+            logger.status(self.env_steps, self._status_line(row))
+
+    def _status_line(self, row: Mapping[str, float]) -> str:
+        ret = row.get("rollout/ep_return")
+        best = ""
+        if self.best_eval is not None:
+            best = f"best eval {'win rate ' if 'win_rate' in self.best_eval else ''}{score(self.best_eval):.2f}"
+        parts = [f"it {self.iteration}", f"ret {ret:.2f}" if ret is not None else "ret -", *self.status_parts(row),
+                 best, f"sps {row['time/sps']:.0f}"]
+        return "  ".join(p for p in parts if p)
+
+    def _finish(self, logger: Logger) -> dict[str, Any]:
+        """Final evaluation (unless one just ran), ``latest.pt``, ``summary.json``, hparams, the last line."""
+        if self.last_eval is None or self.last_eval["env_steps"] != self.env_steps:
+            self.evaluate_and_keep_best(logger)
+        self.save()
+        summary = self.summary()
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        logger.hparams(flatten_dict({k: v for k, v in to_dict(self.cfg).items() if k not in ("run_dir", "resume")}),
+                       {"final_eval_return": summary["final_eval"]["mean_return"]})
+        logger.message(
+            f"done: {self.env_steps:,} env steps in {summary['wall_time_s']:.0f}s ({summary['sps']:.0f} env steps/s); "
+            f"final eval return {summary['final_eval']['mean_return']:.2f}, "
+            f"best {summary['best_eval']['mean_return']:.2f}; run dir {self.run_dir}"
+        )
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        """What ``summary.json`` holds: counters, throughput, the final and best evaluations, the history."""
+        wall = self.wall_time()
+        return {
+            "env_steps": self.env_steps,
+            "agent_steps": self.agent_steps,
+            "env_frames": self.env_steps * self.cfg.env.action_repeat,
+            "iterations": self.iteration,
+            "episodes": self.episodes,
+            "grad_steps": self.learner.grad_steps,
+            "wall_time_s": wall,
+            "sps": self.env_steps / max(wall, 1e-9),
+            "agent_sps": self.agent_steps / max(wall, 1e-9),
+            "final_eval": self.last_eval,
+            "best_eval": self.best_eval,
+            "eval_history": self.eval_history,
+            "n_parameters": self.n_parameters(),
+        }
