@@ -74,7 +74,8 @@ def eval_record(result: Mapping[str, Any]) -> dict[str, float | int]:
     """One ``eval_history`` entry: every scalar number of an evaluation result.
 
     ``env_steps`` and ``wall_time_s`` first, then ``mean_return``, ``std_return``,
-    ``mean_length``, ``success_rate``, ``win_rate`` ... as the evaluation reported them;
+    ``mean_length``, ``success_rate``, ``win_rate`` ... as the evaluation reported them,
+    and ``eval_time_s`` (seconds the evaluation took, included in ``wall_time_s``);
     nested per-agent / per-group tables and strings are left out (``best_eval`` and
     ``final_eval`` keep the whole result).
     """
@@ -424,7 +425,9 @@ class TrainingRun(ABC):
     def evaluate_and_keep_best(self, logger: Logger) -> dict[str, Any]:
         """Evaluate now, log ``eval/*``, append to ``eval_history``; write ``best.pt`` on a new best :func:`score`."""
         self.check_finite()
+        start = time.perf_counter()
         result = self.evaluate()
+        result["eval_time_s"] = time.perf_counter() - start
         result["env_steps"] = self.env_steps
         result["wall_time_s"] = self.wall_time()
         self.last_eval = result

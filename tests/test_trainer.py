@@ -26,6 +26,7 @@ def test_cli_train_writes_the_run_directory_and_eval_json(tmp_path, capsys, tiny
     assert [e["env_steps"] for e in summary["eval_history"]] == [400, 800]
     assert summary["eval_history"][-1] == eval_record(summary["final_eval"])
     assert {"mean_return", "std_return", "mean_agent_return", "mean_length", "episodes"} <= set(summary["eval_history"][0])
+    assert all(0 < e["eval_time_s"] < e["wall_time_s"] <= summary["wall_time_s"] for e in summary["eval_history"])
     capsys.readouterr()
     assert main(["eval", str(run), "--episodes", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
