@@ -121,7 +121,8 @@ def evaluate(
         obs, state = venv.reset(seeds[:num_envs])
         # Sampled actions draw from a torch RNG seeded here: a stochastic evaluation is reproducible
         # and leaves the caller's (training) RNG stream untouched.
-        devices = [policy.device.index or 0] if policy.device.type == "cuda" else []
+        device = torch.device(getattr(policy, "device", "cpu"))  # duck-typed policies (e.g. a wrapped baseline) may have none
+        devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seeds[-1])
             for _ in range(max_steps):
