@@ -1,14 +1,16 @@
 """Prioritized replay throughput on a full 1,000,000-row buffer, one core.
 
 Measures iterations per second of ``sample(256)`` (stratified sum-tree draw,
-importance weights, gathering the rows' 8 fields) followed by
-``update_priorities(256)``, and, in the same run, of the naive alternative
-``rng.choice(C, 256, p=p)`` over the whole normalized priority array (sampling
-only: no data, no weights, no update, ``p`` computed once). Prints both, per
-wall-clock second and per CPU second, their ratio, and where the CPU time of
-one iteration goes (sampling with the gather of the rows, priority update).
+importance weights, gathering the rows' 8 fields: one ``take`` of the packed
+records, see :mod:`marl.data.storage`) followed by ``update_priorities(256)``,
+and, in the same run, of the naive alternative ``rng.choice(C, 256, p=p)`` over
+the whole normalized priority array (sampling only: no data, no weights, no
+update, ``p`` computed once). Prints both, per wall-clock second and per CPU
+second, their ratio, where the CPU time of one iteration goes (sampling with
+the gather of the rows, priority update), and for reference uniform
+``sample(256)`` from the same rows.
 
-    .venv/bin/python bench/bench_per.py [--capacity 1000000] [--seconds 6]
+    .venv/bin/python bench/bench_per.py [--capacity 1000000] [--seconds 6] [--n-step 1] [--pack-limit 1024]
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ import numpy as np
 import torch
 
 from marl.data.prioritized import PrioritizedReplayBuffer
+from marl.data.replay import ReplayBuffer
+from marl.data.storage import PACK_LIMIT_BYTES
 
 BATCH = 256
 OBS_DIM = 8
 
 
-def fill_buffer(capacity: int, n_envs: int, rng: np.random.Generator) -> PrioritizedReplayBuffer:
-    """A full buffer of one-agent rows (obs 8 float32), with random priorities."""
-    schema = {
+def bench_schema() -> dict[str, tuple[tuple[int, ...], type]]:
+    """One-agent rows: obs 8 float32 (80 bytes per packed row)."""
+    return {
         "obs": ((1, OBS_DIM), np.float32),
         "next_obs": ((1, OBS_DIM), np.float32),
         "action": ((1,), np.int64),
@@ -44,7 +48,13 @@ def fill_buffer(capacity: int, n_envs: int, rng: np.random.Generator) -> Priorit
         "alive": ((1,), np.bool_),
         "next_alive": ((1,), np.bool_),
     }
-    buffer = PrioritizedReplayBuffer(schema, capacity, n_envs)
+
+
+def fill_buffer(
+    capacity: int, n_envs: int, rng: np.random.Generator, n_step: int = 1, pack_limit: int = PACK_LIMIT_BYTES
+) -> PrioritizedReplayBuffer:
+    """A full buffer of :func:`bench_schema` rows (1% terminated), with random priorities."""
+    buffer = PrioritizedReplayBuffer(bench_schema(), capacity, n_envs, n_step=n_step, pack_limit=pack_limit)
     for _ in range(capacity // n_envs):
         batch = {
             "obs": rng.standard_normal((n_envs, 1, OBS_DIM), dtype=np.float32),
@@ -107,12 +117,15 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, default=100, help="lanes (env copies); only sets the fill speed")
     parser.add_argument("--seconds", type=float, default=6.0, help="time per measurement")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-step", type=int, default=1, help="n-step targets (1: one-step)")
+    parser.add_argument("--pack-limit", type=int, default=PACK_LIMIT_BYTES,
+                        help="largest field row (bytes) packed into the record; 0 = one array per field")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
 
     t0 = time.perf_counter()
-    buffer = fill_buffer(args.capacity, args.n_envs, rng)
+    buffer = fill_buffer(args.capacity, args.n_envs, rng, args.n_step, args.pack_limit)
     print(f"filled {len(buffer):,} rows in {time.perf_counter() - t0:.1f} s")
 
     def per_step() -> None:
@@ -135,6 +148,10 @@ def main() -> None:
     in_sample, in_update = split_cpu_us(buffer, rng)
     print(f"CPU per iteration: sample {in_sample:.0f} us (tree draw, weights, gather of 8 fields), "
           f"update_priorities {in_update:.0f} us")
+    uniform = ReplayBuffer(bench_schema(), args.capacity, args.n_envs, n_step=args.n_step, pack_limit=args.pack_limit)
+    uniform.load_state_dict(buffer.state_dict())  # the same rows
+    uniform_wall, uniform_cpu = rate(lambda: uniform.sample(BATCH, rng), args.seconds)
+    print(f"{'uniform sample(256), it/s':52s} {uniform_wall:12,.0f} {uniform_cpu:12,.0f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Data structures between the collector and the learners.
 
 On-policy rollouts live in ``marl.data.rollout``; off-policy replay in
-:mod:`marl.data.replay` (storage, uniform sampling, n-step targets),
+:mod:`marl.data.storage` (row schema, per-env-copy lanes, packed rows),
+:mod:`marl.data.replay` (uniform sampling, n-step targets),
 :mod:`marl.data.prioritized` (PER), :mod:`marl.data.her` (hindsight relabelling)
 and :mod:`marl.data.sum_tree`.
 """
@@ -15,10 +16,6 @@ from marl.data.prioritized import (
     td_priority,
 )
 from marl.data.replay import (
-    OPTIONAL_FIELDS,
-    REQUIRED_FIELDS,
-    FieldSpec,
-    LaneStorage,
     ReplayBuffer,
     ReplaySample,
     Sampler,
@@ -26,6 +23,13 @@ from marl.data.replay import (
     nstep_lengths,
     nstep_return,
     reduce_td_errors,
+)
+from marl.data.storage import (
+    OPTIONAL_FIELDS,
+    PACK_LIMIT_BYTES,
+    REQUIRED_FIELDS,
+    FieldSpec,
+    LaneStorage,
     replay_schema,
 )
 from marl.data.sum_tree import SumTree
@@ -33,6 +37,7 @@ from marl.data.sum_tree import SumTree
 __all__ = [
     "HER_STRATEGIES",
     "OPTIONAL_FIELDS",
+    "PACK_LIMIT_BYTES",
     "REQUIRED_FIELDS",
     "FieldSpec",
     "HerReplayBuffer",

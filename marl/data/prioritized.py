@@ -18,9 +18,11 @@
 * ``beta`` is annealed linearly from ``per_beta`` to 1 over training: the
   trainer computes :func:`per_beta_at` from its progress and passes it to
   ``sample``.
-* Checkpoints: ``state_dict()`` holds every row's priority and ``max_priority``;
-  ``load_state_dict`` rebuilds the sum tree bit for bit, so a resumed buffer
-  draws the same rows from the same generator.
+* Checkpoints: the sampler's ``state_dict()`` holds every row's priority and
+  ``max_priority``; :meth:`ReplayBuffer.state_dict` saves it with the rows (for
+  any buffer with this sampler, hindsight included), and ``load_state_dict``
+  rebuilds the sum tree once, bit for bit (:meth:`SumTree.set_leaves`), so a
+  resumed buffer draws the same rows from the same generator.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from marl.data.replay import ReplayBuffer, Schema
+from marl.data.replay import ReplayBuffer
+from marl.data.storage import PACK_LIMIT_BYTES, Schema
 from marl.data.sum_tree import SumTree
 
 
@@ -185,9 +188,12 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         schema, capacity, n_envs, n_step, gamma: as for :class:`ReplayBuffer`.
         per_alpha, per_eps, per_beta: see :class:`PrioritizedSampler` (defaults
             0.6, 1e-6, 0.4).
+        pack_limit: storage layout, as for :class:`ReplayBuffer` (default 1024 bytes).
 
     ``sample(B, rng, beta)`` returns IS weights in ``ReplaySample.weights``; feed
     the learner's TD errors back with ``update_priorities(sample.indices, td)``.
+    ``state_dict`` / ``load_state_dict`` are :class:`ReplayBuffer`'s: rows, write
+    pointers, ``priorities`` (``[C]`` float64) and ``max_priority``.
     """
 
     def __init__(
@@ -201,31 +207,12 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         per_alpha: float = 0.6,
         per_eps: float = 1e-6,
         per_beta: float = 0.4,
+        pack_limit: int = PACK_LIMIT_BYTES,
     ) -> None:
         sampler = PrioritizedSampler(capacity, per_alpha=per_alpha, per_eps=per_eps, per_beta=per_beta)
-        super().__init__(schema, capacity, n_envs, n_step=n_step, gamma=gamma, sampler=sampler)
+        super().__init__(schema, capacity, n_envs, n_step=n_step, gamma=gamma, sampler=sampler, pack_limit=pack_limit)
         self.prioritized_sampler = sampler
 
     def priorities(self, indices: ArrayLike) -> np.ndarray:
         """Current priorities ``[B]`` of rows ``indices [B]`` (0 for unwritten rows)."""
         return self.prioritized_sampler.priorities(indices)
-
-    def state_dict(self) -> dict[str, Any]:
-        """:meth:`ReplayBuffer.state_dict` (rows and write pointers) plus the
-        sampler's ``priorities`` (``[C]`` float64) and ``max_priority``."""
-        state = super().state_dict()
-        state.update(self.prioritized_sampler.state_dict())
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` of a buffer built alike (schema, capacity, ``n_envs``).
-
-        Sampling after a restore with the same ``rng`` draws the same rows as the
-        saved buffer would have.
-
-        Raises:
-            ValueError: naming what differs; a refused state changes nothing.
-        """
-        _checked_sampler_state(state, self.capacity)  # refuse before the rows change
-        super().load_state_dict(state)
-        self.prioritized_sampler.load_state_dict(state)

@@ -1,49 +1,22 @@
-"""Replay buffer for off-policy learners: lane storage, samplers, n-step targets.
+"""Replay buffer for off-policy learners: samplers and n-step targets over lane storage.
 
-Storage and sampling are kept apart (as in TorchRL): :class:`LaneStorage` holds
-the preallocated arrays and the write pointers, a sampler (:class:`UniformSampler`
-here, ``PrioritizedSampler`` in :mod:`marl.data.prioritized`) picks row indices,
-and :class:`ReplayBuffer` joins the two and builds n-step targets.
+Storage and sampling are kept apart (as in TorchRL): :class:`~marl.data.storage.LaneStorage`
+(:mod:`marl.data.storage`: the schema, per-env-copy lanes, rows packed into one record) holds
+the rows and the write pointers, a sampler (:class:`UniformSampler` here,
+``PrioritizedSampler`` in :mod:`marl.data.prioritized`) picks row indices, and
+:class:`ReplayBuffer` joins the two and builds n-step targets. Rows, lanes, fields
+and the conventions of ``next_obs`` at a truncation are described in
+:mod:`marl.data.storage`.
 
-Rows and lanes
---------------
-A *row* holds all agents of one group of one env copy at one step: every field
-is shaped ``[A, ...]`` (``obs [A, 18]``, ``reward [A]``, ``alive [A]``...), or
-anything else the schema says (``state [S]``). Rows of the E env copies are kept
-in E separate circular *lanes*: each field is one array ``[L, E, *shape]``
-(``L = capacity // E`` rows per lane), and row ``(t, e)`` has the flat index
-``t * E + e``. A lane holds one env copy's trajectory in time order, so the
-step after row ``(t, e)`` is ``((t + 1) % L, e)``; n-step targets look ahead
-within the lane and stop at the lane's write pointer (rows past it are either
-unwritten or older data about to be overwritten). Each lane has its own write
-pointer, so ``add`` may write any subset of env copies (``env_indices``);
-overwriting is per lane, oldest row first.
-
-n-step window of a row: it stops at the first row (the row itself included)
-where *some* agent of the row is terminated or truncated, and at the newest row
-of the lane. One window per row keeps ``next_state_n`` well defined; an agent
-whose teammate's trajectory ended gets a shorter n-step target, which is still
-a correct one (it bootstraps from ``next_obs_n``, unless it is terminated
-itself). This relies on the collector flagging every agent's last step with
-``terminated`` or ``truncated`` (so a window never runs into the next episode).
-
-Fields and conventions
-----------------------
-The schema maps a field name to ``(shape, dtype)`` of one row; dtypes are kept
-(a ``uint8`` image stays ``uint8``). Required fields: ``obs, action, reward,
-next_obs, terminated, truncated, alive, next_alive``; optional fields with a
-known meaning: ``action_mask, next_action_mask, state, next_state``; any other
-field is stored and returned in ``ReplaySample.extras``.
-
-* ``terminated`` and ``truncated`` are stored apart, per agent: ``terminated``
-  stops bootstrapping, ``truncated`` does not.
-* ``next_obs`` must be the real observation after the step. When the episode
-  ended at the step (terminated or truncated), the caller passes the final
-  observation (``GroupTransition.final_obs``), never the first observation of
-  the next episode that an auto-resetting vector env returns; likewise
-  ``next_state`` is the final state there.
-* Entries of agents not alive at a step are masked by ``alive``; learners ignore
-  them.
+n-step window of a row ``(t, e)``: rows ``t, t + 1, ...`` of lane ``e`` (the step
+after row ``(t, e)`` is ``((t + 1) % L, e)``). It stops at the first row (the row
+itself included) where *some* agent of the row is terminated or truncated, and at
+the newest row of the lane (rows past the write pointer are either unwritten or
+older data about to be overwritten). One window per row keeps ``next_state_n`` well
+defined; an agent whose teammate's trajectory ended gets a shorter n-step target,
+which is still a correct one (it bootstraps from ``next_obs_n``, unless it is
+terminated itself). This relies on the collector flagging every agent's last step
+with ``terminated`` or ``truncated`` (so a window never runs into the next episode).
 """
 
 from __future__ import annotations
@@ -53,91 +26,37 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
-from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike
 
-from marl.types import GroupSpec
+from marl.data.storage import (  # the schema API is also reachable from here
+    NEXT_FIELDS,
+    OPTIONAL_FIELDS,
+    PACK_LIMIT_BYTES,
+    REQUIRED_FIELDS,
+    FieldSpec,
+    LaneStorage,
+    Schema,
+    normalize_schema,
+    replay_schema,
+)
 
-REQUIRED_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "alive", "next_alive")
-OPTIONAL_FIELDS = ("action_mask", "next_action_mask", "state", "next_state")
-_NEXT_FIELDS = ("next_obs", "terminated", "next_alive", "next_action_mask", "next_state")
-_FLAG_FIELDS = ("terminated", "truncated", "alive", "next_alive")
-_RESERVED = frozenset({"indices", "weights", "extras", "reward_n", "discount_n"} | {f + "_n" for f in _NEXT_FIELDS})
-
-
-class FieldSpec(NamedTuple):
-    """Shape and dtype of one field of one row (no batch axis)."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-
-Schema = Mapping[str, FieldSpec | tuple[tuple[int, ...], DTypeLike]]
-"""Field name -> ``(shape, dtype)`` of one row, e.g. ``{"obs": ((A, 18), np.float32), ...}``."""
-
-
-def normalize_schema(schema: Schema) -> dict[str, FieldSpec]:
-    """Check a schema and return it as ``{name: FieldSpec}``.
-
-    Raises:
-        ValueError: a required field is missing, a name is reserved for sample
-            outputs (``reward_n``, ``weights``...), ``reward`` is not ``[A]``, a
-            flag field is not bool ``[A]``, or a ``next_*`` field differs from
-            its pair.
-    """
-    out = {name: FieldSpec(tuple(int(d) for d in shape), np.dtype(dtype)) for name, (shape, dtype) in schema.items()}
-    reserved = sorted(set(out) & _RESERVED)
-    if reserved:
-        raise ValueError(f"schema field names {reserved} are reserved for sample outputs; rename them")
-    missing = [name for name in REQUIRED_FIELDS if name not in out]
-    if missing:
-        raise ValueError(f"replay schema lacks required fields {missing}; add them (see replay_schema())")
-    per_agent = out["reward"].shape
-    if len(per_agent) != 1:
-        raise ValueError(f"reward must be shaped [A] (one per agent), got {per_agent}")
-    for name in _FLAG_FIELDS:
-        if out[name].shape != per_agent or out[name].dtype != np.bool_:
-            raise ValueError(f"{name} must be bool {per_agent} like reward, got {out[name].dtype} {out[name].shape}")
-    for name in ("obs", "action", "state", "action_mask"):
-        nxt = "next_" + name
-        if name in out and nxt in out and out[name] != out[nxt]:
-            raise ValueError(f"{nxt} must match {name}: {out[nxt]} vs {out[name]}")
-    return out
-
-
-def replay_schema(group: GroupSpec, state_shape: tuple[int, ...] | None = None) -> dict[str, FieldSpec]:
-    """The standard schema for one group's rows.
-
-    Args:
-        group: the group; its agents give ``A`` and its spaces the shapes and
-            dtypes. When ``group.has_action_mask`` the masks are stored
-            (``[A, n_actions]`` bool); when ``group.goal = (start, stop)`` the
-            achieved goals ``achieved_goal, next_achieved_goal [A, stop - start]``
-            float32 are stored for hindsight relabelling.
-        state_shape: shape of the global state, or ``None`` for no state fields.
-    """
-    n = group.n_agents
-    obs = FieldSpec((n, *group.obs_space.shape), np.dtype(group.obs_space.dtype))
-    flag = FieldSpec((n,), np.dtype(np.bool_))
-    schema = {
-        "obs": obs,
-        "next_obs": obs,
-        "action": FieldSpec((n, *group.action_shape), group.action_dtype),
-        "reward": FieldSpec((n,), np.dtype(np.float32)),
-        "terminated": flag,
-        "truncated": flag,
-        "alive": flag,
-        "next_alive": flag,
-    }
-    if group.has_action_mask:
-        mask = FieldSpec((n, int(group.action_space.n)), np.dtype(np.bool_))
-        schema["action_mask"] = schema["next_action_mask"] = mask
-    if state_shape is not None:
-        schema["state"] = schema["next_state"] = FieldSpec(tuple(state_shape), np.dtype(np.float32))
-    if group.goal is not None:
-        goal = FieldSpec((n, group.goal[1] - group.goal[0]), np.dtype(np.float32))
-        schema["achieved_goal"] = schema["next_achieved_goal"] = goal
-    return schema
-
+__all__ = [
+    "OPTIONAL_FIELDS",
+    "REQUIRED_FIELDS",
+    "FieldSpec",
+    "LaneStorage",
+    "ReplayBuffer",
+    "ReplaySample",
+    "Sampler",
+    "Schema",
+    "UniformSampler",
+    "normalize_schema",
+    "nstep_lengths",
+    "nstep_return",
+    "reduce_td_errors",
+    "replay_schema",
+    "uniform_rows",
+]
 
 Array = np.ndarray | torch.Tensor
 
@@ -164,6 +83,12 @@ class ReplaySample(NamedTuple):
         extras: schema fields without a named attribute, ``[B, ...]`` each.
         action_mask, next_action_mask, state, next_state: ``None`` when not in
             the schema.
+
+    Memory: the arrays of :meth:`ReplayBuffer.sample` are fresh (never views of
+    the stored rows, nor of an earlier sample) and writable, and no two fields
+    overlap; the storage's small fields come as strided views into one gathered
+    block (see :mod:`marl.data.storage`), so they are not C-contiguous. With
+    ``n_step == 1`` each ``<name>_n`` *is* ``<name>`` (the same array).
     """
 
     indices: Array
@@ -200,147 +125,6 @@ class ReplaySample(NamedTuple):
 
 
 _SAMPLE_FIELDS = frozenset(ReplaySample._fields)
-
-
-class LaneStorage:
-    """Preallocated circular lanes, one per env copy: field ``[L, E, *shape]``.
-
-    Args:
-        schema: field name -> ``(shape, dtype)`` of one row.
-        capacity: total rows C; must be a multiple of ``n_envs`` (``L = C // E``).
-        n_envs: number of lanes E (env copies).
-
-    Attributes:
-        lane_length: rows per lane L.
-        pos: ``[E]`` next slot to write in each lane.
-        size: ``[E]`` rows written and not yet overwritten (slots ``[0, size)``).
-        count: ``[E]`` rows ever written to each lane (absolute step counter; the
-            row written at absolute step ``s`` sits at slot ``s % L``).
-    """
-
-    def __init__(self, schema: Schema, capacity: int, n_envs: int) -> None:
-        if n_envs < 1:
-            raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-        if capacity < n_envs or capacity % n_envs:
-            fix = max(n_envs, capacity - capacity % n_envs)
-            raise ValueError(
-                f"capacity {capacity} must be a positive multiple of n_envs {n_envs} (one lane per env copy); "
-                f"use e.g. {fix}"
-            )
-        self.schema = normalize_schema(schema)
-        self.n_envs = int(n_envs)
-        self.lane_length = capacity // n_envs
-        self.capacity = self.lane_length * self.n_envs
-        self._data = {
-            name: np.zeros((self.lane_length, self.n_envs, *spec.shape), dtype=spec.dtype)
-            for name, spec in self.schema.items()
-        }
-        # Flat views [C, *shape] indexed by t * E + e (no copy: the arrays are contiguous).
-        self._flat = {name: a.reshape(self.capacity, *a.shape[2:]) for name, a in self._data.items()}
-        self.pos = np.zeros(self.n_envs, dtype=np.int64)
-        self.size = np.zeros(self.n_envs, dtype=np.int64)
-        self.count = np.zeros(self.n_envs, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return int(self.size.sum())
-
-    def field(self, name: str) -> np.ndarray:
-        """Read-only view ``[L, E, *shape]`` of one stored field."""
-        view = self._data[name].view()
-        view.flags.writeable = False
-        return view
-
-    def add(self, batch: Mapping[str, ArrayLike], env_indices: ArrayLike | None = None) -> np.ndarray:
-        """Write one row per listed env copy at its lane's write pointer.
-
-        Args:
-            batch: every schema field, each ``[N, *shape]``; values are cast to
-                the field dtype (a cast across kinds, e.g. float into uint8, is
-                refused).
-            env_indices: ``[N]`` distinct lanes to write, default ``arange(E)``.
-
-        Returns:
-            ``[N]`` int64 flat indices of the written rows.
-        """
-        lanes = (
-            np.arange(self.n_envs)
-            if env_indices is None
-            else np.asarray(env_indices, dtype=np.int64).reshape(-1)
-        )
-        if lanes.size and (lanes.min() < 0 or lanes.max() >= self.n_envs):
-            raise IndexError(f"env_indices must lie in [0, {self.n_envs}), got {lanes}")
-        if np.unique(lanes).size != lanes.size:
-            raise ValueError(f"env_indices must be distinct (one row per lane per add), got {lanes}")
-        unknown = sorted(set(batch) - set(self.schema))
-        missing = sorted(set(self.schema) - set(batch))
-        if unknown or missing:
-            raise KeyError(f"batch fields do not match the schema: missing {missing}, unknown {unknown}")
-        n = lanes.size
-        values = {}
-        for name, spec in self.schema.items():
-            value = np.asarray(batch[name])
-            if value.shape != (n, *spec.shape):
-                raise ValueError(f"field {name!r}: expected shape {(n, *spec.shape)} ([N, *shape]), got {value.shape}")
-            if not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
-                raise TypeError(f"field {name!r}: cannot store {value.dtype} as {spec.dtype}; convert it first")
-            values[name] = value
-        slots = self.pos[lanes]
-        flat = slots * self.n_envs + lanes
-        for name, value in values.items():
-            self._flat[name][flat] = value
-        self.pos[lanes] = (slots + 1) % self.lane_length
-        self.size[lanes] = np.minimum(self.size[lanes] + 1, self.lane_length)
-        self.count[lanes] += 1
-        return flat
-
-    def gather(self, name: str, indices: np.ndarray) -> np.ndarray:
-        """Rows ``[B, *shape]`` of one field at flat ``indices [B]`` (a copy)."""
-        return self._flat[name].take(indices, axis=0)  # take: several times faster than [] here
-
-    def gather_all(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Every field at flat ``indices [B]``: ``{name: [B, *shape]}`` (copies)."""
-        return {name: flat.take(indices, axis=0) for name, flat in self._flat.items()}
-
-    def gather_per_agent(self, name: str, indices: np.ndarray) -> np.ndarray:
-        """``[B, A, ...]``: agent ``a`` of row ``indices[b, a]``, for per-agent rows ``indices [B, A]``."""
-        return self._flat[name][indices, np.arange(indices.shape[1])[None, :]]
-
-    def unravel(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flat indices ``[B]`` -> ``(slot t [B], lane e [B])``."""
-        return np.divmod(indices, self.n_envs)
-
-    def steps_ahead(self, slots: np.ndarray, lanes: np.ndarray) -> np.ndarray:
-        """``[B]`` number of rows written after row ``(t, e)`` in its lane (0 for the newest)."""
-        return (self.pos[lanes] - 1 - slots) % self.lane_length
-
-    def state_dict(self) -> dict[str, Any]:
-        """Copies (numpy) of ``fields`` (name -> ``[L, E, *shape]``, every slot) and of ``pos, size, count``."""
-        return {"fields": {name: a.copy() for name, a in self._data.items()},
-                "pos": self.pos.copy(), "size": self.size.copy(), "count": self.count.copy()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` of storage with the same schema, capacity and ``n_envs``.
-
-        Raises:
-            ValueError: naming the field or pointer whose names, shape or dtype differ;
-                everything is checked first, so a refused state changes nothing.
-        """
-        fields = {name: np.asarray(value) for name, value in state["fields"].items()}
-        missing, unknown = sorted(set(self._data) - set(fields)), sorted(set(fields) - set(self._data))
-        if missing or unknown:
-            raise ValueError(f"saved replay fields do not match the schema: missing {missing}, unknown {unknown}")
-        for name, dst in self._data.items():
-            src = fields[name]
-            if src.shape != dst.shape or not np.can_cast(src.dtype, dst.dtype, casting="same_kind"):
-                raise ValueError(f"saved replay field {name!r} is {src.dtype} {src.shape}, the buffer's is {dst.dtype} "
-                                 f"{dst.shape} ([L, E, *shape]): the capacity, n_envs or the schema differ")
-        pointers = [np.asarray(state[k], dtype=np.int64) for k in ("pos", "size", "count")]
-        if any(v.shape != (self.n_envs,) for v in pointers):
-            raise ValueError(f"saved replay pointers have shapes {[v.shape for v in pointers]}; "
-                             f"the buffer has {self.n_envs} lanes")
-        for name, dst in self._data.items():
-            dst[...] = fields[name]
-        self.pos[:], self.size[:], self.count[:] = pointers
 
 
 def nstep_lengths(ends: np.ndarray, steps_ahead: np.ndarray) -> np.ndarray:
@@ -486,6 +270,9 @@ class ReplayBuffer:
         n_step: length n of the n-step targets (1: one-step).
         gamma: discount factor used for ``reward_n`` and ``discount_n``.
         sampler: which rows to draw; default :class:`UniformSampler`.
+        pack_limit: storage layout (a speed knob, no effect on values): fields
+            whose row takes at most this many bytes are packed into one record,
+            see :class:`LaneStorage`. Default :data:`PACK_LIMIT_BYTES` (1024).
 
     Example (two env copies, one agent with 3 features):
 
@@ -515,12 +302,13 @@ class ReplayBuffer:
         n_step: int = 1,
         gamma: float = 0.99,
         sampler: Sampler | None = None,
+        pack_limit: int = PACK_LIMIT_BYTES,
     ) -> None:
         if n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {n_step}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-        self.storage = LaneStorage(schema, capacity, n_envs)
+        self.storage = LaneStorage(schema, capacity, n_envs, pack_limit=pack_limit, lookahead=n_step > 1)
         self.sampler: Sampler = UniformSampler() if sampler is None else sampler
         if self.sampler.capacity is not None and self.sampler.capacity != self.storage.capacity:
             raise ValueError(
@@ -529,7 +317,7 @@ class ReplayBuffer:
         self.n_step = int(n_step)
         self.gamma = float(gamma)
         self._extra_fields = tuple(name for name in self.schema if name not in _SAMPLE_FIELDS)
-        self._next_fields = tuple(name for name in _NEXT_FIELDS if name in self.schema)
+        self._next_fields = tuple(name for name in NEXT_FIELDS if name in self.schema)
 
     @property
     def schema(self) -> dict[str, FieldSpec]:
@@ -557,14 +345,19 @@ class ReplayBuffer:
         return {**self.storage.state_dict(), **self.sampler.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` of a buffer built alike; ``ValueError`` naming what differs, nothing changed."""
-        before = self.sampler.state_dict()
+        """Restore a :meth:`state_dict` of a buffer built alike (schema, capacity, ``n_envs``, sampler kind).
+
+        Sampling after a restore with the same ``rng`` draws the same rows (and
+        importance weights) as the saved buffer would have.
+
+        Raises:
+            ValueError: naming what differs; the rows are checked first and the
+                sampler checks its own state before changing, so a refused state
+                changes nothing.
+        """
+        self.storage.check_state_dict(state)
         self.sampler.load_state_dict(state)
-        try:
-            self.storage.load_state_dict(state)
-        except ValueError:
-            self.sampler.load_state_dict(before)
-            raise
+        self.storage.load_state_dict(state)
 
     def add(self, batch: Mapping[str, ArrayLike], env_indices: ArrayLike | None = None) -> np.ndarray:
         """Store one step of N env copies; see :meth:`LaneStorage.add`.
@@ -636,13 +429,10 @@ class ReplayBuffer:
         slots, lanes = storage.unravel(indices)
         ahead = np.arange(n)[:, None]  # [n, 1]
         window = ((slots[None, :] + ahead) % length) * n_envs + lanes[None, :]  # [n, B] flat indices
-        flat_window = window.reshape(-1)
-        done = storage.gather("terminated", flat_window) | storage.gather("truncated", flat_window)
-        ends = done.reshape(n, -1, done.shape[-1]).any(axis=2)  # [n, B]
+        reward, ends = storage.gather_lookahead(window)  # [n, B, A], [n, B]: one gather
         lengths = nstep_lengths(ends, storage.steps_ahead(slots, lanes))
-        reward = storage.gather("reward", flat_window).reshape(n, indices.shape[0], -1)
         reward_n, discount_n = nstep_return(reward, lengths, self.gamma)
         last = window[lengths - 1, np.arange(indices.shape[0])]
         target = {"reward_n": reward_n, "discount_n": discount_n}
-        target.update({name + "_n": storage.gather(name, last) for name in self._next_fields})
+        target.update({name + "_n": value for name, value in storage.gather_fields(self._next_fields, last).items()})
         return target

@@ -231,3 +231,22 @@ def test_importance_weights_use_the_new_minimum_after_it_is_raised():
     p = np.array([3.0, 2.0, 4.0, 8.0]) + 1e-9
     np.testing.assert_allclose(sample.weights, p.min() / p[sample.indices], rtol=1e-6)
     assert sample.weights.max() == pytest.approx(1.0)  # row 1, the new minimum, is drawn (p = 2/17 per draw)
+
+
+def test_restoring_rebuilds_the_sum_tree_once(monkeypatch):
+    """The buffer's own state_dict carries the sampler's state; loading rebuilds the tree exactly once."""
+    from marl.data.sum_tree import SumTree
+
+    a = filled_buffer(seed=3)
+    state = a.state_dict()
+    assert set(state) == {"fields", "pos", "size", "count", "priorities", "max_priority"}
+    b = PrioritizedReplayBuffer(schema(), capacity=24, n_envs=3, n_step=2, gamma=0.9, per_alpha=0.7)
+    rebuilt = []
+    set_leaves = SumTree.set_leaves
+    monkeypatch.setattr(SumTree, "set_leaves", lambda tree, p: rebuilt.append(1) or set_leaves(tree, p))
+    b.load_state_dict(state)
+    assert len(rebuilt) == 1
+    assert_same_draws(a, b, seed=9)
+    with pytest.raises(ValueError, match="capacity, n_envs or the schema differ"):
+        PrioritizedReplayBuffer(schema(), capacity=30, n_envs=3, n_step=2).load_state_dict(state)
+    assert len(rebuilt) == 1  # refused before the tree is touched

@@ -126,3 +126,48 @@ def test_replay_never_returns_an_unwritten_row(case, seed):
         assert np.all(ahead >= 0) and np.all(ahead % 10 == 0)
         assert np.all((sample.discount_n > 0) & (sample.discount_n <= 0.99 + 1e-6))
         assert len(buffer) == len(written)
+
+
+def mixed_schema():
+    """schema() plus fields of other sizes and dtypes, so that pack limits split them differently."""
+    return {**schema(), "state": ((3,), np.float64), "next_state": ((3,), np.float64), "tag": ((), np.uint8),
+            "count": ((2, 2), np.int32)}
+
+
+@SETTINGS
+@given(add_sequences(), st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 8, 16, 24, 10**6]))
+def test_any_packing_samples_what_one_array_per_field_does(case, seed, pack_limit):
+    """Same rows, same generator: a storage with fields packed by ``pack_limit`` and one with every field in
+    an array of its own (``pack_limit=0``) return equal samples; one-step fields equal the rows written."""
+    n_envs, lane_length, adds, n_step, prioritized = case
+    rng = np.random.default_rng(seed)
+    kind = PrioritizedReplayBuffer if prioritized else ReplayBuffer
+    packed, plain = (kind(mixed_schema(), lane_length * n_envs, n_envs, n_step=n_step, gamma=0.5, pack_limit=limit)
+                     for limit in (pack_limit, 0))
+    assert plain.storage.packed_fields == ()
+    latest = {}  # flat index -> the row last written there
+    for lanes in adds:
+        rows = {name: rng.integers(0, 100, size=(len(lanes), *shape)).astype(dtype)
+                for name, (shape, dtype) in mixed_schema().items()}
+        for name in ("terminated", "truncated"):
+            rows[name] = rng.random((len(lanes), 2)) < 0.2
+        for buffer in (packed, plain):
+            indices = buffer.add(rows, env_indices=lanes)
+        latest.update({int(i): {k: v[j] for k, v in rows.items()} for j, i in enumerate(indices)})
+        draw = int(rng.integers(0, 2**32))
+        a = packed.sample(int(rng.integers(1, 20)), np.random.default_rng(draw))
+        b = plain.sample(a.indices.shape[0], np.random.default_rng(draw))
+        for name, x, y in zip(a._fields, a, b):
+            if isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x, y, err_msg=name)
+        for name in ("tag", "count"):
+            np.testing.assert_array_equal(a.extras[name], b.extras[name], err_msg=name)
+        for k, i in enumerate(a.indices):
+            row = latest[int(i)]
+            assert np.array_equal(a.obs[k], row["obs"]) and np.array_equal(a.state[k], row["state"])
+            assert a.extras["tag"][k] == row["tag"] and np.array_equal(a.extras["count"][k], row["count"])
+        if prioritized:
+            td = rng.exponential(1.0, size=a.indices.shape[0])
+            packed.update_priorities(a.indices, td)
+            plain.update_priorities(a.indices, td)

@@ -7,6 +7,7 @@ import torch
 
 from marl.data.prioritized import PrioritizedSampler
 from marl.data.replay import ReplayBuffer, nstep_lengths, nstep_return, reduce_td_errors, replay_schema
+from marl.data.storage import FieldSpec, LaneStorage, record_dtype, split_fields
 from marl.types import GroupSpec
 
 
@@ -311,3 +312,138 @@ def test_a_state_that_does_not_fit_is_refused_and_changes_nothing(case, match):
     np.testing.assert_array_equal(pos_after, pos)
     for name in fields:
         np.testing.assert_array_equal(after[name], fields[name], err_msg=name)
+
+
+# --------------------------------------------------------------------------- packed storage
+def mixed_schema(n_agents=2):
+    """Fields of every kind: uint8 images, int64, float64, bool masks, a scalar extra, a state."""
+    image = ((n_agents, 6, 6, 3), np.uint8)  # 216 bytes per row
+    mask = ((n_agents, 5), np.bool_)
+    return {
+        **vec_schema(n_agents),
+        "obs": image,
+        "next_obs": image,
+        "action_mask": mask,
+        "next_action_mask": mask,
+        "state": ((3,), np.float64),
+        "next_state": ((3,), np.float64),
+        "cost": ((), np.int16),
+    }
+
+
+def mixed_rows(n, rng, n_agents=2):
+    rows = {name: np.zeros((n, *shape), dtype) for name, (shape, dtype) in mixed_schema(n_agents).items()}
+    rows["obs"] = rng.integers(0, 256, size=rows["obs"].shape, dtype=np.uint8)
+    rows["next_obs"] = rng.integers(0, 256, size=rows["obs"].shape, dtype=np.uint8)
+    rows["action"] = rng.integers(-(2**40), 2**40, size=(n, n_agents))
+    rows["reward"] = rng.standard_normal((n, n_agents)).astype(np.float32)
+    rows["terminated"] = rng.random((n, n_agents)) < 0.15
+    rows["truncated"] = rng.random((n, n_agents)) < 0.1
+    for name in ("alive", "next_alive", "action_mask", "next_action_mask"):
+        rows[name] = rng.random(rows[name].shape) < 0.7
+    rows["state"] = rng.standard_normal((n, 3))
+    rows["next_state"] = rng.standard_normal((n, 3))
+    rows["cost"] = rng.integers(-300, 300, size=n).astype(np.int16)
+    return rows
+
+
+def test_fields_are_packed_by_row_size_into_an_aligned_record():
+    schema = {name: FieldSpec(tuple(shape), np.dtype(dt)) for name, (shape, dt) in mixed_schema().items()}
+    assert schema["obs"].nbytes == 216 and schema["state"].nbytes == 24 and schema["cost"].nbytes == 2
+    packed, separate = split_fields(schema, pack_limit=216)  # the limit is inclusive
+    assert packed == tuple(schema) and separate == ()
+    packed, separate = split_fields(schema, pack_limit=215)
+    assert separate == ("obs", "next_obs") and "obs" not in packed and len(packed) == len(schema) - 2
+    record = record_dtype({name: schema[name] for name in packed})
+    # By hand: 8-aligned fields first (action 16, state 24, next_state 24 bytes), then reward 8, cost 2,
+    # then the bool ones (4 flags x 2 + 2 masks x 10): 64 + 8 + 2 + 8 + 20 = 102, padded to a multiple of 8.
+    assert record.itemsize == 104
+    for name, (dt, offset) in record.fields.items():
+        assert offset % dt.base.alignment == 0, name
+    storage = LaneStorage(schema, capacity=6, n_envs=3, pack_limit=215)
+    assert storage.packed_fields == packed and storage.separate_fields == ("obs", "next_obs")
+    assert storage.nbytes == 6 * (104 + 2 * 216)
+    assert LaneStorage(vec_schema(1, 8), 10, 1).record.itemsize == 80  # the bench row: 32 + 32 + 8 + 4 + 4 flags
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_every_layout_stores_and_samples_the_same_values(n_step, prioritized):
+    """All fields packed, none packed, images apart: same samples, same dtypes, same checkpoint; and the
+    one-step fields of a sample are the rows that were written (a dict oracle)."""
+    rng = np.random.default_rng(7)
+    limits = (0, 100, 10**9)
+    buffers = [ReplayBuffer(mixed_schema(), capacity=15, n_envs=3, n_step=n_step, gamma=0.8,
+                            sampler=PrioritizedSampler(15, per_alpha=0.8) if prioritized else None, pack_limit=limit)
+               for limit in limits]
+    assert [len(b.storage.separate_fields) for b in buffers] == [len(mixed_schema()), 2, 0]
+    written = {}
+    for step in range(9):  # wraps the 5-row lanes
+        lanes = np.sort(rng.choice(3, size=rng.integers(1, 4), replace=False))
+        rows = mixed_rows(lanes.size, rng)
+        for buffer in buffers:
+            indices = buffer.add(rows, env_indices=lanes)
+        written.update({int(i): {name: value[k] for name, value in rows.items()} for k, i in enumerate(indices)})
+        samples = [b.sample(24, np.random.default_rng(step), beta=0.7) for b in buffers]
+        for buffer in buffers:
+            buffer.update_priorities(samples[0].indices, np.abs(samples[0].reward) + step)
+        for sample in samples[1:]:
+            for name, x, y in zip(sample._fields, samples[0], sample):
+                if isinstance(x, np.ndarray):
+                    assert x.dtype == y.dtype and x.shape == y.shape, name
+                    np.testing.assert_array_equal(x, y, err_msg=name)
+            np.testing.assert_array_equal(sample.extras["cost"], samples[0].extras["cost"])
+        sample = samples[2]  # everything packed
+        assert sample.obs.dtype == np.uint8 and sample.state.dtype == np.float64
+        assert sample.extras["cost"].dtype == np.int16 and sample.extras["cost"].shape == (24,)
+        for b, i in enumerate(sample.indices):
+            for name in ("obs", "next_obs", "action", "reward", "terminated", "alive", "action_mask", "state"):
+                np.testing.assert_array_equal(getattr(sample, name)[b], written[int(i)][name], err_msg=name)
+            assert sample.extras["cost"][b] == written[int(i)]["cost"]
+        tensors = sample.to_torch()  # strided fields: strides are whole elements
+        for name in ("obs", "action", "reward", "alive", "action_mask", "state", "next_state_n"):
+            np.testing.assert_array_equal(getattr(tensors, name).numpy(), getattr(sample, name), err_msg=name)
+    states = [b.state_dict() for b in buffers]
+    for name in mixed_schema():
+        assert states[0]["fields"][name].flags.c_contiguous, name
+        np.testing.assert_array_equal(states[0]["fields"][name], states[2]["fields"][name], err_msg=name)
+    restored = ReplayBuffer(mixed_schema(), capacity=15, n_envs=3, n_step=n_step, gamma=0.8, pack_limit=100,
+                            sampler=PrioritizedSampler(15, per_alpha=0.8) if prioritized else None)
+    restored.load_state_dict(states[2])  # saved fully packed, restored with images apart
+    assert_same_samples(buffers[0], restored)
+
+
+def test_sampled_fields_never_alias_the_storage_each_other_or_an_earlier_sample():
+    rng = np.random.default_rng(8)
+    buffer = ReplayBuffer(mixed_schema(), capacity=12, n_envs=3, n_step=2, pack_limit=100)
+    for _ in range(4):
+        buffer.add(mixed_rows(3, rng))
+    stored = buffer.state_dict()["fields"]
+    first, second = buffer.sample(16, rng), buffer.sample(16, rng)
+    arrays = {name: x for name, x in zip(first._fields, first) if isinstance(x, np.ndarray)} | first.extras
+    names = sorted(arrays)
+    for i, a in enumerate(names):
+        assert arrays[a].flags.writeable, a
+        for name in buffer.schema:
+            assert not np.shares_memory(arrays[a], buffer.storage.field(name)), (a, name)
+        for other in (x for x in second if isinstance(x, np.ndarray)):
+            assert not np.shares_memory(arrays[a], other), a
+        for b in names[i + 1:]:
+            assert not np.shares_memory(arrays[a], arrays[b]), (a, b)
+    before = {name: np.array(x) for name, x in arrays.items()}
+    first.obs[:] = 0  # packed (a strided view) ...
+    first.reward[:] = -1.0
+    first.next_obs_n[:] = 1
+    for name, x in arrays.items():  # ... and nothing else moved
+        if name not in ("obs", "reward", "next_obs_n"):
+            np.testing.assert_array_equal(x, before[name], err_msg=name)
+    for name, value in buffer.state_dict()["fields"].items():
+        np.testing.assert_array_equal(value, stored[name], err_msg=name)
+
+
+def test_one_step_targets_are_the_sampled_fields_themselves():
+    buffer = ReplayBuffer(vec_schema(), capacity=4, n_envs=2)
+    buffer.add(make_rows(2))
+    sample = buffer.sample(8, np.random.default_rng(0))
+    assert sample.next_obs_n is sample.next_obs and sample.terminated_n is sample.terminated
+    assert sample.next_alive_n is sample.next_alive
