@@ -1,4 +1,4 @@
-"""Grid helpers shared by the grid-world environments (layouts, windows, drawing).
+"""Grid helpers shared by the grid-world environments (argument checks, layouts, windows, drawing).
 
 Coordinates are ``(row, col)`` with row 0 at the top; a grid is a ``[size, size]``
 array. Headings are numbered clockwise from "up": 0 up, 1 right, 2 down, 3 left.
@@ -12,6 +12,23 @@ import numpy as np
 
 #: ``[4, 2]`` unit step ``(d_row, d_col)`` of each heading (0 up, 1 right, 2 down, 3 left).
 HEADING_STEPS = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], dtype=np.int64)
+#: pixels per cell side in ``render()`` pictures of the grid worlds.
+RENDER_CELL_PIXELS = 16
+#: RGB of empty cells and of walls in ``render()`` pictures.
+FLOOR_COLOUR = (235, 235, 235)
+WALL_COLOUR = (60, 60, 60)
+
+
+def check_view(view: int) -> None:
+    """Raise unless the observation window side ``view`` is odd and >= 3 (the agent is its centre cell)."""
+    if view < 3 or view % 2 == 0:
+        raise ValueError(f"view={view} must be odd and >= 3 so the agent sits in the centre cell")
+
+
+def check_wall_density(wall_density: float) -> None:
+    """Raise unless ``wall_density`` (fraction of the grid's cells made walls) is in ``[0, 0.5]``."""
+    if not 0.0 <= wall_density <= 0.5:
+        raise ValueError(f"wall_density={wall_density} must be in [0, 0.5]")
 
 
 @lru_cache(maxsize=32)
@@ -133,6 +150,27 @@ def window(padded: np.ndarray, cell: np.ndarray, view: int) -> np.ndarray:
     return padded[r : r + view, c : c + view]
 
 
+def others_in_view(padded_occupancy: np.ndarray, cell: np.ndarray, view: int, counted: bool) -> np.ndarray:
+    """Cells of the window centred on ``cell`` that hold agents other than the one at ``cell``.
+
+    Args:
+        padded_occupancy: ``[H + 2r, W + 2r]`` int agent count per cell, padded with 0 by
+            ``r = view // 2``.
+        cell: ``(row, col)`` of the observing agent, in unpadded coordinates.
+        view: odd window side, in cells.
+        counted: whether the observing agent is itself in ``padded_occupancy``; its own
+            cell then shows another agent only when the count there exceeds 1.
+
+    Returns:
+        ``[view, view]`` bool (a new array).
+    """
+    others = window(padded_occupancy, cell, view) > 0
+    if counted:
+        r = view // 2
+        others[r, r] = padded_occupancy[cell[0] + r, cell[1] + r] > 1
+    return others
+
+
 def rotate_offset(offset: np.ndarray, quarter_turns: int) -> np.ndarray:
     """Rotate ``(d_row, d_col)`` offsets counter-clockwise by ``quarter_turns`` x 90 degrees.
 
@@ -150,6 +188,13 @@ def rotate_offset(offset: np.ndarray, quarter_turns: int) -> np.ndarray:
     for _ in range(quarter_turns % 4):
         out = np.stack([-out[..., 1], out[..., 0]], axis=-1)
     return out
+
+
+def floor_colours(walls: np.ndarray) -> np.ndarray:
+    """``uint8 [H, W, 3]`` per-cell colours of a ``[H, W]`` bool wall grid: floor, walls dark."""
+    colours = np.full((*walls.shape, 3), FLOOR_COLOUR, dtype=np.uint8)
+    colours[walls] = WALL_COLOUR
+    return colours
 
 
 def upscale(colours: np.ndarray, cell_pixels: int) -> np.ndarray:

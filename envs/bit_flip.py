@@ -24,12 +24,14 @@ and red otherwise.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
 
-RENDER_CELL_PIXELS = 16
+from . import _common, _grid
+
+RENDER_CELL_PIXELS = _grid.RENDER_CELL_PIXELS
 
 
 def compute_reward(achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any = None) -> np.ndarray:
@@ -57,7 +59,7 @@ class BitFlipEnv(gymnasium.Env):
         render_mode: ``None`` or ``"rgb_array"``.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -70,16 +72,13 @@ class BitFlipEnv(gymnasium.Env):
             raise ValueError(f"n_bits={n_bits} must be >= 1")
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps={max_steps} must be >= 1 (or None for n_bits)")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode={render_mode!r}: only None and 'rgb_array' are supported")
+        _common.check_render_mode(render_mode)
         self.n_bits = n_bits
         self.max_steps = n_bits if max_steps is None else max_steps
         self.terminate_on_success = terminate_on_success
         self.render_mode = render_mode
         bits = gymnasium.spaces.Box(0.0, 1.0, (n_bits,), np.float32)
-        self.observation_space = gymnasium.spaces.Dict(
-            {"observation": bits, "achieved_goal": bits, "desired_goal": bits}
-        )
+        self.observation_space = _common.goal_space(bits, bits)
         self.action_space = gymnasium.spaces.Discrete(n_bits)
         self._bits = np.zeros(n_bits, dtype=np.float32)
         self._goal = np.zeros(n_bits, dtype=np.float32)
@@ -96,15 +95,12 @@ class BitFlipEnv(gymnasium.Env):
         self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any
     ) -> np.ndarray:
         """Termination flags ``bool [...]``: success when ``terminate_on_success``, else all ``False``."""
-        success = compute_reward(achieved_goal, desired_goal) == 0.0
-        return success & self.terminate_on_success
+        return _common.success_terminated(
+            compute_reward(achieved_goal, desired_goal), self.terminate_on_success
+        )
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {
-            "observation": self._bits.copy(),
-            "achieved_goal": self._bits.copy(),
-            "desired_goal": self._goal.copy(),
-        }
+        return _common.goal_obs(self._bits, self._bits, self._goal)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -127,8 +123,9 @@ class BitFlipEnv(gymnasium.Env):
         self._steps += 1
         reward = float(compute_reward(self._bits, self._goal))
         success = reward == 0.0
-        terminated = bool(success and self.terminate_on_success)
-        truncated = bool(self._steps >= self.max_steps and not terminated)
+        terminated, truncated = _common.end_flags(
+            success, self._steps, self.max_steps, self.terminate_on_success
+        )
         return self._obs(), reward, terminated, truncated, {"is_success": success}
 
     def render(self) -> np.ndarray | None:
@@ -137,13 +134,13 @@ class BitFlipEnv(gymnasium.Env):
             return None
         k = RENDER_CELL_PIXELS
         rows = np.stack([self._bits, self._goal]).astype(np.uint8) * np.uint8(255)
-        image = np.repeat(np.repeat(rows, k, axis=0), k, axis=1)[..., None].repeat(3, axis=2)
+        image = _grid.upscale(np.repeat(rows[..., None], 3, axis=2), k)
         frame = (40, 170, 60) if np.array_equal(self._bits, self._goal) else (200, 40, 40)
         image[:, ::k] = frame
         image[::k, :] = frame
         image[-1, :] = frame
         image[:, -1] = frame
-        return np.ascontiguousarray(image)
+        return image
 
 
 # The env id ``envs.bit_flip``: ``env(**kwargs)`` builds a :class:`BitFlipEnv` (a Gymnasium env).

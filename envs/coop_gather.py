@@ -42,18 +42,18 @@ dark, hazards red, resources gold, agents as squares in their colour.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
-from pettingzoo import ParallelEnv
 
-from . import _grid
+from . import _common, _grid
+from ._common import ParallelReset, ParallelStep
 
 #: ``[5, 2]`` ``(d_row, d_col)`` of each action: stay, up, down, left, right.
 ACTION_STEPS = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int64)
 N_ACTIONS = len(ACTION_STEPS)
-RENDER_CELL_PIXELS = 16
+RENDER_CELL_PIXELS = _grid.RENDER_CELL_PIXELS
 AGENT_COLOURS = ((40, 110, 220), (40, 160, 70), (150, 70, 200), (20, 170, 170), (230, 120, 20), (120, 80, 40))
 MAX_AGENTS = len(AGENT_COLOURS)
 
@@ -79,7 +79,7 @@ def action_mask(padded_walls: np.ndarray, cell: np.ndarray, radius: int) -> np.n
     )
 
 
-class CoopGatherEnv(ParallelEnv):
+class CoopGatherEnv(_common.IndexedParallelEnv):
     """Cooperative gathering with hazards; see the module docstring for spaces and rules.
 
     Args:
@@ -96,12 +96,7 @@ class CoopGatherEnv(ParallelEnv):
         render_mode: ``None`` or ``"rgb_array"``.
     """
 
-    metadata = {
-        "name": "coop_gather_v0",
-        "render_modes": ["rgb_array"],
-        "render_fps": 5,
-        "is_parallelizable": True,
-    }
+    metadata: ClassVar[dict[str, Any]] = _common.parallel_metadata("coop_gather_v0", render_fps=5)
 
     def __init__(
         self,
@@ -117,23 +112,19 @@ class CoopGatherEnv(ParallelEnv):
         death_penalty: float = 1.0,
         render_mode: str | None = None,
     ) -> None:
-        if not 1 <= n_agents <= MAX_AGENTS:
-            raise ValueError(f"n_agents={n_agents} must be in [1, {MAX_AGENTS}]")
+        _common.check_n_agents(n_agents, MAX_AGENTS)
         if size < 3:
             raise ValueError(f"size={size} must be >= 3")
         if n_resources < 1 or n_hazards < 0:
             raise ValueError(f"need n_resources >= 1 and n_hazards >= 0, got {n_resources} and {n_hazards}")
-        if not 0.0 <= wall_density <= 0.5:
-            raise ValueError(f"wall_density={wall_density} must be in [0, 0.5]")
-        if view < 3 or view % 2 == 0:
-            raise ValueError(f"view={view} must be odd and >= 3 so the agent sits in the centre cell")
+        _grid.check_wall_density(wall_density)
+        _grid.check_view(view)
         if max_cycles < 1:
             raise ValueError(f"max_cycles={max_cycles} must be >= 1")
         if death_penalty < 0:
             raise ValueError(f"death_penalty={death_penalty} is a magnitude and must be >= 0")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode={render_mode!r}: only None and 'rgb_array' are supported")
-        self.n_walls = int(round(wall_density * size * size))
+        _common.check_render_mode(render_mode)
+        self.n_walls = round(wall_density * size * size)
         if self.n_walls + n_hazards + n_agents + n_resources > size * size:
             raise ValueError(
                 f"a {size}x{size} grid cannot hold {self.n_walls} walls, {n_hazards} hazards, "
@@ -152,14 +143,12 @@ class CoopGatherEnv(ParallelEnv):
         self.death_penalty = float(death_penalty)
         self.render_mode = render_mode
 
-        self.possible_agents = [f"agent_{i}" for i in range(n_agents)]
-        self.agents: list[str] = []
         obs_space = gymnasium.spaces.Box(0.0, 1.0, (4 * view * view + 3,), np.float32)
-        self._obs_spaces = {a: obs_space for a in self.possible_agents}
-        self._act_spaces = {a: gymnasium.spaces.Discrete(N_ACTIONS) for a in self.possible_agents}
+        super().__init__(
+            n_agents, [obs_space] * n_agents, [gymnasium.spaces.Discrete(N_ACTIONS) for _ in range(n_agents)]
+        )
         self.state_space = gymnasium.spaces.Box(0.0, 1.0, (4 * size * size,), np.float32)
 
-        self.np_random = np.random.default_rng()
         self._radius = view // 2
         padded_side = size + 2 * self._radius
         self._padded_walls = np.ones((padded_side, padded_side), dtype=bool)
@@ -170,12 +159,6 @@ class CoopGatherEnv(ParallelEnv):
         self._active = np.zeros(n_agents, dtype=bool)
         self._cycles = 0
 
-    def observation_space(self, agent: str) -> gymnasium.spaces.Box:
-        return self._obs_spaces[agent]
-
-    def action_space(self, agent: str) -> gymnasium.spaces.Discrete:
-        return self._act_spaces[agent]
-
     def _interior(self, padded: np.ndarray) -> np.ndarray:
         """The ``[size, size]`` view of a padded grid."""
         r = self._radius
@@ -184,10 +167,9 @@ class CoopGatherEnv(ParallelEnv):
     # ------------------------------------------------------------------ episode
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    ) -> ParallelReset[np.ndarray]:
         """Start an episode; ``seed`` reseeds the env's generator, ``options`` may pin the scene."""
-        if seed is not None:
-            self.np_random = np.random.default_rng(seed)
+        self._reseed(seed)
         options = options or {}
         rng = self.np_random
         shape = (self.size, self.size)
@@ -252,25 +234,13 @@ class CoopGatherEnv(ParallelEnv):
         live = self._pos[self._active] + self._radius
         np.add.at(self._occupancy, (live[:, 0], live[:, 1]), 1)
 
-    def step(
-        self, actions: dict[str, int]
-    ) -> tuple[
-        dict[str, np.ndarray], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict[str, Any]]
-    ]:
+    def step(self, actions: dict[str, int]) -> ParallelStep[np.ndarray]:
         """Apply one action per agent in ``self.agents``; see the module docstring for the rules."""
-        if not self.agents:
-            raise RuntimeError("the episode is over (no agents left); call reset() before step()")
+        self._require_running()
         r = self._radius
         acting = np.flatnonzero(self._active)
-        for i in acting:
-            name = self.possible_agents[i]
-            if name not in actions:
-                raise ValueError(
-                    f"no action for live agent {name!r}; pass one action per agent in env.agents"
-                )
-            action = int(actions[name])
-            if not 0 <= action < N_ACTIONS:
-                raise ValueError(f"action {action} of {name!r} is outside Discrete({N_ACTIONS})")
+        for i, name, raw_action in self._live_actions(actions, acting):
+            action = _common.discrete_action(raw_action, name, N_ACTIONS)
             target = self._pos[i] + ACTION_STEPS[action]
             if not self._padded_walls[target[0] + r, target[1] + r]:
                 self._pos[i] = target
@@ -310,19 +280,16 @@ class CoopGatherEnv(ParallelEnv):
                 "action_mask": action_mask(self._padded_walls, self._pos[i], r),
                 "is_success": all_collected and not dead,
             }
-        self.agents = [a for i, a in enumerate(self.possible_agents) if self._active[i]]
+        self.agents = self._agents_where(self._active)
         return obs, rewards, terminated, truncated, infos
 
     # ------------------------------------------------------------- observations
     def _observe(self, i: int) -> np.ndarray:
         """Observation ``float32 [4 * view**2 + 3]`` of agent ``i``."""
-        v, r = self.view, self._radius
+        v = self.view
         cell = self._pos[i]
-        others = _grid.window(self._occupancy, cell, v) > 0
-        if self._active[i]:
-            # the agent counts itself in the occupancy; clear it unless another agent shares the cell
-            others = others.copy()
-            others[r, r] = self._occupancy[cell[0] + r, cell[1] + r] > 1
+        # a living agent counts itself in the occupancy
+        others = _grid.others_in_view(self._occupancy, cell, v, counted=bool(self._active[i]))
         out = np.empty(4 * v * v + 3, dtype=np.float32)
         n = v * v
         out[:n] = _grid.window(self._padded_walls, cell, v).ravel()
@@ -344,8 +311,7 @@ class CoopGatherEnv(ParallelEnv):
         if self.render_mode is None:
             return None
         k = RENDER_CELL_PIXELS
-        colours = np.full((self.size, self.size, 3), 235, dtype=np.uint8)
-        colours[self._interior(self._padded_walls)] = (60, 60, 60)
+        colours = _grid.floor_colours(self._interior(self._padded_walls))
         colours[self._interior(self._padded_hazards)] = (210, 40, 40)
         image = _grid.upscale(colours, k)
         for cell in np.argwhere(self._interior(self._padded_resources)):
@@ -353,9 +319,6 @@ class CoopGatherEnv(ParallelEnv):
         for i in np.flatnonzero(self._active):
             _grid.paint_marker(image, self._pos[i], AGENT_COLOURS[i], k, margin=2)
         return image
-
-    def close(self) -> None:
-        """Nothing to release (no window is ever opened)."""
 
 
 # The env id ``envs.coop_gather``: ``parallel_env(**kwargs)`` builds a :class:`CoopGatherEnv`.

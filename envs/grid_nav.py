@@ -60,13 +60,13 @@ colour with a dark pip on the side of their heading.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
-from pettingzoo import ParallelEnv
 
-from . import _grid
+from . import _common, _grid
+from ._common import ParallelReset, ParallelStep
 
 FRAMES = ("world", "egocentric")
 OBS_MODES = ("vector", "image")
@@ -76,7 +76,7 @@ WORLD_ACTION_HEADING = np.array([0, 2, 3, 1], dtype=np.int64)
 FORWARD, ROTATE_CW, ROTATE_CCW, BACKWARD = 0, 1, 2, 3
 #: green value of the out-of-view goal marker in image observations.
 GOAL_MARKER = 96
-RENDER_CELL_PIXELS = 16
+RENDER_CELL_PIXELS = _grid.RENDER_CELL_PIXELS
 AGENT_COLOURS = (
     (230, 120, 20),
     (40, 110, 220),
@@ -90,7 +90,7 @@ AGENT_COLOURS = (
 MAX_AGENTS = len(AGENT_COLOURS)
 
 
-class GridNavEnv(ParallelEnv):
+class GridNavEnv(_common.IndexedParallelEnv):
     """Grid navigation to per-agent goals; see the module docstring for spaces and rules.
 
     Args:
@@ -107,12 +107,7 @@ class GridNavEnv(ParallelEnv):
         render_mode: ``None`` or ``"rgb_array"``.
     """
 
-    metadata = {
-        "name": "grid_nav_v0",
-        "render_modes": ["rgb_array"],
-        "render_fps": 5,
-        "is_parallelizable": True,
-    }
+    metadata: ClassVar[dict[str, Any]] = _common.parallel_metadata("grid_nav_v0", render_fps=5)
 
     def __init__(
         self,
@@ -128,14 +123,11 @@ class GridNavEnv(ParallelEnv):
         collision_penalty: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
-        if not 1 <= n_agents <= MAX_AGENTS:
-            raise ValueError(f"n_agents={n_agents} must be in [1, {MAX_AGENTS}]")
+        _common.check_n_agents(n_agents, MAX_AGENTS)
         if size < 3:
             raise ValueError(f"size={size} must be >= 3")
-        if view < 3 or view % 2 == 0:
-            raise ValueError(f"view={view} must be odd and >= 3 so the agent sits in the centre cell")
-        if not 0.0 <= wall_density <= 0.5:
-            raise ValueError(f"wall_density={wall_density} must be in [0, 0.5]")
+        _grid.check_view(view)
+        _grid.check_wall_density(wall_density)
         if frame not in FRAMES:
             raise ValueError(f"frame={frame!r} must be one of {FRAMES}")
         if obs_mode not in OBS_MODES:
@@ -146,9 +138,8 @@ class GridNavEnv(ParallelEnv):
             raise ValueError(f"max_cycles={max_cycles} must be >= 1 (or None for 4 * size)")
         if step_penalty < 0 or collision_penalty < 0:
             raise ValueError("step_penalty and collision_penalty are magnitudes and must be >= 0")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode={render_mode!r}: only None and 'rgb_array' are supported")
-        self.n_walls = int(round(wall_density * size * size))
+        _common.check_render_mode(render_mode)
+        self.n_walls = round(wall_density * size * size)
         if size * size - self.n_walls < 2 * n_agents:
             raise ValueError(
                 f"a {size}x{size} grid with {self.n_walls} walls cannot hold {n_agents} starts and goals; "
@@ -166,8 +157,6 @@ class GridNavEnv(ParallelEnv):
         self.collision_penalty = float(collision_penalty)
         self.render_mode = render_mode
 
-        self.possible_agents = [f"agent_{i}" for i in range(n_agents)]
-        self.agents: list[str] = []
         if obs_mode == "vector":
             obs_space: gymnasium.spaces.Box = gymnasium.spaces.Box(
                 -1.0, 1.0, (3 * view * view + 2,), np.float32
@@ -175,11 +164,11 @@ class GridNavEnv(ParallelEnv):
         else:
             side = view * cell_pixels
             obs_space = gymnasium.spaces.Box(0, 255, (side, side, 3), np.uint8)
-        self._obs_spaces = {a: obs_space for a in self.possible_agents}
-        self._act_spaces = {a: gymnasium.spaces.Discrete(4) for a in self.possible_agents}
+        super().__init__(
+            n_agents, [obs_space] * n_agents, [gymnasium.spaces.Discrete(4) for _ in range(n_agents)]
+        )
         self.state_space = gymnasium.spaces.Box(0.0, 1.0, (size * size + 9 * n_agents,), np.float32)
 
-        self.np_random = np.random.default_rng()
         self._radius = view // 2
         self._walls = np.zeros((size, size), dtype=bool)
         self._padded_walls = _grid.pad(self._walls, self._radius, True)
@@ -190,19 +179,12 @@ class GridNavEnv(ParallelEnv):
         self._active = np.zeros(n_agents, dtype=bool)
         self._cycles = 0
 
-    def observation_space(self, agent: str) -> gymnasium.spaces.Box:
-        return self._obs_spaces[agent]
-
-    def action_space(self, agent: str) -> gymnasium.spaces.Discrete:
-        return self._act_spaces[agent]
-
     # ------------------------------------------------------------------ episode
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    ) -> ParallelReset[np.ndarray]:
         """Start an episode; ``seed`` reseeds the env's generator, ``options`` may pin the scene."""
-        if seed is not None:
-            self.np_random = np.random.default_rng(seed)
+        self._reseed(seed)
         options = options or {}
         rng = self.np_random
         n = self.n_agents
@@ -268,25 +250,13 @@ class GridNavEnv(ParallelEnv):
                 given[key] = _grid.sample_cells(mask, n, rng)
         return given["starts"], given["goals"]
 
-    def step(
-        self, actions: dict[str, int]
-    ) -> tuple[
-        dict[str, np.ndarray], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict[str, Any]]
-    ]:
+    def step(self, actions: dict[str, int]) -> ParallelStep[np.ndarray]:
         """Move every agent in ``self.agents`` by its action; see the module docstring for the rules."""
-        if not self.agents:
-            raise RuntimeError("the episode is over (no agents left); call reset() before step()")
+        self._require_running()
         acting = [i for i, a in enumerate(self.possible_agents) if self._active[i]]
         radius = self._radius  # padded grids are shifted by the window radius
-        for i in acting:
-            name = self.possible_agents[i]
-            if name not in actions:
-                raise ValueError(
-                    f"no action for live agent {name!r}; pass one action per agent in env.agents"
-                )
-            action = int(actions[name])
-            if not 0 <= action < 4:
-                raise ValueError(f"action {action} of {name!r} is outside Discrete(4)")
+        for i, name, raw_action in self._live_actions(actions, acting):
+            action = _common.discrete_action(raw_action, name, 4)
             if self.frame == "world":
                 self._heading[i] = WORLD_ACTION_HEADING[action]
                 step_dir = self._heading[i]
@@ -328,7 +298,7 @@ class GridNavEnv(ParallelEnv):
             infos[name] = {"is_success": reached[i]}
         if truncate:
             self._active[:] = False
-        self.agents = [a for i, a in enumerate(self.possible_agents) if self._active[i]]
+        self.agents = self._agents_where(self._active)
         return obs, rewards, terminated, truncated, infos
 
     # ------------------------------------------------------------- observations
@@ -336,11 +306,8 @@ class GridNavEnv(ParallelEnv):
         """Observation of agent ``i`` in the configured frame and mode."""
         v, r = self.view, self._radius
         walls = _grid.window(self._padded_walls, self._pos[i], v)
-        others = _grid.window(self._occupancy, self._pos[i], v) > 0
-        if self._active[i]:
-            # the agent itself is counted in the occupancy; clear it unless another agent shares the cell
-            others = others.copy()
-            others[r, r] = self._occupancy[self._pos[i, 0] + r, self._pos[i, 1] + r] > 1
+        # an agent still on the grid counts itself in the occupancy
+        others = _grid.others_in_view(self._occupancy, self._pos[i], v, counted=bool(self._active[i]))
         offset = self._goal[i] - self._pos[i]
         if self.frame == "egocentric":
             turns = int(self._heading[i])
@@ -379,12 +346,10 @@ class GridNavEnv(ParallelEnv):
         if self.render_mode is None:
             return None
         k = RENDER_CELL_PIXELS
-        colours = np.full((self.size, self.size, 3), 235, dtype=np.uint8)
-        colours[self._walls] = (60, 60, 60)
+        colours = _grid.floor_colours(self._walls)
         for i in range(self.n_agents):
             if self._active[i]:
-                pale = (np.array(AGENT_COLOURS[i]) + 255) // 2
-                colours[self._goal[i, 0], self._goal[i, 1]] = pale
+                colours[self._goal[i, 0], self._goal[i, 1]] = _common.pale(AGENT_COLOURS[i])
         image = _grid.upscale(colours, k)
         pip = np.array([k // 2 - 2, k // 2 - 2])
         for i in range(self.n_agents):
@@ -394,9 +359,6 @@ class GridNavEnv(ParallelEnv):
             centre = self._pos[i] * k + pip + _grid.HEADING_STEPS[self._heading[i]] * (k // 2 - 5)
             image[centre[0] : centre[0] + 4, centre[1] : centre[1] + 4] = (20, 20, 20)
         return image
-
-    def close(self) -> None:
-        """Nothing to release (no window is ever opened)."""
 
 
 # The env id ``envs.grid_nav``: ``parallel_env(**kwargs)`` builds a :class:`GridNavEnv`.

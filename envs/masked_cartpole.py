@@ -27,6 +27,8 @@ import gymnasium
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
+from . import _common
+
 #: indices of ``CartPole-v1``'s observation that are kept: cart position and pole angle.
 KEPT = (0, 2)
 
@@ -44,8 +46,7 @@ class MaskedCartPoleEnv(gymnasium.Env):
     def __init__(self, max_episode_steps: int = 500, render_mode: str | None = None) -> None:
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode={render_mode!r}: only None and 'rgb_array' are supported")
+        _common.check_render_mode(render_mode)
         self.cartpole = CartPoleEnv(render_mode=render_mode)
         self.max_episode_steps = max_episode_steps
         self.render_mode = render_mode

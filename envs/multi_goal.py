@@ -15,8 +15,9 @@ Spaces (per agent):
   per step); clipped to the box, positions clipped to the square.
 
 Reward per agent after each step: ``0`` within ``distance_threshold`` (default 0.05) of its
-own goal, else ``-1``, from the module-level :func:`compute_reward` (vectorized over any
-leading axes, e.g. ``[B, A, 2]``), also available as :meth:`MultiGoalEnv.compute_reward`.
+own goal, else ``-1``, from the module-level :func:`compute_reward` (that of
+:mod:`envs.goal_reach`, vectorized over any leading axes, e.g. ``[B, A, 2]``), also available
+as :meth:`MultiGoalEnv.compute_reward`.
 
 Termination: none by default; with ``terminate_on_success=True`` an agent is terminated
 and removed from ``env.agents`` on the step that reaches its goal (it then stays where it
@@ -29,39 +30,19 @@ success disc in a pale agent colour and each point in its full colour.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
-from pettingzoo import ParallelEnv
 
-from .goal_reach import DISTANCE_THRESHOLD, RENDER_PIXELS, draw_discs
-from .goal_reach import compute_reward as _goal_reach_reward
+from . import _common
+from ._common import ParallelReset, ParallelStep
+from .goal_reach import DISTANCE_THRESHOLD, check_point_args, compute_reward, move, render_square
 
 AGENT_COLOURS = ((40, 90, 220), (220, 100, 30), (150, 60, 190), (30, 160, 160), (200, 40, 40), (110, 110, 30))
 
 
-def compute_reward(
-    achieved_goal: np.ndarray,
-    desired_goal: np.ndarray,
-    info: Any = None,
-    distance_threshold: float = DISTANCE_THRESHOLD,
-) -> np.ndarray:
-    """Sparse reward ``0`` within ``distance_threshold`` of the goal, ``-1`` farther.
-
-    Args:
-        achieved_goal: ``[..., 2]`` positions (e.g. ``[B, 2]`` or ``[B, A, 2]``).
-        desired_goal: ``[..., 2]`` goals, broadcastable with ``achieved_goal``.
-        info: unused; there for the Gymnasium goal-env signature.
-        distance_threshold: success radius, in position units.
-
-    Returns:
-        ``float32 [...]`` rewards.
-    """
-    return _goal_reach_reward(achieved_goal, desired_goal, info, distance_threshold)
-
-
-class MultiGoalEnv(ParallelEnv):
+class MultiGoalEnv(_common.IndexedParallelEnv):
     """Point masses each steering to its own goal; see the module docstring for spaces and rules.
 
     Args:
@@ -73,12 +54,7 @@ class MultiGoalEnv(ParallelEnv):
         render_mode: ``None`` or ``"rgb_array"``.
     """
 
-    metadata = {
-        "name": "multi_goal_v0",
-        "render_modes": ["rgb_array"],
-        "render_fps": 10,
-        "is_parallelizable": True,
-    }
+    metadata: ClassVar[dict[str, Any]] = _common.parallel_metadata("multi_goal_v0", render_fps=10)
 
     def __init__(
         self,
@@ -89,14 +65,11 @@ class MultiGoalEnv(ParallelEnv):
         terminate_on_success: bool = False,
         render_mode: str | None = None,
     ) -> None:
-        if not 1 <= n_agents <= len(AGENT_COLOURS):
-            raise ValueError(f"n_agents={n_agents} must be in [1, {len(AGENT_COLOURS)}]")
+        _common.check_n_agents(n_agents, len(AGENT_COLOURS))
         if max_cycles < 1:
             raise ValueError(f"max_cycles={max_cycles} must be >= 1")
-        if distance_threshold <= 0 or max_speed <= 0:
-            raise ValueError(f"distance_threshold={distance_threshold} and max_speed={max_speed} must be > 0")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode={render_mode!r}: only None and 'rgb_array' are supported")
+        check_point_args(distance_threshold, max_speed)
+        _common.check_render_mode(render_mode)
         self.n_agents = n_agents
         self.max_cycles = max_cycles
         self.distance_threshold = float(distance_threshold)
@@ -104,35 +77,21 @@ class MultiGoalEnv(ParallelEnv):
         self.terminate_on_success = terminate_on_success
         self.render_mode = render_mode
 
-        self.possible_agents = [f"agent_{i}" for i in range(n_agents)]
-        self.agents: list[str] = []
         point = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self._obs_spaces = {
-            a: gymnasium.spaces.Dict(
-                {
-                    "observation": gymnasium.spaces.Box(-1.0, 1.0, (2 * n_agents,), np.float32),
-                    "achieved_goal": point,
-                    "desired_goal": point,
-                }
-            )
-            for a in self.possible_agents
-        }
-        self._act_spaces = {
-            a: gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32) for a in self.possible_agents
-        }
-        self.np_random = np.random.default_rng()
+        super().__init__(
+            n_agents,
+            [
+                _common.goal_space(gymnasium.spaces.Box(-1.0, 1.0, (2 * n_agents,), np.float32), point)
+                for _ in range(n_agents)
+            ],
+            [gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32) for _ in range(n_agents)],
+        )
         # row order of positions in agent i's observation: itself first, then the others
         self._orders = [np.r_[i, np.delete(np.arange(n_agents), i)] for i in range(n_agents)]
         self._pos = np.zeros((n_agents, 2), dtype=np.float32)
         self._goal = np.zeros((n_agents, 2), dtype=np.float32)
         self._active = np.zeros(n_agents, dtype=bool)
         self._cycles = 0
-
-    def observation_space(self, agent: str) -> gymnasium.spaces.Dict:
-        return self._obs_spaces[agent]
-
-    def action_space(self, agent: str) -> gymnasium.spaces.Box:
-        return self._act_spaces[agent]
 
     def compute_reward(self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any) -> np.ndarray:
         """Reward ``[..., 2] x [..., 2] -> float32 [...]`` with this env's threshold; ``info`` is unused."""
@@ -142,21 +101,17 @@ class MultiGoalEnv(ParallelEnv):
         self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any
     ) -> np.ndarray:
         """Termination flags ``bool [...]``: success when ``terminate_on_success``, else all ``False``."""
-        return (self.compute_reward(achieved_goal, desired_goal, info) == 0.0) & self.terminate_on_success
+        reward = self.compute_reward(achieved_goal, desired_goal, info)
+        return _common.success_terminated(reward, self.terminate_on_success)
 
     def _observe(self, i: int) -> dict[str, np.ndarray]:
-        return {
-            "observation": self._pos[self._orders[i]].ravel(),
-            "achieved_goal": self._pos[i].copy(),
-            "desired_goal": self._goal[i].copy(),
-        }
+        return _common.goal_obs(self._pos[self._orders[i]].ravel(), self._pos[i], self._goal[i])
 
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, Any]]]:
+    ) -> ParallelReset[dict[str, np.ndarray]]:
         """Draw starts and goals; ``seed`` reseeds the env's generator (``options`` is not used)."""
-        if seed is not None:
-            self.np_random = np.random.default_rng(seed)
+        self._reseed(seed)
         self._pos = self.np_random.uniform(-1.0, 1.0, (self.n_agents, 2)).astype(np.float32)
         self._goal = self._pos.copy()
         near = np.ones(self.n_agents, dtype=bool)
@@ -169,62 +124,39 @@ class MultiGoalEnv(ParallelEnv):
         obs = {a: self._observe(i) for i, a in enumerate(self.possible_agents)}
         return obs, {a: {"is_success": False} for a in self.possible_agents}
 
-    def step(
-        self, actions: dict[str, np.ndarray]
-    ) -> tuple[
-        dict[str, dict[str, np.ndarray]],
-        dict[str, float],
-        dict[str, bool],
-        dict[str, bool],
-        dict[str, dict[str, Any]],
-    ]:
+    def step(self, actions: dict[str, np.ndarray]) -> ParallelStep[dict[str, np.ndarray]]:
         """Move every agent in ``self.agents``; rewards and flags as in the module docstring."""
-        if not self.agents:
-            raise RuntimeError("the episode is over (no agents left); call reset() before step()")
+        self._require_running()
         acting = np.flatnonzero(self._active)
         velocity = np.zeros((self.n_agents, 2), dtype=np.float32)  # agents not acting stay put
-        for i in acting:
-            name = self.possible_agents[i]
-            if name not in actions:
-                raise ValueError(
-                    f"no action for live agent {name!r}; pass one action per agent in env.agents"
-                )
-            velocity[i] = np.asarray(actions[name], dtype=np.float32).reshape(2)
-        np.clip(velocity, -1.0, 1.0, out=velocity)
-        self._pos = np.clip(self._pos + self.max_speed * velocity, -1.0, 1.0)
+        for i, _, action in self._live_actions(actions, acting):
+            velocity[i] = np.asarray(action, dtype=np.float32).reshape(2)
+        self._pos = move(self._pos, velocity, self.max_speed)
         self._cycles += 1
-        truncate = self._cycles >= self.max_cycles
         success = self.compute_reward(self._pos, self._goal, None) == 0.0
 
         obs, rewards, terminated, truncated, infos = {}, {}, {}, {}, {}
         for i in acting:
             name = self.possible_agents[i]
-            done = bool(success[i] and self.terminate_on_success)
+            terminated[name], truncated[name] = _common.end_flags(
+                bool(success[i]), self._cycles, self.max_cycles, self.terminate_on_success
+            )
             obs[name] = self._observe(int(i))
             rewards[name] = 0.0 if success[i] else -1.0
-            terminated[name] = done
-            truncated[name] = truncate and not done
             infos[name] = {"is_success": bool(success[i])}
-            if done or truncate:
+            if terminated[name] or truncated[name]:
                 self._active[i] = False
-        self.agents = [a for i, a in enumerate(self.possible_agents) if self._active[i]]
+        self.agents = self._agents_where(self._active)
         return obs, rewards, terminated, truncated, infos
 
     def render(self) -> np.ndarray | None:
         """``uint8 [128, 128, 3]`` picture of the square, or ``None`` without a render mode."""
         if self.render_mode is None:
             return None
-        image = np.full((RENDER_PIXELS, RENDER_PIXELS, 3), 240, dtype=np.uint8)
-        radius = max(self.distance_threshold * RENDER_PIXELS / 2.0, 2.0)
-        for i in range(self.n_agents):
-            pale = tuple((np.array(AGENT_COLOURS[i]) + 255) // 2)
-            draw_discs(image, self._goal[i], radius, pale)
-        for i in range(self.n_agents):
-            draw_discs(image, self._pos[i], 3.0, AGENT_COLOURS[i])
-        return image
-
-    def close(self) -> None:
-        """Nothing to release (no window is ever opened)."""
+        colours = AGENT_COLOURS[: self.n_agents]
+        return render_square(
+            self._goal, self._pos, self.distance_threshold, [_common.pale(c) for c in colours], colours
+        )
 
 
 # The env id ``envs.multi_goal``: ``parallel_env(**kwargs)`` builds a :class:`MultiGoalEnv`.

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env, data_equivalence
 
 import envs  # noqa: F401  (registers BitFlip-v0)
 from envs import bit_flip
@@ -16,10 +13,8 @@ from envs import bit_flip
 @pytest.mark.parametrize(
     "kwargs", [{}, {"render_mode": "rgb_array"}, {"n_bits": 3, "terminate_on_success": True}]
 )
-def test_check_env_passes_without_warnings(kwargs: dict) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(gymnasium.make("BitFlip-v0", **kwargs).unwrapped)
+def test_check_env_passes_without_warnings(kwargs: dict, check_env_without_warnings) -> None:
+    check_env_without_warnings(gymnasium.make("BitFlip-v0", **kwargs).unwrapped)
 
 
 def test_module_factory_builds_the_env() -> None:
@@ -117,17 +112,8 @@ def test_goal_always_differs_from_start_and_one_bit_works() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 42])
-def test_same_seed_same_episode(seed: int) -> None:
-    def episode(s: int) -> list:
-        env = bit_flip.env(n_bits=6)
-        env.action_space.seed(s)
-        out = [env.reset(seed=s)]
-        for _ in range(6):
-            out.append(env.step(env.action_space.sample()))
-        return out
-
-    assert data_equivalence(episode(seed), episode(seed), exact=True)
-    assert not data_equivalence(episode(seed)[0], episode(seed + 1)[0])
+def test_same_seed_same_episode(seed: int, assert_same_gym_episodes) -> None:
+    assert_same_gym_episodes(lambda: bit_flip.env(n_bits=6), seed, n_steps=6)
 
 
 def test_render_shows_bits_and_goal() -> None:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env, data_equivalence
 
 import envs  # noqa: F401  (registers GoalReach-v0)
 from envs import goal_reach
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"render_mode": "rgb_array"}, {"terminate_on_success": True}])
-def test_check_env_passes_without_warnings(kwargs: dict) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(gymnasium.make("GoalReach-v0", **kwargs).unwrapped)
+def test_check_env_passes_without_warnings(kwargs: dict, check_env_without_warnings) -> None:
+    check_env_without_warnings(gymnasium.make("GoalReach-v0", **kwargs).unwrapped)
 
 
 def test_compute_reward_vectorized_equals_per_sample() -> None:
@@ -86,17 +81,8 @@ def test_terminate_on_success_and_start_apart_from_goal() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 42])
-def test_same_seed_same_episode(seed: int) -> None:
-    def episode(s: int) -> list:
-        env = goal_reach.env()
-        env.action_space.seed(s)
-        out = [env.reset(seed=s)]
-        for _ in range(20):
-            out.append(env.step(env.action_space.sample()))
-        return out
-
-    assert data_equivalence(episode(seed), episode(seed), exact=True)
-    assert not data_equivalence(episode(seed)[0], episode(seed + 1)[0])
+def test_same_seed_same_episode(seed: int, assert_same_gym_episodes) -> None:
+    assert_same_gym_episodes(goal_reach.env, seed, n_steps=20)
 
 
 def test_render_draws_point_and_goal() -> None:
@@ -109,3 +95,32 @@ def test_render_draws_point_and_goal() -> None:
         row = int((1 - point[1]) / 2 * 128)
         np.testing.assert_array_equal(image[min(row, 127), min(col, 127)], colour)
     assert goal_reach.env().render() is None
+
+
+def test_move_clips_the_action_then_the_position() -> None:
+    position = np.array([[0.0, 0.0], [0.95, -0.95], [0.5, 0.5]], dtype=np.float32)
+    action = np.array([[0.5, -0.25], [1.0, -1.0], [-3.0, 2.0]], dtype=np.float32)
+    moved = goal_reach.move(position, action, 0.1)
+    # by hand: 0.1 * action clipped to [-1, 1], then the square's edges
+    np.testing.assert_allclose(moved, [[0.05, -0.025], [1.0, -1.0], [0.4, 0.6]], atol=1e-6)
+    assert moved.dtype == np.float32
+
+
+def test_render_square_draws_goal_discs_under_points() -> None:
+    goals = np.array([[0.0, 0.0], [-0.5, 0.5]])
+    points = np.array([[0.0, 0.0], [0.5, -0.5]])
+    image = goal_reach.render_square(goals, points, 0.1, [(0, 200, 0), (0, 0, 200)], [(9, 9, 9), (200, 0, 0)])
+    assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+    # (x, y) -> pixel (row, col) = ((1 - y) * 64, (x + 1) * 64); a 0.1 threshold is a 6.4-pixel disc
+    assert tuple(image[64, 64]) == (9, 9, 9)  # the first point covers its own goal
+    assert tuple(image[64, 64 + 5]) == (0, 200, 0)  # the goal disc around it
+    assert tuple(image[32, 32]) == (0, 0, 200)  # second goal
+    assert tuple(image[96, 96]) == (200, 0, 0)  # second point
+    assert tuple(image[0, 0]) == (240, 240, 240)  # background
+
+
+def test_check_point_args() -> None:
+    goal_reach.check_point_args(0.05, 0.1)
+    for threshold, speed in ((0.0, 0.1), (0.05, -0.1)):
+        with pytest.raises(ValueError, match="must be > 0"):
+            goal_reach.check_point_args(threshold, speed)

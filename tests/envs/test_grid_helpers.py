@@ -93,6 +93,51 @@ def test_window_equals_naive_window(window_oracle) -> None:
         )
 
 
+@pytest.mark.parametrize("counted", [False, True])
+def test_others_in_view_equals_naive_count(counted: bool, window_oracle) -> None:
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 3, (6, 6))
+    padded = _grid.pad(counts, 1, 0)
+    for cell in np.ndindex(6, 6):
+        expected = window_oracle(counts, cell, 3, 0.0)
+        if counted:
+            expected[1, 1] -= 1  # the observer is one of the agents on its own cell
+        got = _grid.others_in_view(padded, np.array(cell), 3, counted=counted)
+        assert got.dtype == bool
+        np.testing.assert_array_equal(got, expected > 0)
+    # the result is a new array: writing to it leaves the occupancy alone
+    _grid.others_in_view(padded, np.array([0, 0]), 3, counted=True)[:] = True
+    np.testing.assert_array_equal(padded, _grid.pad(counts, 1, 0))
+
+
+def test_floor_colours_paint_walls_dark() -> None:
+    walls = np.array([[1, 0, 0], [0, 0, 1]], dtype=bool)
+    colours = _grid.floor_colours(walls)
+    assert colours.dtype == np.uint8 and colours.shape == (2, 3, 3)
+    for r, c in np.ndindex(2, 3):
+        expected = (60, 60, 60) if walls[r, c] else (235, 235, 235)
+        assert tuple(colours[r, c]) == expected
+
+
+@pytest.mark.parametrize("view", [3, 5, 9])
+def test_check_view_accepts_odd_windows(view: int) -> None:
+    _grid.check_view(view)
+
+
+@pytest.mark.parametrize("view", [-1, 1, 2, 4, 6])
+def test_check_view_rejects_even_or_tiny_windows(view: int) -> None:
+    with pytest.raises(ValueError, match=f"view={view} must be odd and >= 3"):
+        _grid.check_view(view)
+
+
+def test_check_wall_density_bounds() -> None:
+    for density in (0.0, 0.25, 0.5):
+        _grid.check_wall_density(density)
+    for density in (-0.01, 0.51, 1.0):
+        with pytest.raises(ValueError, match=r"wall_density=.* must be in \[0, 0.5\]"):
+            _grid.check_wall_density(density)
+
+
 def test_upscale_repeats_each_cell() -> None:
     colours = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     image = _grid.upscale(colours, 4)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers MaskedCartPole-v0)
 from envs import masked_cartpole
 
 
-def test_check_env_passes_without_warnings() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_env(gymnasium.make("MaskedCartPole-v0", render_mode="rgb_array").unwrapped)
+def test_check_env_passes_without_warnings(check_env_without_warnings) -> None:
+    check_env_without_warnings(gymnasium.make("MaskedCartPole-v0", render_mode="rgb_array").unwrapped)
 
 
 def test_observation_is_positions_of_the_same_cartpole_episode() -> None:

@@ -71,7 +71,7 @@ def test_observation_layout_and_step_rewards() -> None:
             )
             assert obs[a] in env.observation_space(a)
         actions = {a: rng.uniform(-1, 1, 2).astype(np.float32) for a in env.agents}
-        new_obs, rewards, terminated, truncated, infos = env.step(actions)
+        new_obs, rewards, _, _, infos = env.step(actions)
         for a in env.possible_agents:
             expected = np.clip(obs[a]["achieved_goal"] + 0.1 * actions[a], -1, 1)
             np.testing.assert_allclose(new_obs[a]["achieved_goal"], expected, atol=1e-6)
@@ -102,7 +102,7 @@ def test_terminate_on_success_removes_each_agent_at_its_goal() -> None:
     while env.agents:
         t += 1
         acting = list(env.agents)
-        obs, rewards, terminated, truncated, infos = env.step(steer(env, obs))
+        obs, rewards, terminated, _, infos = env.step(steer(env, obs))
         assert set(rewards) == set(acting)
         for a in acting:
             assert terminated[a] == (rewards[a] == 0.0) == infos[a]["is_success"]
