@@ -1,13 +1,23 @@
-"""Fixtures shared by the test files: one torch thread, configs in a fresh run directory, tiny budgets."""
+"""Fixtures shared by the test files: one torch thread, configs in a fresh run directory, tiny budgets,
+and the builders of the off-policy learner tests (specs, configs, learners, batches, a constant-reward env)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
+import gymnasium
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from marl.algos.targets import OffPolicyBatch
 from marl.config import Config, load_config
+from marl.types import EnvSpec, GroupSpec
+
+if TYPE_CHECKING:
+    from marl.off_policy.actor import Learner
 
 QUIET = ("log.tensorboard=false", "log.progress=false")
 
@@ -53,3 +63,137 @@ def tiny_dqn() -> tuple[str, ...]:
     (5 gradient steps) from row 200 on, a log every training phase, evals at 600 and 1200."""
     return ("total_env_steps=1200", "algo.learning_starts=200", "algo.train_freq=50", "algo.gradient_steps=5",
             "model.hidden=[32]", "eval.interval=600", "eval.episodes=2", "eval.num_envs=2", "log.interval=1")
+
+
+# ------------------------------------------------------------------ off-policy learners
+class ConstantReward(gymnasium.Env):
+    """Observation 1, reward 1 every step, never terminates: only the time limit ends an episode,
+    so the true value of every state is ``1 / (1 - gamma)``."""
+
+    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.ones(1, np.float32), {}
+
+    def step(self, action):
+        return np.ones(1, np.float32), 1.0, False, False, {}
+
+
+CONSTANT_REWARD_ID = "ConstantReward-v0"
+
+
+@pytest.fixture
+def constant_reward_env() -> str:
+    """Id of :class:`ConstantReward` registered with a 10-step time limit (for ``env.id=...``)."""
+    if CONSTANT_REWARD_ID not in gymnasium.registry:
+        gymnasium.register(CONSTANT_REWARD_ID, entry_point=ConstantReward, max_episode_steps=10)
+    return CONSTANT_REWARD_ID
+
+
+def _box_spec(n_agents: int = 1, obs_dim: int = 3, act_dim: int = 1, low: float = -2.0, high: float = 2.0) -> EnvSpec:
+    agents = tuple(f"agent_{i}" for i in range(n_agents))
+    obs = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+    act = gymnasium.spaces.Box(low, high, (act_dim,), np.float32)
+    return EnvSpec(agents, (GroupSpec("agent", agents, obs, act),))
+
+
+def _discrete_spec(n_agents: int = 1, obs_dim: int = 2, n_actions: int = 3, mask: bool = False) -> EnvSpec:
+    agents = tuple(f"agent_{i}" for i in range(n_agents))
+    obs = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+    group = GroupSpec("agent", agents, obs, gymnasium.spaces.Discrete(n_actions), has_action_mask=mask)
+    return EnvSpec(agents, (group,))
+
+
+@pytest.fixture
+def box_spec() -> Callable[..., EnvSpec]:
+    """``box_spec(n_agents=1, obs_dim=3, act_dim=1, low=-2.0, high=2.0)``: one group ``agent`` of
+    ``agent_0..`` with vector observations and ``Box(low, high, (act_dim,))`` actions."""
+    return _box_spec
+
+
+@pytest.fixture
+def discrete_spec() -> Callable[..., EnvSpec]:
+    """``discrete_spec(n_agents=1, obs_dim=2, n_actions=3, mask=False)``: one group ``agent`` with vector
+    observations and ``Discrete(n_actions)`` actions (``mask``: the env supplies action masks)."""
+    return _discrete_spec
+
+
+def _learner_config(algo: str, *overrides: str) -> Config:
+    return load_config(None, [f"algo.name={algo}", "norm.reward=false", "norm.obs=false", "model.hidden=[32, 32]",
+                              "model.activation=relu", *overrides])
+
+
+@pytest.fixture
+def learner_config() -> Callable[..., Config]:
+    """``learner_config(algo, *overrides)``: the embedded defaults for ``algo`` (dqn, sac, td3) with raw
+    observations and rewards and ``[32, 32]`` ReLU networks; later overrides win."""
+    return _learner_config
+
+
+@pytest.fixture
+def make_learner() -> Callable[..., tuple[nn.Module, Learner]]:
+    """``make_learner(algo, spec, *overrides)`` -> ``(acting networks, learner)`` built as the off-policy
+    trainer builds them (:func:`marl.off_policy.build_actor`, :func:`marl.off_policy.build_learner`:
+    learner seed 1) from :func:`learner_config` ``(algo, *overrides)``."""
+    from marl.off_policy import build_actor, build_learner  # imported by the tests that build learners only
+
+    def make(algo: str, spec: EnvSpec, *overrides: str) -> tuple[nn.Module, Learner]:
+        cfg = _learner_config(algo, *overrides)
+        actor = build_actor(spec, cfg)
+        return actor.net, build_learner(actor, cfg)
+
+    return make
+
+
+@pytest.fixture
+def box_batch() -> Callable[..., OffPolicyBatch]:
+    """``box_batch(n_rows=32, n_agents=1, obs_dim=3, act_dim=1, seed=0)``: random rows of a Box group
+    (actions in ``[-1, 1]``, about 20% terminated, 90% alive, unit weights, discount 0.99)."""
+
+    def batch(n_rows: int = 32, n_agents: int = 1, obs_dim: int = 3, act_dim: int = 1, seed: int = 0) -> OffPolicyBatch:
+        g = torch.Generator().manual_seed(seed)
+        return OffPolicyBatch(
+            obs=torch.randn(n_rows, n_agents, obs_dim, generator=g),
+            action=torch.rand(n_rows, n_agents, act_dim, generator=g) * 2 - 1,
+            reward_n=torch.randn(n_rows, n_agents, generator=g),
+            discount_n=torch.full((n_rows,), 0.99),
+            next_obs_n=torch.randn(n_rows, n_agents, obs_dim, generator=g),
+            terminated_n=torch.rand(n_rows, n_agents, generator=g) < 0.2,
+            alive=torch.rand(n_rows, n_agents, generator=g) < 0.9,
+            weights=torch.ones(n_rows),
+        )
+
+    return batch
+
+
+@pytest.fixture
+def contextual_bandit_batch() -> Callable[..., OffPolicyBatch]:
+    """``contextual_bandit_batch(generator, n_rows=64)``: one-step episodes of a bandit with two one-hot
+    states ``[B, 1, 2]`` and three actions drawn uniformly; reward 1 when action == state, else 0."""
+
+    def batch(generator: torch.Generator, n_rows: int = 64) -> OffPolicyBatch:
+        state = torch.randint(0, 2, (n_rows, 1), generator=generator)
+        action = torch.randint(0, 3, (n_rows, 1), generator=generator)
+        return OffPolicyBatch(torch.eye(2)[state], action, (action == state).float(), torch.full((n_rows,), 0.99),
+                              torch.zeros(n_rows, 1, 2), torch.ones(n_rows, 1, dtype=torch.bool),
+                              torch.ones(n_rows, 1, dtype=torch.bool), torch.ones(n_rows))
+
+    return batch
+
+
+@pytest.fixture
+def continuous_bandit_batch() -> Callable[..., OffPolicyBatch]:
+    """``continuous_bandit_batch(generator, n_rows=128)``: one-step episodes from a constant zero observation
+    ``[B, 1, 1]`` with actions ``a`` uniform in ``[-1, 1]`` and reward ``-(2a - 0.5)^2``: with a ``Box(-2, 2)``
+    action space (``2a`` in env units) the best env action is 0.5."""
+
+    def batch(generator: torch.Generator, n_rows: int = 128) -> OffPolicyBatch:
+        a = torch.rand(n_rows, 1, 1, generator=generator) * 2 - 1
+        reward = -(2.0 * a - 0.5).square().squeeze(-1)
+        return OffPolicyBatch(torch.zeros(n_rows, 1, 1), a, reward, torch.full((n_rows,), 0.99),
+                              torch.zeros(n_rows, 1, 1), torch.ones(n_rows, 1, dtype=torch.bool),
+                              torch.ones(n_rows, 1, dtype=torch.bool), torch.ones(n_rows))
+
+    return batch

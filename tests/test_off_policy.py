@@ -3,7 +3,6 @@ truncation, action masks, HER (with `marl eval --json` success_rate), multi-agen
 
 import json
 
-import gymnasium
 import numpy as np
 import pytest
 import torch
@@ -15,23 +14,6 @@ from marl.data import reduce_td_errors, td_priority
 from marl.off_policy import OffPolicyTrainer, load_replay_state, replay_state
 from marl.trainer import load_policy
 from marl.types import GroupObs
-
-
-class ConstantReward(gymnasium.Env):
-    """Observation 1, reward 1 every step, never terminates: only the time limit ends an episode."""
-
-    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
-    action_space = gymnasium.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return np.ones(1, np.float32), {}
-
-    def step(self, action):
-        return np.ones(1, np.float32), 1.0, False, False, {}
-
-
-gymnasium.register("OffPolicyConstantReward-v0", entry_point=ConstantReward, max_episode_steps=10)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,9 +147,9 @@ def test_nstep_targets_in_the_loop_match_a_naive_walk(make_config, tiny_dqn):
     trainer.close()
 
 
-def test_time_limits_are_bootstrapped_infinite_horizon(make_config):
+def test_time_limits_are_bootstrapped_infinite_horizon(make_config, constant_reward_env):
     """Reward 1 forever, cut at 10 steps: Q(s, a) must reach 1 / (1 - 0.9) = 10, not the truncated ~6.5."""
-    cfg = make_config(None, "algo.name=dqn", "env.id=OffPolicyConstantReward-v0", "env.num_envs=2",
+    cfg = make_config(None, "algo.name=dqn", f"env.id={constant_reward_env}", "env.num_envs=2",
                  "norm.obs=false", "norm.reward=false", "total_env_steps=3000", "algo.gamma=0.9", "algo.lr=0.003",
                  "algo.learning_starts=100", "algo.train_freq=2", "algo.gradient_steps=1", "algo.batch_size=64",
                  "algo.tau=0.05", "algo.target_update_interval=1", "model.hidden=[16]", "model.activation=relu",

@@ -24,17 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marl.algos.targets import (
-    LearnerOut,
-    OffPolicyBatch,
-    adam,
-    clip_grad,
-    make_target,
-    masked_mean,
-    soft_update,
-    td_target,
-    team_means,
-)
+from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, gradient_step, learner_out
+from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import DQNConfig, ModelConfig
 from marl.multi_agent.policy import group_sharing
 from marl.nets import AgentNet, dueling_q, param_sets_for
@@ -168,11 +159,11 @@ class DQNLearner:
         self.optimizer = adam(q.parameters(), cfg.lr, cfg.adam_eps)
         self.grad_steps = 0
 
-    def losses(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-        """Summed Huber loss over groups, TD errors ``[B, A]`` per group, and metrics (no step)."""
+    def losses(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Summed Huber loss over groups, TD errors ``[B, A]`` per group, and metrics (0-dim tensors; no step)."""
         group_losses: list[Tensor] = []
         td_error: dict[str, Tensor] = {}
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor] = {}
         for name, b in batches.items():
             qnet = self.q[name]
             q_taken = qnet(b.obs, b.action_mask).gather(-1, b.action.long().unsqueeze(-1)).squeeze(-1)
@@ -183,33 +174,32 @@ class DQNLearner:
                 y = td_target(b.reward_n, b.discount_n, b.terminated_n, next_value)
             loss = masked_mean(huber(q_taken, y), b.alive, b.weights)
             group_losses.append(loss)
-            td_error[name] = (q_taken - y).detach()
-            metrics[f"q_loss/{name}"] = float(loss.detach())
-            metrics[f"q_mean/{name}"] = float(masked_mean(q_taken.detach(), b.alive))
+            td_error[name], group_metrics = critic_terms(name, loss, q_taken, y, b.alive)
+            metrics.update(group_metrics)
         return torch.stack(group_losses).sum(), td_error, metrics
 
     def update(self, batches: Mapping[str, OffPolicyBatch]) -> LearnerOut:
         """One gradient step on every group's rows; a target update every ``target_update_interval`` steps."""
         total, td_error, metrics = self.losses(batches)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        metrics["grad_norm"] = clip_grad(list(self.q.parameters()), self.cfg.max_grad_norm)
-        self.optimizer.step()
+        cfg = self.cfg
+        metrics["grad_norm"] = gradient_step(self.optimizer, total, list(self.q.parameters()), cfg.max_grad_norm)
         self.grad_steps += 1
-        if self.grad_steps % self.cfg.target_update_interval == 0:
-            soft_update(self.target, self.q, self.cfg.tau)
-        return LearnerOut(team_means(metrics, list(batches)), td_error)
+        if self.grad_steps % cfg.target_update_interval == 0:
+            soft_update(self.target, self.q, cfg.tau)
+        return learner_out(metrics, td_error, list(batches))
 
     def trainable(self) -> list[nn.Parameter]:
         """Every trained parameter (for counting)."""
         return list(self.q.parameters())
 
+    def checkpoint_parts(self) -> CheckpointParts:
+        """The checkpointed parts by entry name (the online networks live in the policy entry)."""
+        return CheckpointParts({"target": self.target, "optimizer": self.optimizer})
+
     def state_dict(self) -> dict:
-        """Target networks, optimizer and counter (the online networks live in the policy entry)."""
-        return {"target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "grad_steps": self.grad_steps}
+        """Target networks, optimizer and counter."""
+        return {**self.checkpoint_parts().state_dict(), "grad_steps": self.grad_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.checkpoint_parts().load_state_dict(state)
         self.grad_steps = int(state["grad_steps"])

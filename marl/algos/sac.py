@@ -35,17 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from marl.algos.dqn import group_net
-from marl.algos.targets import (
-    LearnerOut,
-    OffPolicyBatch,
-    adam,
-    clip_grad,
-    make_target,
-    masked_mean,
-    soft_update,
-    td_target,
-    team_means,
-)
+from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, frozen, gradient_step, learner_out
+from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import ModelConfig, SACConfig
 from marl.nets import MaskedCategorical, TanhGaussian, scale_action
 from marl.types import EnvSpec, GroupSpec
@@ -149,6 +140,11 @@ class TwinQ(nn.Module):
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
+def twin_critics(spec: EnvSpec, model: ModelConfig, device: torch.device) -> nn.ModuleDict:
+    """group -> :class:`TwinQ` for every group of ``spec``, on ``device`` (the critics of SAC and TD3)."""
+    return nn.ModuleDict({g.name: TwinQ(g, model) for g in spec.groups}).to(device)
+
+
 def expectation(probs: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
     """``sum_a probs[..., a] * values[..., a]`` over allowed actions only (masked terms are 0, never 0 * inf)."""
     terms = probs * values
@@ -211,7 +207,7 @@ class SACLearner:
         self.actor = actor
         self.cfg = cfg
         device = next(actor.parameters()).device
-        self.critics = nn.ModuleDict({g.name: TwinQ(g, model) for g in spec.groups}).to(device)
+        self.critics = twin_critics(spec, model, device)
         self.critic_target = make_target(self.critics)
         self.log_alpha = nn.ParameterDict(
             {g.name: nn.Parameter(torch.tensor(math.log(cfg.ent_coef), device=device)) for g in spec.groups}
@@ -228,8 +224,11 @@ class SACLearner:
         return {g: p.detach().exp() for g, p in self.log_alpha.items()}
 
     # ------------------------------------------------------------------ losses
-    def critic_loss(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-        """Summed twin-Q loss over groups, TD errors ``[B, A]`` (of ``(Q_1 + Q_2) / 2``), metrics."""
+    def critic_loss(
+        self, batches: Mapping[str, OffPolicyBatch]
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Summed twin-Q loss over groups, TD errors ``[B, A]`` (of ``(Q_1 + Q_2) / 2``), metrics
+        (0-dim tensors)."""
         alphas = self.alphas()
         losses, td_error, metrics = [], {}, {}
         for name, b in batches.items():
@@ -250,13 +249,12 @@ class SACLearner:
                 index = b.action.long().unsqueeze(-1)
                 q1, q2 = q1.gather(-1, index).squeeze(-1), q2.gather(-1, index).squeeze(-1)
             losses.append(twin_q_loss(q1, q2, y, b.alive, b.weights))
-            td_error[name] = (0.5 * (q1 + q2) - y).detach()
-            metrics[f"q_loss/{name}"] = float(losses[-1].detach())
-            metrics[f"q_mean/{name}"] = float(masked_mean(0.5 * (q1 + q2).detach(), b.alive))
+            td_error[name], group_metrics = critic_terms(name, losses[-1], 0.5 * (q1 + q2), y, b.alive)
+            metrics.update(group_metrics)
         return torch.stack(losses).sum(), td_error, metrics
 
-    def actor_losses(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, Tensor, dict[str, float]]:
-        """Summed actor loss and summed ``log_alpha`` loss over groups, and metrics.
+    def actor_losses(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Summed actor loss and summed ``log_alpha`` loss over groups, and metrics (0-dim tensors).
 
         Call with the critics' ``requires_grad`` off (as :meth:`update` does) so the
         actor loss leaves the critics without gradients.
@@ -276,9 +274,9 @@ class SACLearner:
                 per_agent = alphas[name] * log_prob - torch.minimum(q1, q2)
             actor_terms.append(masked_mean(per_agent, b.alive, b.weights))
             alpha_terms.append(alpha_loss(self.log_alpha[name], log_prob, self.target_entropy[name], b.alive))
-            metrics[f"actor_loss/{name}"] = float(actor_terms[-1].detach())
-            metrics[f"entropy/{name}"] = float(-masked_mean(log_prob.detach(), b.alive))
-            metrics[f"alpha/{name}"] = float(alphas[name])
+            metrics[f"actor_loss/{name}"] = actor_terms[-1].detach()
+            metrics[f"entropy/{name}"] = -masked_mean(log_prob.detach(), b.alive)
+            metrics[f"alpha/{name}"] = alphas[name]
         return torch.stack(actor_terms).sum(), torch.stack(alpha_terms).sum(), metrics
 
     # ------------------------------------------------------------------ update
@@ -287,55 +285,39 @@ class SACLearner:
         every ``target_update_interval`` gradient steps."""
         cfg = self.cfg
         q_loss, td_error, metrics = self.critic_loss(batches)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        q_loss.backward()
-        metrics["grad_norm"] = clip_grad(list(self.critics.parameters()), cfg.max_grad_norm)
-        self.critic_optimizer.step()
-
-        self.critics.requires_grad_(False)
-        try:
+        metrics["grad_norm"] = gradient_step(self.critic_optimizer, q_loss, list(self.critics.parameters()),
+                                             cfg.max_grad_norm)
+        with frozen(self.critics):
             actor_loss, ent_loss, actor_metrics = self.actor_losses(batches)
-        finally:
-            self.critics.requires_grad_(True)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        metrics["actor_grad_norm"] = clip_grad(list(self.actor.parameters()), cfg.max_grad_norm)
-        self.actor_optimizer.step()
-        if self.alpha_optimizer is not None:
+        metrics["actor_grad_norm"] = gradient_step(self.actor_optimizer, actor_loss, list(self.actor.parameters()),
+                                                   cfg.max_grad_norm)
+        if self.alpha_optimizer is not None:  # log_alpha has no clipping and no norm metric
             self.alpha_optimizer.zero_grad(set_to_none=True)
             ent_loss.backward()
             self.alpha_optimizer.step()
-            metrics["alpha_loss"] = float(ent_loss.detach())
+            metrics["alpha_loss"] = ent_loss.detach()
         metrics.update(actor_metrics)
         self.grad_steps += 1
         if self.grad_steps % cfg.target_update_interval == 0:
             soft_update(self.critic_target, self.critics, cfg.tau)
-        return LearnerOut(team_means(metrics, list(batches)), td_error)
+        return learner_out(metrics, td_error, list(batches))
 
     def trainable(self) -> list[nn.Parameter]:
         return [*self.actor.parameters(), *self.critics.parameters(), *self.log_alpha.parameters()]
 
+    def checkpoint_parts(self) -> CheckpointParts:
+        """The checkpointed parts by entry name (the actor lives in the policy entry);
+        ``alpha_optimizer`` is ``None`` without ``autotune``."""
+        return CheckpointParts({
+            "critics": self.critics, "critic_target": self.critic_target, "log_alpha": self.log_alpha,
+            "critic_optimizer": self.critic_optimizer, "actor_optimizer": self.actor_optimizer,
+            "alpha_optimizer": self.alpha_optimizer, "generator": self.generator,
+        })
+
     def state_dict(self) -> dict:
-        """Critics, targets, log_alpha, optimizers, generator and counter (the actor lives in the policy entry)."""
-        return {
-            "critics": self.critics.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "log_alpha": self.log_alpha.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "alpha_optimizer": None if self.alpha_optimizer is None else self.alpha_optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "grad_steps": self.grad_steps,
-        }
+        """Critics, targets, log_alpha, optimizers, generator and counter."""
+        return {**self.checkpoint_parts().state_dict(), "grad_steps": self.grad_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.critics.load_state_dict(state["critics"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.log_alpha.load_state_dict(state["log_alpha"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        if self.alpha_optimizer is not None:
-            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self.generator.set_state(state["generator"])
+        self.checkpoint_parts().load_state_dict(state)
         self.grad_steps = int(state["grad_steps"])
-

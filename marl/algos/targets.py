@@ -10,6 +10,11 @@
   stops bootstrapping, a time limit does not (its ``next_obs`` is the real final
   observation, so ``V`` of it is used).
 * :func:`masked_mean`: loss means over alive agents, weighted by PER importance weights.
+* :func:`critic_terms`: one group's TD errors (the input of the PER priorities) and its
+  ``q_loss`` / ``q_mean`` metrics.
+
+What an update does around these losses (optimizer steps, metrics, checkpoint entries)
+is in :mod:`marl.algos.learner_parts`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import copy
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -95,19 +99,6 @@ class OffPolicyBatch(NamedTuple):
     next_action_mask_n: Tensor | None = None
 
 
-class LearnerOut(NamedTuple):
-    """What one learner update returns.
-
-    Attributes:
-        metrics: ``train/<name>[/<group>]`` scalars without the ``train/`` prefix.
-        td_error: group -> ``[B, A]`` TD errors of the sampled rows (detached), the
-            trainer's input to ``replay.update_priorities``.
-    """
-
-    metrics: dict[str, float]
-    td_error: dict[str, Tensor]
-
-
 def td_target(reward_n: Tensor, discount_n: Tensor, terminated_n: Tensor, next_value: Tensor) -> Tensor:
     """``reward_n + discount_n * (1 - terminated_n) * next_value``.
 
@@ -132,28 +123,19 @@ def masked_mean(x: Tensor, alive: Tensor, weights: Tensor | None = None) -> Tens
     return (x * m).sum() / alive.sum().clamp_min(1).to(x.dtype)
 
 
-def adam(params, lr: float, eps: float) -> torch.optim.Adam:
-    """Adam with the fused kernel (about 10% less time per SAC update on one CPU core than the default)."""
-    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+def critic_terms(name: str, loss: Tensor, q: Tensor, y: Tensor, alive: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """One group's TD errors and critic metrics.
 
+    Args:
+        name: the group (metric suffix).
+        loss: the group's critic loss (scalar).
+        q: ``[B, A]`` the critic's value of the sampled actions (twin critics: ``(Q_1 + Q_2) / 2``).
+        y: ``[B, A]`` the TD targets.
+        alive: ``[B, A]`` bool, rows of agents that acted.
 
-def clip_grad(params: list[Tensor], max_norm: float) -> float:
-    """Clip the global gradient norm of ``params`` to ``max_norm`` (0 = no clipping); return the norm before."""
-    grads = [p for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    if max_norm > 0:
-        return float(nn.utils.clip_grad_norm_(grads, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads])))
-
-
-def team_means(metrics: dict[str, float], groups: list[str]) -> dict[str, float]:
-    """Add ``<key>`` = mean over groups of every ``<key>/<group>`` metric; drop the per-group
-    keys when there is one group (so a one-group run logs ``q_loss``, not ``q_loss/agent``)."""
-    out = dict(metrics)
-    keys = {k.rsplit("/", 1)[0] for k in metrics if "/" in k and k.rsplit("/", 1)[1] in groups}
-    for key in keys:
-        out[key] = float(np.mean([metrics[f"{key}/{g}"] for g in groups]))
-        if len(groups) == 1:
-            del out[f"{key}/{groups[0]}"]
-    return out
+    Returns:
+        ``td_error = q - y`` ``[B, A]`` (detached), and ``{"q_loss/<name>": loss,
+        "q_mean/<name>": mean of q over alive agents}`` as detached 0-dim tensors.
+    """
+    q = q.detach()
+    return q - y, {f"q_loss/{name}": loss.detach(), f"q_mean/{name}": masked_mean(q, alive)}

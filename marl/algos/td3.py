@@ -3,7 +3,8 @@
 * Deterministic actor ``mu(s) = tanh(f(s))`` in ``[-1, 1]``, scaled to the env's bounds on
   the way out; while collecting, Gaussian noise of std ``exploration_noise`` is added
   and the result clipped to ``[-1, 1]``.
-* Twin critics ``Q_i(concat(obs, action))`` (:class:`marl.algos.sac.TwinQ`).
+* Twin critics ``Q_i(concat(obs, action))`` (:class:`marl.algos.sac.TwinQ`, built by
+  :func:`marl.algos.sac.twin_critics`).
 * Target policy smoothing: ``a' = clip(mu'(s') + clip(eps, -c, c), -1, 1)``,
   ``eps ~ N(0, policy_noise^2)``; ``y = r_n + gamma^n (1 - term) min_i Q'_i(s', a')``.
   The noise smooths the value estimate around the target action, so the actor cannot
@@ -24,18 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from marl.algos.dqn import group_net
-from marl.algos.sac import TwinQ, action_dim, twin_q_loss
-from marl.algos.targets import (
-    LearnerOut,
-    OffPolicyBatch,
-    adam,
-    clip_grad,
-    make_target,
-    masked_mean,
-    soft_update,
-    td_target,
-    team_means,
-)
+from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, frozen, gradient_step, learner_out
+from marl.algos.sac import action_dim, twin_critics, twin_q_loss
+from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import ModelConfig, TD3Config
 from marl.nets import scale_action
 from marl.types import EnvSpec, GroupSpec
@@ -111,15 +103,18 @@ class TD3Learner:
         self.cfg = cfg
         device = next(actor.parameters()).device
         self.actor_target = make_target(actor)
-        self.critics = nn.ModuleDict({g.name: TwinQ(g, model) for g in spec.groups}).to(device)
+        self.critics = twin_critics(spec, model, device)
         self.critic_target = make_target(self.critics)
         self.critic_optimizer = adam(self.critics.parameters(), cfg.lr, cfg.adam_eps)
         self.actor_optimizer = adam(actor.parameters(), cfg.lr, cfg.adam_eps)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.grad_steps = 0
 
-    def critic_loss(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-        """Summed twin-Q loss over groups, TD errors ``[B, A]`` of ``(Q_1 + Q_2) / 2``, metrics."""
+    def critic_loss(
+        self, batches: Mapping[str, OffPolicyBatch]
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Summed twin-Q loss over groups, TD errors ``[B, A]`` of ``(Q_1 + Q_2) / 2``, metrics
+        (0-dim tensors)."""
         cfg = self.cfg
         losses, td_error, metrics = [], {}, {}
         for name, b in batches.items():
@@ -131,65 +126,52 @@ class TD3Learner:
                 y = td_target(b.reward_n, b.discount_n, b.terminated_n, torch.minimum(tq1, tq2))
             q1, q2 = self.critics[name](b.obs, b.action)
             losses.append(twin_q_loss(q1, q2, y, b.alive, b.weights))
-            td_error[name] = (0.5 * (q1 + q2) - y).detach()
-            metrics[f"q_loss/{name}"] = float(losses[-1].detach())
-            metrics[f"q_mean/{name}"] = float(masked_mean(0.5 * (q1 + q2).detach(), b.alive))
+            td_error[name], group_metrics = critic_terms(name, losses[-1], 0.5 * (q1 + q2), y, b.alive)
+            metrics.update(group_metrics)
         return torch.stack(losses).sum(), td_error, metrics
 
-    def actor_loss(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, float]]:
-        """Summed ``-Q_1(s, mu(s))`` over groups (call with the critics' ``requires_grad`` off)."""
+    def actor_loss(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Summed ``-Q_1(s, mu(s))`` over groups and metrics (call with the critics' ``requires_grad`` off)."""
         terms, metrics = [], {}
         for name, b in batches.items():
             q1, _ = self.critics[name](b.obs, self.actor[name](b.obs))
             terms.append(masked_mean(-q1, b.alive, b.weights))
-            metrics[f"actor_loss/{name}"] = float(terms[-1].detach())
+            metrics[f"actor_loss/{name}"] = terms[-1].detach()
         return torch.stack(terms).sum(), metrics
 
     def update(self, batches: Mapping[str, OffPolicyBatch]) -> LearnerOut:
         """One critic step; an actor step every ``policy_delay`` steps; targets every ``target_update_interval``."""
         cfg = self.cfg
         q_loss, td_error, metrics = self.critic_loss(batches)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        q_loss.backward()
-        metrics["grad_norm"] = clip_grad(list(self.critics.parameters()), cfg.max_grad_norm)
-        self.critic_optimizer.step()
+        metrics["grad_norm"] = gradient_step(self.critic_optimizer, q_loss, list(self.critics.parameters()),
+                                             cfg.max_grad_norm)
         self.grad_steps += 1
         if self.grad_steps % cfg.policy_delay == 0:
-            self.critics.requires_grad_(False)
-            try:
+            with frozen(self.critics):
                 loss, actor_metrics = self.actor_loss(batches)
-            finally:
-                self.critics.requires_grad_(True)
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            metrics["actor_grad_norm"] = clip_grad(list(self.actor.parameters()), cfg.max_grad_norm)
-            self.actor_optimizer.step()
+            metrics["actor_grad_norm"] = gradient_step(self.actor_optimizer, loss, list(self.actor.parameters()),
+                                                       cfg.max_grad_norm)
             metrics.update(actor_metrics)
         if self.grad_steps % cfg.target_update_interval == 0:
             soft_update(self.critic_target, self.critics, cfg.tau)
             soft_update(self.actor_target, self.actor, cfg.tau)
-        return LearnerOut(team_means(metrics, list(batches)), td_error)
+        return learner_out(metrics, td_error, list(batches))
 
     def trainable(self) -> list[nn.Parameter]:
         return [*self.actor.parameters(), *self.critics.parameters()]
 
+    def checkpoint_parts(self) -> CheckpointParts:
+        """The checkpointed parts by entry name (the actor lives in the policy entry)."""
+        return CheckpointParts({
+            "critics": self.critics, "critic_target": self.critic_target, "actor_target": self.actor_target,
+            "critic_optimizer": self.critic_optimizer, "actor_optimizer": self.actor_optimizer,
+            "generator": self.generator,
+        })
+
     def state_dict(self) -> dict:
-        """Critics, both targets, optimizers, generator and counter (the actor lives in the policy entry)."""
-        return {
-            "critics": self.critics.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "grad_steps": self.grad_steps,
-        }
+        """Critics, both targets, optimizers, generator and counter."""
+        return {**self.checkpoint_parts().state_dict(), "grad_steps": self.grad_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.critics.load_state_dict(state["critics"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.actor_target.load_state_dict(state["actor_target"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.generator.set_state(state["generator"])
+        self.checkpoint_parts().load_state_dict(state)
         self.grad_steps = int(state["grad_steps"])

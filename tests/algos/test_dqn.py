@@ -1,6 +1,8 @@
 """DQN: double-Q targets against hand computations, masked greedy and masked exploration,
 gradient routing, target update cadence, the epsilon schedule, and a tiny learning test."""
 
+import functools
+
 import gymnasium
 import numpy as np
 import pytest
@@ -8,23 +10,16 @@ import torch
 
 from marl.algos.dqn import DQNLearner, QPolicyNet, double_q_next_value, huber, linear_epsilon, masked_argmax
 from marl.algos.targets import OffPolicyBatch, td_target
-from marl.config import load_config
 from marl.off_policy import build_actor
 from marl.types import EnvSpec, GroupObs, GroupSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-def discrete_spec(n_agents=1, obs_dim=2, n_actions=3, mask=False) -> EnvSpec:
-    agents = tuple(f"agent_{i}" for i in range(n_agents))
-    box = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-    group = GroupSpec("agent", agents, box, gymnasium.spaces.Discrete(n_actions), has_action_mask=mask)
-    return EnvSpec(agents, (group,))
-
-
-def dqn_config(*overrides):
-    return load_config(None, ["algo.name=dqn", "norm.reward=false", "norm.obs=false", "model.hidden=[32]",
-                              "model.activation=relu", *overrides])
+@pytest.fixture
+def dqn_config(learner_config):
+    """``dqn_config(*overrides)``: a DQN config with one hidden layer of 32 units (tests/conftest.py)."""
+    return functools.partial(learner_config, "dqn", "model.hidden=[32]")
 
 
 def test_double_q_target_hand_computed():
@@ -58,7 +53,7 @@ def test_masked_argmax_never_picks_a_masked_action():
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.5, 1.0])
-def test_epsilon_greedy_exploration_respects_masks(epsilon):
+def test_epsilon_greedy_exploration_respects_masks(epsilon, dqn_config, discrete_spec):
     spec = discrete_spec(n_agents=2, n_actions=5, mask=True)
     actor = build_actor(spec, dqn_config("model.sharing=independent"))
     rng = np.random.default_rng(0)
@@ -72,7 +67,7 @@ def test_epsilon_greedy_exploration_respects_masks(epsilon):
         assert set(np.unique(actions).tolist()) == set(range(5))
 
 
-def test_dueling_head_is_value_plus_centred_advantage():
+def test_dueling_head_is_value_plus_centred_advantage(dqn_config, discrete_spec):
     spec = discrete_spec(n_actions=4)
     q = QPolicyNet(spec, dqn_config().model, dueling=True)
     obs = torch.randn(8, 1, 2)
@@ -101,7 +96,7 @@ def random_batch(n_rows=16, n_agents=2, n_actions=3, seed=0, mask=False) -> OffP
     )
 
 
-def test_learner_loss_and_td_error_match_a_per_row_loop():
+def test_learner_loss_and_td_error_match_a_per_row_loop(dqn_config, discrete_spec):
     cfg = dqn_config("model.sharing=independent")
     spec = discrete_spec(n_agents=2)
     q = QPolicyNet(spec, cfg.model, dueling=False)
@@ -137,7 +132,7 @@ def test_huber_is_quadratic_then_linear():
     assert huber(x, torch.zeros(4)).tolist() == [0.0, 0.125, 1.5, 2.5]
 
 
-def test_update_trains_online_only_and_copies_target_every_k_steps():
+def test_update_trains_online_only_and_copies_target_every_k_steps(dqn_config, discrete_spec):
     cfg = dqn_config("algo.target_update_interval=3", "algo.tau=1.0", "algo.lr=0.01")
     q = QPolicyNet(discrete_spec(n_agents=2), cfg.model, dueling=False)
     learner = DQNLearner(q, cfg.algo)
@@ -161,29 +156,23 @@ def test_linear_epsilon_schedule():
     assert linear_epsilon(1.0, 0.05, 0.1, 0.7) == pytest.approx(0.05)
 
 
-def test_dqn_refuses_continuous_actions():
+def test_dqn_refuses_continuous_actions(dqn_config):
     box = gymnasium.spaces.Box(-1, 1, (2,), np.float32)
     spec = EnvSpec(("agent_0",), (GroupSpec("agent", ("agent_0",), box, box),))
     with pytest.raises(ValueError, match="Discrete"):
         build_actor(spec, dqn_config())
 
 
-def test_learns_a_contextual_bandit():
-    """Two states (one-hot), three actions, reward 1 for action == state else 0, every step terminal:
-    Q must converge to the reward table."""
+def test_learns_a_contextual_bandit(dqn_config, discrete_spec, contextual_bandit_batch):
+    """Two states, three actions, reward 1 for action == state else 0, every step terminal
+    (tests/conftest.py): Q must converge to the reward table."""
     torch.manual_seed(0)
     cfg = dqn_config("algo.lr=0.01", "algo.target_update_interval=10")
     q = QPolicyNet(discrete_spec(n_agents=1), cfg.model, dueling=False)
     learner = DQNLearner(q, cfg.algo)
     g = torch.Generator().manual_seed(1)
-    eye = torch.eye(2)
     for _ in range(400):
-        state = torch.randint(0, 2, (64, 1), generator=g)
-        action = torch.randint(0, 3, (64, 1), generator=g)
-        batch = OffPolicyBatch(eye[state], action, (action == state).float(), torch.full((64,), 0.99),
-                               torch.zeros(64, 1, 2), torch.ones(64, 1, dtype=torch.bool),
-                               torch.ones(64, 1, dtype=torch.bool), torch.ones(64))
-        learner.update({"agent": batch})
+        learner.update({"agent": contextual_bandit_batch(g)})
     with torch.no_grad():
-        table = q["agent"](eye.view(2, 1, 2)).squeeze(1)
+        table = q["agent"](torch.eye(2).view(2, 1, 2)).squeeze(1)
     torch.testing.assert_close(table, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), atol=0.05, rtol=0)

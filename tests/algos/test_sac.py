@@ -1,63 +1,29 @@
 """SAC: the tanh log-prob correction the learner uses, gradient routing of the three losses,
 entropy tuning direction, discrete expectations with masks, and tiny learning tests."""
 
+import functools
 import math
 
-import gymnasium
 import numpy as np
 import pytest
 import torch
 
-from marl.algos.sac import SACLearner, SACPolicyNet, alpha_loss, default_target_entropy, expectation
+from marl.algos.sac import alpha_loss, default_target_entropy, expectation
 from marl.algos.targets import OffPolicyBatch
-from marl.config import load_config
 from marl.off_policy import build_actor
-from marl.types import EnvSpec, GroupObs, GroupSpec
+from marl.types import GroupObs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-def box_spec(n_agents=1, obs_dim=3, act_dim=1, low=-2.0, high=2.0) -> EnvSpec:
-    agents = tuple(f"agent_{i}" for i in range(n_agents))
-    obs = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-    act = gymnasium.spaces.Box(low, high, (act_dim,), np.float32)
-    return EnvSpec(agents, (GroupSpec("agent", agents, obs, act),))
-
-
-def discrete_spec(n_agents=1, obs_dim=2, n_actions=3, mask=False) -> EnvSpec:
-    agents = tuple(f"agent_{i}" for i in range(n_agents))
-    obs = gymnasium.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-    group = GroupSpec("agent", agents, obs, gymnasium.spaces.Discrete(n_actions), has_action_mask=mask)
-    return EnvSpec(agents, (group,))
-
-
-def sac_config(*overrides):
-    return load_config(None, ["algo.name=sac", "norm.reward=false", "norm.obs=false", "model.hidden=[32, 32]",
-                              "model.activation=relu", *overrides])
-
-
-def make(spec, *overrides):
-    cfg = sac_config(*overrides)
-    actor = SACPolicyNet(spec, cfg.model)
-    return actor, SACLearner(actor, spec, cfg.model, cfg.algo, seed=1)
-
-
-def box_batch(n_rows=32, n_agents=1, obs_dim=3, act_dim=1, seed=0) -> OffPolicyBatch:
-    g = torch.Generator().manual_seed(seed)
-    return OffPolicyBatch(
-        obs=torch.randn(n_rows, n_agents, obs_dim, generator=g),
-        action=torch.rand(n_rows, n_agents, act_dim, generator=g) * 2 - 1,
-        reward_n=torch.randn(n_rows, n_agents, generator=g),
-        discount_n=torch.full((n_rows,), 0.99),
-        next_obs_n=torch.randn(n_rows, n_agents, obs_dim, generator=g),
-        terminated_n=torch.rand(n_rows, n_agents, generator=g) < 0.2,
-        alive=torch.rand(n_rows, n_agents, generator=g) < 0.9,
-        weights=torch.ones(n_rows),
-    )
+@pytest.fixture
+def make(make_learner):
+    """``make(spec, *overrides)`` -> ``(SACPolicyNet, SACLearner)`` (tests/conftest.py)."""
+    return functools.partial(make_learner, "sac")
 
 
 # ------------------------------------------------------------------ log-prob correction
-def test_policy_log_prob_matches_a_numerical_change_of_variables():
+def test_policy_log_prob_matches_a_numerical_change_of_variables(make, box_spec):
     """log pi(a) of the learner's policy == log N(atanh a) + log |d atanh(a)/da|, the derivative by finite differences."""
     actor, _ = make(box_spec(act_dim=1))
     obs = torch.randn(200, 1, 3, generator=torch.Generator().manual_seed(3))
@@ -72,7 +38,7 @@ def test_policy_log_prob_matches_a_numerical_change_of_variables():
     torch.testing.assert_close(log_prob.double(), numerical, rtol=1e-4, atol=1e-4)
 
 
-def test_policy_density_integrates_to_one_over_the_action_interval():
+def test_policy_density_integrates_to_one_over_the_action_interval(make, box_spec):
     actor, _ = make(box_spec(act_dim=1))
     dist = actor["agent"].dist(torch.zeros(1, 1, 3))
     a = torch.linspace(-1 + 1e-6, 1 - 1e-6, 200_001).view(-1, 1, 1)
@@ -80,19 +46,17 @@ def test_policy_density_integrates_to_one_over_the_action_interval():
     assert float(torch.trapezoid(density.detach(), a.squeeze())) == pytest.approx(1.0, abs=2e-3)
 
 
-def test_actor_loss_uses_the_corrected_log_prob():
+def test_actor_loss_uses_the_corrected_log_prob(make, box_spec, box_batch):
     """Recompute the learner's actor loss by hand from the same noise."""
     actor, learner = make(box_spec(act_dim=2), "algo.ent_coef=0.3")
     b = box_batch(act_dim=2)
-    state = learner.generator.get_state()
+    same_noise = torch.Generator().set_state(learner.generator.get_state())  # the learner's next draws
     with torch.no_grad():
         loss, _, metrics = learner.actor_losses({"agent": b})
-    learner.generator.set_state(state)
-    with torch.no_grad():
         out = actor["agent"].net(b.obs)
         mean, raw = out.chunk(2, -1)
         log_std = -5.0 + 3.5 * (torch.tanh(raw) + 1.0)
-        eps = torch.randn(mean.shape, generator=learner.generator)
+        eps = torch.randn(mean.shape, generator=same_noise)
         u = mean + log_std.exp() * eps
         a = torch.tanh(u)
         log_prob = (torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log(1 - a.pow(2))).sum(-1)
@@ -100,7 +64,8 @@ def test_actor_loss_uses_the_corrected_log_prob():
         per_agent = 0.3 * log_prob - torch.minimum(q1, q2)
         expected = (per_agent * b.alive).sum() / b.alive.sum()
     assert float(loss) == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
-    assert metrics["entropy/agent"] == pytest.approx(float(-(log_prob * b.alive).sum() / b.alive.sum()), rel=1e-4)
+    entropy = -(log_prob * b.alive).sum() / b.alive.sum()
+    assert float(metrics["entropy/agent"]) == pytest.approx(float(entropy), rel=1e-4)
 
 
 # ------------------------------------------------------------------ gradient routing
@@ -108,7 +73,7 @@ def grads(module):
     return [p.grad for p in module.parameters()]
 
 
-def test_critic_loss_leaves_actor_and_targets_without_gradients():
+def test_critic_loss_leaves_actor_and_targets_without_gradients(make, box_spec, box_batch):
     actor, learner = make(box_spec(n_agents=2), "model.sharing=independent")
     loss, _, _ = learner.critic_loss({"agent": box_batch(n_agents=2)})
     loss.backward()
@@ -118,7 +83,7 @@ def test_critic_loss_leaves_actor_and_targets_without_gradients():
     assert all(p.grad is None for p in learner.log_alpha.parameters())
 
 
-def test_actor_loss_reaches_only_the_actor_and_entropy_loss_only_log_alpha():
+def test_actor_loss_reaches_only_the_actor_and_entropy_loss_only_log_alpha(make, box_spec, box_batch):
     actor, learner = make(box_spec(n_agents=2), "model.sharing=independent")
     learner.critics.requires_grad_(False)
     actor_loss, ent_loss, _ = learner.actor_losses({"agent": box_batch(n_agents=2)})
@@ -134,7 +99,7 @@ def test_actor_loss_reaches_only_the_actor_and_entropy_loss_only_log_alpha():
     assert learner.log_alpha["agent"].grad is not None
 
 
-def test_update_keeps_targets_gradient_free_and_moves_them_by_tau():
+def test_update_keeps_targets_gradient_free_and_moves_them_by_tau(make, box_spec, box_batch):
     _, learner = make(box_spec(), "algo.tau=0.25")
     before = [p.clone() for p in learner.critic_target.parameters()]
     learner.update({"agent": box_batch()})
@@ -144,7 +109,7 @@ def test_update_keeps_targets_gradient_free_and_moves_them_by_tau():
 
 
 @pytest.mark.parametrize("target, direction", [(5.0, 1), (-50.0, -1)])
-def test_alpha_follows_the_entropy_target(target, direction):
+def test_alpha_follows_the_entropy_target(target, direction, make, box_spec, box_batch):
     _, learner = make(box_spec(), f"algo.target_entropy={target}", "algo.ent_coef=0.5")
     for step in range(5):
         learner.update({"agent": box_batch(seed=step)})
@@ -162,14 +127,14 @@ def test_alpha_loss_formula():
     assert float(log_alpha.grad) == pytest.approx(3.5 / 3)
 
 
-def test_default_target_entropies():
-    cfg = sac_config()
+def test_default_target_entropies(box_spec, discrete_spec, learner_config):
+    cfg = learner_config("sac")
     assert default_target_entropy(box_spec(act_dim=3).groups[0], cfg.algo) == -3.0
     assert default_target_entropy(discrete_spec(n_actions=5).groups[0], cfg.algo) == pytest.approx(0.89 * math.log(5))
 
 
 # ------------------------------------------------------------------ discrete SAC
-def test_discrete_next_value_is_the_exact_expectation_and_ignores_masked_actions():
+def test_discrete_next_value_is_the_exact_expectation_and_ignores_masked_actions(make, discrete_spec):
     actor, learner = make(discrete_spec(n_actions=3, mask=True), "algo.ent_coef=2.0")
     g = torch.Generator().manual_seed(0)
     mask = torch.tensor([[[True, False, True]]]).expand(4, 1, 3)
@@ -199,7 +164,7 @@ def test_expectation_masks_terms_instead_of_multiplying_inf():
     assert float(expectation(probs, values, torch.tensor([[True, False, True]]))) == 2.0
 
 
-def test_discrete_update_with_masks_and_large_alpha_stays_finite():
+def test_discrete_update_with_masks_and_large_alpha_stays_finite(make, discrete_spec):
     actor, learner = make(discrete_spec(n_agents=2, n_actions=4, mask=True), "algo.ent_coef=5.0",
                           "model.sharing=shared")
     g = torch.Generator().manual_seed(0)
@@ -215,39 +180,29 @@ def test_discrete_update_with_masks_and_large_alpha_stays_finite():
 
 
 # ------------------------------------------------------------------ tiny learning tests
-def test_learns_a_continuous_bandit():
+def test_learns_a_continuous_bandit(make, box_spec, learner_config, continuous_bandit_batch):
     """One step, reward -(a - 0.5)^2 for the action a in [-2, 2] (env units): the mode must approach 0.5."""
     torch.manual_seed(0)
     spec = box_spec(obs_dim=1, act_dim=1, low=-2.0, high=2.0)
     actor, learner = make(spec, "algo.lr=0.003", "algo.ent_coef=0.1")
     g = torch.Generator().manual_seed(1)
     for _ in range(600):
-        a = torch.rand(128, 1, 1, generator=g) * 2 - 1
-        env_a = 2.0 * a
-        reward = -(env_a - 0.5).square().squeeze(-1)
-        b = OffPolicyBatch(torch.zeros(128, 1, 1), a, reward, torch.full((128,), 0.99), torch.zeros(128, 1, 1),
-                           torch.ones(128, 1, dtype=torch.bool), torch.ones(128, 1, dtype=torch.bool), torch.ones(128))
-        learner.update({"agent": b})
-    policy = build_actor(spec, sac_config())
+        learner.update({"agent": continuous_bandit_batch(g)})
+    policy = build_actor(spec, learner_config("sac"))
     policy.net.load_state_dict(actor.state_dict())
     obs = GroupObs(np.zeros((1, 1, 1), np.float32), np.ones((1, 1), bool), None)
     best = policy.act({"agent": obs}, deterministic=True).env_action["agent"]
     assert abs(float(best[0, 0, 0]) - 0.5) < 0.1, best
 
 
-def test_discrete_sac_learns_a_contextual_bandit():
+def test_discrete_sac_learns_a_contextual_bandit(make, discrete_spec, contextual_bandit_batch):
+    """Two states, three actions, reward 1 for action == state (tests/conftest.py): the mode picks it."""
     torch.manual_seed(0)
     spec = discrete_spec(n_agents=1, obs_dim=2, n_actions=3)
     actor, learner = make(spec, "algo.lr=0.003")
     g = torch.Generator().manual_seed(1)
-    eye = torch.eye(2)
     for _ in range(300):
-        state = torch.randint(0, 2, (64, 1), generator=g)
-        action = torch.randint(0, 3, (64, 1), generator=g)
-        b = OffPolicyBatch(eye[state], action, (action == state).float(), torch.full((64,), 0.99),
-                           torch.zeros(64, 1, 2), torch.ones(64, 1, dtype=torch.bool),
-                           torch.ones(64, 1, dtype=torch.bool), torch.ones(64))
-        learner.update({"agent": b})
+        learner.update({"agent": contextual_bandit_batch(g)})
     with torch.no_grad():
-        mode = actor["agent"].dist(eye.view(2, 1, 2)).mode().squeeze(1)
+        mode = actor["agent"].dist(torch.eye(2).view(2, 1, 2)).mode().squeeze(1)
     assert mode.tolist() == [0, 1]
