@@ -2,7 +2,9 @@
 
 * :class:`GroupActorCritic` holds one group's actor and critic, each an
   :class:`~marl.nets.AgentNet` whose sharing mode (shared with one-hot agent ids,
-  independent, or an explicit agent -> parameter-set map) comes from the config.
+  independent, or an explicit agent -> parameter-set map) comes from the config;
+  when both read the same input with one shared parameter set they are held as
+  one :class:`~marl.nets.twin.TwinMLP` (the same two networks, computed together).
 * :class:`ActorCritic` is the ``nn.ModuleDict`` of every group's actor-critic: the
   one module whose ``parameters()`` the common optimizer sees (each tensor once).
 * :class:`Policy` pairs the networks with the per-group observation normalizers and
