@@ -229,6 +229,8 @@ class Config:
     resume: str = _f("", "run directory or checkpoint to continue from")
     device: Literal["cpu", "cuda", "auto"] = _f("cpu", "torch device")
     torch_threads: int = _f(1, "torch intra-op threads (1 is fastest for small networks); 0 = torch default")
+    update_threads: int = _f(-1, "PPO: torch threads during the update, when env worker processes sit idle; "
+                                 "-1 = auto (one per core the subprocess workers leave idle, at most 4; else torch_threads)")
     env: EnvConfig = _f(None, "environment")
     algo: Any = _f(None, "algorithm section; algo.name selects the schema")
     model: ModelConfig = _f(None, "networks")
@@ -439,6 +441,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.env.action_repeat >= 1, "env.action_repeat", "must be >= 1 (1 = off)")
     _require(len(cfg.env.resize) in (0, 2), "env.resize", "must be [] or [height, width]")
     _require(cfg.torch_threads >= 0, "torch_threads", "must be >= 0")
+    _require(cfg.update_threads >= -1, "update_threads", "must be >= 1, 0 (= torch_threads) or -1 (auto)")
     _require(cfg.eval.episodes >= 1, "eval.episodes", "must be >= 1")
     _require(cfg.eval.num_envs >= 1, "eval.num_envs", "must be >= 1")
     _require(cfg.eval.interval >= 0, "eval.interval", "must be >= 0")

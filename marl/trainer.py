@@ -21,6 +21,8 @@ the trainer of a config; :func:`load_policy` rebuilds a checkpoint's policy.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import torch
 from marl import checkpoint as ckpt
 from marl.algos.ppo import PPOLearner, linear_schedule
 from marl.collector import Collector
+from marl.env.vector import SubprocVectorEnv
 from marl.config import Config, from_dict
 from marl.logger import episode_metrics
 from marl.multi_agent.policy import Policy
@@ -63,6 +66,37 @@ __all__ = [
 ]
 
 
+def update_threads(cfg: Config, workers: int) -> int:
+    """Torch threads for the PPO update (``cfg.update_threads``; ``-1`` = auto), given the
+    number of env worker processes (0 = in-process envs).
+
+    With the subprocess backend the env workers wait while the learner updates, so
+    their cores can serve the update's matmuls (measured on simple_spread with 2
+    workers on 2 cores: update 115 -> 86 ms, +6% env steps/s). Collection keeps
+    ``torch_threads``: there the workers need the cores. Auto gives one thread per
+    worker (at most the CPU count, at most 4) on the CPU with worker processes,
+    else ``torch_threads`` (0 = leave torch's setting).
+    """
+    if cfg.update_threads > 0:
+        return cfg.update_threads
+    if cfg.update_threads == -1 and workers > 0 and cfg.device == "cpu":
+        return max(1, min(workers, os.cpu_count() or 1, 4))
+    return cfg.torch_threads
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads (0 = unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if n > 0 and n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
 class Trainer(TrainingRun):
     """PPO: collect ``algo.num_steps`` steps per env copy, compute GAE, update; the rest is the run's.
 
@@ -79,6 +113,8 @@ class Trainer(TrainingRun):
             cfg.algo.gamma, cfg.seed, overlap=cfg.env.overlap, check_inputs=cfg.health.check_inputs,
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        workers = self.env.num_chunks if isinstance(self.env, SubprocVectorEnv) else 0
+        self.update_threads = update_threads(cfg, workers)
 
     def take_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
         self.collector.set_obs(obs, state)
@@ -113,7 +149,8 @@ class Trainer(TrainingRun):
         for name, buf in rollout.groups.items():
             buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
         batches = {name: buf.flat() for name, buf in rollout.groups.items()}
-        metrics = self.learner.update(batches, algo.num_minibatches, cfg.norm.advantage, self.generator)
+        with torch_threads(self.update_threads):
+            metrics = self.learner.update(batches, algo.num_minibatches, cfg.norm.advantage, self.generator)
         self.iteration += 1
         self.env_steps += rollout.env_steps
         self.agent_steps += rollout.agent_steps
