@@ -66,9 +66,9 @@ __all__ = [
 ]
 
 
-def update_threads(cfg: Config, workers: int) -> int:
+def update_threads(cfg: Config, workers: int, on_cpu: bool = True) -> int:
     """Torch threads for the PPO update (``cfg.update_threads``; ``-1`` = auto), given the
-    number of env worker processes (0 = in-process envs).
+    number of env worker processes (0 = in-process envs) and whether the learner runs on the CPU.
 
     With the subprocess backend the env workers wait while the learner updates, so
     their cores can serve the update's matmuls (measured on simple_spread with 2
@@ -79,7 +79,7 @@ def update_threads(cfg: Config, workers: int) -> int:
     """
     if cfg.update_threads > 0:
         return cfg.update_threads
-    if cfg.update_threads == -1 and workers > 0 and cfg.device == "cpu":
+    if cfg.update_threads == -1 and workers > 0 and on_cpu:
         return max(1, min(workers, os.cpu_count() or 1, 4))
     return cfg.torch_threads
 
@@ -114,7 +114,7 @@ class Trainer(TrainingRun):
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
         workers = self.env.num_chunks if isinstance(self.env, SubprocVectorEnv) else 0
-        self.update_threads = update_threads(cfg, workers)
+        self.update_threads = update_threads(cfg, workers, self.device.type == "cpu")
 
     def take_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
         self.collector.set_obs(obs, state)

@@ -14,7 +14,7 @@ def test_update_threads_auto_uses_the_idle_worker_cores_only_with_workers():
     assert update_threads(auto, workers=0) == auto.torch_threads == 1
     assert update_threads(auto, workers=2) == min(2, os.cpu_count() or 1)
     assert update_threads(auto, workers=64) == min(4, os.cpu_count() or 1)
-    assert update_threads(load_config(None, ["device=cuda"]), workers=2) == 1
+    assert update_threads(auto, workers=2, on_cpu=False) == 1  # a GPU learner leaves the CPU threads alone
     assert update_threads(load_config(None, ["update_threads=3"]), workers=0) == 3
     assert update_threads(load_config(None, ["update_threads=0", "torch_threads=2"]), workers=2) == 2
 
