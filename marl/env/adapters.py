@@ -78,12 +78,10 @@ class AdapterStep(NamedTuple):
 def buffers_to_step(bufs: StepBuffers, episode: EpisodeStats | None) -> AdapterStep:
     """Package filled buffers as an :class:`AdapterStep`."""
     goals = any(b.achieved_goal is not None for b in bufs.groups.values())
+    obs, transition = bufs.split()
     return AdapterStep(
-        obs={g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in bufs.groups.items()},
-        transition={
-            g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs)
-            for g, b in bufs.groups.items()
-        },
+        obs=obs,
+        transition=transition,
         state=bufs.state,
         final_state=bufs.final_state,
         episode=episode,

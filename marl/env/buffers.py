@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from marl.types import EnvSpec
+from marl.types import EnvSpec, GroupObs, GroupTransition
 
 __all__ = [
     "Field",
@@ -56,6 +56,12 @@ class StepBuffers(NamedTuple):
     groups: dict[str, GroupBuffers]
     state: np.ndarray | None
     final_state: np.ndarray | None
+
+    def split(self) -> tuple[dict[str, GroupObs], dict[str, GroupTransition]]:
+        """Per group, the observation and the transition parts of these buffers (views, no copies)."""
+        obs = {g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in self.groups.items()}
+        transition = {g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs) for g, b in self.groups.items()}
+        return obs, transition
 
     def at(self, index: int | slice) -> StepBuffers:
         """Views of env copy ``index`` (or a range of copies) of ``[E, ...]`` buffers."""

@@ -188,12 +188,10 @@ def _check_actions(spec: EnvSpec, actions: Mapping[str, np.ndarray], n: int) -> 
 
 
 def _to_vec_step(bufs: StepBuffers, episodes: list[EpisodeStats]) -> VecStep:
+    obs, transition = bufs.split()
     return VecStep(
-        obs={g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in bufs.groups.items()},
-        transition={
-            g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs)
-            for g, b in bufs.groups.items()
-        },
+        obs=obs,
+        transition=transition,
         state=bufs.state,
         final_state=bufs.final_state,
         episodes=episodes,
