@@ -25,14 +25,14 @@ agent's episode return > 0, == 0, < 0, as in ±1 games) and ``mean_learner_retur
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from marl.multi_agent.policy import Policy
-from marl.types import EnvSpec, EpisodeStats
+from marl.multi_agent.policy import ActOutput
+from marl.types import EnvSpec, EpisodeStats, GroupObs
 
 
 def summarize(episodes: list[EpisodeStats], spec: EnvSpec) -> dict[str, Any]:
@@ -77,8 +77,23 @@ def random_actions(spec: EnvSpec, obs: dict, rng: np.random.Generator) -> dict[s
     return out
 
 
+class ActingPolicy(Protocol):
+    """What :func:`evaluate` needs of a policy: :meth:`marl.multi_agent.policy.Policy.act`'s signature
+    (``Policy``, the off-policy actor, and wrapped baselines in ``bench/`` all provide it). A ``device``
+    attribute is optional (default: CPU)."""
+
+    def act(
+        self,
+        obs: Mapping[str, GroupObs],
+        state: np.ndarray | None = None,
+        deterministic: bool = False,
+        update_stats: bool = False,
+        with_value: bool = True,
+    ) -> ActOutput: ...
+
+
 def evaluate(
-    policy: Policy,
+    policy: ActingPolicy,
     make_env: Callable[[int], Any],
     episodes: int,
     seed: int,

@@ -32,8 +32,9 @@ FAST_TANH_MIN_NUMEL = 8192
 
 
 def fast_tanh(x: Tensor) -> Tensor:
-    """``tanh(x)`` (no autograd history needed): ``2 sigmoid(2x) - 1`` for large inputs, else ``torch.tanh``."""
-    if x.numel() < FAST_TANH_MIN_NUMEL:
+    """``tanh(x)``: ``2 sigmoid(2x) - 1`` for large inputs without autograd history, else ``torch.tanh``
+    (the sigmoid form works in place, which autograd could not differentiate)."""
+    if x.numel() < FAST_TANH_MIN_NUMEL or (x.requires_grad and torch.is_grad_enabled()):
         return torch.tanh(x)
     return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
 

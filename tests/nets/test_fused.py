@@ -62,3 +62,6 @@ def test_fast_tanh_is_within_float_precision_of_tanh():
     assert (fast_tanh(x) - torch.tanh(x)).abs().max() < 3e-7
     small = torch.linspace(-3, 3, 100)
     assert torch.equal(fast_tanh(small), torch.tanh(small))  # small inputs: torch.tanh itself
+    big = torch.linspace(-3, 3, 2 * FAST_TANH_MIN_NUMEL, requires_grad=True)
+    fast_tanh(big).sum().backward()  # with autograd history: torch.tanh, differentiable
+    torch.testing.assert_close(big.grad, 1 - torch.tanh(big.detach()) ** 2)
