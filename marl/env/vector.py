@@ -23,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import signal
 import threading
 import traceback
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Literal, NamedTuple, Protocol
@@ -420,9 +422,49 @@ class SyncVectorEnv(_ChunkedBase):
 # ---------------------------------------------------------------------------------------------
 
 
+# Stop signals a scheduler sends to every process of the job (Ctrl-C, ``timeout``, ``scancel``,
+# ``kill -TERM -PGID``, systemd). Workers leave them to the main process, which finishes its step,
+# writes its checkpoint and then closes the workers; a worker that died of one would lose the run.
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def _leave_to_main(signum: int, _frame: object) -> None:
+    """Stop-signal handler of a worker: nothing to do, the main process closes the worker.
+
+    A handler rather than ``SIG_IGN``: an ignored signal stays ignored across ``exec``, so programs
+    an env launches (a simulator binary) would inherit it; a handler goes back to the default there.
+    """
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Any:
+    """Block SIGINT/SIGTERM in this thread while processes are started, as CPython's resource tracker does.
+
+    A started process inherits the mask: a worker is never killed before :func:`_worker` installs
+    its handlers, and the forkserver (started by the first ``forkserver`` worker) keeps them blocked
+    for its life, so the group's signal does not kill it either (its children would then read as
+    dead with exit code 255). A signal that arrives meanwhile stays pending here, so it is not lost.
+    """
+    # Starting the resource tracker unblocks both signals in this thread (CPython blocks them while
+    # it starts the tracker, then unblocks them); starting a worker starts it, so do it first.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker(conn: Connection, factory: Callable[[], Adapter], start: int, count: int) -> None:
-    """Worker loop: owns env copies ``start .. start+count-1``; data through shared memory."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the trainer, which closes us
+    """Worker loop: owns env copies ``start .. start+count-1``; data through shared memory.
+
+    SIGINT and SIGTERM are left to the main process (see :data:`_STOP_SIGNALS`); the worker exits
+    when told to close or when its pipe reaches EOF (the main process is gone), so it is never
+    orphaned. The main process kills it with SIGKILL if it does not exit in time.
+    """
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _leave_to_main)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked since the start (see _stop_signals_blocked)
     adapters: list[Adapter] = []
     shm: SharedMemory | None = None
     try:
@@ -450,7 +492,7 @@ def _worker(conn: Connection, factory: Callable[[], Adapter], start: int, count:
                 conn.send(("ok", adapters[arg - start].render()))
             else:
                 break
-    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+    except (EOFError, BrokenPipeError, ConnectionResetError):  # the main process is gone: exit
         pass
     except BaseException as err:  # report everything; the trainer decides
         index = err.env_index if isinstance(err, EnvWorkerError) else None
@@ -486,10 +528,7 @@ class _Pool:
                 conn.send(("close", None))
         for proc in procs:
             proc.join(timeout)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(1.0)
-            if proc.is_alive():
+            if proc.is_alive():  # stuck in an env call; SIGTERM would be ignored (see _worker)
                 proc.kill()
                 proc.join()
         for conn in conns:
@@ -536,6 +575,9 @@ class SubprocVectorEnv(_ChunkedBase):
         self.num_envs, self.num_chunks = num_envs, workers
         self._pool = _Pool()
         self._finalizer = weakref.finalize(self, self._pool.shutdown, timeout)
+        # At interpreter exit multiprocessing terminate()s daemon workers and joins them without a
+        # timeout; workers ignore SIGTERM, so close them first (exit priority >= 0 runs before that).
+        mp_util.Finalize(self, self._pool.shutdown, (timeout,), exitpriority=10)
         self._pending: list[str | None] = [None] * workers
         self._arrays: list[dict[str, np.ndarray]] = []
         ctx = mp.get_context(start_method)
@@ -548,7 +590,8 @@ class SubprocVectorEnv(_ChunkedBase):
                     name=f"marl-env-{w}",
                     daemon=True,
                 )
-                proc.start()
+                with _stop_signals_blocked():
+                    proc.start()
                 child.close()
                 self._pool.procs.append(proc)
                 self._pool.conns.append(parent)
