@@ -1,10 +1,17 @@
 """What every batched MPE scenario shares: the world layout, physics, action decoding, batching,
 per-copy seeding, auto-reset and loading a live mpe2 env's state.
 
-Shapes: ``E`` env copies, ``A`` agents, ``L`` landmarks, ``A + L`` entities (agents first, as in
-mpe2's ``world.entities``), ``G`` goal indices per copy, ``dim_c`` communication channels.
+Shapes: ``E`` env copies, ``A`` agents, ``L`` landmarks, ``N = A + L`` entities (agents first,
+as in mpe2's ``world.entities``), ``G`` goal indices per copy, ``dim_c`` communication channels.
 The world is simulated in float64, as mpe2 does; observations leave as float32 (mpe2 casts
 them too), rewards as float32 (mpe2 returns Python floats).
+
+Layout: the public arrays are ``[E, A, ...]``; inside, every per-copy array keeps the copy
+axis last (positions ``[N, 2, E]``, velocities ``[A, 2, E]``, rewards ``[A, E]``...), so that
+numpy's inner loops run over the ``E`` copies rather than over 2 coordinates or 3 agents.
+Measured on simple_spread with ``E = 1024`` (``bench/bench_batched_mpe.py``, one core): a min
+over 3 agents takes 250 us with ``E`` first and 5 us with ``E`` last, and a whole step went
+from about 1.8 ms (``[E, N, 2]`` layout) to 0.9 ms.
 """
 
 from __future__ import annotations
@@ -101,22 +108,22 @@ def copy_generators(seed: int | Sequence[int] | None, num_envs: int) -> list[np.
 
 
 def distance(delta: np.ndarray) -> np.ndarray:
-    """Euclidean norm over the last axis of ``delta [..., 2]``, summed in mpe2's order: ``[...]``."""
-    return np.sqrt(np.sum(np.square(delta), axis=-1))
+    """Euclidean norms ``[..., E]`` of ``delta [..., 2, E]`` (coordinates on axis -2), as mpe2 sums them."""
+    return np.sqrt(np.square(delta[..., 0, :]) + np.square(delta[..., 1, :]))
 
 
 def nearest(rel: np.ndarray, n: int) -> np.ndarray:
-    """Indices ``[..., min(n, K)]`` of the entries of ``rel [..., K, 2]`` nearest the origin, nearest first.
+    """``[A, min(n, K), E]``: indices of the entries of ``rel [A, K, 2, E]`` nearest the origin, in order.
 
     mpe2's partial observability (``nearest_entities``) sorts by distance the same way.
     """
-    return np.argsort(distance(rel), axis=-1, kind="stable")[..., :n]
+    return np.argsort(distance(rel), axis=1, kind="stable")[:, :n]
 
 
 def take_padded(values: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
-    """``values [E, A, K, d]`` at ``order [E, A, m]`` along ``K``, zero-padded to ``[E, A, n, d]``."""
-    out = np.zeros(values.shape[:2] + (n,) + values.shape[3:], dtype=values.dtype)
-    out[:, :, : order.shape[-1]] = np.take_along_axis(values, order[..., None], axis=2)
+    """``values [A, K, d, E]`` at ``order [A, m, E]`` along ``K``, zero-padded to ``[A, n, d, E]``."""
+    out = np.zeros((values.shape[0], n) + values.shape[2:], dtype=values.dtype)
+    out[:, : order.shape[1]] = np.take_along_axis(values, order[:, :, None], axis=1)
     return out
 
 
@@ -126,8 +133,16 @@ def others_index(n: int) -> np.ndarray:
 
 
 def flat(*parts: np.ndarray) -> np.ndarray:
-    """``float32 [E, A_g, D]``: parts ``[E, A_g, ...]`` flattened after the agent axis and concatenated."""
-    return np.concatenate([p.reshape(p.shape[0], p.shape[1], -1) for p in parts], axis=-1, dtype=np.float32)
+    """``float32 [E, A_g, D]``: parts ``[A_g, ..., E]``, each flattened between its first and last axis,
+    concatenated in order (the float64 -> float32 cast rounds as ``astype`` does)."""
+    shaped = [p.reshape(p.shape[0], -1, p.shape[-1]) for p in parts]
+    n_agents, n_envs = shaped[0].shape[0], shaped[0].shape[-1]
+    out = np.empty((n_envs, n_agents, sum(p.shape[1] for p in shaped)), dtype=np.float32)
+    view, start = out.transpose(1, 2, 0), 0  # [A_g, D, E]
+    for p in shaped:
+        view[:, start : start + p.shape[1]] = p
+        start += p.shape[1]
+    return out
 
 
 class BatchedMPE:
@@ -160,15 +175,16 @@ class BatchedMPE:
         n_agents, n_landmarks = len(self.agents), len(layout.landmark_size)
         self._n_agents, self._n_landmarks, self._dim_c = n_agents, n_landmarks, layout.dim_c
 
-        # per-copy state
+        # per-copy state, copy axis last
         E = num_envs
-        self._pos = np.zeros((E, n_agents + n_landmarks, 2))  # agents then landmarks
-        self._vel = np.zeros((E, n_agents, 2))
-        self._comm = np.zeros((E, n_agents, layout.dim_c))
-        self._goals = np.zeros((E, layout.n_goals), dtype=np.int64)
+        self._pos = np.zeros((n_agents + n_landmarks, 2, E))  # agents then landmarks
+        self._vel = np.zeros((n_agents, 2, E))
+        self._comm = np.zeros((n_agents, layout.dim_c, E))
+        self._goals = np.zeros((layout.n_goals, E), dtype=np.int64)
         self._steps = np.zeros(E, dtype=np.int64)
-        self._accel = np.tile(np.asarray(layout.accel, dtype=np.float64), (E, 1))
-        self._max_speed = np.tile(np.asarray(layout.max_speed, dtype=np.float64), (E, 1))
+        self._copy_range = np.arange(E)
+        self._accel = np.repeat(np.asarray(layout.accel, dtype=np.float64)[:, None], E, axis=1)  # [A, E]
+        self._max_speed = np.repeat(np.asarray(layout.max_speed, dtype=np.float64)[:, None], E, axis=1)
         self._has_max_speed = bool(np.isfinite(layout.max_speed).any())
         self._started = False
 
@@ -180,12 +196,13 @@ class BatchedMPE:
         self._receivers = receivers
         self._partners = np.array([[j for j in colliders if j != i] for i in receivers], dtype=np.int64)
         self._partners = self._partners.reshape(len(receivers), max(len(colliders) - 1, 0))
-        self._contact_dist = self._entity_size[receivers, None] + self._entity_size[self._partners]
+        pair_size = self._entity_size[receivers, None] + self._entity_size[self._partners]
+        self._contact_dist = pair_size[..., None]  # [R, K, 1]: distance at which contact starts
 
         # random numbers per reset: goals, then x, y of each entity
         self._draws_per_reset = layout.n_goals + 2 * (n_agents + n_landmarks)
-        self._spawn_low = np.asarray(layout.spawn_low, dtype=np.float64)[:, None]
-        self._spawn_high = np.asarray(layout.spawn_high, dtype=np.float64)[:, None]
+        self._spawn_low = np.asarray(layout.spawn_low, dtype=np.float64)[:, None, None]
+        self._spawn_high = np.asarray(layout.spawn_high, dtype=np.float64)[:, None, None]
         self._rngs = copy_generators(None, E)
         self._pool = np.zeros((E, RESET_POOL_EPISODES, self._draws_per_reset))
         self._pool_next = np.full(E, RESET_POOL_EPISODES, dtype=np.int64)
@@ -262,7 +279,7 @@ class BatchedMPE:
             obs = self.observe()  # unchanged for the copies that go on
         return BatchedStep(
             obs=obs,
-            reward={g: reward[:, idx].astype(np.float32) for g, idx in self._group_index.items()},
+            reward={g: reward[idx].T.astype(np.float32) for g, idx in self._group_index.items()},
             terminated=self._per_agent(terminated),
             truncated=self._per_agent(truncated),
             final_obs=final_obs,
@@ -299,18 +316,18 @@ class BatchedMPE:
     def _reset_copies(self, idx: np.ndarray) -> None:
         """Fresh random starts for the copies ``idx``: goals, uniform positions, zero velocity and comm."""
         draws = self._draw(idx)
-        n_goals = self._layout.n_goals
-        self._goals[idx] = np.minimum(np.floor(draws[:, :n_goals] * self._n_landmarks), self._n_landmarks - 1)
-        unit = draws[:, n_goals:].reshape(len(idx), -1, 2)
-        self._pos[idx] = self._spawn_low + (self._spawn_high - self._spawn_low) * unit
-        self._vel[idx] = 0.0
-        self._comm[idx] = 0.0
+        n_goals, n_landmarks = self._layout.n_goals, self._n_landmarks
+        self._goals[:, idx] = np.minimum(np.floor(draws[:, :n_goals] * n_landmarks), n_landmarks - 1).T
+        unit = draws[:, n_goals:].reshape(len(idx), -1, 2).transpose(1, 2, 0)  # [N, 2, n]
+        self._pos[:, :, idx] = self._spawn_low + (self._spawn_high - self._spawn_low) * unit
+        self._vel[:, :, idx] = 0.0
+        self._comm[:, :, idx] = 0.0
         self._steps[idx] = 0
         self._after_reset(idx)
 
     # ------------------------------------------------------------------ actions and physics
     def _decode(self, actions: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Actions per group -> agent forces ``[E, A, 2]`` and communication states ``[E, A, dim_c]``.
+        """Actions per group -> agent forces ``[A, 2, E]`` and communication states ``[A, dim_c, E]``.
 
         Discrete (mpe2's ``_set_action``): a movable agent moves by ``a % 5`` (no-op, -x, +x, -y,
         +y) and says ``a // 5``; an immovable one says ``a``; what it says is one-hot. Continuous:
@@ -318,8 +335,8 @@ class BatchedMPE:
         rest of the vector is the communication state. Forces are scaled by the agent's accel.
         """
         E = self.num_envs
-        force = np.zeros((E, self._n_agents, 2))
-        comm = np.zeros((E, self._n_agents, self._dim_c))
+        force = np.zeros((self._n_agents, 2, E))
+        comm = np.zeros((self._n_agents, self._dim_c, E))
         for g, idx in self._group_index.items():
             if g not in actions:
                 raise ValueError(f"no actions for group {g!r}; expected keys {list(self.groups)}")
@@ -332,14 +349,14 @@ class BatchedMPE:
                         f"actions[{g!r}]: expected float [{E}, {len(idx)}, {space.shape[0]}], "
                         f"got {a.dtype} {list(a.shape)}"
                     )
-                a = np.clip(a, 0.0, 1.0)  # mpe2's ClipOutOfBoundsWrapper (it also warns)
+                a = np.clip(a, 0.0, 1.0).transpose(1, 2, 0)  # as mpe2's ClipOutOfBoundsWrapper (it warns)
                 said = a
                 if movable:
-                    force[:, idx, 0] = (a[..., 2] - a[..., 1]).astype(np.float64) * self._accel[:, idx]
-                    force[:, idx, 1] = (a[..., 4] - a[..., 3]).astype(np.float64) * self._accel[:, idx]
-                    said = a[..., N_MOVES:]
+                    force[idx, 0] = (a[:, 2] - a[:, 1]).astype(np.float64) * self._accel[idx]
+                    force[idx, 1] = (a[:, 4] - a[:, 3]).astype(np.float64) * self._accel[idx]
+                    said = a[:, N_MOVES:]
                 if not silent:
-                    comm[:, idx] = said
+                    comm[idx] = said
             else:
                 if a.shape != (E, len(idx)) or a.dtype.kind not in "iu":
                     raise ValueError(
@@ -347,12 +364,14 @@ class BatchedMPE:
                     )
                 if a.size and (a.min() < 0 or a.max() >= space.n):
                     raise ValueError(f"actions[{g!r}] outside Discrete({space.n}): [{a.min()}, {a.max()}]")
-                said = a
+                said = a.T
                 if movable:
-                    force[:, idx] = MOVE_DIRECTIONS[a % N_MOVES] * self._accel[:, idx, None]
-                    said = a // N_MOVES
+                    move = said % N_MOVES
+                    force[idx, 0] = MOVE_DIRECTIONS[:, 0][move] * self._accel[idx]
+                    force[idx, 1] = MOVE_DIRECTIONS[:, 1][move] * self._accel[idx]
+                    said = said // N_MOVES
                 if not silent:
-                    comm[:, idx] = said[..., None] == np.arange(self._dim_c)
+                    comm[idx] = said[:, None] == np.arange(self._dim_c)[:, None]
         return force, comm
 
     def _integrate(self, force: np.ndarray) -> None:
@@ -363,25 +382,25 @@ class BatchedMPE:
         with ``c = 100``, ``k = 1e-3``, ``d_min`` the sum of radii; summed in entity order.
         """
         if len(self._receivers) and self._partners.shape[1]:
-            delta = self._pos[:, self._receivers, None] - self._pos[:, self._partners]  # [E, R, K, 2]
-            dist = distance(delta)[..., None]
+            delta = self._pos[self._receivers, None] - self._pos[self._partners]  # [R, K, 2, E]
+            dist = distance(delta)  # [R, K, E]
             k = CONTACT_MARGIN
-            penetration = np.logaddexp(0.0, -(dist - self._contact_dist[..., None]) / k) * k
-            contact = CONTACT_FORCE * delta / dist * penetration
-            total = force[:, self._receivers]
-            for j in range(contact.shape[2]):  # mpe2 adds pair by pair in entity order
-                total = total + contact[:, :, j]
-            force[:, self._receivers] = total
+            penetration = np.logaddexp(0.0, -(dist - self._contact_dist) / k) * k
+            contact = CONTACT_FORCE * delta / dist[:, :, None] * penetration[:, :, None]
+            total = force[self._receivers]
+            for j in range(contact.shape[1]):  # mpe2 adds pair by pair in entity order
+                total = total + contact[:, j]
+            force[self._receivers] = total
         n_agents = self._n_agents
         # immovable agents have zero velocity and force, so updating them too leaves them in place
-        self._pos[:, :n_agents] += self._vel * DT
+        self._pos[:n_agents] += self._vel * DT
         self._vel = self._vel * (1 - DAMPING) + force * DT  # mass 1
         if self._has_max_speed:
-            speed = np.sqrt(np.square(self._vel[..., 0]) + np.square(self._vel[..., 1]))
+            speed = distance(self._vel)  # [A, E]
             over = speed > self._max_speed  # False where the limit is inf
             if over.any():
-                limited = self._vel / np.where(over, speed, 1.0)[..., None] * self._max_speed[..., None]
-                self._vel = np.where(over[..., None], limited, self._vel)
+                limited = self._vel / np.where(over, speed, 1.0)[:, None] * self._max_speed[:, None]
+                self._vel = np.where(over[:, None], limited, self._vel)
 
     # ------------------------------------------------------------------ mpe2 state
     def set_state_from_mpe2(self, copy_index: int, mpe2_env: Any) -> None:
@@ -407,13 +426,17 @@ class BatchedMPE:
                 raise ValueError(f"mpe2 env has {key}={theirs!r}, this env {key}={ours!r}")
         i = copy_index
         entities = list(world.agents) + list(world.landmarks)
-        self._pos[i] = [e.state.p_pos for e in entities]
-        self._vel[i] = [a.state.p_vel if a.movable else np.zeros(2) for a in world.agents]
-        self._comm[i] = [a.state.c for a in world.agents]
-        self._goals[i] = self._goals_from_world(world)
+        self._pos[:, :, i] = [e.state.p_pos for e in entities]
+        self._vel[:, :, i] = [a.state.p_vel if a.movable else np.zeros(2) for a in world.agents]
+        self._comm[:, :, i] = [a.state.c for a in world.agents]
+        self._goals[:, i] = self._goals_from_world(world)
         self._steps[i] = raw.steps
         self._load_extra(i, world)
         self._started = True
+
+    def _landmark_at(self, index: np.ndarray) -> np.ndarray:
+        """``[2, E]``: the position of landmark ``index[e]`` in each copy ``e`` (``index``: int ``[E]``)."""
+        return self._pos[self._n_agents + index, :, self._copy_range].T
 
     # ------------------------------------------------------------------ scenario hooks
     def _observe_groups(self) -> dict[str, np.ndarray]:
@@ -421,7 +444,7 @@ class BatchedMPE:
         raise NotImplementedError
 
     def _reward(self) -> np.ndarray:
-        """``float64 [E, A]``: each agent's reward after the world step (local/global mixing included)."""
+        """``float64 [A, E]``: each agent's reward after the world step (local/global mixing included)."""
         raise NotImplementedError
 
     def _terminal(self) -> np.ndarray:

@@ -67,7 +67,10 @@ def _check_local_ratio(local_ratio: float) -> None:
 
 
 def _observed(rel: np.ndarray, n: int | None, *aligned: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``rel [E, A, K, 2]`` and arrays aligned with it cut to the ``n`` nearest, zero-padded (None: all)."""
+    """``rel [A, K, 2, E]`` and arrays ``[A, K, d, E]`` aligned with it cut to the ``n`` nearest, zero-padded.
+
+    ``n=None`` (full observability) keeps them all, in entity order.
+    """
     if n is None:
         return (rel, *aligned)
     order = nearest(rel, n)
@@ -118,6 +121,7 @@ class SimpleSpread(BatchedMPE):
         agents = [f"agent_{i}" for i in range(N)]
         layout = _layout(agents, dim_c=2, size=[0.15] * N, n_landmarks=N, collide=True)
         super().__init__(layout, num_envs, continuous_actions, max_cycles)
+        self._collision_dist = (layout.size[:, None] + layout.size)[..., None]  # [A, A, 1]
 
     def set_curriculum_stage(self, stage: int) -> None:
         """Curriculum stage (clamped to 0..1); takes effect at once (only with ``curriculum=True``)."""
@@ -139,35 +143,33 @@ class SimpleSpread(BatchedMPE):
 
     def _observe_groups(self) -> dict[str, np.ndarray]:
         A = self._n_agents
-        pos, landmarks = self._pos[:, :A], self._pos[:, A:]
-        (landmark_rel,) = _observed(landmarks[:, None] - pos[:, :, None], self.num_landmark_neighbors)
+        pos, landmarks = self._pos[:A], self._pos[A:]
+        (landmark_rel,) = _observed(landmarks[None] - pos[:, None], self.num_landmark_neighbors)
         other_rel, other_comm = _observed(
-            pos[:, self._others] - pos[:, :, None], self.num_agent_neighbors, self._comm[:, self._others]
+            pos[self._others] - pos[:, None], self.num_agent_neighbors, self._comm[self._others]
         )
         return {"agent": flat(self._vel, pos, landmark_rel, other_rel, other_comm)}
 
     def _landmark_cover(self) -> np.ndarray:
-        """``[E, L]``: distance from each landmark to its closest agent."""
+        """``[L, E]``: distance from each landmark to its closest agent."""
         A = self._n_agents
-        return distance(self._pos[:, :A, None] - self._pos[:, None, A:]).min(axis=1)
+        return distance(self._pos[:A, None] - self._pos[None, A:]).min(axis=0)
 
     def _reward(self) -> np.ndarray:
         A = self._n_agents
-        global_reward = -self._landmark_cover().sum(axis=1)  # [E]
-        local = np.zeros((self.num_envs, A))
+        global_reward = -self._landmark_cover().sum(axis=0)  # [E]; summed landmark by landmark as mpe2
+        local = np.zeros((A, self.num_envs))
         if not self.curriculum or self.curriculum_stage >= 1:
-            pos = self._pos[:, :A]
-            close = (
-                distance(pos[:, :, None] - pos[:, None]) < self._entity_size[:A, None] + self._entity_size[:A]
-            )
-            close[:, np.arange(A), np.arange(A)] = False
-            local = -close.sum(axis=2).astype(np.float64)
-        return global_reward[:, None] * (1 - self.local_ratio) + local * self.local_ratio
+            pos = self._pos[:A]
+            close = distance(pos[:, None] - pos[None]) < self._collision_dist  # [A, A, E]
+            close[np.arange(A), np.arange(A)] = False
+            local = -close.sum(axis=1).astype(np.float64)
+        return global_reward * (1 - self.local_ratio) + local * self.local_ratio
 
     def _terminal(self) -> np.ndarray:
         if not self.terminate_on_success:
             return np.zeros(self.num_envs, dtype=bool)
-        return (self._landmark_cover() < self.CAPTURE_RADIUS).all(axis=1)
+        return (self._landmark_cover() < self.CAPTURE_RADIUS).all(axis=0)
 
 
 class SimpleSpeakerListener(BatchedMPE):
@@ -203,18 +205,18 @@ class SimpleSpeakerListener(BatchedMPE):
         return [world.landmarks.index(world.agents[0].goal_b)]
 
     def _observe_groups(self) -> dict[str, np.ndarray]:
-        listener = self._pos[:, 1:2]
-        landmark_rel = self._pos[:, None, 2:] - listener[:, :, None]
-        colour = SPEAKER_LISTENER_COLOURS[self._goals[:, :1]]  # [E, 1, 3]
+        listener = self._pos[1]  # [2, E]
+        landmark_rel = self._pos[2:] - listener  # [3, 2, E]
+        colour = SPEAKER_LISTENER_COLOURS.T[:, self._goals[0]]  # [3, E]
         return {
-            "speaker": flat(colour),
-            "listener": flat(self._vel[:, 1:2], landmark_rel, self._comm[:, None, 0]),
+            "speaker": flat(colour[None]),
+            "listener": flat(self._vel[1:2], landmark_rel[None], self._comm[None, 0]),
         }
 
     def _reward(self) -> np.ndarray:
-        goal = self._pos[np.arange(self.num_envs), 2 + self._goals[:, 0]]
-        reward = -np.sum(np.square(self._pos[:, 1] - goal), axis=-1)
-        return np.repeat(reward[:, None], 2, axis=1)
+        goal = self._landmark_at(self._goals[0])  # [2, E]
+        reward = -(np.square(self._pos[1, 0] - goal[0]) + np.square(self._pos[1, 1] - goal[1]))
+        return np.repeat(reward[None], 2, axis=0)
 
 
 class SimpleReference(BatchedMPE):
@@ -249,17 +251,17 @@ class SimpleReference(BatchedMPE):
         return [world.landmarks.index(a.goal_b) for a in world.agents]
 
     def _observe_groups(self) -> dict[str, np.ndarray]:
-        pos = self._pos[:, :2]
-        landmark_rel = self._pos[:, None, 2:] - pos[:, :, None]
-        colour = REFERENCE_COLOURS[self._goals]  # [E, 2, 3]
-        other_comm = self._comm[:, ::-1]
+        pos = self._pos[:2]
+        landmark_rel = self._pos[None, 2:] - pos[:, None]  # [2, 3, 2, E]
+        colour = REFERENCE_COLOURS.T[:, self._goals].transpose(1, 0, 2)  # [2, 3, E]
+        other_comm = self._comm[::-1]
         return {"agent": flat(self._vel, landmark_rel, colour, other_comm)}
 
     def _reward(self) -> np.ndarray:
-        goals = self._pos[np.arange(self.num_envs)[:, None], 2 + self._goals]  # [E, 2, 2]
-        local = -distance(self._pos[:, 1::-1] - goals)  # agent i's goal is for the other agent
-        global_reward = (local[:, 0] + local[:, 1]) / 2
-        return global_reward[:, None] * (1 - self.local_ratio) + local * self.local_ratio
+        goals = np.stack([self._landmark_at(g) for g in self._goals])  # [2, 2, E]
+        local = -distance(self._pos[1::-1] - goals)  # agent i's goal is for the other agent to reach
+        global_reward = (local[0] + local[1]) / 2
+        return global_reward * (1 - self.local_ratio) + local * self.local_ratio
 
 
 class SimpleAdversary(BatchedMPE):
@@ -304,25 +306,22 @@ class SimpleAdversary(BatchedMPE):
     def _goals_from_world(self, world: Any) -> list[int]:
         return [world.landmarks.index(world.agents[0].goal_a)]
 
-    def _goal_pos(self) -> np.ndarray:
-        """``[E, 2]`` position of each copy's goal landmark."""
-        return self._pos[np.arange(self.num_envs), self._n_agents + self._goals[:, 0]]
-
     def _observe_groups(self) -> dict[str, np.ndarray]:
         A = self._n_agents
-        pos = self._pos[:, :A]
-        (landmark_rel,) = _observed(self._pos[:, None, A:] - pos[:, :, None], self.num_landmark_neighbors)
-        (other_rel,) = _observed(pos[:, self._others] - pos[:, :, None], self.num_agent_neighbors)
-        goal_rel = self._goal_pos()[:, None, :] - pos[:, 1:]
+        pos = self._pos[:A]
+        (landmark_rel,) = _observed(self._pos[None, A:] - pos[:, None], self.num_landmark_neighbors)
+        (other_rel,) = _observed(pos[self._others] - pos[:, None], self.num_agent_neighbors)
+        goal_rel = self._landmark_at(self._goals[0])[None] - pos[1:]
         return {
-            "adversary": flat(landmark_rel[:, :1], other_rel[:, :1]),
-            "agent": flat(goal_rel, landmark_rel[:, 1:], other_rel[:, 1:]),
+            "adversary": flat(landmark_rel[:1], other_rel[:1]),
+            "agent": flat(goal_rel, landmark_rel[1:], other_rel[1:]),
         }
 
     def _reward(self) -> np.ndarray:
-        to_goal = distance(self._pos[:, : self._n_agents] - self._goal_pos()[:, None])  # [E, A]
-        good = -to_goal[:, 1:].min(axis=1) + to_goal[:, 0]
-        return np.concatenate([-to_goal[:, :1], np.repeat(good[:, None], self._n_agents - 1, axis=1)], axis=1)
+        A = self._n_agents
+        to_goal = distance(self._pos[:A] - self._landmark_at(self._goals[0])[None])  # [A, E]
+        good = -to_goal[1:].min(axis=0) + to_goal[0]
+        return np.concatenate([-to_goal[:1], np.repeat(good[None], A - 1, axis=0)])
 
 
 class SimpleTag(BatchedMPE):
@@ -391,6 +390,7 @@ class SimpleTag(BatchedMPE):
             landmark_spawn=0.9,
         )
         super().__init__(layout, num_envs, continuous_actions, max_cycles)
+        self._catch_dist = (layout.size[n_adv:, None] + layout.size[:n_adv])[..., None]  # [n_good, n_adv, 1]
 
     def set_curriculum_stage(self, stage: int) -> None:
         """Curriculum stage (clamped to 0..2); prey speeds change at each copy's next reset."""
@@ -412,55 +412,53 @@ class SimpleTag(BatchedMPE):
     def _after_reset(self, idx: np.ndarray) -> None:
         if self.curriculum:
             factor = self.PREY_SPEED_FACTORS[self.curriculum_stage]
-            good = slice(self._n_adversaries, None)
-            self._max_speed[idx[:, None], good] = self.PREY_MAX_SPEED * factor
-            self._accel[idx[:, None], good] = self.PREY_ACCEL * factor
+            prey = slice(self._n_adversaries, None)
+            self._max_speed[prey][:, idx] = self.PREY_MAX_SPEED * factor
+            self._accel[prey][:, idx] = self.PREY_ACCEL * factor
 
     def _load_extra(self, i: int, world: Any) -> None:
-        self._max_speed[i] = [np.inf if a.max_speed is None else a.max_speed for a in world.agents]
-        self._accel[i] = [5.0 if a.accel is None else a.accel for a in world.agents]
+        self._max_speed[:, i] = [np.inf if a.max_speed is None else a.max_speed for a in world.agents]
+        self._accel[:, i] = [5.0 if a.accel is None else a.accel for a in world.agents]
 
     def _observe_groups(self) -> dict[str, np.ndarray]:
         A, n_adv = self._n_agents, self._n_adversaries
-        pos = self._pos[:, :A]
-        (landmark_rel,) = _observed(self._pos[:, None, A:] - pos[:, :, None], self.num_landmark_neighbors)
-        other_rel = pos[:, self._others] - pos[:, :, None]
+        pos = self._pos[:A]
+        (landmark_rel,) = _observed(self._pos[None, A:] - pos[:, None], self.num_landmark_neighbors)
+        other_rel = pos[self._others] - pos[:, None]  # [A, A - 1, 2, E]
         if self.num_agent_neighbors is None:
-            E, n_good = self.num_envs, A - n_adv
-            prey_vel = self._vel[:, n_adv:]
+            prey_vel = self._vel[n_adv:]
             vel_seen = [
-                np.broadcast_to(prey_vel[:, None], (E, n_adv, n_good, 2)),
-                self._vel[:, self._prey_others],
+                np.broadcast_to(prey_vel[None], (n_adv, *prey_vel.shape)),
+                self._vel[self._prey_others],
             ]
         else:
-            is_prey = (self._others >= n_adv)[None, :, :, None]  # adversaries' velocity slots are zeros
-            other_vel = np.where(is_prey, self._vel[:, self._others], 0.0)
+            is_prey = (self._others >= n_adv)[:, :, None, None]  # adversaries' velocity slots are zeros
+            other_vel = np.where(is_prey, self._vel[self._others], 0.0)
             other_rel, other_vel = _observed(other_rel, self.num_agent_neighbors, other_vel)
-            vel_seen = [other_vel[:, :n_adv], other_vel[:, n_adv:]]
+            vel_seen = [other_vel[:n_adv], other_vel[n_adv:]]
         groups = {"adversary": slice(None, n_adv), "agent": slice(n_adv, None)}
         return {
-            g: flat(self._vel[:, s], pos[:, s], landmark_rel[:, s], other_rel[:, s], vel)
+            g: flat(self._vel[s], pos[s], landmark_rel[s], other_rel[s], vel)
             for (g, s), vel in zip(groups.items(), vel_seen, strict=True)
         }
 
     def _caught(self) -> np.ndarray:
-        """``bool [E, n_good, n_adv]``: prey ``g`` touches adversary ``a``."""
+        """``bool [n_good, n_adv, E]``: prey ``g`` touches adversary ``a``."""
         n_adv = self._n_adversaries
-        prey, adv = self._pos[:, n_adv : self._n_agents], self._pos[:, :n_adv]
-        size = self._entity_size
-        return distance(prey[:, :, None] - adv[:, None]) < size[n_adv : self._n_agents, None] + size[:n_adv]
+        prey, adv = self._pos[n_adv : self._n_agents], self._pos[:n_adv]
+        return distance(prey[:, None] - adv[None]) < self._catch_dist
 
     def _reward(self) -> np.ndarray:
         n_adv = self._n_adversaries
         caught = self._caught()
-        x = np.abs(self._pos[:, n_adv : self._n_agents])  # [E, n_good, 2]
-        exp_part = np.minimum(np.exp(np.minimum(2 * x - 2, 10.0)), 10)
+        x = np.abs(self._pos[n_adv : self._n_agents])  # [n_good, 2, E]
+        exp_part = np.minimum(np.exp(np.minimum(2 * x - 2, 10.0)), 10)  # mpe2: min(exp(2x - 2), 10)
         bound = np.where(x < 0.9, 0.0, np.where(x < 1.0, (x - 0.9) * 10, exp_part))
-        prey = -10.0 * caught.sum(axis=2) - bound[..., 0] - bound[..., 1]
-        adversary = 10.0 * caught.sum(axis=(1, 2))
-        return np.concatenate([np.repeat(adversary[:, None], n_adv, axis=1), prey], axis=1)
+        prey = -10.0 * caught.sum(axis=1) - bound[:, 0] - bound[:, 1]
+        adversary = 10.0 * caught.sum(axis=(0, 1))
+        return np.concatenate([np.repeat(adversary[None], n_adv, axis=0), prey])
 
     def _terminal(self) -> np.ndarray:
         if not self.terminate_on_success:
             return np.zeros(self.num_envs, dtype=bool)
-        return self._caught().any(axis=2).all(axis=1)
+        return self._caught().any(axis=1).all(axis=0)
