@@ -24,8 +24,8 @@ TARGET = 475.0
 
 def run_seed(seed: int, steps: int, eval_interval: int, out: str) -> dict:
     """Train one seed (stdout to ``<run>/train.log``); return its summary plus CPU seconds."""
+    from marl.api import train
     from marl.config import load_config
-    from marl.trainer import train
 
     run_dir = Path(out) / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from marl.api import train
 from marl.config import load_config
-from marl.trainer import train
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "vector": (),

@@ -28,8 +28,8 @@ TARGET = 0.9
 
 def run(n_bits: int, her: bool, steps: int, seed: int, out: str) -> dict:
     """Train one run (stdout to ``<run>/train.log``); return its summary plus CPU seconds."""
+    from marl.api import train
     from marl.config import load_config
-    from marl.trainer import train
 
     run_dir = Path(out) / f"bits{n_bits}-{'her' if her else 'plain'}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)

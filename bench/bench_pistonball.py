@@ -42,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
+from marl.api import load_policy, train
 from marl.config import Config, load_config
+from marl.env.make import env_factory, vector_env
 from marl.evaluation import evaluate, random_actions
-from marl.multi_agent.policy import ActOutput
-from marl.trainer import env_factory, load_policy, train, vector_env
-from marl.types import EnvSpec, GroupObs
+from marl.types import ActOutput, EnvSpec, GroupObs
 
 
 class RandomPolicy:

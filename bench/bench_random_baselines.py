@@ -13,9 +13,9 @@ import functools
 import numpy as np
 
 from marl.config import load_config
+from marl.env.make import vector_env
 from marl.evaluation import evaluate, random_actions
-from marl.multi_agent.policy import ActOutput
-from marl.trainer import vector_env
+from marl.types import ActOutput
 
 CONFIGS = [
     "configs/simple_spread_ppo.yaml",

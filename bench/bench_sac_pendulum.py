@@ -24,8 +24,8 @@ TARGET = -200.0
 
 def run(algo: str, seed: int, steps: int, eval_interval: int, out: str) -> dict:
     """Train one (algorithm, seed) (stdout to ``<run>/train.log``); return its summary plus CPU seconds."""
+    from marl.api import train
     from marl.config import load_config
-    from marl.trainer import train
 
     run_dir = Path(out) / f"{algo}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)

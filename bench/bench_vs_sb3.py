@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from marl.config import load_config
+from marl.env.make import vector_env
 from marl.evaluation import evaluate
-from marl.multi_agent.policy import ActOutput
-from marl.trainer import Trainer, vector_env
+from marl.on_policy.trainer import OnPolicyTrainer
+from marl.types import ActOutput
 
 SPREAD_KW = {"N": 3, "local_ratio": 0.5, "max_cycles": 25, "continuous_actions": False}
 
@@ -98,10 +99,10 @@ def run_sb3_spread(seed: int, steps: int, num_envs: int, num_cpus: int) -> tuple
     return time.perf_counter() - t, model
 
 
-def run_marl(config: str, overrides: list[str]) -> tuple[float, float, dict, Trainer]:
+def run_marl(config: str, overrides: list[str]) -> tuple[float, float, dict, OnPolicyTrainer]:
     """Train; the time excludes the final evaluation and checkpoint (SB3's ``learn`` does neither)."""
     cfg = load_config(config, overrides)
-    trainer = Trainer(cfg)
+    trainer = OnPolicyTrainer(cfg)
     wall, cpu, summary = timed(trainer.train)
     eval_wall = sum(h.get("eval_time_s", 0.0) for h in summary.get("eval_history", []))
     return wall - eval_wall, cpu - eval_wall, summary, trainer

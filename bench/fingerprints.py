@@ -57,14 +57,19 @@ CASES: dict[str, tuple[str, list[str]]] = {
 
 
 def digest(x: Any, h: "hashlib._Hash") -> None:
-    """Feed ``x`` (nested dicts / lists / tensors / arrays / scalars) into ``h`` in a canonical order."""
+    """Feed ``x`` (nested dicts / lists / tuples / tensors / arrays / scalars) into ``h`` by value.
+
+    Floating tensors are hashed by dtype, shape and bytes; integer and boolean arrays (RNG
+    states) and sequences by their values, so a state stored as a list of ints, a tuple or an
+    integer array hashes the same: the digest follows what training decided, not the storage.
+    """
     if isinstance(x, torch.Tensor):
-        t = x.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(x, np.ndarray):
-        h.update(f"A{x.dtype}{x.shape}".encode())
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        h.update(f"F{x.dtype}{x.shape}".encode())
         h.update(np.ascontiguousarray(x).tobytes())
+    elif isinstance(x, np.ndarray):
+        digest(x.tolist(), h)
     elif isinstance(x, dict):
         for k in sorted(x, key=str):
             h.update(f"K{k}".encode())
@@ -80,8 +85,8 @@ def digest(x: Any, h: "hashlib._Hash") -> None:
 def fingerprint(config: str, overrides: list[str]) -> dict[str, str]:
     """Train one case; digests of the trained parts of its final checkpoint."""
     from marl import checkpoint as ckpt
+    from marl.api import train
     from marl.config import load_config
-    from marl.trainer import train
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(ROOT / config, [*COMMON, *overrides, f"run_dir={tmp}/run"])

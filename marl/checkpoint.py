@@ -14,7 +14,7 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -89,36 +89,73 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return payload
 
 
+def to_checkpoint(x: Any) -> Any:
+    """``x`` as data a ``weights_only`` load accepts: numpy arrays -> tensors, tuples -> lists, recursively
+    through dicts and lists. The one converter every checkpoint entry goes through (RNG states, env
+    snapshots, replays); :func:`from_checkpoint` is its inverse."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, dict):
+        return {k: to_checkpoint(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_checkpoint(v) for v in x]
+    return x
+
+
+def from_checkpoint(x: Any, tuples: bool = False) -> Any:
+    """Inverse of :func:`to_checkpoint`: tensors -> numpy arrays (CPU), recursively; lists -> tuples when
+    ``tuples`` (Python's ``random.setstate`` needs them)."""
+    if isinstance(x, torch.Tensor):
+        return x.cpu().numpy()
+    if isinstance(x, dict):
+        return {k: from_checkpoint(v, tuples) for k, v in x.items()}
+    if isinstance(x, list):
+        items = [from_checkpoint(v, tuples) for v in x]
+        return tuple(items) if tuples else items
+    return x
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy (legacy global) and torch RNG states as plain data / tensors."""
     return {
-        "python": list(_listify(random.getstate())),
-        "numpy": _listify(np.random.get_state(legacy=False)),
+        "python": to_checkpoint(random.getstate()),
+        "numpy": to_checkpoint(np.random.get_state(legacy=False)),
         "torch": torch.get_rng_state(),
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_tuplify(state["python"]))
-    np.random.set_state(state["numpy"])
+    random.setstate(from_checkpoint(state["python"], tuples=True))
+    np.random.set_state(from_checkpoint(state["numpy"]))
     torch.set_rng_state(state["torch"])
 
 
 def generator_state(rng: np.random.Generator) -> dict:
-    return _listify(rng.bit_generator.state)
+    """A numpy Generator's state for a checkpoint (``rng.bit_generator.state = ...`` restores it)."""
+    return to_checkpoint(rng.bit_generator.state)
 
 
-def _listify(x: Any) -> Any:
-    if isinstance(x, tuple):
-        return [_listify(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _listify(v) for k, v in x.items()}
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return x
+CheckpointPreference = Literal["latest", "best"]
 
 
-def _tuplify(x: Any) -> Any:
-    if isinstance(x, list):
-        return tuple(_tuplify(v) for v in x)
-    return x
+def find_checkpoint(path: str | Path, prefer: CheckpointPreference) -> Path:
+    """The checkpoint a path means: a file is itself; a run directory is its ``checkpoints/<prefer>.pt``,
+    else the other of ``latest.pt`` / ``best.pt``.
+
+    Resuming prefers ``latest`` (continue where the run stopped); evaluating, recording and loading a
+    policy prefer ``best`` (the best evaluation so far).
+
+    Raises:
+        CheckpointError: no such file or directory, or a run directory without either checkpoint.
+    """
+    p = Path(path)
+    if p.is_dir():
+        order = ("latest.pt", "best.pt") if prefer == "latest" else ("best.pt", "latest.pt")
+        for folder in (p / "checkpoints", p):
+            for name in order:
+                if (folder / name).is_file():
+                    return folder / name
+        raise CheckpointError(f"{p}: no checkpoints/{order[0]} or {order[1]} in this run directory")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such checkpoint file or run directory")
+    return p

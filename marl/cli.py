@@ -20,15 +20,11 @@ import argparse
 import functools
 import json
 import sys
-from pathlib import Path
 
 import yaml
 
 from marl.checkpoint import CheckpointError
-from marl.config import ConfigError, describe, load_config, to_dict
-
-DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
-
+from marl.config import DEFAULT_CONFIG, ConfigError, describe, load_config, to_dict
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     path = None
@@ -44,7 +40,7 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from marl.trainer import train
+    from marl.api import train
 
     path, overrides = _split_config_args(args.args)
     cfg = load_config(path or DEFAULT_CONFIG, overrides)
@@ -53,8 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from marl.api import load_policy
+    from marl.env.make import vector_env
     from marl.evaluation import evaluate
-    from marl.trainer import load_policy, vector_env
 
     policy, cfg, _ = load_policy(args.path)
     episodes = args.episodes or cfg.eval.episodes

@@ -34,9 +34,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import yaml
 
-from marl.config import Config, ConfigError, load_config, to_dict
+from marl.config import DEFAULT_CONFIG, Config, ConfigError, load_config, to_dict
 
-DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 #: Keys a variant may not override: every variant runs the same seeds and budget.
 _FIXED_KEYS = ("seed", "run_dir", "resume", "total_env_steps")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -205,7 +204,7 @@ class RunResult(NamedTuple):
 
 
 def _train_in_process(spec: RunSpec) -> RunResult:
-    from marl.trainer import train
+    from marl.api import train
 
     try:
         return RunResult(spec, "trained", train(spec.cfg), "")

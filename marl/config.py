@@ -26,6 +26,12 @@ from typing import Any, Literal
 import yaml
 
 from marl.health import HealthConfig
+from marl.registry import ALGORITHMS, UnknownAlgorithm, algorithm
+
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+"""The embedded default run (``marl train`` without a config file): a copy of
+``configs/simple_spread_ppo.yaml`` shipped inside the package (a test keeps the two equal)."""
 
 
 class ConfigError(ValueError):
@@ -185,9 +191,6 @@ class TD3Config(OffPolicyConfig):
     policy_delay: int = _f(2, "gradient steps between actor updates")
 
 
-OFF_POLICY: tuple[type, ...] = (DQNConfig, SACConfig, TD3Config)
-
-
 @dataclass
 class EvalConfig:
     """Periodic deterministic evaluation on separate, separately seeded envs."""
@@ -214,9 +217,6 @@ class LogConfig:
     tensorboard: bool = _f(True, "write TensorBoard event files to the run directory")
     progress: bool = _f(True, "live progress display when the terminal is a TTY")
     interval: int = _f(1, "iterations between console/TensorBoard training logs")
-
-
-ALGOS: dict[str, type] = {"ppo": PPOConfig, "dqn": DQNConfig, "sac": SACConfig, "td3": TD3Config}
 
 
 @dataclass
@@ -329,14 +329,13 @@ def from_dict(data: dict) -> Config:
     data = dict(data)
     algo_data = data.pop("algo", None) or {}
     if not isinstance(algo_data, dict):
-        raise ConfigError(f"algo must be a mapping with a name (one of {sorted(ALGOS)}), got {algo_data!r}")
-    algo_name = algo_data.get("name", "ppo")
-    if algo_name not in ALGOS:
-        close = difflib.get_close_matches(str(algo_name), ALGOS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"algo.name: unknown algorithm {algo_name!r}{hint} (known: {', '.join(sorted(ALGOS))})")
+        raise ConfigError(f"algo must be a mapping with a name (one of {sorted(ALGORITHMS)}), got {algo_data!r}")
+    try:
+        entry = algorithm(algo_data.get("name", "ppo"))
+    except UnknownAlgorithm as exc:
+        raise ConfigError(f"algo.name: {exc}") from None
     cfg = _build(Config, data, "")
-    cfg.algo = _build(ALGOS[algo_name], algo_data, "algo.")
+    cfg.algo = _build(entry.config_class(), algo_data, "algo.")
     validate(cfg)
     return cfg
 
@@ -543,8 +542,8 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
         if cls is Config and f.name in _SECTIONS:
             rows += describe(_SECTIONS[f.name], key + ".")
         elif cls is Config and f.name == "algo":
-            for name, algo_cls in ALGOS.items():
-                rows += describe(algo_cls, f"algo[{name}].")
+            for name, entry in ALGORITHMS.items():
+                rows += describe(entry.config_class(), f"algo[{name}].")
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             rows.append((key, repr(default), f.metadata.get("doc", "")))

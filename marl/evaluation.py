@@ -25,14 +25,15 @@ agent's episode return > 0, == 0, < 0, as in ±1 games) and ``mean_learner_retur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from marl.multi_agent.policy import ActOutput
-from marl.types import EnvSpec, EpisodeStats, GroupObs
+from marl.env.vector import VectorEnv, eval_seeds
+from marl.loop import EnvLoop
+from marl.types import ActingPolicy, ActOutput, EnvSpec, EpisodeStats, GroupObs
 
 
 def summarize(episodes: list[EpisodeStats], spec: EnvSpec) -> dict[str, Any]:
@@ -77,19 +78,81 @@ def random_actions(spec: EnvSpec, obs: dict, rng: np.random.Generator) -> dict[s
     return out
 
 
-class ActingPolicy(Protocol):
-    """What :func:`evaluate` needs of a policy: :meth:`marl.multi_agent.policy.Policy.act`'s signature
-    (``Policy``, the off-policy actor, and wrapped baselines in ``bench/`` all provide it). A ``device``
-    attribute is optional (default: CPU)."""
+class EpisodeRun(NamedTuple):
+    """What :func:`run_episodes` played.
 
-    def act(
-        self,
-        obs: Mapping[str, GroupObs],
-        state: np.ndarray | None = None,
-        deterministic: bool = False,
-        update_stats: bool = False,
-        with_value: bool = True,
-    ) -> ActOutput: ...
+    Attributes:
+        episodes: the finished episodes counted (each copy's first ones, up to its quota), in finishing order.
+        learner_returns: with ``opponent="random"``, the controlled seat's return in each counted episode.
+    """
+
+    episodes: list[EpisodeStats]
+    learner_returns: list[float]
+
+
+def run_episodes(
+    policy: ActingPolicy,
+    venv: VectorEnv,
+    episodes: int,
+    seeds: list[int],
+    deterministic: bool = True,
+    max_steps: int = 1_000_000,
+    opponent: str = "none",
+) -> EpisodeRun:
+    """Play ``episodes`` episodes of ``policy`` on ``venv`` (reset here with ``seeds[:E]``), through :class:`EnvLoop`.
+
+    Episodes are spread evenly over the env copies and each copy contributes its first
+    episodes only, so short episodes are not over-sampled. Sampled actions draw from a torch
+    RNG seeded with ``seeds[E]`` inside a forked RNG state: a stochastic run is reproducible and
+    leaves the caller's (training) RNG stream untouched; ``seeds[E]`` also seeds the random
+    opponent. Normalizer statistics stay frozen.
+
+    Raises:
+        ValueError: an unknown ``opponent``, ``"random"`` on a one-agent env, or fewer than
+            ``episodes`` episodes within ``max_steps`` vector steps.
+    """
+    num_envs = venv.num_envs
+    spec = venv.spec
+    if opponent not in ("none", "random"):
+        raise ValueError(f"opponent must be 'none' or 'random', got {opponent!r}")
+    if opponent == "random" and spec.n_agents < 2:
+        raise ValueError("opponent='random' needs a multi-agent env; this env has one agent")
+    quota = [episodes // num_envs + (1 if i < episodes % num_envs else 0) for i in range(num_envs)]
+    done_count = [0] * num_envs
+    run = EpisodeRun([], [])
+    seats = [(g.name, i, a) for g in spec.groups for i, a in enumerate(g.agents)]
+    started = [0] * num_envs  # episodes started per copy (rotates the learner's seat)
+    rng = np.random.default_rng(seeds[num_envs])
+
+    def act(obs: dict[str, GroupObs], state: np.ndarray | None) -> ActOutput:
+        out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
+        if opponent != "random":
+            return out
+        actions = random_actions(spec, obs, rng)
+        for e in range(num_envs):
+            group, i, _ = seats[(e + started[e]) % len(seats)]
+            actions[group][e, i] = out.env_action[group][e, i]
+        return out._replace(env_action=actions)
+
+    loop = EnvLoop(venv)
+    device = torch.device(getattr(policy, "device", "cpu"))  # duck-typed policies (e.g. a wrapped baseline) may have none
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seeds[num_envs])
+        loop.reset(seeds[:num_envs])
+        for _ in range(max_steps):
+            _, _, step = loop.step(act)
+            for ep in step.episodes:
+                e = ep.env_index
+                if done_count[e] < quota[e]:
+                    done_count[e] += 1
+                    run.episodes.append(ep)
+                    if opponent == "random":
+                        run.learner_returns.append(ep.returns[seats[(e + started[e]) % len(seats)][2]])
+                started[e] += 1
+            if sum(done_count) >= episodes:
+                return run
+    raise ValueError(f"{episodes} episode(s) did not finish within {max_steps} vector steps; "
+                     "check the env's time limit or raise max_steps")
 
 
 def evaluate(
@@ -102,69 +165,29 @@ def evaluate(
     max_steps: int = 1_000_000,
     opponent: str = "none",
 ) -> dict[str, Any]:
-    """Run ``episodes`` evaluation episodes; return :func:`summarize` of them.
+    """Run ``episodes`` evaluation episodes on a fresh vector env; return :func:`summarize` of them.
 
     Args:
         policy: acts with frozen normalizer statistics.
-        make_env: ``num_envs -> VectorEnv`` factory (a fresh vector env).
+        make_env: ``num_envs -> VectorEnv`` factory (a fresh vector env, closed here).
         episodes: episodes to run.
-        seed: the experiment seed; env copies get ``eval_seeds(seed, ...)``.
+        seed: the experiment seed; env copies get ``eval_seeds(seed, ...)`` (disjoint from training).
         deterministic: take the distribution's mode.
         num_envs: eval env copies (at most ``episodes``).
         max_steps: safety bound on vector steps.
         opponent: ``"none"`` (the policy controls every agent) or ``"random"``
             (one seat per episode; see the module doc).
     """
-    from marl.env.vector import eval_seeds
-
     num_envs = max(1, min(num_envs, episodes))
-    quota = [episodes // num_envs + (1 if i < episodes % num_envs else 0) for i in range(num_envs)]
-    done_count = [0] * num_envs
-    finished: list[EpisodeStats] = []
-    learner_returns: list[float] = []
     venv = make_env(num_envs)
     try:
+        run = run_episodes(policy, venv, episodes, eval_seeds(seed, num_envs + 1), deterministic, max_steps, opponent)
         spec = venv.spec
-        if opponent not in ("none", "random"):
-            raise ValueError(f"opponent must be 'none' or 'random', got {opponent!r}")
-        if opponent == "random" and spec.n_agents < 2:
-            raise ValueError("opponent='random' needs a multi-agent env; this env has one agent")
-        seats = [(g.name, i, a) for g in spec.groups for i, a in enumerate(g.agents)]
-        started = [0] * num_envs  # episodes started per copy (rotates the learner's seat)
-        seeds = eval_seeds(seed, num_envs + 1)  # disjoint from the training copies' seeds
-        rng = np.random.default_rng(seeds[-1])
-        obs, state = venv.reset(seeds[:num_envs])
-        # Sampled actions draw from a torch RNG seeded here: a stochastic evaluation is reproducible
-        # and leaves the caller's (training) RNG stream untouched.
-        device = torch.device(getattr(policy, "device", "cpu"))  # duck-typed policies (e.g. a wrapped baseline) may have none
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seeds[-1])
-            for _ in range(max_steps):
-                out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
-                actions = out.env_action
-                if opponent == "random":
-                    actions = random_actions(spec, obs, rng)
-                    for e in range(num_envs):
-                        group, i, _ = seats[(e + started[e]) % len(seats)]
-                        actions[group][e, i] = out.env_action[group][e, i]
-                step = venv.step(actions)
-                for ep in step.episodes:
-                    e = ep.env_index
-                    if done_count[e] < quota[e]:
-                        done_count[e] += 1
-                        finished.append(ep)
-                        if opponent == "random":
-                            learner_returns.append(ep.returns[seats[(e + started[e]) % len(seats)][2]])
-                    started[e] += 1
-                obs, state = step.obs, step.state
-                if sum(done_count) >= episodes:
-                    break
     finally:
         venv.close()
-    result = summarize(finished, spec)
+    result = summarize(run.episodes, spec)
     if opponent == "random":
-        r = np.array(learner_returns)
+        r = np.array(run.learner_returns)
         result.update(win_rate=float((r > 0).mean()), draw_rate=float((r == 0).mean()),
                       loss_rate=float((r < 0).mean()), mean_learner_return=float(r.mean()), opponent="random")
     return result

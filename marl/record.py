@@ -34,17 +34,17 @@ from typing import Any, NamedTuple
 
 import gymnasium
 import numpy as np
-import torch
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils import BaseParallelWrapper, BaseWrapper
 
-from marl.checkpoint import CheckpointError
+from marl.api import load_policy
+from marl.checkpoint import CheckpointError, find_checkpoint
 from marl.config import Config
 from marl.env.adapters import Adapter
-from marl.env.make import adapt, make_raw_env
+from marl.env.make import adapt, make_raw_env, preprocess_of
 from marl.env.vector import SyncVectorEnv, eval_seeds
 from marl.env.wrappers import apply_preprocess
-from marl.trainer import load_policy, preprocess_of
+from marl.evaluation import run_episodes
 from marl.types import EpisodeStats
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -148,7 +148,7 @@ def recording_env(cfg: Config, frames: list[np.ndarray | None]) -> tuple[Adapter
         raise RecordError(f"env {cfg.env.id!r} renders only {list(modes)}, not 'rgb_array'; "
                           "marl record needs an env that renders RGB frames")
     fps = float(metadata.get("render_fps") or DEFAULT_FPS) / cfg.env.action_repeat
-    env = apply_preprocess(raw, preprocess_of(cfg))
+    env = apply_preprocess(raw, preprocess_of(cfg.env))
     tap: Callable[[Any, list], Any]
     if isinstance(env, ParallelEnv):
         tap = _ParallelTap
@@ -190,10 +190,11 @@ def capture_episodes(
         policy: a :class:`marl.multi_agent.policy.Policy` (anything with its ``act``).
         cfg: the run's config (env section).
         episodes: episodes to run, one after the other.
-        seed: experiment seed; the env is reset with the env seed ``eval_seeds(seed, 1)[0]``, as the
-            first copy of :func:`marl.evaluation.evaluate` (default ``cfg.seed``).
-        deterministic: act with the mode of the action distribution; otherwise sample, with torch's
-            RNG seeded from ``seed`` inside a forked RNG state (the global state is left as it was).
+        seed: experiment seed (default ``cfg.seed``); the episodes are played by
+            :func:`marl.evaluation.run_episodes` with the seeds of a one-copy ``marl eval``, so the
+            first recorded episode is that evaluation's first episode, sampled actions included.
+        deterministic: act with the mode of the action distribution; otherwise sample (torch's
+            RNG is forked and seeded, the global state is left as it was).
         max_steps: safety bound on decisions in total.
 
     Returns:
@@ -206,27 +207,19 @@ def capture_episodes(
     frames: list[np.ndarray | None] = []
     adapter, fps = recording_env(cfg, frames)
     venv = SyncVectorEnv(lambda: adapter, 1)
-    done: list[EpisodeStats] = []
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            frames.clear()  # drop the frame of the adapter's probe reset
-            obs, state = venv.reset([eval_seeds(seed, 1)[0]])  # the seed of marl eval's first env copy
-            _as_rgb(frames[-1], cfg.env.id)  # an env that draws nothing fails here, not after the episodes
-            for _ in range(max_steps):
-                act = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
-                step = venv.step(act.env_action)
-                done += step.episodes
-                obs, state = step.obs, step.state
-                if len(done) >= episodes:
-                    frames.pop()  # the auto-reset frame of an episode that is not recorded
-                    break
-            else:
-                raise RecordError(f"{episodes} episode(s) did not finish within {max_steps} decisions; "
-                                  "raise max_steps (--max-steps)")
+        if frames:  # the adapter's probe reset drew one: an env that draws nothing fails here, not after the episodes
+            _as_rgb(frames[-1], cfg.env.id)
+        frames.clear()
+        # marl eval's seeds with one env copy: the first episode is the first episode of an evaluation
+        try:
+            run = run_episodes(policy, venv, episodes, eval_seeds(seed, 2), deterministic, max_steps)
+        except ValueError as exc:
+            raise RecordError(f"{exc} (--max-steps)") from exc
     finally:
         venv.close()
-    return [_as_rgb(f, cfg.env.id) for f in frames], done[:episodes], fps
+    frames.pop()  # the auto-reset frame after the last episode, which is not recorded
+    return [_as_rgb(f, cfg.env.id) for f in frames], run.episodes, fps
 
 
 # --------------------------------------------------------------------------- writing
@@ -256,19 +249,6 @@ def write_video(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:
 
 
 # --------------------------------------------------------------------------- entry points
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory -> its ``checkpoints/best.pt`` (else ``latest.pt``); a checkpoint file -> itself."""
-    p = Path(path)
-    if p.is_dir():
-        for candidate in (p / "checkpoints" / "best.pt", p / "checkpoints" / "latest.pt"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{p}: no checkpoints/best.pt or checkpoints/latest.pt in this run directory")
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such run directory or checkpoint file")
-    return p
-
-
 def default_output(checkpoint: Path, seed: int) -> Path:
     """``RUN_DIR/videos/<checkpoint stem>-seed<seed>.mp4`` (``RUN_DIR`` holds ``checkpoints/``)."""
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -295,7 +275,7 @@ def record(
         deterministic: act with the distribution's mode (``False``: sample).
         max_steps: safety bound on decisions.
     """
-    checkpoint = resolve_checkpoint(path)
+    checkpoint = find_checkpoint(path, "best")
     policy, cfg, _ = load_policy(checkpoint)
     seed = cfg.seed if seed is None else seed
     frames, done, env_fps = capture_episodes(policy, cfg, episodes, seed, deterministic, max_steps)

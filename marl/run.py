@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import random
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -53,15 +51,15 @@ import numpy as np
 import torch
 
 from marl import checkpoint as ckpt
-from marl.config import Config, ConfigError, dump_yaml, to_dict
+from marl.config import Config, dump_yaml, to_dict
 from marl.env.adapters import EnvSnapshot
-from marl.env.make import make_adapter
-from marl.env.vector import VectorEnv, make_vector_env
-from marl.env.wrappers import Preprocess
+from marl.env.make import env_spec, vector_env
+from marl.env.vector import VectorEnv
 from marl.evaluation import evaluate
 from marl.health import REMEDIES, HealthMonitor, NonFiniteError, entropy_action_dims
 from marl.logger import Logger, flatten_dict, flatten_eval
-from marl.types import EnvSpec, GroupObs
+from marl.seeding import seed_everything
+from marl.types import ActingPolicy, EnvSpec, GroupObs
 
 
 # --------------------------------------------------------------------------- run-level helpers
@@ -89,63 +87,6 @@ class TrainingInterrupted(SystemExit):
     """Raised (as a SystemExit) after a signal stopped training and the checkpoint was written."""
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's legacy global and torch's RNGs (libraries that use them stay reproducible)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def preprocess_of(cfg: Config) -> Preprocess:
-    e = cfg.env
-    return Preprocess(
-        frame_stack=e.frame_stack, grayscale=e.grayscale, resize=tuple(e.resize) or None,
-        action_repeat=e.action_repeat, pad=e.pad,
-    )
-
-
-def env_factory(cfg: Config, render_mode: str | None = None) -> functools.partial:
-    """A picklable zero-argument factory of one env adapter for ``cfg``."""
-    return functools.partial(
-        make_adapter, cfg.env.id, dict(cfg.env.kwargs), groups=dict(cfg.env.groups) or None,
-        render_mode=render_mode, preprocess=preprocess_of(cfg),
-        use_state=cfg.model.critic == "central",  # state() can be costly (pistonball renders the screen)
-    )
-
-
-def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> VectorEnv:
-    """``num_envs`` copies of the config's env on ``backend`` (default ``cfg.env.backend``).
-
-    The subprocess backend runs ``env.num_workers`` processes (0 = one per core, at
-    most ``num_envs``); with ``env.overlap`` the collector acts on one worker's env
-    copies while the others step.
-    """
-    backend = backend or cfg.env.backend
-    workers = None
-    if backend == "subprocess":
-        workers = min(cfg.env.num_workers or (os.cpu_count() or 1), num_envs)
-    return make_vector_env(env_factory(cfg), num_envs, backend=backend, num_workers=workers)
-
-
-def check_env(cfg: Config) -> EnvSpec:
-    """Build one env in-process and return its spec; bad ids / kwargs / groups become a ConfigError.
-
-    Runs before any worker process starts, so a typo in ``env.id`` or an impossible
-    grouping is reported in one line that names the key, not as a worker traceback.
-    """
-    try:
-        adapter = env_factory(cfg)()
-    except ImportError as exc:
-        raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
-    except (ValueError, TypeError, KeyError) as exc:
-        key = "env.groups" if "group" in str(exc) else ("env.kwargs" if isinstance(exc, TypeError) else "env.id")
-        raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}") from exc
-    try:
-        return adapter.spec
-    finally:
-        adapter.close()
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -158,17 +99,6 @@ def default_run_dir(cfg: Config) -> Path:
     env = cfg.env.id.split(".")[-1].split(":")[-1]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{env}-{cfg.algo.name}-seed{cfg.seed}-{stamp}"
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A run directory -> its ``checkpoints/latest.pt``; a file -> itself."""
-    p = Path(path)
-    if p.is_dir():
-        for candidate in (p / "checkpoints" / "latest.pt", p / "latest.pt"):
-            if candidate.is_file():
-                return candidate
-        raise ckpt.CheckpointError(f"{p}: no checkpoints/latest.pt in this run directory")
-    return p
 
 
 def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
@@ -232,17 +162,6 @@ class StopSignals:
                 signal.signal(s, handler)
 
 
-class ActingPolicy(Protocol):
-    """What evaluation and checkpoints need of a policy (PPO's ``Policy``, ``OffPolicyActor``)."""
-
-    def act(self, obs: Mapping[str, GroupObs], state: np.ndarray | None = None, deterministic: bool = False,
-            update_stats: bool = False, with_value: bool = True) -> Any: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
 class Learner(Protocol):
     """What the run needs of a learner: its checkpoint entry and its optimizer-step counter."""
 
@@ -286,7 +205,7 @@ class TrainingRun(ABC):
         self.resume_path: Path | None = None
         saved: dict[str, Any] | None = None
         if cfg.resume:
-            self.resume_path = find_checkpoint(cfg.resume)
+            self.resume_path = ckpt.find_checkpoint(cfg.resume, "latest")
             saved = ckpt.load(self.resume_path)  # on the CPU: load_state_dict copies onto the networks' device
             check_resume_config(saved["config"], cfg, self.resume_path)
             if not cfg.run_dir:
@@ -301,7 +220,7 @@ class TrainingRun(ABC):
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
-        check_env(cfg)
+        env_spec(cfg)  # a bad env id / kwargs / groups: one line naming the key, before any worker starts
         self.env: VectorEnv = vector_env(cfg, cfg.env.num_envs)
         self.spec: EnvSpec = self.env.spec
         self.env_steps = self.agent_steps = self.iteration = self.episodes = 0
@@ -375,8 +294,7 @@ class TrainingRun(ABC):
             "counters": {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "iteration": self.iteration,
                          "episodes": self.episodes, "wall_time_s": self.wall_time()},
             "rng": ckpt.rng_state(),
-            "env": [tuple(s._replace(actions={g: torch.from_numpy(a) for g, a in s.actions.items()}))
-                    for s in self.env.snapshot()],
+            "env": ckpt.to_checkpoint(self.env.snapshot()),
             "best_eval": self.best_eval,
             "eval_history": self.eval_history,
             "health": self.health.state_dict(),
@@ -392,7 +310,7 @@ class TrainingRun(ABC):
         self.wall_time_prev = float(c["wall_time_s"])
         ckpt.set_rng_state(state["rng"])
         # Env copies continue their episodes exactly: same reset, actions replayed (marl.env.adapters.EnvSnapshot).
-        snaps = [EnvSnapshot(seed, rng, {g: a.numpy() for g, a in acts.items()}) for seed, rng, acts in state["env"]]
+        snaps = [EnvSnapshot(*s) for s in ckpt.from_checkpoint(state["env"])]
         self.take_obs(*self.env.restore(snaps))
         self.best_eval = state.get("best_eval")
         self.eval_history = list(state.get("eval_history") or [])

@@ -21,11 +21,15 @@ trajectory (the real final observation is kept so its value can be used).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import gymnasium
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -169,3 +173,46 @@ class VecStep(NamedTuple):
     state: np.ndarray | None
     final_state: np.ndarray | None
     episodes: list[EpisodeStats]
+
+
+class ActOutput(NamedTuple):
+    """What a policy did at one step, per group (PPO's and the off-policy actor's ``act``).
+
+    Attributes:
+        action: group -> ``[E, A, *action_shape]`` tensor as sampled (stored for log-probs).
+        env_action: group -> numpy ``[E, A, *action_shape]`` for the env (scaled to bounds).
+        log_prob: group -> ``[E, A]``.
+        value: group -> ``[E, A]``.
+        obs: group -> normalized observation tensor actually fed to the actor.
+        critic_in: group -> critic input tensor.
+    """
+
+    action: dict[str, Tensor]
+    env_action: dict[str, np.ndarray]
+    log_prob: dict[str, Tensor]
+    value: dict[str, Tensor]
+    obs: dict[str, Tensor]
+    critic_in: dict[str, Tensor]
+
+
+class ActingPolicy(Protocol):
+    """What the run, evaluation, ``marl eval`` and ``marl record`` need of a policy.
+
+    :class:`marl.on_policy.ActorCriticPolicy`, :class:`marl.off_policy.OffPolicyActor` and
+    wrapped baselines in ``bench/`` provide it. A ``device`` attribute is optional (default: CPU).
+    """
+
+    def act(
+        self,
+        obs: Mapping[str, GroupObs],
+        state: np.ndarray | None = None,
+        deterministic: bool = False,
+        update_stats: bool = False,
+        with_value: bool = True,
+    ) -> ActOutput:
+        """Actions for one step of ``E`` env copies: ``obs`` group -> ``[E, A, ...]``, ``state [E, S]``."""
+        ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...

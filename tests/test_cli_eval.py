@@ -34,14 +34,14 @@ def test_stochastic_eval_leaves_the_callers_torch_rng_alone(tmp_path):
     import torch
 
     from marl.config import load_config
+    from marl.env.make import vector_env
     from marl.evaluation import evaluate
-    from marl.multi_agent.policy import Policy
-    from marl.trainer import vector_env
+    from marl.on_policy.policy import ActorCriticPolicy
 
     cfg = load_config(None, ["norm.obs=false", *TINY])
     make = functools.partial(vector_env, cfg, backend="sync")
     probe = vector_env(cfg, 1, backend="sync")
-    policy = Policy(probe.spec, cfg)
+    policy = ActorCriticPolicy(probe.spec, cfg)
     probe.close()
     torch.manual_seed(5)
     expected = torch.rand(3)

@@ -75,3 +75,13 @@ def test_sections_are_fresh_objects():
     a, b = Config(), Config()
     a.model.hidden.append(5)
     assert b.model.hidden == [64, 64]
+
+
+def test_embedded_default_is_the_shipped_simple_spread_config():
+    """``marl train`` without a file runs marl/default_config.yaml; it must stay configs/simple_spread_ppo.yaml."""
+    from pathlib import Path
+
+    from marl.config import DEFAULT_CONFIG
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "simple_spread_ppo.yaml"
+    assert DEFAULT_CONFIG.read_text() == shipped.read_text()

@@ -71,9 +71,10 @@ def test_second_sigint_during_shutdown_does_not_corrupt_the_checkpoint(tmp_path)
 def test_sigint_arriving_inside_the_checkpoint_write_is_absorbed(tmp_path, monkeypatch):
     """Deterministic version: the second SIGINT is raised from inside the final save."""
     from marl.config import load_config
-    from marl.trainer import Trainer, TrainingInterrupted
+    from marl.on_policy.trainer import OnPolicyTrainer
+    from marl.run import TrainingInterrupted
 
-    trainer = Trainer(load_config("configs/simple_spread_ppo.yaml", [
+    trainer = OnPolicyTrainer(load_config("configs/simple_spread_ppo.yaml", [
         f"run_dir={tmp_path / 'r'}", "total_env_steps=100000", "env.num_envs=2", "algo.num_steps=25",
         "algo.num_minibatches=2", "algo.update_epochs=1", "eval.interval=0", "log.progress=false",
         "checkpoint.interval=0",
@@ -109,7 +110,7 @@ def test_sigint_arriving_inside_the_checkpoint_write_is_absorbed(tmp_path, monke
 
 def test_no_children_after_a_normal_run_or_an_exception(tmp_path):
     from marl.config import load_config
-    from marl.trainer import Trainer
+    from marl.on_policy.trainer import OnPolicyTrainer
 
     me = psutil.Process(os.getpid())
 
@@ -121,12 +122,12 @@ def test_no_children_after_a_normal_run_or_an_exception(tmp_path):
         "algo.num_minibatches=2", "algo.update_epochs=1", "eval.episodes=1", "eval.num_envs=1", "log.progress=false",
         "env.backend=subprocess", "env.num_workers=2",
     ])
-    Trainer(cfg).train()
+    OnPolicyTrainer(cfg).train()
     time.sleep(0.5)
     # What may stay: multiprocessing's own helpers (the forkserver and the resource tracker), never env workers.
     baseline = live_children()
     assert len(baseline) <= 2, [psutil.Process(p).cmdline() for p in baseline]
-    trainer = Trainer(load_config("configs/simple_spread_ppo.yaml", [
+    trainer = OnPolicyTrainer(load_config("configs/simple_spread_ppo.yaml", [
         f"run_dir={tmp_path / 'bad'}", "total_env_steps=200", "env.num_envs=4", "algo.num_steps=25",
         "algo.num_minibatches=2", "log.progress=false", "env.backend=subprocess", "env.num_workers=2",
     ]))

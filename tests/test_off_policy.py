@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from marl import checkpoint as ckpt
+from marl.api import load_policy
 from marl.cli import main
 from marl.config import ConfigError, load_config
 from marl.data import reduce_td_errors, td_priority
 from marl.off_policy import OffPolicyTrainer, load_replay_state, replay_state
-from marl.trainer import load_policy
 from marl.types import GroupObs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

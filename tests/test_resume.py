@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from marl import checkpoint as ckpt
 from marl.config import load_config
-from marl.trainer import Trainer, TrainingInterrupted
+from marl.on_policy.trainer import OnPolicyTrainer
+from marl.run import TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = [
@@ -26,7 +27,7 @@ CASES = {
 }
 
 
-def interrupt_after(trainer: Trainer, iterations: int) -> None:
+def interrupt_after(trainer: OnPolicyTrainer, iterations: int) -> None:
     """Send SIGINT to ourselves after ``iterations`` collections (the user's Ctrl-C)."""
     real = trainer.collector.collect
     count = [0]
@@ -56,7 +57,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, case):
     done = run(config, f"run_dir={full}", *COMMON, *extra)
     assert done.returncode == 0, done.stdout + done.stderr
 
-    trainer = Trainer(load_config(config, [f"run_dir={split}", *COMMON, *extra]))
+    trainer = OnPolicyTrainer(load_config(config, [f"run_dir={split}", *COMMON, *extra]))
     interrupt_after(trainer, 2)
     try:
         with pytest.raises(TrainingInterrupted):

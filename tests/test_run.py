@@ -10,8 +10,8 @@ import torch
 
 from marl import checkpoint as ckpt
 from marl.off_policy import OffPolicyTrainer
+from marl.on_policy.trainer import OnPolicyTrainer
 from marl.run import StopSignals, TrainingInterrupted, TrainingRun, eval_record, next_multiple, score
-from marl.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -100,7 +100,7 @@ def test_a_failing_restore_closes_the_envs(make_config, tiny_dqn):
 
 # --------------------------------------------------------------------------- both trainers, one scaffolding
 def test_both_trainers_write_the_same_run_layout_and_checkpoint_entries(make_config, tiny_ppo, tiny_dqn):
-    ppo = Trainer(make_config("configs/simple_spread_ppo.yaml", *tiny_ppo, "checkpoint.keep_last=2", run="ppo"))
+    ppo = OnPolicyTrainer(make_config("configs/simple_spread_ppo.yaml", *tiny_ppo, "checkpoint.keep_last=2", run="ppo"))
     dqn = OffPolicyTrainer(make_config("configs/cartpole_dqn.yaml", *tiny_dqn, "checkpoint.interval=600",
                                        "checkpoint.keep_last=2", run="dqn"))
     for trainer, extra, extra_counters, extra_rng in ((ppo, {"collector"}, set(), {"generator"}),
@@ -142,7 +142,7 @@ def test_eval_history_keeps_every_numeric_eval_metric(make_config):
 
 
 def test_ppo_eval_history_keeps_win_draw_and_loss_rates(make_config):
-    trainer = Trainer(make_config(
+    trainer = OnPolicyTrainer(make_config(
         "configs/tictactoe_ppo.yaml", "total_env_steps=256", "env.num_envs=4", "algo.num_steps=32",
         "algo.update_epochs=1", "algo.num_minibatches=1", "model.hidden=[16]", "eval.interval=128",
         "eval.episodes=6", "eval.num_envs=2", "env.backend=sync"))
@@ -182,7 +182,7 @@ def test_off_policy_sigint_saves_latest_and_exits_like_ppo(make_config, tiny_dqn
 def test_training_run_is_abstract_and_needs_every_hook():
     hooks = {"build", "advance", "take_obs", "acting_policy", "n_parameters"}
     assert TrainingRun.__abstractmethods__ == frozenset(hooks)
-    for cls in (Trainer, OffPolicyTrainer):
+    for cls in (OnPolicyTrainer, OffPolicyTrainer):
         assert not cls.__abstractmethods__
         assert all(name in vars(cls) for name in hooks), cls  # each trainer supplies its algorithm
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from marl.config import load_config
-from marl.trainer import torch_threads, update_threads
+from marl.on_policy.trainer import torch_threads, update_threads
 
 
 def test_update_threads_auto_uses_the_idle_worker_cores_only_with_workers():

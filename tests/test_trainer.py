@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from marl import checkpoint as ckpt
+from marl.api import load_policy
 from marl.cli import main
+from marl.env.make import vector_env
+from marl.on_policy.trainer import OnPolicyTrainer
 from marl.run import eval_record
-from marl.trainer import Trainer, load_policy, vector_env
 
 
 def test_cli_train_writes_the_run_directory_and_eval_json(tmp_path, capsys, tiny_ppo):
@@ -51,7 +53,7 @@ def test_eval_is_deterministic_and_reproducible(tmp_path, capsys, tiny_ppo):
 
 def test_checkpoint_round_trip_gives_equal_actions_and_state(make_config, tiny_ppo):
     cfg = make_config("configs/simple_spread_ppo.yaml", *tiny_ppo)
-    trainer = Trainer(cfg)
+    trainer = OnPolicyTrainer(cfg)
     trainer.train()
     policy, _, state = load_policy(trainer.ckpt_dir / "latest.pt")
     for k, v in trainer.policy.net.state_dict().items():
@@ -87,7 +89,7 @@ def test_resume_refuses_a_different_network(tmp_path, capsys, tiny_ppo):
 def test_single_agent_gymnasium_env_uses_the_same_trainer(make_config):
     cfg = make_config("configs/pendulum_ppo.yaml", "total_env_steps=512", "algo.num_steps=64",
                       "algo.num_minibatches=4", "algo.update_epochs=1", "eval.episodes=1", "eval.num_envs=1")
-    summary = Trainer(cfg).train()
+    summary = OnPolicyTrainer(cfg).train()
     assert summary["final_eval"]["mean_length"] == 200.0  # Pendulum's time limit
     assert set(summary["final_eval"]["per_agent"]) == {"agent_0"}
 
@@ -95,7 +97,7 @@ def test_single_agent_gymnasium_env_uses_the_same_trainer(make_config):
 def test_cartpole_learns_within_a_tiny_budget(make_config):
     """A fixed-seed learning check: rl-zoo CartPole PPO beats a random policy (~22) by far in 16k steps (127 measured)."""
     cfg = make_config("configs/cartpole_ppo.yaml", "total_env_steps=16384", "eval.interval=0", "eval.episodes=5")
-    summary = Trainer(cfg).train()
+    summary = OnPolicyTrainer(cfg).train()
     assert summary["final_eval"]["mean_return"] >= 100, summary["final_eval"]
 
 

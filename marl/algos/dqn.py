@@ -27,26 +27,9 @@ from torch import Tensor, nn
 from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, gradient_step, learner_out
 from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import DQNConfig, ModelConfig
-from marl.multi_agent.policy import group_sharing
-from marl.nets import AgentNet, dueling_q, param_sets_for
+from marl.multi_agent.groups import group_net
+from marl.nets import dueling_q
 from marl.types import EnvSpec, GroupSpec
-
-
-def group_net(group: GroupSpec, model: ModelConfig, in_shape: tuple[int, ...], out_dim: int, out_gain: float) -> AgentNet:
-    """One group's :class:`AgentNet` with the group's sharing mode from ``model.sharing``.
-
-    Args:
-        group: the agents it serves (``A``).
-        model: widths, activation, sharing, agent ids, forward strategy.
-        in_shape: one agent's input shape (observation, or observation + action for Q(s, a)).
-        out_dim: output width.
-        out_gain: orthogonal gain of the output layer.
-    """
-    return AgentNet(
-        tuple(in_shape), out_dim, group.n_agents, hidden=tuple(model.hidden), activation=model.activation,
-        param_sets=param_sets_for(group_sharing(model.sharing, group), group.agents), agent_id=model.agent_id,
-        strategy=model.strategy, out_gain=out_gain,
-    )
 
 
 def masked_argmax(q: Tensor, mask: Tensor | None) -> Tensor:

@@ -10,19 +10,21 @@ steps over every parameter of every group, each tensor once.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from marl.config import PPOConfig
 from marl.algos.optim import FlatAdam
+from marl.config import PPOConfig
 from marl.data.rollout import GroupBatch
 from marl.health import check_finite_update
-from marl.multi_agent.policy import Policy
 from marl.normalization import normalize_advantage
 from marl.returns import explained_variance
+
+if TYPE_CHECKING:
+    from marl.on_policy.policy import ActorCriticPolicy
 
 
 class PPOLossOut(NamedTuple):
@@ -126,7 +128,7 @@ class PPOLearner:
         cfg: PPO hyperparameters.
     """
 
-    def __init__(self, policy: Policy, cfg: PPOConfig) -> None:
+    def __init__(self, policy: ActorCriticPolicy, cfg: PPOConfig) -> None:
         self.policy = policy
         self.cfg = cfg
         net = policy.net

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from marl.algos.dqn import group_net
 from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, frozen, gradient_step, learner_out
 from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import ModelConfig, SACConfig
+from marl.multi_agent.groups import group_net
 from marl.nets import MaskedCategorical, TanhGaussian, scale_action
 from marl.types import EnvSpec, GroupSpec
 

@@ -24,11 +24,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from marl.algos.dqn import group_net
 from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, frozen, gradient_step, learner_out
 from marl.algos.sac import action_dim, twin_critics, twin_q_loss
 from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import ModelConfig, TD3Config
+from marl.multi_agent.groups import group_net
 from marl.nets import scale_action
 from marl.types import EnvSpec, GroupSpec
 

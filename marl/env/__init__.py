@@ -14,7 +14,6 @@ from marl.env.adapters import (
     AECAdapter,
     GymAdapter,
     ParallelAdapter,
-    default_groups,
 )
 from marl.env.make import adapter_factory, make_adapter, probe_spec
 from marl.env.vector import (
@@ -42,7 +41,6 @@ __all__ = [
     "SyncVectorEnv",
     "VectorEnv",
     "adapter_factory",
-    "default_groups",
     "eval_seeds",
     "make_adapter",
     "make_vector_env",

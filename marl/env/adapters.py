@@ -32,7 +32,7 @@ allocates nothing; ``reset`` / ``step`` are the allocating convenience forms.
 from __future__ import annotations
 
 import contextlib
-import re
+import copy
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -44,9 +44,10 @@ from pettingzoo import AECEnv, ParallelEnv
 
 from marl.env.buffers import StepBuffers, allocate_buffers, buffer_fields
 from marl.env.wrappers import GymAsParallel
+from marl.multi_agent.groups import check_partition, default_groups
 from marl.types import EnvSpec, EpisodeStats, GroupObs, GroupSpec, GroupTransition
 
-__all__ = ["AECAdapter", "Adapter", "AdapterStep", "GymAdapter", "ParallelAdapter", "default_groups"]
+__all__ = ["AECAdapter", "Adapter", "AdapterStep", "GymAdapter", "ParallelAdapter"]
 
 
 class AdapterStep(NamedTuple):
@@ -116,35 +117,6 @@ class Adapter(Protocol):
 # ---------------------------------------------------------------------------------------------
 # Groups and observation formats
 # ---------------------------------------------------------------------------------------------
-
-_SUFFIX = re.compile(r"^(.+)_(\d+)$")
-
-
-def default_groups(agents: Sequence[str]) -> dict[str, list[str]]:
-    """Partition agents by name prefix: ``adversary_0`` -> ``adversary``; ``hero`` -> ``hero``.
-
-    Groups appear in the order of their first agent; agents keep their order.
-    """
-    groups: dict[str, list[str]] = {}
-    for agent in agents:
-        match = _SUFFIX.match(agent)
-        groups.setdefault(match.group(1) if match else agent, []).append(agent)
-    return groups
-
-
-def _check_partition(agents: Sequence[str], groups: Mapping[str, Sequence[str]]) -> None:
-    listed = [a for members in groups.values() for a in members]
-    unknown = sorted(set(listed) - set(agents))
-    missing = [a for a in agents if a not in set(listed)]
-    repeated = sorted({a for a in listed if listed.count(a) > 1})
-    if unknown or missing or repeated or any(not m for m in groups.values()):
-        raise ValueError(
-            f"groups must partition the env's agents {list(agents)} into non-empty groups; "
-            f"got {dict(groups)} "
-            f"(unknown: {unknown}, missing: {missing}, in several groups: {repeated}). "
-            "List every agent exactly once, or pass groups=None to group by name prefix."
-        )
-
 
 def _model_box(box: spaces.Box) -> spaces.Box:
     """The space of the arrays the adapter emits: uint8 kept, anything else float32."""
@@ -220,7 +192,7 @@ def _pettingzoo_spec(
     """
     agents = list(env.possible_agents)
     groups = default_groups(agents) if groups is None else groups
-    _check_partition(agents, groups)
+    check_partition(agents, groups)
     info_masks = {a for a, i in infos.items() if isinstance(i, Mapping) and "action_mask" in i}
     group_specs, formats, mask_from_info = [], {}, set()
     for name, members in groups.items():
@@ -272,30 +244,13 @@ def _find_rng(env: Any) -> np.random.Generator | None:
     return None
 
 
-def _plain(x: Any) -> Any:
-    """Bit-generator state as plain Python data (lists for arrays), safe for weights_only checkpoints."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return x
-
-
-def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
-    state = dict(state)
-    inner = state.get("state")
-    if isinstance(inner, dict) and isinstance(inner.get("key"), list):  # MT19937 keeps an array
-        state["state"] = {**inner, "key": np.asarray(inner["key"], np.uint32)}
-    rng.bit_generator.state = state
-
-
 class EnvSnapshot(NamedTuple):
     """What rebuilds an env copy's current state: how its episode started plus the actions since.
 
     Attributes:
         seed: the reset seed of the current episode, or ``None`` (auto-reset).
         rng: the env's ``np_random`` bit-generator state right before that reset
-            (plain data), or ``None`` when the env has no ``np_random``.
+            (as ``bit_generator.state`` gives it), or ``None`` when the env has no ``np_random``.
         actions: group -> ``[n, A, *action_shape]`` actions taken in the episode so far.
 
     Restoring resets with the same seed / RNG state and replays the actions, so an
@@ -358,7 +313,7 @@ class _Base:
             rng = _find_rng(self._env)
             if rng is None:
                 raise RuntimeError("cannot restore the env's RNG: the env has no np_random generator")
-            _set_rng_state(rng, snapshot.rng)
+            rng.bit_generator.state = snapshot.rng
         self.reset_into(snapshot.seed, out)
         n = len(next(iter(snapshot.actions.values()))) if snapshot.actions else 0
         for i in range(n):
@@ -370,7 +325,7 @@ class _Base:
         """Remember how this episode starts (for :meth:`snapshot`); call right before the env's reset."""
         self._episode_seed = None if seed is None else int(seed)
         rng = None if seed is not None else _find_rng(self._env)
-        self._episode_rng = None if rng is None else _plain(rng.bit_generator.state)
+        self._episode_rng = None if rng is None else copy.deepcopy(rng.bit_generator.state)
         self._actions = []
 
     def _record(self, actions: Mapping[str, np.ndarray]) -> None:

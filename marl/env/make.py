@@ -12,8 +12,8 @@ An env id is one of:
 * ``"module:attr"`` where ``attr`` is a callable returning a ``ParallelEnv``, an
   ``AECEnv`` or a ``gymnasium.Env``.
 
-``functools.partial(make_adapter, ...)`` (or :func:`adapter_factory`) is the picklable
-factory the vector envs take.
+:func:`adapter_factory` is the picklable factory the vector envs take; :func:`env_factory`,
+:func:`env_spec` and :func:`vector_env` build the same from a config.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import difflib
 import functools
 import importlib
 import importlib.util
+import os
 import pkgutil
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,9 @@ import pettingzoo
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.env_registry.exceptions import FailedToImport
 
+from marl.config import Config, ConfigError, EnvConfig
 from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
+from marl.env.vector import VectorEnv, make_vector_env
 from marl.env.wrappers import Preprocess, apply_preprocess
 from marl.types import EnvSpec
 
@@ -40,10 +43,14 @@ __all__ = [
     "adapt",
     "adapter_factory",
     "close_env_ids",
+    "env_factory",
+    "env_spec",
     "known_env_ids",
     "make_adapter",
     "make_raw_env",
+    "preprocess_of",
     "probe_spec",
+    "vector_env",
 ]
 
 # Packages scanned (without importing their modules) for env-id suggestions.
@@ -238,7 +245,7 @@ def adapter_factory(
     preprocess: Preprocess | None = None,
     use_state: bool = True,
 ) -> Callable[[], Adapter]:
-    """A picklable zero-argument factory of :func:`make_adapter` (for the vector envs)."""
+    """A picklable zero-argument factory of :func:`make_adapter` (what the vector envs take)."""
     return functools.partial(
         make_adapter,
         env_id,
@@ -250,15 +257,59 @@ def adapter_factory(
     )
 
 
-def probe_spec(
-    env_id: str,
-    env_kwargs: Mapping[str, Any] | None = None,
-    groups: Mapping[str, Sequence[str]] | None = None,
-    preprocess: Preprocess | None = None,
-) -> EnvSpec:
-    """The :class:`EnvSpec` of an env id (builds one adapter, reads its spec, closes it)."""
-    adapter = make_adapter(env_id, env_kwargs, groups, None, preprocess)
+def probe_spec(factory: Callable[[], Adapter]) -> EnvSpec:
+    """The :class:`EnvSpec` of the adapters a factory makes (builds one, reads its spec, closes it)."""
+    adapter = factory()
     try:
         return adapter.spec
     finally:
         adapter.close()
+
+
+# --------------------------------------------------------------------------- from a config
+def preprocess_of(env: EnvConfig) -> Preprocess:
+    """The preprocessing of an ``env`` config section."""
+    return Preprocess(
+        frame_stack=env.frame_stack, grayscale=env.grayscale, resize=tuple(env.resize) or None,
+        action_repeat=env.action_repeat, pad=env.pad,
+    )
+
+
+def env_factory(cfg: Config, render_mode: str | None = None) -> Callable[[], Adapter]:
+    """The picklable adapter factory of a config: its env id, kwargs, groups and preprocessing.
+
+    The env's global ``state()`` is read only for a central critic (it can be costly:
+    pistonball renders the screen for it).
+    """
+    return adapter_factory(cfg.env.id, cfg.env.kwargs, dict(cfg.env.groups) or None, render_mode,
+                           preprocess_of(cfg.env), use_state=cfg.model.critic == "central")
+
+
+def env_spec(cfg: Config) -> EnvSpec:
+    """Build one env of the config in-process and return its spec; a bad id, kwargs or groups is a
+    :class:`~marl.config.ConfigError` naming the key.
+
+    Trainers call it before any worker process starts, so a typo in ``env.id`` or an impossible
+    grouping is reported in one line, not as a worker traceback.
+    """
+    try:
+        return probe_spec(env_factory(cfg))
+    except ImportError as exc:
+        raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        key = "env.groups" if "group" in str(exc) else ("env.kwargs" if isinstance(exc, TypeError) else "env.id")
+        raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}") from exc
+
+
+def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> VectorEnv:
+    """``num_envs`` copies of the config's env on ``backend`` (default ``cfg.env.backend``).
+
+    The subprocess backend runs ``env.num_workers`` processes (0 = one per core, at
+    most ``num_envs``); with ``env.overlap`` the collector acts on one worker's env
+    copies while the others step.
+    """
+    backend = backend or cfg.env.backend
+    workers = None
+    if backend == "subprocess":
+        workers = min(cfg.env.num_workers or (os.cpu_count() or 1), num_envs)
+    return make_vector_env(env_factory(cfg), num_envs, backend=backend, num_workers=workers)

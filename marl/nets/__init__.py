@@ -5,7 +5,7 @@
 * :mod:`marl.nets.distributions`: :class:`MaskedCategorical`, :class:`DiagGaussian`,
   :class:`TanhGaussian`, :class:`AgentLogStd`, :func:`scale_action`, :func:`dueling_q`.
 * :mod:`marl.nets.ensemble`: :class:`AgentNet` (shared / independent / selective
-  parameter sets; ``batched | fork | loop`` strategies) and :func:`param_sets_for`.
+  parameter sets; ``batched | fork | loop`` strategies) (:func:`marl.multi_agent.groups.param_sets_for` builds the agent -> set map).
 """
 
 from marl.nets.distributions import (
@@ -28,7 +28,7 @@ from marl.nets.encoders import (
     choose_conv_stack,
     conv_output_hw,
 )
-from marl.nets.ensemble import STRATEGIES, AgentNet, param_sets_for
+from marl.nets.ensemble import STRATEGIES, AgentNet
 from marl.nets.layers import ACTIVATIONS, HIDDEN_GAIN, mlp, orthogonal_init
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "dueling_q",
     "mlp",
     "orthogonal_init",
-    "param_sets_for",
     "scale_action",
     "tanh_log_abs_det",
     "unscale_action",

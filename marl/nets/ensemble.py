@@ -8,7 +8,7 @@ as stacked tensors, one slice per parameter set (``P`` sets):
 * ``independent``: ``P = A``; each agent its own slice, no id needed.
 * selective: an agent -> set map (``param_sets``), e.g. both adversaries on one
   set and the good agent on another; ids are appended when a set serves more
-  than one agent (:func:`param_sets_for` builds the map from names).
+  than one agent (:func:`marl.multi_agent.groups.param_sets_for` builds the map from names).
 
 Forward strategies, which give the same outputs and gradients on the same
 parameters (only speed differs, see ``bench/bench_forward.py``):
@@ -31,12 +31,11 @@ one strategy loads under another and an optimizer sees each tensor once.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import math
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import List
 
 import torch
@@ -44,67 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from marl.nets.encoders import choose_conv_stack, conv_flat_dim, resolve_encoder
-from marl.nets.layers import HIDDEN_GAIN, CachedParamLists, check_activation, make_activation, orthogonal_stacked_
+from marl.nets.layers import (
+    HIDDEN_GAIN,
+    CachedParamLists,
+    check_activation,
+    make_activation,
+    orthogonal_stacked_,
+)
 
 STRATEGIES = ("batched", "fork", "loop")
-
-
-def param_sets_for(sharing: str | Mapping[str, str], agents: Sequence[str]) -> list[int]:
-    """Agent index -> parameter-set index for a sharing mode.
-
-    Args:
-        sharing: ``"shared"`` (one set for all), ``"independent"`` (one set per
-            agent), or a mapping from agent name or glob pattern (``"adversary_*"``)
-            to a set name. An exact agent name wins over patterns; patterns that
-            match the same agent must agree on the set name.
-        agents: the group's agent names, in agent-axis order.
-
-    Returns:
-        ``A`` set indices numbered ``0..P-1`` in order of first appearance along
-        ``agents``; e.g. ``{"adversary_*": "adv", "agent_0": "a0"}`` over
-        ``["adversary_0", "adversary_1", "agent_0"]`` gives ``[0, 0, 1]``.
-
-    Raises:
-        ValueError: unknown mode, duplicate agents, a key matching no agent, an
-            agent matched by no key, or patterns giving one agent two sets.
-    """
-    agents = list(agents)
-    if not agents:
-        raise ValueError("param_sets_for needs at least one agent")
-    duplicates = sorted(a for a, c in Counter(agents).items() if c > 1)
-    if duplicates:
-        raise ValueError(f"agents listed twice: {duplicates}")
-    if isinstance(sharing, str):
-        if sharing == "shared":
-            return [0] * len(agents)
-        if sharing == "independent":
-            return list(range(len(agents)))
-        raise ValueError(
-            f"unknown sharing {sharing!r}; use 'shared', 'independent' or a mapping "
-            "agent name (or glob pattern) -> parameter-set name"
-        )
-    unknown = [k for k in sharing if k not in agents and not any(fnmatch.fnmatchcase(a, k) for a in agents)]
-    if unknown:
-        raise ValueError(f"sharing map names unknown agents or patterns {unknown}; the agents are {agents}")
-    names: list[str] = []
-    missing: list[str] = []
-    for agent in agents:
-        if agent in sharing:
-            names.append(sharing[agent])
-            continue
-        matched = {sharing[k] for k in sharing if fnmatch.fnmatchcase(agent, k)}
-        if not matched:
-            missing.append(agent)
-        elif len(matched) > 1:
-            raise ValueError(f"agent {agent!r} matches patterns giving different sets {sorted(matched)}")
-        else:
-            names.append(matched.pop())
-    if missing:
-        raise ValueError(f"sharing map gives no parameter set to agents {missing}; add them or a pattern")
-    index: dict[str, int] = {}
-    for name in names:
-        index.setdefault(name, len(index))
-    return [index[name] for name in names]
 
 
 def _activate(x: Tensor, name: str) -> Tensor:
@@ -196,7 +143,7 @@ class AgentNet(CachedParamLists):
         activation: ``tanh | relu | elu | silu`` after each hidden layer; default
             ``tanh`` for vectors, ``relu`` for images.
         param_sets: agent index -> set index (values ``0..P-1``, each used);
-            ``None`` = one set for all agents (shared). See :func:`param_sets_for`.
+            ``None`` = one set for all agents (shared). See :func:`marl.multi_agent.groups.param_sets_for`.
         agent_id: append the one-hot agent id when a parameter set serves more than one agent.
         strategy: ``batched | fork | loop``, how several parameter sets are run; the
             attribute can be changed later without changing the model.
@@ -212,6 +159,7 @@ class AgentNet(CachedParamLists):
         encoder: ``"mlp"`` or ``"cnn"`` (resolved).
 
     Example:
+        >>> from marl.multi_agent.groups import param_sets_for
         >>> net = AgentNet((18,), 5, 3, param_sets=param_sets_for("independent", ["a", "b", "c"]))
         >>> net(torch.zeros(8, 4, 3, 18)).shape  # [T, E, A, obs] -> [T, E, A, out]
         torch.Size([8, 4, 3, 5])

@@ -18,10 +18,10 @@ from marl.algos.dqn import DQNLearner, QPolicyNet
 from marl.algos.sac import SACLearner, SACPolicyNet
 from marl.algos.td3 import TD3Learner, TD3PolicyNet
 from marl.config import Config, DQNConfig, NormConfig, SACConfig, TD3Config
-from marl.multi_agent.policy import ActOutput, is_image
+from marl.multi_agent.groups import is_image
 from marl.nets import MaskedCategorical
 from marl.normalization import ObsNormalizer
-from marl.types import EnvSpec, GroupObs, GroupSpec
+from marl.types import ActOutput, EnvSpec, GroupObs, GroupSpec
 
 Learner = DQNLearner | SACLearner | TD3Learner
 ActingNet = QPolicyNet | SACPolicyNet | TD3PolicyNet

@@ -147,23 +147,9 @@ def replay_bytes_per_row(buf: ReplayBuffer) -> int:
     return n
 
 
-def _tensors(x: Any) -> Any:
-    """numpy arrays (also inside dicts) as tensors, for a ``weights_only`` checkpoint."""
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
-    return {k: _tensors(v) for k, v in x.items()} if isinstance(x, dict) else x
-
-
-def _arrays(x: Any) -> Any:
-    """Tensors (also inside dicts) as numpy arrays: the inverse of :func:`_tensors`."""
-    if isinstance(x, torch.Tensor):
-        return x.numpy()
-    return {k: _arrays(v) for k, v in x.items()} if isinstance(x, dict) else x
-
-
 def replay_state(buf: ReplayBuffer) -> dict[str, Any]:
     """A replay buffer's :meth:`~marl.data.ReplayBuffer.state_dict` as tensors and numbers."""
-    return _tensors(buf.state_dict())
+    return ckpt.to_checkpoint(buf.state_dict())
 
 
 def load_replay_state(buf: ReplayBuffer, state: dict[str, Any]) -> None:
@@ -174,7 +160,7 @@ def load_replay_state(buf: ReplayBuffer, state: dict[str, Any]) -> None:
             field); the buffer is left as it was.
     """
     try:
-        buf.load_state_dict(_arrays(state))
+        buf.load_state_dict(ckpt.from_checkpoint(state))
     except ValueError as exc:
         raise ckpt.CheckpointError(f"{exc}; algo.buffer_size, env.num_envs, algo.per or algo.her changed since the "
                                    "checkpoint: resume with the run's config.yaml") from exc

@@ -4,7 +4,7 @@ must learn V(s0) ≈ 1/(1-γ) only when truncation is bootstrapped from the real
 import pytest
 import torch
 
-from marl.trainer import Trainer
+from marl.on_policy.trainer import OnPolicyTrainer
 
 
 def learned_value(make_config, env_id: str, bootstrap: bool) -> float:
@@ -15,7 +15,7 @@ def learned_value(make_config, env_id: str, bootstrap: bool) -> float:
         f"algo.bootstrap_on_truncation={str(bootstrap).lower()}", "eval.episodes=1", "eval.num_envs=1",
         run=str(bootstrap),
     )
-    trainer = Trainer(cfg)
+    trainer = OnPolicyTrainer(cfg)
     trainer.train()
     with torch.no_grad():
         return float(trainer.policy.net["agent"].value(torch.ones(1, 1, 1)))

@@ -12,8 +12,9 @@ from mpe2 import simple_adversary_v3, simple_spread_v3
 from pettingzoo import ParallelEnv
 from pettingzoo.classic import connect_four_v3, tictactoe_v3
 
-from marl.env.adapters import AECAdapter, GymAdapter, ParallelAdapter, default_groups
+from marl.env.adapters import AECAdapter, GymAdapter, ParallelAdapter
 from marl.env.wrappers import ParallelActionRepeat
+from marl.multi_agent.groups import default_groups
 
 
 class DyingEnv(ParallelEnv):

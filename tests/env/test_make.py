@@ -62,11 +62,11 @@ def test_ids_resolve_to_the_matching_adapter(env_id, kind, turn_based):
 
 
 def test_spaces_of_resolved_envs():
-    walker = probe_spec("pettingzoo.sisl.multiwalker_v9")
+    walker = probe_spec(adapter_factory("pettingzoo.sisl.multiwalker_v9"))
     assert walker.group("walker").action_space == spaces.Box(-1, 1, (4,), np.float32)
-    c4 = probe_spec("pettingzoo.classic.connect_four_v3")
+    c4 = probe_spec(adapter_factory("pettingzoo.classic.connect_four_v3"))
     assert c4.group("player").has_action_mask and c4.group("player").action_space == spaces.Discrete(7)
-    assert probe_spec("Pendulum-v1").groups[0].obs_space.shape == (3,)
+    assert probe_spec(adapter_factory("Pendulum-v1")).groups[0].obs_space.shape == (3,)
 
 
 def test_env_kwargs_and_factory_are_passed_through():
@@ -148,11 +148,11 @@ def test_gym_action_repeat_sums_rewards_and_stops_at_the_end():
 
 
 def test_pad_lets_unlike_agents_share_one_group():
-    spec = probe_spec(
+    spec = probe_spec(adapter_factory(
         "mpe2.simple_adversary_v3",
         groups={"all": ["adversary_0", "agent_0", "agent_1"]},
         preprocess=Preprocess(pad=True),
-    )
+    ))
     assert spec.groups[0].obs_space.shape == (10,) and spec.groups[0].action_space == spaces.Discrete(5)
 
 

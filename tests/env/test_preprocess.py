@@ -18,9 +18,9 @@ from pettingzoo import ParallelEnv
 
 from marl.config import load_config
 from marl.env.adapters import GymAdapter, ParallelAdapter
-from marl.env.make import adapt
+from marl.env.make import adapt, env_factory
 from marl.env.wrappers import Preprocess, apply_preprocess, stacked_shape
-from marl.trainer import Trainer, env_factory
+from marl.on_policy.trainer import OnPolicyTrainer
 
 H, W, C = 3, 4, 3
 
@@ -225,7 +225,7 @@ def test_run_counts_decisions_as_env_steps_and_frames_with_the_repeat(tmp_path):
             "log.tensorboard=false", "log.progress=false",
         ],
     )
-    summary = Trainer(cfg).train()
+    summary = OnPolicyTrainer(cfg).train()
     assert summary == json.loads((run / "summary.json").read_text())
     assert summary["env_steps"] == 64 and summary["env_frames"] == 2 * 64
     assert 0 < summary["agent_steps"] <= 2 * 64  # two agents, removed when they reach their goal

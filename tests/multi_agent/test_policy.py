@@ -8,7 +8,7 @@ import torch
 from marl.algos.ppo import PPOLearner
 from marl.config import load_config
 from marl.data.rollout import GroupBatch
-from marl.multi_agent.policy import Policy
+from marl.on_policy.policy import ActorCriticPolicy
 from marl.types import EnvSpec, GroupObs, GroupSpec
 
 BOX = gymnasium.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -25,7 +25,7 @@ def spec(n_agents=3, n_actions=5, state=None, groups=None):
 def policy_for(overrides, env_spec=None):
     cfg = load_config(None, ["norm.obs=false", *overrides])
     torch.manual_seed(0)
-    return Policy(env_spec or spec(), cfg), cfg
+    return ActorCriticPolicy(env_spec or spec(), cfg), cfg
 
 
 def test_shared_network_differs_per_agent_only_through_the_id():

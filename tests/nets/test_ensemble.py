@@ -7,7 +7,8 @@ import io
 import pytest
 import torch
 
-from marl.nets import STRATEGIES, AgentNet, param_sets_for
+from marl.multi_agent.groups import param_sets_for
+from marl.nets import STRATEGIES, AgentNet
 
 IMG = (7, 7, 2)
 VEC = (5,)

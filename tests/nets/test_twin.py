@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from marl.config import load_config
-from marl.multi_agent.policy import Policy
 from marl.nets import AgentNet
 from marl.nets.twin import TwinMLP
+from marl.on_policy.policy import ActorCriticPolicy
 from marl.types import EnvSpec, GroupSpec
 
 
@@ -59,7 +59,7 @@ def _env(n_agents: int) -> EnvSpec:
 
 def test_fused_policy_equals_separate_networks_with_the_same_weights():
     cfg = load_config(None, ["norm.obs=false"])
-    policy = Policy(_env(3), cfg)
+    policy = ActorCriticPolicy(_env(3), cfg)
     group = policy.net["agent"]
     assert group.fused
     actor = AgentNet((4,), 3, 3)
@@ -79,6 +79,6 @@ def test_fused_policy_equals_separate_networks_with_the_same_weights():
 
 @pytest.mark.parametrize("overrides", [["model.critic=central"], ["model.sharing=independent"]])
 def test_not_fused_when_the_critic_input_differs_or_sets_are_independent(overrides):
-    policy = Policy(_env(3), load_config(None, ["norm.obs=false", *overrides]))
+    policy = ActorCriticPolicy(_env(3), load_config(None, ["norm.obs=false", *overrides]))
     group = policy.net["agent"]
     assert not group.fused and hasattr(group, "actor") and hasattr(group, "critic")

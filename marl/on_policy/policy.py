@@ -7,7 +7,7 @@
   one :class:`~marl.nets.twin.TwinMLP` (the same two networks, computed together).
 * :class:`ActorCritic` is the ``nn.ModuleDict`` of every group's actor-critic: the
   one module whose ``parameters()`` the common optimizer sees (each tensor once).
-* :class:`Policy` pairs the networks with the per-group observation normalizers and
+* :class:`ActorCriticPolicy` pairs the networks with the per-group observation normalizers and
   turns numpy observations ``[E, A, ...]`` into numpy actions; it is what the
   collector and the evaluator call. Normalizer statistics update only when asked
   (training collection), never in evaluation.
@@ -19,57 +19,18 @@ all agents' observations, broadcast to every agent (MAPPO).
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from marl.config import Config, ModelConfig
-from marl.nets import AgentNet, DiagGaussian, MaskedCategorical, param_sets_for, scale_action
+from marl.multi_agent.groups import critic_input_shape, group_sharing, is_image, param_sets_for
+from marl.nets import AgentNet, DiagGaussian, MaskedCategorical, scale_action
 from marl.nets.twin import TwinMLP
 from marl.normalization import ObsNormalizer
-from marl.types import EnvSpec, GroupObs, GroupSpec
-
-
-def is_image(space_shape: tuple[int, ...], dtype: np.dtype) -> bool:
-    """uint8 ``[H, W, C]`` observations are images: scaled by 1/255 in the network, never standardized."""
-    return len(space_shape) == 3 and np.dtype(dtype) == np.uint8
-
-
-def critic_input_shape(env: EnvSpec, group: GroupSpec, critic: str) -> tuple[int, ...]:
-    """Shape of one agent's critic input for ``critic`` = ``local`` or ``central``."""
-    if critic == "local":
-        return tuple(group.obs_space.shape)
-    if env.state_shape is not None:
-        return tuple(env.state_shape)
-    total = 0
-    for g in env.groups:
-        if is_image(g.obs_space.shape, g.obs_space.dtype):
-            raise ValueError(
-                "model.critic=central needs a global state or vector observations; this env has image "
-                f"observations in group {g.name!r} and no state(). Use model.critic=local."
-            )
-        total += g.n_agents * int(np.prod(g.obs_space.shape))
-    return (total,)
-
-
-def group_sharing(sharing: str | Mapping, group: GroupSpec) -> str | dict:
-    """The sharing mode of one group from ``model.sharing``.
-
-    ``model.sharing`` is ``shared``, ``independent``, or a mapping whose keys are
-    group names (value: a mode or an agent -> set map for that group) or agent
-    names / glob patterns (value: a parameter-set name). Agents of a group that
-    a mapping does not mention share one set.
-    """
-    if isinstance(sharing, str):
-        return sharing
-    if group.name in sharing:
-        return sharing[group.name]
-    mine = {k: v for k, v in sharing.items() if any(fnmatch.fnmatchcase(a, k) for a in group.agents)}
-    return mine or "shared"
+from marl.types import ActOutput, EnvSpec, GroupObs, GroupSpec
 
 
 class GroupActorCritic(nn.Module):
@@ -166,27 +127,7 @@ class ActorCritic(nn.ModuleDict):
         )
 
 
-class ActOutput(NamedTuple):
-    """What the policy did at one step, per group.
-
-    Attributes:
-        action: group -> ``[E, A, *action_shape]`` tensor as sampled (stored for log-probs).
-        env_action: group -> numpy ``[E, A, *action_shape]`` for the env (scaled to bounds).
-        log_prob: group -> ``[E, A]``.
-        value: group -> ``[E, A]``.
-        obs: group -> normalized observation tensor actually fed to the actor.
-        critic_in: group -> critic input tensor.
-    """
-
-    action: dict[str, Tensor]
-    env_action: dict[str, np.ndarray]
-    log_prob: dict[str, Tensor]
-    value: dict[str, Tensor]
-    obs: dict[str, Tensor]
-    critic_in: dict[str, Tensor]
-
-
-class Policy:
+class ActorCriticPolicy:
     """Networks plus observation normalizers: numpy observations in, actions out.
 
     Args:

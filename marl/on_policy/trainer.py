@@ -1,6 +1,6 @@
-"""The training loop: collect -> learn -> log -> evaluate / checkpoint.
+"""PPO's trainer: collect a rollout -> GAE per group -> one update; the run's scaffolding does the rest.
 
-Glossary (the words every counter and metric uses):
+Glossary (the words every counter and metric uses, on- and off-policy alike):
 
 * **env step**: one step of one env copy; ``env_steps`` sums them over copies
   (a vector step of ``E`` copies adds ``E``). ``total_env_steps`` is counted in
@@ -14,56 +14,28 @@ Glossary (the words every counter and metric uses):
 
 Data flows one way: env -> collector -> rollout -> learner -> logger. The run
 directory, checkpoints, evaluation, resume, signals and ``summary.json`` are those
-of :class:`marl.run.TrainingRun`, which both :class:`Trainer` (PPO) and
-:class:`marl.off_policy.OffPolicyTrainer` (DQN, SAC, TD3) are. :func:`train` picks
-the trainer of a config; :func:`load_policy` rebuilds a checkpoint's policy.
+of :class:`marl.run.TrainingRun`, which both :class:`OnPolicyTrainer` (PPO) and
+:class:`marl.off_policy.OffPolicyTrainer` (DQN, SAC, TD3) are; :mod:`marl.api`
+picks the trainer of a config through :mod:`marl.registry`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from marl import checkpoint as ckpt
 from marl.algos.ppo import PPOLearner, linear_schedule
-from marl.collector import Collector
+from marl.config import Config
 from marl.env.vector import SubprocVectorEnv
-from marl.config import Config, from_dict
 from marl.logger import episode_metrics
-from marl.multi_agent.policy import Policy
-from marl.off_policy import OffPolicyActor, OffPolicyTrainer, build_actor
-from marl.run import (
-    Report,
-    TrainingInterrupted,
-    TrainingRun,
-    check_env,
-    env_factory,
-    preprocess_of,
-    score,
-    seed_everything,
-    vector_env,
-)
+from marl.on_policy.collector import RolloutCollector
+from marl.on_policy.policy import ActorCriticPolicy
+from marl.run import Report, TrainingRun
 from marl.types import GroupObs
-
-# The run helpers are also reached through this module, the package's training entry point.
-__all__ = [
-    "ON_POLICY",
-    "Trainer",
-    "TrainingInterrupted",
-    "check_env",
-    "env_factory",
-    "load_policy",
-    "preprocess_of",
-    "score",
-    "seed_everything",
-    "train",
-    "vector_env",
-]
 
 
 def update_threads(cfg: Config, workers: int, on_cpu: bool = True) -> int:
@@ -97,7 +69,7 @@ def torch_threads(n: int):
             torch.set_num_threads(previous)
 
 
-class Trainer(TrainingRun):
+class OnPolicyTrainer(TrainingRun):
     """PPO: collect ``algo.num_steps`` steps per env copy, compute GAE, update; the rest is the run's.
 
     Checkpoint entries added to :class:`marl.run.TrainingRun`'s: ``collector``
@@ -106,9 +78,9 @@ class Trainer(TrainingRun):
 
     def build(self) -> None:
         cfg = self.cfg
-        self.policy = Policy(self.spec, cfg, self.device)
+        self.policy = ActorCriticPolicy(self.spec, cfg, self.device)
         self.learner = PPOLearner(self.policy, cfg.algo)
-        self.collector = Collector(
+        self.collector = RolloutCollector(
             self.env, self.policy, cfg.algo.num_steps, cfg.norm.reward, cfg.norm.reward_clip,
             cfg.algo.gamma, cfg.seed, overlap=cfg.env.overlap, check_inputs=cfg.health.check_inputs,
         )
@@ -119,7 +91,7 @@ class Trainer(TrainingRun):
     def take_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
         self.collector.set_obs(obs, state)
 
-    def acting_policy(self) -> Policy:
+    def acting_policy(self) -> ActorCriticPolicy:
         return self.policy
 
     def n_parameters(self) -> int:
@@ -158,38 +130,3 @@ class Trainer(TrainingRun):
         row = {f"train/{k}": v for k, v in metrics.items()}
         row.update(episode_metrics(rollout.episodes, self.spec))
         return [Report(row, log=self.iteration % cfg.log.interval == 0)]
-
-
-ON_POLICY = ("ppo",)
-
-
-def train(cfg: Config) -> dict[str, Any]:
-    """Train ``cfg`` from scratch or from ``cfg.resume``; return the run summary.
-
-    On-policy algorithms run in :class:`Trainer`; off-policy ones (DQN, SAC, TD3)
-    in :class:`marl.off_policy.OffPolicyTrainer`.
-    """
-    trainer = Trainer(cfg) if cfg.algo.name in ON_POLICY else OffPolicyTrainer(cfg)
-    return trainer.train()
-
-
-def load_policy(path: str | Path, device: str = "cpu") -> tuple[Policy | OffPolicyActor, Config, dict]:
-    """Rebuild the policy of a checkpoint (or run directory: its best.pt, else latest.pt)."""
-    p = Path(path)
-    if p.is_dir():
-        for candidate in (p / "checkpoints" / "best.pt", p / "checkpoints" / "latest.pt"):
-            if candidate.is_file():
-                p = candidate
-                break
-        else:
-            raise ckpt.CheckpointError(f"{path}: no checkpoints/best.pt or latest.pt in this run directory")
-    state = ckpt.load(p, map_location=device)
-    cfg = from_dict(state["config"])
-    probe = env_factory(cfg)()
-    try:
-        spec = probe.spec
-    finally:
-        probe.close()
-    policy = Policy(spec, cfg, device) if cfg.algo.name in ON_POLICY else build_actor(spec, cfg, device)
-    policy.load_state_dict(state["policy"])
-    return policy, cfg, state

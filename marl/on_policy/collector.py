@@ -21,13 +21,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from marl.data.rollout import GroupRollout
 from marl import health
-from marl.multi_agent.policy import Policy, critic_input_shape, is_image
-from marl.normalization import RewardScaler
+from marl.data.rollout import GroupRollout
 from marl.env.vector import concat_steps
+from marl.multi_agent.groups import critic_input_shape, is_image
+from marl.normalization import RewardScaler
+from marl.on_policy.policy import ActorCriticPolicy
 from marl.types import EpisodeStats, GroupObs
-
 
 _STORED = ("obs", "critic_in", "action", "log_prob", "value", "alive", "reward", "terminated", "truncated",
            "action_mask")
@@ -52,7 +52,7 @@ class RolloutResult(NamedTuple):
     agent_steps: int
 
 
-class Collector:
+class RolloutCollector:
     """Steps a vector env with a policy and stores what happened.
 
     Args:
@@ -71,7 +71,7 @@ class Collector:
     def __init__(
         self,
         env,
-        policy: Policy,
+        policy: ActorCriticPolicy,
         num_steps: int,
         reward_norm: bool,
         reward_clip: float,

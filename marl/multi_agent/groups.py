@@ -1,0 +1,179 @@
+"""Who acts with which parameters: groups of agents, sharing modes, and the input rule of every network.
+
+Every algorithm (PPO, DQN, SAC, TD3) reads these, so one env is grouped, shared and
+encoded the same way whatever trains it:
+
+* :func:`default_groups` / :func:`check_partition`: agents -> groups (by name prefix, or
+  an explicit partition from ``env.groups``); a group's agents share spaces.
+* :func:`group_sharing` / :func:`param_sets_for`: ``model.sharing`` -> the parameter-set
+  index of each agent of a group (``shared``, ``independent``, or an agent -> set map).
+* :func:`is_image`: the one rule for pixels (CNN, ``/255``, never standardized).
+* :func:`critic_input_shape`: local or central (MAPPO) critic inputs.
+* :func:`group_net`: one group's :class:`~marl.nets.AgentNet` with its sharing mode
+  and encoder (what the off-policy algorithms build their networks from).
+
+This module needs only numpy (the env layer groups agents without importing torch);
+:func:`group_net` imports the networks when called.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from marl.types import EnvSpec, GroupSpec
+
+if TYPE_CHECKING:
+    from marl.config import ModelConfig
+    from marl.nets import AgentNet
+
+
+_SUFFIX = re.compile(r"^(.+)_(\d+)$")
+
+
+def default_groups(agents: Sequence[str]) -> dict[str, list[str]]:
+    """Partition agents by name prefix: ``adversary_0`` -> ``adversary``; ``hero`` -> ``hero``.
+
+    Groups appear in the order of their first agent; agents keep their order.
+    """
+    groups: dict[str, list[str]] = {}
+    for agent in agents:
+        match = _SUFFIX.match(agent)
+        groups.setdefault(match.group(1) if match else agent, []).append(agent)
+    return groups
+
+
+def check_partition(agents: Sequence[str], groups: Mapping[str, Sequence[str]]) -> None:
+    listed = [a for members in groups.values() for a in members]
+    unknown = sorted(set(listed) - set(agents))
+    missing = [a for a in agents if a not in set(listed)]
+    repeated = sorted({a for a in listed if listed.count(a) > 1})
+    if unknown or missing or repeated or any(not m for m in groups.values()):
+        raise ValueError(
+            f"groups must partition the env's agents {list(agents)} into non-empty groups; "
+            f"got {dict(groups)} "
+            f"(unknown: {unknown}, missing: {missing}, in several groups: {repeated}). "
+            "List every agent exactly once, or pass groups=None to group by name prefix."
+        )
+
+
+def param_sets_for(sharing: str | Mapping[str, str], agents: Sequence[str]) -> list[int]:
+    """Agent index -> parameter-set index for a sharing mode.
+
+    Args:
+        sharing: ``"shared"`` (one set for all), ``"independent"`` (one set per
+            agent), or a mapping from agent name or glob pattern (``"adversary_*"``)
+            to a set name. An exact agent name wins over patterns; patterns that
+            match the same agent must agree on the set name.
+        agents: the group's agent names, in agent-axis order.
+
+    Returns:
+        ``A`` set indices numbered ``0..P-1`` in order of first appearance along
+        ``agents``; e.g. ``{"adversary_*": "adv", "agent_0": "a0"}`` over
+        ``["adversary_0", "adversary_1", "agent_0"]`` gives ``[0, 0, 1]``.
+
+    Raises:
+        ValueError: unknown mode, duplicate agents, a key matching no agent, an
+            agent matched by no key, or patterns giving one agent two sets.
+    """
+    agents = list(agents)
+    if not agents:
+        raise ValueError("param_sets_for needs at least one agent")
+    duplicates = sorted(a for a, c in Counter(agents).items() if c > 1)
+    if duplicates:
+        raise ValueError(f"agents listed twice: {duplicates}")
+    if isinstance(sharing, str):
+        if sharing == "shared":
+            return [0] * len(agents)
+        if sharing == "independent":
+            return list(range(len(agents)))
+        raise ValueError(
+            f"unknown sharing {sharing!r}; use 'shared', 'independent' or a mapping "
+            "agent name (or glob pattern) -> parameter-set name"
+        )
+    unknown = [k for k in sharing if k not in agents and not any(fnmatch.fnmatchcase(a, k) for a in agents)]
+    if unknown:
+        raise ValueError(f"sharing map names unknown agents or patterns {unknown}; the agents are {agents}")
+    names: list[str] = []
+    missing: list[str] = []
+    for agent in agents:
+        if agent in sharing:
+            names.append(sharing[agent])
+            continue
+        matched = {sharing[k] for k in sharing if fnmatch.fnmatchcase(agent, k)}
+        if not matched:
+            missing.append(agent)
+        elif len(matched) > 1:
+            raise ValueError(f"agent {agent!r} matches patterns giving different sets {sorted(matched)}")
+        else:
+            names.append(matched.pop())
+    if missing:
+        raise ValueError(f"sharing map gives no parameter set to agents {missing}; add them or a pattern")
+    index: dict[str, int] = {}
+    for name in names:
+        index.setdefault(name, len(index))
+    return [index[name] for name in names]
+
+
+def is_image(space_shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """uint8 ``[H, W, C]`` observations are images: scaled by 1/255 in the network, never standardized."""
+    return len(space_shape) == 3 and np.dtype(dtype) == np.uint8
+
+
+def critic_input_shape(env: EnvSpec, group: GroupSpec, critic: str) -> tuple[int, ...]:
+    """Shape of one agent's critic input for ``critic`` = ``local`` or ``central``."""
+    if critic == "local":
+        return tuple(group.obs_space.shape)
+    if env.state_shape is not None:
+        return tuple(env.state_shape)
+    total = 0
+    for g in env.groups:
+        if is_image(g.obs_space.shape, g.obs_space.dtype):
+            raise ValueError(
+                "model.critic=central needs a global state or vector observations; this env has image "
+                f"observations in group {g.name!r} and no state(). Use model.critic=local."
+            )
+        total += g.n_agents * int(np.prod(g.obs_space.shape))
+    return (total,)
+
+
+def group_sharing(sharing: str | Mapping, group: GroupSpec) -> str | dict:
+    """The sharing mode of one group from ``model.sharing``.
+
+    ``model.sharing`` is ``shared``, ``independent``, or a mapping whose keys are
+    group names (value: a mode or an agent -> set map for that group) or agent
+    names / glob patterns (value: a parameter-set name). Agents of a group that
+    a mapping does not mention share one set.
+    """
+    if isinstance(sharing, str):
+        return sharing
+    if group.name in sharing:
+        return sharing[group.name]
+    mine = {k: v for k, v in sharing.items() if any(fnmatch.fnmatchcase(a, k) for a in group.agents)}
+    return mine or "shared"
+
+
+def group_net(group: GroupSpec, model: ModelConfig, in_shape: tuple[int, ...], out_dim: int, out_gain: float) -> AgentNet:
+    """One group's :class:`AgentNet` with the group's sharing mode from ``model.sharing``.
+
+    Args:
+        group: the agents it serves (``A``).
+        model: widths, activation, sharing, agent ids, forward strategy.
+        in_shape: one agent's input shape (observation, or observation + action for Q(s, a)).
+        out_dim: output width.
+        out_gain: orthogonal gain of the output layer.
+    """
+    from marl.nets import AgentNet  # torch-heavy: imported on use (see the module doc)
+
+    image = len(in_shape) == 3 and is_image(tuple(in_shape), group.obs_space.dtype)
+    return AgentNet(
+        tuple(in_shape), out_dim, group.n_agents, encoder="cnn" if image else "mlp", hidden=tuple(model.hidden),
+        activation=model.activation,
+        param_sets=param_sets_for(group_sharing(model.sharing, group), group.agents), agent_id=model.agent_id,
+        strategy=model.strategy, out_gain=out_gain,
+    )
