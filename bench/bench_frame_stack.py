@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_frame_of_reference import Arm, arm_table, plot_curves, run_arms
-from marl.compare import bootstrap_difference
+from marl.stats import bootstrap_difference
 
 CONFIG = "configs/masked_cartpole_framestack_ppo.yaml"
 

@@ -26,6 +26,7 @@ import yaml
 from marl.checkpoint import CheckpointError
 from marl.config import DEFAULT_CONFIG, ConfigError, describe, load_config, to_dict
 
+
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     path = None
     overrides = []

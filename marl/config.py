@@ -25,9 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from marl.health import HealthConfig
 from marl.registry import ALGORITHMS, UnknownAlgorithm, algorithm
-
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 """The embedded default run (``marl train`` without a config file): a copy of
@@ -217,6 +215,55 @@ class LogConfig:
     tensorboard: bool = _f(True, "write TensorBoard event files to the run directory")
     progress: bool = _f(True, "live progress display when the terminal is a TTY")
     interval: int = _f(1, "iterations between console/TensorBoard training logs")
+
+
+@dataclass
+class HealthConfig:
+    """Numeric checks and the thresholds of the warning signs (a check = one PPO iteration, or
+    ``log.interval`` off-policy training phases)."""
+
+    enabled: bool = _f(True, "watch the training metrics and report warning signs")
+    patience: int = _f(5, "consecutive checks a sign must persist before it is reported")
+    entropy_floor_frac: float = _f(0.05, "entropy collapse: below this fraction of the first entropy "
+                                         "(Gaussian policies: of the first action std)")
+    entropy_abs_floor: float = _f(0.01, "entropy collapse: below this entropy in nats (categorical policies)")
+    kl_high: float = _f(0.05, "approx KL above this: the update step is too large")
+    clip_low: float = _f(0.005, "clip fraction below this: clipping has no effect")
+    clip_high: float = _f(0.9, "clip fraction above this: nearly every sample is clipped")
+    lr_quiet_frac: float = _f(0.5, "skip clip_fraction_low once train/lr has annealed below this fraction "
+                                   "of its first value (small steps clip nothing)")
+    ev_low: float = _f(0.0, "explained variance below this: the critic is worse than the mean return")
+    ev_warmup: int = _f(10, "checks before explained variance is judged (a fresh critic starts near 0)")
+    collapse_frac: float = _f(0.5, "returns collapse: smoothed return below "
+                                   "best - collapse_frac * (best - first)")
+    return_window: int = _f(10, "moving-average window of rollout/ep_return, in checks")
+    return_min_rise: float = _f(3.0, "a rise (best - first) counts only above this many noise std "
+                                     "of the returns")
+    q_bound_factor: float = _f(2.0, "Q divergence: |train/q_mean| above this multiple of the largest possible "
+                                     "return max|r| / (1 - gamma)")
+    q_growth: float = _f(10.0, "Q divergence before any nonzero reward was seen: |train/q_mean| rising at each "
+                               "of patience checks, to this multiple of where it started")
+    alpha_floor_frac: float = _f(1e-3, "entropy coefficient collapse (SAC autotune): train/alpha below this "
+                                       "fraction of its first value")
+    check_inputs: bool = _f(False, "check every observation and reward for NaN/inf (one pass over each step)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, message)`` for every value out of range; empty when the config is usable."""
+        rules = [
+            (self.patience >= 1, "patience", "must be >= 1"),
+            (0 <= self.entropy_floor_frac < 1, "entropy_floor_frac", "must be in [0, 1)"),
+            (self.kl_high > 0, "kl_high", "must be > 0"),
+            (0 <= self.clip_low < self.clip_high <= 1, "clip_low", "need 0 <= clip_low < clip_high <= 1"),
+            (0 <= self.lr_quiet_frac <= 1, "lr_quiet_frac", "must be in [0, 1]"),
+            (self.ev_warmup >= 0, "ev_warmup", "must be >= 0"),
+            (0 < self.collapse_frac <= 1, "collapse_frac", "must be in (0, 1]"),
+            (self.return_window >= 1, "return_window", "must be >= 1"),
+            (self.return_min_rise >= 0, "return_min_rise", "must be >= 0"),
+            (self.q_bound_factor >= 1, "q_bound_factor", "must be >= 1"),
+            (self.q_growth > 1, "q_growth", "must be > 1"),
+            (0 < self.alpha_floor_frac < 1, "alpha_floor_frac", "must be in (0, 1)"),
+        ]
+        return [(key, f"{msg}, got {getattr(self, key)!r}") for ok, key, msg in rules if not ok]
 
 
 @dataclass

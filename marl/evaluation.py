@@ -31,8 +31,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from marl.env.vector import VectorEnv, eval_seeds
+from marl.env.vector import VectorEnv
 from marl.loop import EnvLoop
+from marl.seeding import eval_seeds
 from marl.types import ActingPolicy, ActOutput, EnvSpec, EpisodeStats, GroupObs
 
 

@@ -42,9 +42,10 @@ from marl.checkpoint import CheckpointError, find_checkpoint
 from marl.config import Config
 from marl.env.adapters import Adapter
 from marl.env.make import adapt, make_raw_env, preprocess_of
-from marl.env.vector import SyncVectorEnv, eval_seeds
+from marl.env.sync import SyncVectorEnv
 from marl.env.wrappers import apply_preprocess
 from marl.evaluation import run_episodes
+from marl.seeding import eval_seeds
 from marl.types import EpisodeStats
 
 VIDEO_SUFFIXES = (".mp4", ".gif")

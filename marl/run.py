@@ -5,23 +5,24 @@ A run directory holds ``config.yaml``, TensorBoard event files, ``checkpoints/``
 ``summary.json``. SIGINT/SIGTERM write ``latest.pt`` before exiting with status 130/143.
 
 :class:`TrainingRun` owns that scaffolding: the run directory and the resolved config,
-seeding and the device, the training env copies, the counters (``env_steps``,
+seeding and the device, the training env copies and the act -> step loop over them
+(:class:`marl.loop.EnvLoop`: their current observations, reset at the start and restored
+on resume), the counters (``env_steps``,
 ``agent_steps``, ``iteration``, ``episodes``, wall time), evaluation every
 ``eval.interval`` env steps with ``best.pt`` kept for the best :func:`score`,
 ``latest.pt`` every ``checkpoint.interval`` env steps with ``checkpoint.keep_last``
 numbered copies, resume from a run directory or checkpoint, the health monitor and
 the logger, stop signals, the progress line and ``summary.json``. A trainer subclass
 adds only its algorithm: :meth:`~TrainingRun.build` (networks, learner, collector or
-replay), :meth:`~TrainingRun.advance` (one iteration), :meth:`~TrainingRun.take_obs`
-(where the env copies' observations go), :meth:`~TrainingRun.acting_policy` and
+replay), :meth:`~TrainingRun.advance` (one iteration, stepping :attr:`~TrainingRun.loop`),
+:meth:`~TrainingRun.acting_policy` and
 :meth:`~TrainingRun.n_parameters`, and extends :meth:`~TrainingRun.checkpoint_state` /
 :meth:`~TrainingRun.restore` with its own entries.
 
 Why one small base class rather than a scaffolding object the trainers hold: the
 scaffolding and the algorithm share the counters and the checkpoint dict, and the
-scaffolding needs five things from the algorithm (one iteration, its checkpoint
-entries, its policy for evaluation, its parameter count, where restored observations
-go). Held as a separate object it would need either a back-reference to the trainer
+scaffolding needs four things from the algorithm (one iteration, its checkpoint
+entries, its policy for evaluation, its parameter count). Held as a separate object it would need either a back-reference to the trainer
 or a bundle of callbacks; as one level of inheritance with named abstract hooks each
 trainer reads as its algorithm and nothing else. There is no deeper hierarchy.
 
@@ -29,7 +30,7 @@ Checkpoint entries written here: ``config``, ``policy``, ``learner``, ``counters
 (``env_steps, agent_steps, iteration, episodes, wall_time_s``), ``rng`` (python,
 numpy, torch), ``env`` (:class:`marl.env.adapters.EnvSnapshot` per copy: a resumed
 run continues its episodes exactly), ``best_eval``, ``eval_history`` and ``health``;
-each trainer adds its own (see :class:`marl.trainer.Trainer`,
+each trainer adds its own (see :class:`marl.on_policy.OnPolicyTrainer`,
 :class:`marl.off_policy.OffPolicyTrainer`).
 """
 
@@ -47,7 +48,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple, Protocol, Self
 
-import numpy as np
 import torch
 
 from marl import checkpoint as ckpt
@@ -58,8 +58,9 @@ from marl.env.vector import VectorEnv
 from marl.evaluation import evaluate
 from marl.health import REMEDIES, HealthMonitor, NonFiniteError, entropy_action_dims
 from marl.logger import Logger, flatten_dict, flatten_eval
+from marl.loop import EnvLoop
 from marl.seeding import seed_everything
-from marl.types import ActingPolicy, EnvSpec, GroupObs
+from marl.types import ActingPolicy, EnvSpec
 
 
 # --------------------------------------------------------------------------- run-level helpers
@@ -188,8 +189,9 @@ class TrainingRun(ABC):
         cfg: the config as run (``run_dir`` filled in on resume).
         run_dir, ckpt_dir: the run directory and its ``checkpoints/``.
         env, spec: the training env copies and their spec.
+        loop: the :class:`~marl.loop.EnvLoop` over :attr:`env` (one unit per chunk with ``env.overlap``).
         device: torch device of the networks.
-        env_steps, agent_steps, iteration, episodes: counters (see :mod:`marl.trainer`).
+        env_steps, agent_steps, iteration, episodes: counters (see :mod:`marl.on_policy.trainer`).
         best_eval, last_eval: evaluation results (``None`` before the first).
         eval_history: :func:`eval_record` of every evaluation, in order.
         health: the warning-sign monitor (its state is checkpointed).
@@ -223,6 +225,7 @@ class TrainingRun(ABC):
         env_spec(cfg)  # a bad env id / kwargs / groups: one line naming the key, before any worker starts
         self.env: VectorEnv = vector_env(cfg, cfg.env.num_envs)
         self.spec: EnvSpec = self.env.spec
+        self.loop = EnvLoop(self.env, overlap=cfg.env.overlap, check_inputs=cfg.health.check_inputs)
         self.env_steps = self.agent_steps = self.iteration = self.episodes = 0
         self.best_eval: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
@@ -232,6 +235,7 @@ class TrainingRun(ABC):
         self.health = HealthMonitor(cfg.health, entropy_action_dims(self.spec), remedies=self.remedies,
                                     gamma=cfg.algo.gamma)
         try:
+            self.loop.reset(cfg.seed)
             self.build()
             if saved is not None:
                 self.restore(saved)
@@ -251,10 +255,6 @@ class TrainingRun(ABC):
         A :class:`NonFiniteError` raised here stops the run before anything else is
         logged or saved; the run adds the env step count and the last good checkpoint.
         """
-
-    @abstractmethod
-    def take_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
-        """Continue from these observations of the env copies (after a reset or a restore)."""
 
     @abstractmethod
     def acting_policy(self) -> ActingPolicy:
@@ -311,7 +311,7 @@ class TrainingRun(ABC):
         ckpt.set_rng_state(state["rng"])
         # Env copies continue their episodes exactly: same reset, actions replayed (marl.env.adapters.EnvSnapshot).
         snaps = [EnvSnapshot(*s) for s in ckpt.from_checkpoint(state["env"])]
-        self.take_obs(*self.env.restore(snaps))
+        self.loop.set_obs(*self.env.restore(snaps))
         self.best_eval = state.get("best_eval")
         self.eval_history = list(state.get("eval_history") or [])
         if "health" in state:

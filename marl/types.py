@@ -109,11 +109,14 @@ class GroupObs(NamedTuple):
         obs: ``[E, A, *obs_shape]`` observation (zeros where not alive).
         alive: ``[E, A]`` bool, the agent acts at this step.
         action_mask: ``[E, A, n_actions]`` bool (``True`` = allowed) or ``None``.
+        achieved_goal: ``[E, A, G]`` the goal this observation achieves (goal envs, for
+            hindsight relabelling), or ``None``.
     """
 
     obs: np.ndarray
     alive: np.ndarray
     action_mask: np.ndarray | None
+    achieved_goal: np.ndarray | None = None
 
 
 class GroupTransition(NamedTuple):
@@ -131,12 +134,14 @@ class GroupTransition(NamedTuple):
             agents whose episode ended at it (``terminated | truncated``);
             zeros elsewhere. Auto-reset replaces ``obs`` of the next
             ``GroupObs``, never this.
+        final_achieved_goal: ``[E, A, G]`` the goal ``final_obs`` achieves (goal envs), or ``None``.
     """
 
     reward: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
     final_obs: np.ndarray
+    final_achieved_goal: np.ndarray | None = None
 
 
 class EpisodeStats(NamedTuple):

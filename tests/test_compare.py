@@ -10,19 +10,8 @@ import scipy.stats
 import yaml
 
 from marl.cli import main
-from marl.compare import (
-    CompareError,
-    Variant,
-    bootstrap_difference,
-    bootstrap_interval,
-    common_grid,
-    interpolate_curves,
-    mean_and_iqm,
-    parse_sharing,
-    parse_variant,
-    plan_runs,
-    split_top_level,
-)
+from marl.compare import CompareError, Variant, parse_sharing, parse_variant, plan_runs, split_top_level
+from marl.stats import bootstrap_difference, bootstrap_interval, common_grid, interpolate_curves, mean_and_iqm
 
 TINY = [
     "total_env_steps=200", "env.num_envs=4", "algo.num_steps=25", "algo.num_minibatches=2", "algo.update_epochs=1",

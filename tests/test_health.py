@@ -11,24 +11,21 @@ import torch
 from torch import nn
 
 from marl import checkpoint as ckpt
+from marl.config import HealthConfig
 from marl.health import (
     OFF_POLICY_REMEDIES,
     REMEDIES,
-    HealthConfig,
     HealthMonitor,
     NonFiniteError,
-    alpha_collapse,
     check_finite_metrics,
     check_finite_update,
     check_inputs,
     entropy_action_dims,
-    entropy_collapse,
     first_nonfinite,
     largest_return,
     nonfinite_metrics,
-    q_divergence,
-    returns_collapse,
 )
+from marl.health.signs import alpha_collapse, entropy_collapse, q_divergence, returns_collapse
 from marl.off_policy import OffPolicyTrainer
 from marl.types import EnvSpec, GroupSpec
 

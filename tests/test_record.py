@@ -8,9 +8,9 @@ import pytest
 from marl.cli import main
 from marl.config import load_config
 from marl.env.make import env_factory
-from marl.env.vector import eval_seeds
 from marl.on_policy.policy import ActorCriticPolicy
 from marl.record import RecordError, capture_episodes, default_output, pad_even, recording_env, write_video
+from marl.seeding import eval_seeds
 
 TINY_CARTPOLE = ["total_env_steps=256", "eval.interval=0", "eval.episodes=1", "eval.num_envs=1",
                  "log.progress=false", "log.tensorboard=false", "checkpoint.interval=0"]

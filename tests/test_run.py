@@ -180,7 +180,7 @@ def test_off_policy_sigint_saves_latest_and_exits_like_ppo(make_config, tiny_dqn
 
 
 def test_training_run_is_abstract_and_needs_every_hook():
-    hooks = {"build", "advance", "take_obs", "acting_policy", "n_parameters"}
+    hooks = {"build", "advance", "acting_policy", "n_parameters"}
     assert TrainingRun.__abstractmethods__ == frozenset(hooks)
     for cls in (OnPolicyTrainer, OffPolicyTrainer):
         assert not cls.__abstractmethods__

@@ -17,7 +17,6 @@ from marl.env.adapters import (
 )
 from marl.env.make import adapter_factory, make_adapter, probe_spec
 from marl.env.vector import (
-    AchievedGoals,
     EnvWorkerError,
     SubprocVectorEnv,
     SyncVectorEnv,
@@ -30,7 +29,6 @@ from marl.env.wrappers import Preprocess
 
 __all__ = [
     "AECAdapter",
-    "AchievedGoals",
     "Adapter",
     "AdapterStep",
     "EnvWorkerError",

@@ -25,29 +25,30 @@ Conventions shared by all adapters:
   has it) and ``truncated`` (1.0 when a time limit ended the episode, else 0.0).
 
 The vector envs call ``reset_into`` / ``step_into``, which write into caller-owned
-buffers (:class:`StepBuffers`, possibly views into shared memory) so the hot path
-allocates nothing; ``reset`` / ``step`` are the allocating convenience forms.
+buffers (:class:`StepBuffers`, possibly views into shared memory), so a step writes
+its arrays in place instead of building new ones (the vector env copies each result
+out once); ``reset`` / ``step`` are the allocating convenience forms. How observations
+are decoded and the :class:`EnvSpec` built is in :mod:`marl.env.spec`; snapshots for
+exact resume in :mod:`marl.env.snapshot`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import gymnasium
 import numpy as np
-from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 
 from marl.env.buffers import StepBuffers, allocate_buffers, buffer_fields
+from marl.env.snapshot import EnvSnapshot, find_rng
+from marl.env.spec import ObsFormat, decode_obs, pettingzoo_spec
 from marl.env.wrappers import GymAsParallel
-from marl.multi_agent.groups import check_partition, default_groups
-from marl.types import EnvSpec, EpisodeStats, GroupObs, GroupSpec, GroupTransition
+from marl.types import EnvSpec, EpisodeStats, GroupObs, GroupTransition
 
-__all__ = ["AECAdapter", "Adapter", "AdapterStep", "GymAdapter", "ParallelAdapter"]
+__all__ = ["AECAdapter", "Adapter", "AdapterStep", "EnvSnapshot", "GymAdapter", "ParallelAdapter"]
 
 
 class AdapterStep(NamedTuple):
@@ -114,163 +115,13 @@ class Adapter(Protocol):
     def close(self) -> None: ...
 
 
-# ---------------------------------------------------------------------------------------------
-# Groups and observation formats
-# ---------------------------------------------------------------------------------------------
-
-def _model_box(box: spaces.Box) -> spaces.Box:
-    """The space of the arrays the adapter emits: uint8 kept, anything else float32."""
-    if box.dtype == np.uint8:
-        return box
-    return spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32), dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class _ObsFormat:
-    """How one agent's raw observation becomes arrays."""
-
-    kind: str  # "box", "masked" (observation + action_mask) or "goal" (goal Dict)
-    space: spaces.Box  # the emitted observation space
-    n_obs: int = 0  # goal: length of the flat ``observation`` part
-    goal_dim: int = 0  # goal: length of desired / achieved goal
-
-
-def _obs_format(agent: str, space: spaces.Space) -> _ObsFormat:
-    if isinstance(space, spaces.Box):
-        return _ObsFormat("box", _model_box(space))
-    if isinstance(space, spaces.Dict):
-        parts = space.spaces
-        if set(parts) == {"observation", "action_mask"} and isinstance(parts["observation"], spaces.Box):
-            return _ObsFormat("masked", _model_box(parts["observation"]))
-        goal_keys = {"observation", "achieved_goal", "desired_goal"}
-        if set(parts) == goal_keys and all(isinstance(parts[k], spaces.Box) for k in goal_keys):
-            obs, desired = parts["observation"], parts["desired_goal"]
-            if parts["achieved_goal"].shape != desired.shape:
-                raise ValueError(f"agent {agent!r}: achieved_goal and desired_goal shapes differ ({space})")
-            low = np.concatenate([obs.low.ravel(), desired.low.ravel()]).astype(np.float32)
-            high = np.concatenate([obs.high.ravel(), desired.high.ravel()]).astype(np.float32)
-            return _ObsFormat(
-                "goal", spaces.Box(low, high, dtype=np.float32), int(obs.low.size), int(desired.low.size)
-            )
-    raise ValueError(
-        f"agent {agent!r} has observation space {space}, which the adapters do not read. Supported: Box "
-        "(vectors, uint8 images [H, W, C]); Dict(observation, action_mask); Dict(observation, achieved_goal, "
-        "desired_goal). Flatten other spaces first, e.g. supersuit.flatten_v0 or "
-        "gymnasium.wrappers.FlattenObservation."
-    )
-
-
-def _decode(
-    fmt: _ObsFormat, raw: Any, k: int, obs: np.ndarray, mask: np.ndarray | None, goal: np.ndarray | None
-) -> None:
-    """Write agent ``k``'s raw observation into row ``k`` of the group arrays."""
-    if fmt.kind == "box":
-        obs[k] = raw
-    elif fmt.kind == "masked":
-        obs[k] = raw["observation"]
-        if mask is not None:
-            mask[k] = raw["action_mask"]
-    else:
-        n = fmt.n_obs
-        obs[k, :n] = np.ravel(raw["observation"])
-        obs[k, n:] = np.ravel(raw["desired_goal"])
-        if goal is not None:
-            goal[k] = np.ravel(raw["achieved_goal"])
-
-
-def _pettingzoo_spec(
-    env: Any,
-    groups: Mapping[str, Sequence[str]] | None,
-    infos: Mapping[str, Any],
-    use_state: bool,
-    turn_based: bool,
-) -> tuple[EnvSpec, dict[str, _ObsFormat], set[str]]:
-    """Check the groups of a PettingZoo env just reset and build its spec.
-
-    ``infos`` (from that reset) tell which agents get masks in their infos.
-    Returns (spec, agent -> observation format, groups whose masks come from infos).
-    """
-    agents = list(env.possible_agents)
-    groups = default_groups(agents) if groups is None else groups
-    check_partition(agents, groups)
-    info_masks = {a for a, i in infos.items() if isinstance(i, Mapping) and "action_mask" in i}
-    group_specs, formats, mask_from_info = [], {}, set()
-    for name, members in groups.items():
-        for space_of, what in ((env.observation_space, "observation"), (env.action_space, "action")):
-            if any(space_of(a) != space_of(members[0]) for a in members):
-                detail = "; ".join(f"{a}: {space_of(a)}" for a in members)
-                raise ValueError(
-                    f"group {name!r} mixes {what} spaces ({detail}). "
-                    "Agents of one group share one network and "
-                    "must have equal spaces: put them in different groups (groups={...}), or pad them to one "
-                    "space with Preprocess(pad=True) (SuperSuit pad_observations / pad_action_space)."
-                )
-        fmt, act = _obs_format(members[0], env.observation_space(members[0])), env.action_space(members[0])
-        if not isinstance(act, (spaces.Discrete, spaces.Box)) or getattr(act, "start", 0) != 0:
-            raise ValueError(
-                f"group {name!r} has action space {act}; only Discrete (from 0) and Box are supported"
-            )
-        if any(a in info_masks for a in members) and fmt.kind != "masked":
-            mask_from_info.add(name)
-        has_mask = fmt.kind == "masked" or name in mask_from_info
-        if has_mask and not isinstance(act, spaces.Discrete):
-            raise ValueError(f"group {name!r} has an action mask but a non-Discrete action space {act}")
-        formats.update(dict.fromkeys(members, fmt))
-        goal = (fmt.n_obs, fmt.n_obs + fmt.goal_dim) if fmt.kind == "goal" else None
-        group_specs.append(GroupSpec(name, tuple(members), fmt.space, act, has_mask, goal))
-    state_shape = None
-    if use_state:
-        with contextlib.suppress(NotImplementedError, AttributeError):
-            state_shape = tuple(np.shape(env.state()))
-    metadata = dict(getattr(env, "metadata", {}) or {})
-    return (
-        EnvSpec(tuple(agents), tuple(group_specs), state_shape, turn_based, metadata),
-        formats,
-        mask_from_info,
-    )
-
-
-def _find_rng(env: Any) -> np.random.Generator | None:
-    """The env's ``np_random`` generator, looking through wrappers (``unwrapped``, ``.env``)."""
-    seen = set()
-    node = env
-    while node is not None and id(node) not in seen:
-        seen.add(id(node))
-        for candidate in (getattr(node, "unwrapped", None), node):
-            rng = getattr(candidate, "_np_random", None) or getattr(candidate, "np_random", None)
-            if isinstance(rng, np.random.Generator):
-                return rng
-        node = getattr(node, "env", None) or getattr(node, "aec_env", None)
-    return None
-
-
-class EnvSnapshot(NamedTuple):
-    """What rebuilds an env copy's current state: how its episode started plus the actions since.
-
-    Attributes:
-        seed: the reset seed of the current episode, or ``None`` (auto-reset).
-        rng: the env's ``np_random`` bit-generator state right before that reset
-            (as ``bit_generator.state`` gives it), or ``None`` when the env has no ``np_random``.
-        actions: group -> ``[n, A, *action_shape]`` actions taken in the episode so far.
-
-    Restoring resets with the same seed / RNG state and replays the actions, so an
-    env whose randomness all comes from ``np_random`` (Gymnasium, PettingZoo, mpe2,
-    our ``envs/``) ends in exactly the state it was in. Other sources of randomness
-    (Python's ``random``, a global numpy RNG) are not captured.
-    """
-
-    seed: int | None
-    rng: dict | None
-    actions: dict[str, np.ndarray]
-
-
 class _Base:
     """Shared bookkeeping: the allocating API, slots, obs writing, episode statistics."""
 
     spec: EnvSpec
     _env: Any
 
-    def _setup(self, formats: Mapping[str, _ObsFormat], mask_from_info: Collection[str]) -> None:
+    def _setup(self, formats: Mapping[str, ObsFormat], mask_from_info: Collection[str]) -> None:
         # (agent, group, row, format, mask comes from infos) in possible-agent order
         self._slots = [
             (a, g.name, k, formats[a], g.name in mask_from_info)
@@ -310,7 +161,7 @@ class _Base:
     def restore_into(self, snapshot: EnvSnapshot, out: StepBuffers) -> None:
         """Rebuild the state of :meth:`snapshot`: same reset, same actions; obs written to ``out``."""
         if snapshot.seed is None and snapshot.rng is not None:
-            rng = _find_rng(self._env)
+            rng = find_rng(self._env)
             if rng is None:
                 raise RuntimeError("cannot restore the env's RNG: the env has no np_random generator")
             rng.bit_generator.state = snapshot.rng
@@ -324,7 +175,7 @@ class _Base:
     def _begin_episode(self, seed: int | None) -> None:
         """Remember how this episode starts (for :meth:`snapshot`); call right before the env's reset."""
         self._episode_seed = None if seed is None else int(seed)
-        rng = None if seed is not None else _find_rng(self._env)
+        rng = None if seed is not None else find_rng(self._env)
         self._episode_rng = None if rng is None else copy.deepcopy(rng.bit_generator.state)
         self._actions = []
 
@@ -373,7 +224,7 @@ class _Base:
             b = groups[g]
             if agent in alive:
                 b.alive[k] = True
-                _decode(fmt, observe(agent), k, b.obs, b.action_mask, b.achieved_goal)
+                decode_obs(fmt, observe(agent), k, b.obs, b.action_mask, b.achieved_goal)
                 if mask_in_info and agent in masked:
                     try:
                         b.action_mask[k] = infos[agent]["action_mask"]
@@ -411,7 +262,7 @@ class _Base:
         b.terminated[k] = terminated
         b.truncated[k] = not terminated
         if raw_obs is not None:
-            _decode(fmt, raw_obs, k, b.final_obs, None, b.final_achieved_goal)
+            decode_obs(fmt, raw_obs, k, b.final_obs, None, b.final_achieved_goal)
         if info and "is_success" in info:
             self._success[agent] = float(info["is_success"])
 
@@ -468,7 +319,7 @@ class ParallelAdapter(_Base):
     ):
         self._env = env
         _, infos = env.reset()  # probe: action masks in infos, state()
-        self.spec, formats, mask_from_info = _pettingzoo_spec(env, groups, infos, use_state, turn_based=False)
+        self.spec, formats, mask_from_info = pettingzoo_spec(env, groups, infos, use_state, turn_based=False)
         self._setup(formats, mask_from_info)
 
     def reset_into(self, seed: int | None, out: StepBuffers) -> None:
@@ -551,7 +402,7 @@ class GymAdapter(ParallelAdapter):
             self._env.agents = []
             b.terminated[0] = bool(terminated)
             b.truncated[0] = not terminated
-            _decode(self._format, obs, 0, b.final_obs, None, b.final_achieved_goal)
+            decode_obs(self._format, obs, 0, b.final_obs, None, b.final_achieved_goal)
             if info and "is_success" in info:
                 self._success["agent_0"] = float(info["is_success"])
             episode = self._episode(not terminated)
@@ -563,7 +414,7 @@ class GymAdapter(ParallelAdapter):
         if b.final_achieved_goal is not None:
             b.final_achieved_goal[0] = 0.0
         b.alive[0] = True
-        _decode(self._format, obs, 0, b.obs, b.action_mask, b.achieved_goal)
+        decode_obs(self._format, obs, 0, b.obs, b.action_mask, b.achieved_goal)
         if self._mask_in_info:
             try:
                 b.action_mask[0] = info["action_mask"]
@@ -602,7 +453,7 @@ class AECAdapter(_Base):
     ):
         self._env = env
         env.reset()  # probe: action masks in infos, state()
-        self.spec, formats, mask_from_info = _pettingzoo_spec(
+        self.spec, formats, mask_from_info = pettingzoo_spec(
             env, groups, env.infos, use_state, turn_based=True
         )
         self._setup(formats, mask_from_info)

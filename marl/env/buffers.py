@@ -59,8 +59,9 @@ class StepBuffers(NamedTuple):
 
     def split(self) -> tuple[dict[str, GroupObs], dict[str, GroupTransition]]:
         """Per group, the observation and the transition parts of these buffers (views, no copies)."""
-        obs = {g: GroupObs(b.obs, b.alive, b.action_mask) for g, b in self.groups.items()}
-        transition = {g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs) for g, b in self.groups.items()}
+        obs = {g: GroupObs(b.obs, b.alive, b.action_mask, b.achieved_goal) for g, b in self.groups.items()}
+        transition = {g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs, b.final_achieved_goal)
+                      for g, b in self.groups.items()}
         return obs, transition
 
     def at(self, index: int | slice) -> StepBuffers:

@@ -44,7 +44,6 @@ refills ``max(learning_starts, batch_size)`` rows (acting with the policy) befor
 from marl.off_policy.actor import OffPolicyActor, build_actor, build_learner
 from marl.off_policy.replay import (
     GoalFunctions,
-    achieved_goals,
     build_replays,
     goal_functions,
     load_replay_state,
@@ -59,7 +58,6 @@ __all__ = [
     "GoalFunctions",
     "OffPolicyActor",
     "OffPolicyTrainer",
-    "achieved_goals",
     "build_actor",
     "build_learner",
     "build_replays",

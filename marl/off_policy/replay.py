@@ -164,12 +164,3 @@ def load_replay_state(buf: ReplayBuffer, state: dict[str, Any]) -> None:
     except ValueError as exc:
         raise ckpt.CheckpointError(f"{exc}; algo.buffer_size, env.num_envs, algo.per or algo.her changed since the "
                                    "checkpoint: resume with the run's config.yaml") from exc
-
-
-def achieved_goals(env: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
-    """Achieved goals of the latest ``obs`` and ``final_obs`` of every chunk, ``[E, A, G]`` per group."""
-    parts = [env.achieved_goals(k) for k in range(env.num_chunks)]
-    if parts[0] is None:
-        return None
-    return ({g: np.concatenate([p.obs[g] for p in parts]) for g in parts[0].obs},
-            {g: np.concatenate([p.final_obs[g] for p in parts]) for g in parts[0].final_obs})

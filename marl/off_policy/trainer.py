@@ -12,11 +12,10 @@ from marl import checkpoint as ckpt
 from marl.algos.dqn import linear_epsilon
 from marl.config import Config, DQNConfig, OffPolicyConfig
 from marl.data import per_beta_at
-from marl.health import OFF_POLICY_REMEDIES, check_finite_metrics, check_inputs, first_nonfinite
+from marl.health import OFF_POLICY_REMEDIES, check_finite_metrics, first_nonfinite
 from marl.logger import episode_metrics
 from marl.off_policy.actor import OffPolicyActor, build_actor, build_learner
 from marl.off_policy.replay import (
-    achieved_goals,
     build_replays,
     goal_functions,
     load_replay_state,
@@ -26,7 +25,7 @@ from marl.off_policy.replay import (
     to_batch,
 )
 from marl.run import Report, TrainingRun
-from marl.types import EpisodeStats, GroupObs
+from marl.types import ActOutput, EpisodeStats, GroupObs
 
 
 class MetricWindow:
@@ -94,22 +93,8 @@ class OffPolicyTrainer(TrainingRun):
             for g in self.replay:
                 self.health.note_rewards(g, goals.success_reward)
         self.rng = np.random.default_rng(cfg.seed)
-        self.agents = {g.name: g.agents for g in self.spec.groups}
-        self.obs: dict[str, GroupObs] = {}
-        self.goals: dict[str, np.ndarray] | None = None
-        self.take_obs(*self.env.reset(cfg.seed))
         self.since_train = 0  # env steps collected since the last training phase
         self.window = MetricWindow()
-
-    def take_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
-        """Hold copies of the env copies' current observations and achieved goals (after a reset or restore)."""
-        del state  # off-policy critics are local
-        if self.cfg.health.check_inputs:
-            check_inputs({g: o.obs for g, o in obs.items()}, None, self.agents)
-        self.obs = {g: GroupObs(o.obs.copy(), o.alive.copy(), None if o.action_mask is None else o.action_mask.copy())
-                    for g, o in obs.items()}
-        goals = achieved_goals(self.env)
-        self.goals = None if goals is None else goals[0]
 
     def acting_policy(self) -> OffPolicyActor:
         return self.actor
@@ -155,26 +140,26 @@ class OffPolicyTrainer(TrainingRun):
         return 0.0
 
     def collect(self, epsilon: float) -> list[EpisodeStats]:
-        """One vector step from :attr:`obs`: act, step, store the rows; return the episodes that ended."""
-        obs, goals = self.obs, self.goals
-        out = self.actor.act(obs, None, deterministic=False, update_stats=True, with_value=False, epsilon=epsilon)
-        step = self.env.step(out.env_action)
-        if self.cfg.health.check_inputs:
-            check_inputs({g: o.obs for g, o in step.obs.items()}, {g: t.reward for g, t in step.transition.items()},
-                         self.agents)
-        after_goals = achieved_goals(self.env) if goals is not None else None
+        """One vector step of every env copy: act, step, store the rows; return the episodes that ended.
+
+        With HER the achieved goals come with the observations (``GroupObs.achieved_goal``) and
+        the final observations (``GroupTransition.final_achieved_goal``)."""
+
+        def act(obs: dict[str, GroupObs], state: np.ndarray | None) -> ActOutput:
+            return self.actor.act(obs, state, deterministic=False, update_stats=True, with_value=False,
+                                  epsilon=epsilon)
+
+        obs, out, step = self.loop.step(act)
         for g, buf in self.replay.items():
-            tr = step.transition[g]
-            achieved = next_achieved = None
-            if after_goals is not None:
-                achieved = goals[g]
+            o, tr = obs[g], step.transition[g]
+            next_achieved = None
+            if o.achieved_goal is not None:
                 ended = (tr.terminated | tr.truncated)[..., None]
-                next_achieved = np.where(ended, after_goals[1][g], after_goals[0][g])
-            buf.add(replay_rows(obs[g], out.action[g].cpu().numpy(), tr, step.obs[g], achieved, next_achieved))
+                next_achieved = np.where(ended, tr.final_achieved_goal, step.obs[g].achieved_goal)
+            buf.add(replay_rows(o, out.action[g].cpu().numpy(), tr, step.obs[g], o.achieved_goal, next_achieved))
             self.health.note_rewards(g, tr.reward)
-            self.agent_steps += int(obs[g].alive.sum())
+            self.agent_steps += int(o.alive.sum())
         self.env_steps += self.env.num_envs
-        self.obs, self.goals = step.obs, None if after_goals is None else after_goals[0]
         return step.episodes
 
     def train_step(self) -> dict[str, float]:

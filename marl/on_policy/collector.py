@@ -1,17 +1,17 @@
-"""The collector owns the env copies and their last observations, and fills rollouts.
+"""The rollout collector: runs the policy through the act -> step loop and fills rollouts.
 
-``collect(num_steps)`` runs the policy for ``T`` steps of ``E`` env copies and
-returns per-group :class:`~marl.data.rollout.GroupRollout` storage plus the
-episodes that finished. With a vector env split into chunks (one per worker
-process), the policy acts on one chunk while the others are stepping, so env
-stepping and inference overlap on different cores::
+``collect()`` runs the policy for ``T`` steps of ``E`` env copies through the run's
+:class:`marl.loop.EnvLoop` and returns per-group :class:`~marl.data.rollout.GroupRollout`
+storage plus the episodes that finished. With a vector env split into chunks (one per worker
+process) and ``env.overlap``, the policy acts on one chunk while the others are stepping, so
+env stepping and inference overlap on different cores::
 
     send(0, a0); send(1, a1)             # both chunks step
     recv(0) -> store, act on chunk 0, send(0)   # chunk 1 still stepping
     recv(1) -> store, act on chunk 1, send(1)   # chunk 0 stepping meanwhile
 
 The last actions of a rollout are not sent: the next rollout starts by acting on
-the stored observations with the updated policy.
+the loop's current observations with the updated policy.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from marl import health
 from marl.data.rollout import GroupRollout
-from marl.env.vector import concat_steps
+from marl.loop import EnvLoop
 from marl.multi_agent.groups import critic_input_shape, is_image
 from marl.normalization import RewardScaler
 from marl.on_policy.policy import ActorCriticPolicy
-from marl.types import EpisodeStats, GroupObs
+from marl.types import EpisodeStats
 
 _STORED = ("obs", "critic_in", "action", "log_prob", "value", "alive", "reward", "terminated", "truncated",
            "action_mask")
@@ -56,40 +55,30 @@ class RolloutCollector:
     """Steps a vector env with a policy and stores what happened.
 
     Args:
-        env: a vector env (``marl.env.VectorEnv``): ``reset``, ``send``, ``recv``, ``chunk_slice``.
+        loop: the env copies and their current observations (its units decide the overlap).
         policy: the acting policy (its normalizers update while collecting).
         num_steps: T, steps per env copy per rollout.
         reward_norm: scale rewards by the running return std.
         reward_clip: clip scaled rewards to ``[-clip, clip]`` (0 = off).
         gamma: discount of the reward scaler's running return.
-        seed: seed of the env copies' first reset.
-        overlap: act on each chunk as soon as its step returns (inference overlaps the
-            other chunks' stepping); ``False`` acts once on all env copies per step.
-        check_inputs: raise on a NaN/inf observation or reward, naming the agent and env copy.
     """
 
     def __init__(
         self,
-        env,
+        loop: EnvLoop,
         policy: ActorCriticPolicy,
+        *,
         num_steps: int,
         reward_norm: bool,
         reward_clip: float,
         gamma: float,
-        seed: int,
-        overlap: bool = True,
-        check_inputs: bool = False,
     ) -> None:
-        self.env = env
+        self.loop = loop
         self.policy = policy
         self.num_steps = num_steps
-        spec = env.spec
+        spec = loop.env.spec
         self.spec = spec
-        self.num_envs = env.num_envs
-        chunks = list(range(env.num_chunks))
-        # Units the policy acts on: one per chunk when overlapping, else all chunks at once.
-        self.units = [[k] for k in chunks] if overlap else [chunks]
-        self.unit_slices = [slice(env.chunk_slice(u[0]).start, env.chunk_slice(u[-1]).stop) for u in self.units]
+        self.num_envs = loop.num_envs
         device = policy.device
         self.storage: dict[str, GroupRollout] = {}
         central = policy.critic == "central"
@@ -117,58 +106,30 @@ class RolloutCollector:
                     (self.num_envs, g.n_agents), gamma, clip=reward_clip or None
                 )
         self.reward_clip = reward_clip
-        self.check_inputs = check_inputs
-        self.agents = {g.name: g.agents for g in spec.groups}
-        self.set_obs(*env.reset(seed))
-
-    def set_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
-        """Take the env copies' current observations (after a reset or a restore)."""
-        if self.check_inputs:
-            health.check_inputs({g: o.obs for g, o in obs.items()}, None, self.agents)
-        # Own copies: a vector env may hand out views of buffers it rewrites on the next step.
-        self.obs = {g: GroupObs(o.obs.copy(), o.alive.copy(), None if o.action_mask is None else o.action_mask.copy())
-                    for g, o in obs.items()}
-        self.state = None if state is None else state.copy()
 
     def _act_and_send(self, u: int) -> dict:
-        """Act on the env copies of unit ``u`` and send each of its chunks their actions."""
-        sl = self.unit_slices[u]
-        obs = {g: GroupObs(o.obs[sl], o.alive[sl], None if o.action_mask is None else o.action_mask[sl])
-               for g, o in self.obs.items()}
-        state = None if self.state is None else self.state[sl]
+        """Act on the env copies of unit ``u`` and send them their actions."""
+        obs, state = self.loop.unit_inputs(u)
         out = self.policy.act(obs, state, update_stats=True)
-        for k in self.units[u]:
-            ck = self.env.chunk_slice(k)
-            part = slice(ck.start - sl.start, ck.stop - sl.start)
-            self.env.send(k, {g: a[part] for g, a in out.env_action.items()})
+        self.loop.send(u, out.env_action)
         return {"out": out, "obs": obs}
 
     def collect(self) -> RolloutResult:
         """Run ``T`` steps on every env copy; return the filled storage."""
-        T = self.num_steps
-        pending = [self._act_and_send(u) for u in range(len(self.units))]
+        T, loop = self.num_steps, self.loop
+        units = range(len(loop.units))
+        pending = [self._act_and_send(u) for u in units]
         episodes: list[EpisodeStats] = []
         agent_steps = 0
         for t in range(T):
-            for u, sl in enumerate(self.unit_slices):
-                steps = [self.env.recv(k) for k in self.units[u]]
-                step = steps[0] if len(steps) == 1 else concat_steps(steps)
-                if self.check_inputs:
-                    health.check_inputs({g: o.obs for g, o in step.obs.items()},
-                                        {g: tr.reward for g, tr in step.transition.items()}, self.agents, sl.start)
-                agent_steps += self._store(t, sl, pending[u], step)
+            for u in units:
+                step = loop.recv(u)
+                agent_steps += self._store(t, loop.unit_slices[u], pending[u], step)  # before advance: reads the inputs
                 episodes.extend(step.episodes)
-                # Merge the unit's new observations into the full-batch view.
-                for g, o in step.obs.items():
-                    self.obs[g].obs[sl] = o.obs
-                    self.obs[g].alive[sl] = o.alive
-                    if o.action_mask is not None:
-                        self.obs[g].action_mask[sl] = o.action_mask
-                if self.state is not None:
-                    self.state[sl] = step.state
+                loop.advance(u, step)
                 if t < T - 1:
                     pending[u] = self._act_and_send(u)
-        last_value = self.policy.values({g: o.obs for g, o in self.obs.items()}, self.state)
+        last_value = self.policy.values({g: o.obs for g, o in loop.obs.items()}, loop.state)
         return RolloutResult(self.storage, last_value, episodes, T * self.num_envs, agent_steps)
 
     def _store(self, t: int, sl: slice, prev: dict, step) -> int:

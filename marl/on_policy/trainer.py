@@ -25,7 +25,6 @@ import contextlib
 import os
 from typing import Any
 
-import numpy as np
 import torch
 
 from marl.algos.ppo import PPOLearner, linear_schedule
@@ -35,7 +34,6 @@ from marl.logger import episode_metrics
 from marl.on_policy.collector import RolloutCollector
 from marl.on_policy.policy import ActorCriticPolicy
 from marl.run import Report, TrainingRun
-from marl.types import GroupObs
 
 
 def update_threads(cfg: Config, workers: int, on_cpu: bool = True) -> int:
@@ -80,16 +78,12 @@ class OnPolicyTrainer(TrainingRun):
         cfg = self.cfg
         self.policy = ActorCriticPolicy(self.spec, cfg, self.device)
         self.learner = PPOLearner(self.policy, cfg.algo)
-        self.collector = RolloutCollector(
-            self.env, self.policy, cfg.algo.num_steps, cfg.norm.reward, cfg.norm.reward_clip,
-            cfg.algo.gamma, cfg.seed, overlap=cfg.env.overlap, check_inputs=cfg.health.check_inputs,
-        )
+        self.collector = RolloutCollector(self.loop, self.policy, num_steps=cfg.algo.num_steps,
+                                          reward_norm=cfg.norm.reward, reward_clip=cfg.norm.reward_clip,
+                                          gamma=cfg.algo.gamma)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         workers = self.env.num_chunks if isinstance(self.env, SubprocVectorEnv) else 0
         self.update_threads = update_threads(cfg, workers, self.device.type == "cpu")
-
-    def take_obs(self, obs: dict[str, GroupObs], state: np.ndarray | None) -> None:
-        self.collector.set_obs(obs, state)
 
     def acting_policy(self) -> ActorCriticPolicy:
         return self.policy

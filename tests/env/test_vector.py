@@ -299,28 +299,29 @@ def test_sync_error_names_env_copy():
 
 
 @pytest.mark.parametrize("factory", [goal_adapter, GOAL_REACH], ids=["in-process", "envs.goal_reach"])
-def test_achieved_goals_follow_obs_and_final_obs(factory):
-    """In both toy envs the achieved goal is the position, the first 2 observation entries."""
+def test_achieved_goals_travel_with_obs_and_final_obs(factory):
+    """In both toy envs the achieved goal is the position, the first 2 observation entries; it comes with
+    the observations (reset and step) and with the final observations (step), on every backend."""
     backends = ["sync"] if factory is goal_adapter else ["sync", "subprocess"]
     results = []
     for backend in backends:
         with make_vector_env(factory, 3, backend, num_workers=1) as env:
             obs, _ = env.reset(seed=4)
-            np.testing.assert_array_equal(env.achieved_goals(0).obs["agent"], obs["agent"].obs[..., :2])
+            np.testing.assert_array_equal(obs["agent"].achieved_goal, obs["agent"].obs[..., :2])
             rng = np.random.default_rng(0)
             for t in range(4):
                 out = env.step({"agent": rng.uniform(-1, 1, (3, 1, 2)).astype(np.float32)})
-                goals = env.achieved_goals(0)
-                np.testing.assert_array_equal(goals.obs["agent"], out.obs["agent"].obs[..., :2])
+                goals = (out.obs["agent"].achieved_goal, out.transition["agent"].final_achieved_goal)
+                np.testing.assert_array_equal(goals[0], out.obs["agent"].obs[..., :2])
                 final_obs = out.transition["agent"].final_obs
                 assert out.transition["agent"].truncated.all() == (t == 2)
-                np.testing.assert_array_equal(goals.final_obs["agent"], final_obs[..., :2])
+                np.testing.assert_array_equal(goals[1], final_obs[..., :2])
                 results.append((goals, out.obs["agent"].obs))
     if len(backends) == 2:
         half = len(results) // 2
         for (ga, oa), (gb, ob) in zip(results[:half], results[half:], strict=True):
             np.testing.assert_array_equal(oa, ob)
-            np.testing.assert_array_equal(ga.final_obs["agent"], gb.final_obs["agent"])
+            np.testing.assert_array_equal(ga[1], gb[1])
 
 
 def test_render_through_workers_matches_in_process():

@@ -1,0 +1,133 @@
+"""From an env's spaces to arrays: observation formats, decoding, and the :class:`~marl.types.EnvSpec`.
+
+* :func:`model_box`: the space of the arrays an adapter emits (``uint8`` kept, else ``float32``).
+* :func:`obs_format` / :class:`ObsFormat`: how one agent's raw observation becomes arrays
+  (a box; ``observation`` + ``action_mask``; a goal ``Dict``).
+* :func:`decode_obs`: one raw observation into the group arrays.
+* :func:`pettingzoo_spec`: the :class:`EnvSpec` of a PettingZoo env's agents, grouped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from marl.multi_agent.groups import check_partition, default_groups
+from marl.types import EnvSpec, GroupSpec
+
+
+def model_box(box: spaces.Box) -> spaces.Box:
+    """The space of the arrays the adapter emits: uint8 kept, anything else float32."""
+    if box.dtype == np.uint8:
+        return box
+    return spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ObsFormat:
+    """How one agent's raw observation becomes arrays."""
+
+    kind: str  # "box", "masked" (observation + action_mask) or "goal" (goal Dict)
+    space: spaces.Box  # the emitted observation space
+    n_obs: int = 0  # goal: length of the flat ``observation`` part
+    goal_dim: int = 0  # goal: length of desired / achieved goal
+
+
+def obs_format(agent: str, space: spaces.Space) -> ObsFormat:
+    if isinstance(space, spaces.Box):
+        return ObsFormat("box", model_box(space))
+    if isinstance(space, spaces.Dict):
+        parts = space.spaces
+        if set(parts) == {"observation", "action_mask"} and isinstance(parts["observation"], spaces.Box):
+            return ObsFormat("masked", model_box(parts["observation"]))
+        goal_keys = {"observation", "achieved_goal", "desired_goal"}
+        if set(parts) == goal_keys and all(isinstance(parts[k], spaces.Box) for k in goal_keys):
+            obs, desired = parts["observation"], parts["desired_goal"]
+            if parts["achieved_goal"].shape != desired.shape:
+                raise ValueError(f"agent {agent!r}: achieved_goal and desired_goal shapes differ ({space})")
+            low = np.concatenate([obs.low.ravel(), desired.low.ravel()]).astype(np.float32)
+            high = np.concatenate([obs.high.ravel(), desired.high.ravel()]).astype(np.float32)
+            return ObsFormat(
+                "goal", spaces.Box(low, high, dtype=np.float32), int(obs.low.size), int(desired.low.size)
+            )
+    raise ValueError(
+        f"agent {agent!r} has observation space {space}, which the adapters do not read. Supported: Box "
+        "(vectors, uint8 images [H, W, C]); Dict(observation, action_mask); Dict(observation, achieved_goal, "
+        "desired_goal). Flatten other spaces first, e.g. supersuit.flatten_v0 or "
+        "gymnasium.wrappers.FlattenObservation."
+    )
+
+
+def decode_obs(
+    fmt: ObsFormat, raw: Any, k: int, obs: np.ndarray, mask: np.ndarray | None, goal: np.ndarray | None
+) -> None:
+    """Write agent ``k``'s raw observation into row ``k`` of the group arrays."""
+    if fmt.kind == "box":
+        obs[k] = raw
+    elif fmt.kind == "masked":
+        obs[k] = raw["observation"]
+        if mask is not None:
+            mask[k] = raw["action_mask"]
+    else:
+        n = fmt.n_obs
+        obs[k, :n] = np.ravel(raw["observation"])
+        obs[k, n:] = np.ravel(raw["desired_goal"])
+        if goal is not None:
+            goal[k] = np.ravel(raw["achieved_goal"])
+
+
+def pettingzoo_spec(
+    env: Any,
+    groups: Mapping[str, Sequence[str]] | None,
+    infos: Mapping[str, Any],
+    use_state: bool,
+    turn_based: bool,
+) -> tuple[EnvSpec, dict[str, ObsFormat], set[str]]:
+    """Check the groups of a PettingZoo env just reset and build its spec.
+
+    ``infos`` (from that reset) tell which agents get masks in their infos.
+    Returns (spec, agent -> observation format, groups whose masks come from infos).
+    """
+    agents = list(env.possible_agents)
+    groups = default_groups(agents) if groups is None else groups
+    check_partition(agents, groups)
+    info_masks = {a for a, i in infos.items() if isinstance(i, Mapping) and "action_mask" in i}
+    group_specs, formats, mask_from_info = [], {}, set()
+    for name, members in groups.items():
+        for space_of, what in ((env.observation_space, "observation"), (env.action_space, "action")):
+            if any(space_of(a) != space_of(members[0]) for a in members):
+                detail = "; ".join(f"{a}: {space_of(a)}" for a in members)
+                raise ValueError(
+                    f"group {name!r} mixes {what} spaces ({detail}). "
+                    "Agents of one group share one network and "
+                    "must have equal spaces: put them in different groups (groups={...}), or pad them to one "
+                    "space with Preprocess(pad=True) (SuperSuit pad_observations / pad_action_space)."
+                )
+        fmt, act = obs_format(members[0], env.observation_space(members[0])), env.action_space(members[0])
+        if not isinstance(act, (spaces.Discrete, spaces.Box)) or getattr(act, "start", 0) != 0:
+            raise ValueError(
+                f"group {name!r} has action space {act}; only Discrete (from 0) and Box are supported"
+            )
+        if any(a in info_masks for a in members) and fmt.kind != "masked":
+            mask_from_info.add(name)
+        has_mask = fmt.kind == "masked" or name in mask_from_info
+        if has_mask and not isinstance(act, spaces.Discrete):
+            raise ValueError(f"group {name!r} has an action mask but a non-Discrete action space {act}")
+        formats.update(dict.fromkeys(members, fmt))
+        goal = (fmt.n_obs, fmt.n_obs + fmt.goal_dim) if fmt.kind == "goal" else None
+        group_specs.append(GroupSpec(name, tuple(members), fmt.space, act, has_mask, goal))
+    state_shape = None
+    if use_state:
+        with contextlib.suppress(NotImplementedError, AttributeError):
+            state_shape = tuple(np.shape(env.state()))
+    metadata = dict(getattr(env, "metadata", {}) or {})
+    return (
+        EnvSpec(tuple(agents), tuple(group_specs), state_shape, turn_based, metadata),
+        formats,
+        mask_from_info,
+    )
