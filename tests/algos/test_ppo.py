@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -95,6 +96,75 @@ def test_flat_adam_refuses_to_step_after_the_views_are_dropped():
     net(torch.ones(1, 3)).sum().backward()
     net.zero_grad()  # sets .grad to None: backward would no longer reach the flat buffer
     with pytest.raises(RuntimeError, match="FlatAdam.zero_grad"):
+        opt.step()
+
+
+def _trained_step(opt: FlatAdam, net: nn.Module) -> None:
+    opt.zero_grad()
+    net(torch.ones(2, 3)).square().sum().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_flat_adam_checks_every_parameter_not_only_the_first(index):
+    # Breaking any one parameter's gradient view is caught, and the error names that parameter.
+    net = _nets(0)
+    opt = FlatAdam(net.named_parameters(), lr=1e-3, eps=1e-8)
+    name, p = list(net.named_parameters())[index]
+    p.grad = None
+    with pytest.raises(RuntimeError, match=rf"parameter {re.escape(name)} has no \.grad view.*FlatAdam\.zero_grad\(\)"):
+        opt.step()
+
+
+def test_flat_adam_submodule_zero_grad_is_caught_and_named():
+    net = _nets(0)
+    opt = FlatAdam(net.named_parameters(), lr=1e-3, eps=1e-8)
+    _trained_step(opt, net)
+    net[2].zero_grad()  # set_to_none on the last layer only: the first parameter keeps its view
+    with pytest.raises(RuntimeError, match=r"parameter 2\.weight .*module\.zero_grad\(\) or submodule\.zero_grad\(\)"):
+        opt.step()
+    other = _nets(1)
+    unnamed = FlatAdam(other.parameters(), lr=1e-3, eps=1e-8)  # plain parameters: named by index and shape
+    other[2].bias.grad = None
+    with pytest.raises(RuntimeError, match=r"parameter #3 \[2\] has no \.grad view"):
+        unnamed.step()
+
+
+def test_flat_adam_load_state_dict_with_assign_is_caught_and_without_keeps_training():
+    net = _nets(0)
+    opt = FlatAdam(net.named_parameters(), lr=1e-3, eps=1e-8)
+    _trained_step(opt, net)
+    saved = {k: v.clone() for k, v in _nets(1).state_dict().items()}
+    net.load_state_dict(saved)  # copies into the existing parameters: the views stay
+    torch.testing.assert_close(opt.flat, torch.cat([v.reshape(-1) for v in saved.values()]))
+    before = [p.detach().clone() for p in net.parameters()]
+    _trained_step(opt, net)
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # every parameter trained
+    net.load_state_dict(saved, assign=True)  # new Parameter objects: the optimizer's are dropped
+    net(torch.ones(2, 3)).sum().backward()
+    with pytest.raises(RuntimeError, match=r"parameter 0\.weight was dropped by its module.*assign=False"):
+        opt.step()
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_flat_adam_module_to_another_dtype_is_caught(whole):
+    net = _nets(0)
+    opt = FlatAdam(net.named_parameters(), lr=1e-3, eps=1e-8)
+    (net if whole else net[2]).to(torch.float64)  # the last layer alone: the first parameter is untouched
+    name = "0.weight" if whole else "2.weight"
+    with pytest.raises(RuntimeError, match=rf"parameter {re.escape(name)} no longer lives in FlatAdam's buffer.*module\.to\(\)"):
+        opt.step()
+    net.to(torch.float32)  # back to the dtype, but in new storage: still not the buffer
+    with pytest.raises(RuntimeError, match="no longer lives in FlatAdam's buffer"):
+        opt.step()
+
+
+def test_flat_adam_assigned_grad_outside_the_buffer_is_caught():
+    net = _nets(0)
+    opt = FlatAdam(net.named_parameters(), lr=1e-3, eps=1e-8)
+    p = net[2].bias
+    p.grad = torch.zeros_like(p)
+    with pytest.raises(RuntimeError, match=r"parameter 2\.bias has a \.grad outside FlatAdam's gradient buffer"):
         opt.step()
 
 
