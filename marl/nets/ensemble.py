@@ -46,22 +46,13 @@ from marl.nets.encoders import choose_conv_stack, conv_flat_dim, resolve_encoder
 from marl.nets.layers import (
     HIDDEN_GAIN,
     CachedParamLists,
+    activate,
     check_activation,
     make_activation,
     orthogonal_stacked_,
 )
 
 STRATEGIES = ("batched", "fork", "loop")
-
-
-def _activate(x: Tensor, name: str) -> Tensor:
-    if name == "tanh":
-        return torch.tanh(x)
-    if name == "relu":
-        return torch.relu(x)
-    if name == "elu":
-        return F.elu(x)
-    return F.silu(x)
 
 
 def _set_forward(
@@ -89,7 +80,7 @@ def _set_forward(
     for i in range(n_fc):
         h = torch.addmm(fc_b[i][p], h, fc_w[i][p])
         if i < n_fc - 1:
-            h = _activate(h, activation)
+            h = activate(h, activation)
     return h
 
 
@@ -374,7 +365,7 @@ class AgentNet(CachedParamLists):
             for i, (w, b) in enumerate(zip(weights, biases)):
                 z = torch.baddbmm(b.unsqueeze(1), z, w)
                 if i < n_layers - 1:
-                    z = _activate(z, self.activation)
+                    z = activate(z, self.activation)
             return z.view(n, a, -1)
         z = h.transpose(0, 1)  # [A, N, F]
         agents = torch.arange(a, device=h.device)
@@ -386,7 +377,7 @@ class AgentNet(CachedParamLists):
             else:
                 z = torch.baddbmm(ba.unsqueeze(1), z, wa)
             if i < n_layers - 1:
-                z = _activate(z, self.activation)
+                z = activate(z, self.activation)
         return z.transpose(0, 1)
 
     def _forward_per_set(self, x: Tensor, fork: bool) -> Tensor:

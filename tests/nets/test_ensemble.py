@@ -215,3 +215,16 @@ def test_param_sets_for_errors_name_the_problem():
         param_sets_for("grouped", AGENTS)
     with pytest.raises(ValueError, match="twice"):
         param_sets_for("shared", ["a", "a"])
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu", "silu"])
+def test_every_activation_runs_under_every_strategy_with_equal_outputs_and_gradients(activation):
+    # fork compiles marl.nets.layers.activate under TorchScript: each branch must compile and agree
+    net = make(VEC, 3, param_sets=[0, 1, 1], activation=activation)
+    x = observations(VEC, 3, lead=(5,))
+    y_ref, g_ref = outputs_and_grads(net, x, "batched")
+    for strategy in ("loop", "fork"):
+        y, grads = outputs_and_grads(net, x, strategy)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        for g, g0 in zip(grads, g_ref):
+            torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-5)

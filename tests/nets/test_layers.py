@@ -1,4 +1,4 @@
-"""Orthogonal init, the MLP builder, and the init of stacked per-agent parameters."""
+"""Orthogonal init, the MLP builder, activations (plain and fast tanh), and stacked per-agent init."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from marl.nets import AgentNet, mlp, orthogonal_init
-from marl.nets.layers import make_activation, orthogonal_stacked_
+from marl.nets.layers import (
+    ACTIVATIONS,
+    FAST_TANH_MIN_NUMEL,
+    activate,
+    fast_tanh,
+    make_activation,
+    orthogonal_stacked_,
+)
 
 
 @pytest.mark.parametrize("gain", [1.0, math.sqrt(2.0), 0.01])
@@ -91,3 +98,38 @@ def test_agent_net_conv_init_is_orthogonal_per_set():
     for p in range(2):
         m = first[p].reshape(32, 9)
         torch.testing.assert_close(m.T @ m, 2.0 * torch.eye(9), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activate_equals_the_activation_module_and_fast_changes_only_large_tanh(name):
+    small = torch.linspace(-4, 4, 101)
+    large = torch.linspace(-4, 4, 2 * FAST_TANH_MIN_NUMEL)
+    for x in (small, large):
+        assert torch.equal(activate(x, name), make_activation(name)(x))  # fast=False: bit-identical
+    assert torch.equal(activate(small, name, fast=True), activate(small, name))  # small: torch.tanh itself
+    if name == "tanh":
+        assert torch.equal(activate(large, name, fast=True), fast_tanh(large))
+        assert not torch.equal(fast_tanh(large), torch.tanh(large))  # the sigmoid form really runs
+    else:
+        assert torch.equal(activate(large, name, fast=True), activate(large, name))
+
+
+def test_fast_tanh_absolute_error_bound_stated_in_its_docstring():
+    # Every float32 in [-30, 30] (2.2e9 values) was checked once outside the tests; here a dense grid
+    # and the worst points found on each side.
+    x = torch.cat([torch.linspace(-30, 30, 1_000_001), torch.tensor([0.552614, -0.000172496])])
+    err = (fast_tanh(x) - torch.tanh(x)).abs()
+    assert err.max().item() <= 1.5 * 2**-23  # 1.79e-7
+    assert err[-2:].max().item() > 1e-7  # the bound is nearly reached
+    tiny = torch.full((FAST_TANH_MIN_NUMEL,), 1e-8)
+    assert torch.all(fast_tanh(tiny) == 0)  # absolute, not relative: 2 sigmoid(2x) - 1 cancels near 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("fast", [False, True])
+def test_activate_compiles_under_torchscript(fast):
+    # the ``fork`` strategy of AgentNet compiles activate inside a TorchScript function
+    scripted = torch.jit.script(activate)
+    x = torch.linspace(-4, 4, 2 * FAST_TANH_MIN_NUMEL)
+    for name in sorted(ACTIVATIONS):
+        torch.testing.assert_close(scripted(x, name, fast), activate(x, name, fast), rtol=0, atol=0)
