@@ -41,11 +41,10 @@ def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from marl.api import train
+    from marl.api import train, train_config
 
     path, overrides = _split_config_args(args.args)
-    cfg = load_config(path or DEFAULT_CONFIG, overrides)
-    train(cfg)
+    train(train_config(path, overrides))
     return 0
 
 

@@ -15,6 +15,7 @@ names are used as YAML keys, constructor arguments and metric names.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -326,7 +327,15 @@ class _StrictLoader(yaml.SafeLoader):
 
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping with the safe loader; refuse python tags with a clear error."""
-    text = Path(path).read_text()
+    p = Path(path)
+    if not p.is_file():
+        hint = "it is a directory: give its config.yaml, or resume=DIR to continue a run" if p.is_dir() else \
+            "check the path (the shipped configs are in configs/; `marl train` alone runs the default)"
+        raise ConfigError(f"{path}: no such config file ({hint})")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from exc
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.constructor.ConstructorError as exc:
@@ -365,10 +374,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Build a validated :class:`Config` from an optional YAML file and ``key=value`` overrides."""
     data = read_yaml(path) if path else {}
     data.pop("defaults", None)
+    return from_dict(with_overrides(data, overrides))
+
+
+def with_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """A copy of the nested mapping ``data`` with ``key.sub=value`` overrides applied (not yet validated)."""
+    data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
         _set_path(data, keys, value)
-    return from_dict(data)
+    return data
 
 
 def from_dict(data: dict) -> Config:

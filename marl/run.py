@@ -379,7 +379,7 @@ class TrainingRun(ABC):
                     self.save()
                     logger.message(
                         f"{signal.Signals(stop.signum).name}: stopped at {self.env_steps:,} env steps; saved "
-                        f"{self.ckpt_dir / 'latest.pt'}. Resume with: marl train {self.run_dir / 'config.yaml'} "
+                        f"{self.ckpt_dir / 'latest.pt'}. Resume with: marl train "
                         f"resume={self.run_dir}"
                     )
                     raise TrainingInterrupted(128 + stop.signum)

@@ -37,3 +37,12 @@ def test_eval_of_a_directory_without_checkpoints(tmp_path, capsys):
 def test_eval_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing.pt")]) == 2
     assert "no such checkpoint file" in capsys.readouterr().err
+
+
+def test_missing_config_file_is_one_line_before_anything_starts(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml"), f"run_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marl: error:") and err.count("\n") == 1, err
+    assert "missing.yaml: no such config file" in err and not (tmp_path / "r").exists()
+    assert main(["train", str(tmp_path)]) == 2  # a directory where a file was meant: says so
+    assert "resume=DIR" in capsys.readouterr().err

@@ -85,3 +85,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, case):
         la, lb = scalars(full, tag), scalars(split, tag)
         assert la.keys() == lb.keys() and len(la) == 6
         assert all(la[s] == lb[s] for s in la), (tag, la, lb)
+
+
+def test_resume_without_a_config_file_takes_the_runs_own_config(tmp_path):
+    """``marl train resume=RUN_DIR`` (the README's form) continues a run made from any config, not the default."""
+    from marl.cli import main
+
+    run = tmp_path / "cartpole"
+    tiny = ["total_env_steps=512", "env.num_envs=2", "algo.num_steps=128", "eval.interval=0", "log.progress=false",
+            "log.tensorboard=false", "eval.episodes=1"]
+    assert main(["train", "configs/cartpole_ppo.yaml", f"run_dir={run}", *tiny]) == 0
+    assert main(["train", f"resume={run}", "total_env_steps=1024"]) == 0
+    state = ckpt.load(run / "checkpoints" / "latest.pt")
+    assert state["config"]["env"]["id"] == "CartPole-v1" and state["counters"]["env_steps"] == 1024
+    # A config file given with resume= is still checked against the checkpoint's.
+    assert main(["train", "configs/simple_spread_ppo.yaml", f"resume={run}", "total_env_steps=2048"]) == 2
