@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from marl.algos.optim import FlatAdam
+from marl.algos.targets import masked_mean
 from marl.config import PPOConfig
 from marl.data.rollout import GroupBatch
 from marl.health import check_finite_update
@@ -38,14 +39,6 @@ class PPOLossOut(NamedTuple):
     approx_kl: Tensor | None
     clip_fraction: Tensor | None
     log_ratio: Tensor
-
-
-def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean of ``x`` over entries where ``mask`` (0 when none); ``mask=None``: over all entries."""
-    if mask is None:
-        return x.mean()
-    m = mask.to(x.dtype)
-    return (x * m).sum() / m.sum().clamp_min(1.0)
 
 
 def ppo_loss(

@@ -9,7 +9,8 @@
 * :func:`td_target`: ``y = r_n + γ^n (1 - terminated_n) V(s_{t+n})``: ``terminated``
   stops bootstrapping, a time limit does not (its ``next_obs`` is the real final
   observation, so ``V`` of it is used).
-* :func:`masked_mean`: loss means over alive agents, weighted by PER importance weights.
+* :func:`masked_mean`: loss means over alive agents (optionally weighted by PER importance
+  weights); PPO's losses use it too.
 * :func:`critic_terms`: one group's TD errors (the input of the PER priorities) and its
   ``q_loss`` / ``q_mean`` metrics.
 
@@ -111,12 +112,23 @@ def td_target(reward_n: Tensor, discount_n: Tensor, terminated_n: Tensor, next_v
     return reward_n + discount_n.unsqueeze(-1) * (~terminated_n).to(next_value.dtype) * next_value
 
 
-def masked_mean(x: Tensor, alive: Tensor, weights: Tensor | None = None) -> Tensor:
-    """``sum(w * x * alive) / sum(alive)`` over ``[B, A]``; ``weights [B]`` per row (PER), ``None`` = 1.
+def masked_mean(x: Tensor, alive: Tensor | None, weights: Tensor | None = None) -> Tensor:
+    """Mean of ``x`` over the alive entries: ``sum(w * x * alive) / sum(alive)``, 0 when none is alive.
 
-    Dividing by the alive count (not by the weights) keeps the PER correction a pure
-    down-weighting, as in the paper.
+    The one masked mean of :mod:`marl.algos`: every loss of every algorithm (PPO's
+    included) averages over alive agents with it.
+
+    Args:
+        x: ``[B, A]`` (any shape for ``weights=None``).
+        alive: bool, shaped like ``x``; ``None`` = every entry counts (``x.mean()``, fewer operations).
+        weights: ``[B]`` per-row weights (PER importance weights), ``None`` = 1. Dividing by
+            the alive count (not by the weights) keeps the PER correction a pure
+            down-weighting, as in the paper.
     """
+    if alive is None:
+        if weights is None:
+            return x.mean()
+        alive = torch.ones_like(x, dtype=torch.bool)
     m = alive.to(x.dtype)
     if weights is not None:
         m = m * weights.unsqueeze(-1).to(x.dtype)
