@@ -450,6 +450,7 @@ def run_comparison(
     config: str | Path | None,
     variants: Sequence[Variant],
     seeds: Sequence[int],
+    *,
     overrides: Sequence[str] = (),
     out: str | Path | None = None,
     jobs: int = 1,
@@ -534,9 +535,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CompareError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
         variants = (parse_sharing(args.sharing) if args.sharing else []) + [parse_variant(v) for v in args.variant]
         command = "marl compare " + " ".join(argv if argv is not None else sys.argv[2:])
-        report, results = run_comparison(configs[0] if configs else None, variants, seeds, overrides,
-                                         args.out or None, args.jobs, args.force, args.reps,
-                                         args.bootstrap_seed, command)
+        report, results = run_comparison(configs[0] if configs else None, variants, seeds, overrides=overrides,
+                                         out=args.out or None, jobs=args.jobs, force=args.force, reps=args.reps,
+                                         bootstrap_seed=args.bootstrap_seed, command=command)
     except ConfigError as exc:
         print(f"marl compare: error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from torch import Tensor
 def compute_gae(
     reward: Tensor,
     value: Tensor,
+    *,
     terminated: Tensor,
     truncated: Tensor,
     alive: Tensor,

@@ -15,7 +15,8 @@ def t(x, dtype=torch.float32):
 def gae(reward, value, term, trunc, final_value, last_value, gamma, lam, alive=None):
     r = t(reward)
     alive = torch.ones_like(r, dtype=torch.bool) if alive is None else t(alive, torch.bool)
-    return compute_gae(r, t(value), t(term, torch.bool), t(trunc, torch.bool), alive, t(final_value), t(last_value), gamma, lam)
+    return compute_gae(r, t(value), terminated=t(term, torch.bool), truncated=t(trunc, torch.bool), alive=alive,
+                       final_value=t(final_value), last_value=t(last_value), gamma=gamma, gae_lambda=lam)
 
 
 def test_five_steps_with_one_terminated_and_one_truncated_step_by_hand():

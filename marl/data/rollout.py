@@ -69,6 +69,7 @@ class GroupRollout:
         num_steps: int,
         num_envs: int,
         n_agents: int,
+        *,
         obs_shape: tuple[int, ...],
         obs_dtype: torch.dtype,
         critic_shape: tuple[int, ...] | None,
@@ -99,8 +100,8 @@ class GroupRollout:
         """Compute advantages and returns with GAE (``last_value``: ``V(obs_T)`` ``[E, A]``)."""
         terminated = self.terminated if bootstrap_on_truncation else self.terminated | self.truncated
         self.advantage, self.ret = compute_gae(
-            self.reward, self.value, terminated, self.truncated, self.alive,
-            self.final_value, last_value, gamma, gae_lambda,
+            self.reward, self.value, terminated=terminated, truncated=self.truncated, alive=self.alive,
+            final_value=self.final_value, last_value=last_value, gamma=gamma, gae_lambda=gae_lambda,
         )
 
     def flat(self) -> GroupBatch:

@@ -86,10 +86,10 @@ class RolloutCollector:
         for g in spec.groups:
             obs_dtype = torch.uint8 if is_image(g.obs_space.shape, g.obs_space.dtype) else torch.float32
             self.storage[g.name] = GroupRollout(
-                num_steps, self.num_envs, g.n_agents, tuple(g.obs_space.shape), obs_dtype,
-                critic_input_shape(spec, g, "central") if central else None,
-                g.action_shape, torch.int64 if g.discrete else torch.float32,
-                int(g.action_space.n) if (g.discrete and g.has_action_mask) else None, device,
+                num_steps, self.num_envs, g.n_agents, obs_shape=tuple(g.obs_space.shape), obs_dtype=obs_dtype,
+                critic_shape=critic_input_shape(spec, g, "central") if central else None,
+                action_shape=g.action_shape, action_dtype=torch.int64 if g.discrete else torch.float32,
+                n_actions_mask=int(g.action_space.n) if (g.discrete and g.has_action_mask) else None, device=device,
             )
         # On CPU the storage is written through numpy views of its tensors (a numpy slice
         # assignment costs a fraction of a tensor one; a step writes about ten fields per group).
