@@ -1,4 +1,11 @@
-"""A stacked MLP as one autograd node, with a faster tanh.
+"""A stacked MLP as one fused autograd node, with a faster tanh.
+
+"Fused" in this module means one thing: the layers of a stacked MLP run as a
+single :class:`torch.autograd.Function` (one node in the autograd graph) instead
+of a dozen. It is not the fused Adam kernel (``torch.optim.Adam(fused=True)``,
+used by ``FlatAdam`` in :mod:`marl.algos.optim`), and not the holding of an
+actor and a critic as one network (that is :class:`marl.nets.twin.TwinMLP`, a
+"twin", which runs its towers through :func:`stacked_mlp`).
 
 :func:`stacked_mlp` computes ``K`` MLPs at once on ``x [K, M, F]`` with stacked
 weights ``[K, in, out]`` (one ``baddbmm`` per layer). With gradients enabled it
@@ -52,6 +59,8 @@ def _forward(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], act
 
 
 class _StackedMLP(torch.autograd.Function):
+    """The fused node: forward and hand-written backward of the whole stacked MLP."""
+
     @staticmethod
     def forward(ctx, x: Tensor, activation: str, *params: Tensor) -> Tensor:  # type: ignore[override]
         n = len(params) // 2
@@ -86,7 +95,7 @@ class _StackedMLP(torch.autograd.Function):
 def stacked_mlp(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str) -> Tensor:
     """``K`` MLPs on ``x [K, M, in]`` with ``weights[i] [K, d_i, d_{i+1}]``, ``biases[i] [K, d_{i+1}]`` -> ``[K, M, out]``.
 
-    ``activation`` follows every layer but the last. One autograd node when
+    ``activation`` follows every layer but the last. One fused autograd node when
     gradients are needed and the activation is ``tanh`` or ``relu``; plain
     operations otherwise: without gradients (tanh by :func:`fast_tanh`), or for
     ``elu`` / ``silu`` with gradients (autograd through ``baddbmm`` and the activation).

@@ -9,8 +9,11 @@ axis (``weights.i`` is ``[K, in, out]``) and runs each layer for all towers as
 one batched matmul. The towers share no parameter: the model is exactly ``K``
 independent MLPs, each initialised as :func:`marl.nets.mlp` would.
 
-The layers run through :func:`marl.nets.fused.stacked_mlp`: one autograd node
-for the whole network, and a faster tanh.
+The layers run through :func:`marl.nets.fused.stacked_mlp`: one fused autograd
+node for the whole network, and a faster tanh. Names: a *twin* is this holding
+of two networks as one module (``GroupActorCritic`` holds its actor and critic as
+a twin when it can); *fused* is only the single autograd node of
+:mod:`marl.nets.fused` (and, elsewhere, PyTorch's fused Adam kernel).
 
 Towers may differ in output width (``n`` logits vs one value): the output layer
 is stored ``max(out_dims)`` wide; a tower's extra columns are zero, never read,
@@ -26,7 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from marl.nets.fused import stacked_mlp
-from marl.nets.layers import HIDDEN_GAIN, CachedParamLists, check_activation, make_activation, orthogonal_stacked_
+from marl.nets.layers import (
+    HIDDEN_GAIN,
+    CachedParamLists,
+    check_activation,
+    make_activation,
+    orthogonal_stacked_,
+)
 
 
 class TwinMLP(CachedParamLists):

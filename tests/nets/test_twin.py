@@ -57,11 +57,11 @@ def _env(n_agents: int) -> EnvSpec:
     return EnvSpec(agents, (GroupSpec("agent", agents, box, gymnasium.spaces.Discrete(3)),), None)
 
 
-def test_fused_policy_equals_separate_networks_with_the_same_weights():
+def test_twin_policy_equals_separate_networks_with_the_same_weights():
     cfg = load_config(None, ["norm.obs=false"])
     policy = ActorCriticPolicy(_env(3), cfg)
     group = policy.net["agent"]
-    assert group.fused
+    assert set(dict(group.named_children())) == {"twin"} and isinstance(group.twin, TwinMLP)
     actor = AgentNet((4,), 3, 3)
     critic = AgentNet((4,), 1, 3)
     with torch.no_grad():
@@ -78,7 +78,8 @@ def test_fused_policy_equals_separate_networks_with_the_same_weights():
 
 
 @pytest.mark.parametrize("overrides", [["model.critic=central"], ["model.sharing=independent"]])
-def test_not_fused_when_the_critic_input_differs_or_sets_are_independent(overrides):
+def test_no_twin_when_the_critic_input_differs_or_sets_are_independent(overrides):
     policy = ActorCriticPolicy(_env(3), load_config(None, ["norm.obs=false", *overrides]))
     group = policy.net["agent"]
-    assert not group.fused and hasattr(group, "actor") and hasattr(group, "critic")
+    children = dict(group.named_children())
+    assert set(children) == {"actor", "critic"} and all(isinstance(c, AgentNet) for c in children.values())
