@@ -16,8 +16,11 @@ parameters (only speed differs, see ``bench/bench_forward.py``):
 * ``batched`` (default): one batched matmul (``torch.baddbmm``) per layer over
   the agent axis, and grouped convolutions (``groups=A``) for images. With
   ``P < A`` the weights are gathered per agent (``index_select``, whose backward
-  sums the gradients of agents sharing a set). With ``P = 1`` the batch is
-  flattened to ``[N * A, in]`` and run as plain matmuls, the fastest path.
+  sums the gradients of agents sharing a set). With ``P = 1`` the rows of all
+  agents form one batch ``[1, N * A, in]`` and each layer is one ``baddbmm``
+  with the whole ``[1, in, out]`` weight (no ``w[0]`` select, whose backward
+  would add a zero-filled copy per tensor), and images run as ordinary
+  convolutions over ``N * A`` frames.
 * ``fork``: one task per parameter set with ``torch.jit.fork`` inside a
   TorchScript-compiled function (in eager mode fork runs sequentially). The
   tasks read slices of the same stacked parameters. TorchScript is deprecated in
