@@ -40,7 +40,7 @@ def run_seed(seed: int, steps: int, eval_interval: int, out: str) -> dict:
 
 def first_reach(history: list[dict], threshold: float) -> int | None:
     """Env steps of the first evaluation at or above ``threshold`` (``None`` if never)."""
-    return next((h["env_steps"] for h in history if h["mean_return"] >= threshold), None)
+    return next((h["env_steps"] for h in history if h["ep_return"] >= threshold), None)
 
 
 def main() -> None:
@@ -61,9 +61,9 @@ def main() -> None:
     passed = 0
     for seed, s in zip(seeds, summaries):
         reach = first_reach(s["eval_history"], TARGET)
-        passed += s["best_eval"]["mean_return"] >= TARGET
-        print(f"{seed:>4}  {s['best_eval']['mean_return']:>9.1f}  {reach if reach else '-':>9}  "
-              f"{s['final_eval']['mean_return']:>10.1f}  {s['wall_time_s']:>7.0f}  {s['cpu_s']:>7.0f}")
+        passed += s["best_eval"]["ep_return"] >= TARGET
+        print(f"{seed:>4}  {s['best_eval']['ep_return']:>9.1f}  {reach if reach else '-':>9}  "
+              f"{s['final_eval']['ep_return']:>10.1f}  {s['wall_time_s']:>7.0f}  {s['cpu_s']:>7.0f}")
     verdict = "PASS" if passed == len(seeds) else "FAIL"
     print(f"target: best eval >= {TARGET:.0f} within {args.steps:,} env steps: {passed}/{len(seeds)} seeds -> {verdict}")
     print(f"total wall time {time.time() - start:.0f}s")

@@ -43,7 +43,7 @@ def main() -> None:
     common = [f"total_env_steps={args.total_env_steps}"] if args.total_env_steps else []
     on, off = f"stack{args.stack}", "stack1"
     arms = [Arm(on, CONFIG, (f"env.frame_stack={args.stack}",)), Arm(off, CONFIG, ("env.frame_stack=1",))]
-    runs = run_arms(arms, args.seeds, args.out, common, "mean_return", args.reuse)
+    runs = run_arms(arms, args.seeds, args.out, common, "ep_return", args.reuse)
     text, numbers = arm_table(runs, args.threshold)
     finals = {name: np.array([r.final for r in arm_runs]) for name, arm_runs in runs.items()}
     rng = np.random.default_rng(args.bootstrap_seed)

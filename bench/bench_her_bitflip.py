@@ -63,8 +63,8 @@ def main() -> None:
     solved = []
     for (n, her), s in zip(jobs, summaries):
         final = s["final_eval"]
-        curve = " ".join(f"{h['mean_return']:.1f}" for h in s["eval_history"])
-        print(f"{n:>6}  {'yes' if her else 'no':>5}  {final['success_rate']:>7.2f}  {final['mean_length']:>8.1f}  "
+        curve = " ".join(f"{h['ep_return']:.1f}" for h in s["eval_history"])
+        print(f"{n:>6}  {'yes' if her else 'no':>5}  {final['success_rate']:>7.2f}  {final['ep_length']:>8.1f}  "
               f"{s['grad_steps']:>10,}  {s['wall_time_s']:>7.0f}  {s['cpu_s']:>7.0f}  {curve}")
         if her and final["success_rate"] >= TARGET:
             solved.append(n)

@@ -103,8 +103,8 @@ def eval_policy(policy: Any, cfg: Config, episodes: int) -> dict[str, Any]:
 
 
 def describe(name: str, result: Mapping[str, Any]) -> str:
-    return (f"{name:>8}: team return {result['mean_return']:8.1f} ± {result['std_return']:6.1f} "
-            f"(per piston {result['mean_agent_return']:6.2f}), mean length {result['mean_length']:.0f} "
+    return (f"{name:>8}: team return {result['ep_return']:8.1f} ± {result['ep_return_std']:6.1f} "
+            f"(per piston {result['agent_ep_return']:6.2f}), mean length {result['ep_length']:.0f} "
             f"steps, {result['episodes']} episodes")
 
 
@@ -161,9 +161,9 @@ def main() -> None:
         policy, _, _ = load_policy(run_dir / "checkpoints" / "latest.pt")
         trained_result = eval_policy(policy, cfg, episodes)
     print(describe("trained", trained_result))
-    diff = trained_result["mean_return"] - random_result["mean_return"]
-    half = 1.96 * math.sqrt(trained_result["std_return"] ** 2 / trained_result["episodes"]
-                            + random_result["std_return"] ** 2 / random_result["episodes"])
+    diff = trained_result["ep_return"] - random_result["ep_return"]
+    half = 1.96 * math.sqrt(trained_result["ep_return_std"] ** 2 / trained_result["episodes"]
+                            + random_result["ep_return_std"] ** 2 / random_result["episodes"])
     print(f"trained - random: {diff:+.1f} team return "
           f"(95% interval {diff - half:+.1f} .. {diff + half:+.1f})")
     out.mkdir(parents=True, exist_ok=True)

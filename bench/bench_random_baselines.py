@@ -52,7 +52,7 @@ def main() -> None:
         r = evaluate(RandomPolicy(spec, 0), make, args.episodes, cfg.seed, num_envs=10)
         groups = ", ".join(f"{g}: {v:.2f}" for g, v in r["per_group"].items())
         extra = f"  success {r['success_rate']:.2f}" if "success_rate" in r else ""
-        print(f"{path:<40} {r['mean_return']:>12.2f} {r['std_return']:>8.2f}  {groups}{extra}")
+        print(f"{path:<40} {r['ep_return']:>12.2f} {r['ep_return_std']:>8.2f}  {groups}{extra}")
 
 
 if __name__ == "__main__":

@@ -141,8 +141,8 @@ def main() -> None:
             t_s, c_s, sb3 = run_sb3_cartpole(seed, steps)
             ev_m = eval_both(cfg_path, common, tr.policy, args.episodes, seed)
             ev_s = eval_both(cfg_path, common, SB3Policy(sb3, "agent"), args.episodes, seed)
-            rows.append(("cartpole", seed, "marl", steps / t_m, ev_m["mean_return"]))
-            rows.append(("cartpole", seed, "sb3", steps / t_s, ev_s["mean_return"]))
+            rows.append(("cartpole", seed, "marl", steps / t_m, ev_m["ep_return"]))
+            rows.append(("cartpole", seed, "sb3", steps / t_s, ev_s["ep_return"]))
             cpu_rows.append((seed, steps / c_m, steps / c_s))
         else:
             steps = args.agent_steps // 3
@@ -157,12 +157,12 @@ def main() -> None:
                 ev_e = eval_both(cfg_path, equal, tr_e.policy, args.episodes, seed)
                 t_b, _, _, tr_b = run_marl(cfg_path, best)
                 ev_b = eval_both(cfg_path, best, tr_b.policy, args.episodes, seed)
-                rows.append(("spread", seed, "marl-equal", steps / t_e, ev_e["mean_return"]))
-                rows.append(("spread", seed, "marl-best", steps / t_b, ev_b["mean_return"]))
+                rows.append(("spread", seed, "marl-equal", steps / t_e, ev_e["ep_return"]))
+                rows.append(("spread", seed, "marl-best", steps / t_b, ev_b["ep_return"]))
             if args.only in ("all", "sb3"):
                 t_s, sb3 = run_sb3_spread(seed, steps, 16, args.sb3_cpus)
                 ev_s = eval_both(cfg_path, equal, SB3Policy(sb3, "agent"), args.episodes, seed)
-                rows.append(("spread", seed, "sb3", steps / t_s, ev_s["mean_return"]))
+                rows.append(("spread", seed, "sb3", steps / t_s, ev_s["ep_return"]))
     agents = 1 if args.env == "cartpole" else 3
     print(f"\n{'env':<9} {'seed':>4} {'library':<11} {'env steps/s':>12} {'agent steps/s':>14} {'eval return':>12}")
     for env, seed, lib, sps, ret in rows:

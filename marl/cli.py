@@ -64,12 +64,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"episodes: {result['episodes']}  mean return (team): {result['mean_return']:.3f} ± {result['std_return']:.3f}  "
-              f"mean length: {result['mean_length']:.1f}")
+        print(f"episodes: {result['episodes']}  mean return (team): {result['ep_return']:.3f} ± {result['ep_return_std']:.3f}  "
+              f"mean length: {result['ep_length']:.1f}")
         for agent, r in result["per_agent"].items():
             print(f"  {agent}: {r:.3f}")
         for k, v in result.items():
-            if k.endswith("_rate") or (k.startswith("mean_") and k not in ("mean_return", "mean_agent_return", "mean_length")):
+            if k not in ("ep_return", "ep_return_std", "agent_ep_return", "ep_length", "episodes") and \
+                    isinstance(v, (int, float)):
                 print(f"  {k}: {v:.3f}")
     return 0
 

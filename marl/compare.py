@@ -287,8 +287,8 @@ def run_row(r: RunResult) -> dict[str, Any]:
     """The per-run numbers of ``results.json`` (no result fields for a failed run)."""
     row = {"seed": r.spec.seed, "status": r.status, "run_dir": str(r.spec.run_dir), "error": r.error}
     if r.summary is not None:
-        row["final_return"] = r.summary["final_eval"]["mean_return"]
-        row["best_return"] = r.summary["best_eval"]["mean_return"]
+        row["final_return"] = r.summary["final_eval"]["ep_return"]
+        row["best_return"] = r.summary["best_eval"]["ep_return"]
         row.update({k: r.summary[k] for k in _RUN_KEYS})
     return row
 
@@ -297,7 +297,7 @@ def mean_curve(summaries: Sequence[dict], axis: str, rng: np.random.Generator, r
                confidence: float) -> dict[str, list[float]] | None:
     """Eval return against ``axis`` (``env_steps`` or ``wall_time_s``): mean over runs and bootstrap band."""
     curves = [(np.array([h[axis] for h in s["eval_history"]], np.float64),
-               np.array([h["mean_return"] for h in s["eval_history"]], np.float64))
+               np.array([h["ep_return"] for h in s["eval_history"]], np.float64))
               for s in summaries if s.get("eval_history")]
     grid = common_grid([x for x, _ in curves]) if curves else np.zeros(0)
     if not grid.size:

@@ -8,19 +8,19 @@ copy contributes its first episodes only, so short episodes are not over-sampled
 
 Reported fields (``marl eval --json`` prints them):
 
-* ``mean_return`` / ``std_return``: episode return summed over agents (team return),
+* ``ep_return`` / ``ep_return_std``: episode return summed over agents (team return),
   mean and std over episodes;
-* ``mean_agent_return``: the team return divided by the number of agents;
+* ``agent_ep_return``: the team return divided by the number of agents;
 * ``per_agent``: agent -> mean return; ``per_group``: group -> mean per-agent return;
-* ``mean_length``: env steps per episode; ``episodes``: how many were run;
+* ``ep_length``: env steps per episode; ``episodes``: how many were run;
 * ``success_rate`` when the env reports ``is_success``; other numeric episode infos
-  as ``mean_<name>``.
+  under their own name, mean over episodes (as ``rollout/<name>`` in training).
 
 With ``opponent="random"`` (multi-agent envs, e.g. turn-based board games) the
 policy controls one seat per episode, rotating over the agents (seat ``(copy +
 episode) mod n_agents``), and every other agent takes uniformly random allowed
 actions. Added fields: ``win_rate``, ``draw_rate``, ``loss_rate`` (the controlled
-agent's episode return > 0, == 0, < 0, as in ±1 games) and ``mean_learner_return``.
+agent's episode return > 0, == 0, < 0, as in ±1 games) and ``learner_ep_return``.
 """
 
 from __future__ import annotations
@@ -45,18 +45,18 @@ def summarize(episodes: list[EpisodeStats], spec: EnvSpec) -> dict[str, Any]:
     per_agent = {a: float(np.mean([e.returns.get(a, 0.0) for e in episodes])) for a in spec.agents}
     per_group = {g.name: float(np.mean([per_agent[a] for a in g.agents])) for g in spec.groups}
     out: dict[str, Any] = {
-        "mean_return": float(team.mean()),
-        "std_return": float(team.std()),
-        "mean_agent_return": float(team.mean() / spec.n_agents),
+        "ep_return": float(team.mean()),
+        "ep_return_std": float(team.std()),
+        "agent_ep_return": float(team.mean() / spec.n_agents),
         "per_agent": per_agent,
         "per_group": per_group,
-        "mean_length": float(np.mean([e.length for e in episodes])),
+        "ep_length": float(np.mean([e.length for e in episodes])),
         "episodes": len(episodes),
     }
     keys = sorted({k for e in episodes for k in e.info})
     for k in keys:
         vals = [e.info[k] for e in episodes if k in e.info]
-        name = "success_rate" if k == "is_success" else (f"{k}_rate" if k in ("win", "draw", "loss") else f"mean_{k}")
+        name = "success_rate" if k == "is_success" else (f"{k}_rate" if k in ("win", "draw", "loss") else k)
         out[name] = float(np.mean(vals))
     return out
 
@@ -190,5 +190,5 @@ def evaluate(
     if opponent == "random":
         r = np.array(run.learner_returns)
         result.update(win_rate=float((r > 0).mean()), draw_rate=float((r == 0).mean()),
-                      loss_rate=float((r < 0).mean()), mean_learner_return=float(r.mean()), opponent="random")
+                      loss_rate=float((r < 0).mean()), learner_ep_return=float(r.mean()), opponent="random")
     return result

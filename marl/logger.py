@@ -22,8 +22,8 @@ train/q_loss                off-policy critic loss: DQN Huber(Q, y); SAC/TD3 0.5
 train/q_mean                mean Q of the replayed actions (SAC/TD3: of (Q_1 + Q_2) / 2)
 train/actor_loss            SAC: E[alpha log pi - min Q]; TD3: -Q_1(s, mu(s)) (its delayed steps)
 train/actor_grad_norm       SAC/TD3: the actor's gradient norm before clipping
-train/alpha                 SAC: entropy coefficient exp(log_alpha)
-train/alpha_loss            SAC with autotune: -log_alpha (log pi + target_entropy)
+train/ent_coef              SAC: entropy coefficient alpha = exp(log_alpha)
+train/ent_coef_loss         SAC with autotune: -log_alpha (log pi + target_entropy)
 train/epsilon               DQN: probability of a random action at the logged step
 train/per_beta              PER: importance-sampling exponent (annealed to 1)
 train/grad_norm             gradient norm before clipping (PPO: all networks; off-policy: the Q nets)

@@ -28,7 +28,7 @@ class Algorithm(NamedTuple):
         name: the value of ``algo.name``.
         paradigm: ``on_policy`` (rollouts, :mod:`marl.on_policy`) or ``off_policy`` (replay,
             :mod:`marl.off_policy`).
-        config: the schema of the ``algo`` section (a dataclass in :mod:`marl.config`).
+        config: the schema of the ``algo`` section (a dataclass in :mod:`marl.schemas`).
         trainer: the :class:`marl.run.TrainingRun` subclass that trains it, built as ``Trainer(cfg)``.
         acting_policy: ``(spec, cfg, device) -> ActingPolicy``: the policy a checkpoint's ``policy``
             entry loads into (what evaluation, ``marl eval`` and ``marl record`` act with).
@@ -57,7 +57,7 @@ def _entry(name: str, paradigm: Literal["on_policy", "off_policy"], config: str,
         trainer, policy = "marl.on_policy.trainer:OnPolicyTrainer", "marl.on_policy.policy:ActorCriticPolicy"
     else:
         trainer, policy = "marl.off_policy.trainer:OffPolicyTrainer", "marl.off_policy.actor:build_actor"
-    return Algorithm(name, paradigm, f"marl.config:{config}", trainer, policy, summary)
+    return Algorithm(name, paradigm, f"marl.schemas:{config}", trainer, policy, summary)
 
 
 ALGORITHMS: dict[str, Algorithm] = {

@@ -66,14 +66,14 @@ from marl.types import ActingPolicy, EnvSpec
 # --------------------------------------------------------------------------- run-level helpers
 def score(result: Mapping[str, Any]) -> float:
     """What "best" means for an evaluation: win rate against a fixed opponent, else mean team return."""
-    return result["win_rate"] if "win_rate" in result else result["mean_return"]
+    return result["win_rate"] if "win_rate" in result else result["ep_return"]
 
 
 def eval_record(result: Mapping[str, Any]) -> dict[str, float | int]:
     """One ``eval_history`` entry: every scalar number of an evaluation result.
 
-    ``env_steps`` and ``wall_time_s`` first, then ``mean_return``, ``std_return``,
-    ``mean_length``, ``success_rate``, ``win_rate`` ... as the evaluation reported them,
+    ``env_steps`` and ``wall_time_s`` first, then ``ep_return``, ``ep_return_std``,
+    ``ep_length``, ``success_rate``, ``win_rate`` ... as the evaluation reported them,
     and ``eval_time_s`` (seconds the evaluation took, included in ``wall_time_s``);
     nested per-agent / per-group tables and strings are left out (``best_eval`` and
     ``final_eval`` keep the whole result).
@@ -449,11 +449,11 @@ class TrainingRun(ABC):
         summary = self.summary()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         logger.hparams(flatten_dict({k: v for k, v in to_dict(self.cfg).items() if k not in ("run_dir", "resume")}),
-                       {"final_eval_return": summary["final_eval"]["mean_return"]})
+                       {"eval/ep_return": summary["final_eval"]["ep_return"]})
         logger.message(
             f"done: {self.env_steps:,} env steps in {summary['wall_time_s']:.0f}s ({summary['sps']:.0f} env steps/s); "
-            f"final eval return {summary['final_eval']['mean_return']:.2f}, "
-            f"best {summary['best_eval']['mean_return']:.2f}; run dir {self.run_dir}"
+            f"final eval return {summary['final_eval']['ep_return']:.2f}, "
+            f"best {summary['best_eval']['ep_return']:.2f}; run dir {self.run_dir}"
         )
         return summary
 

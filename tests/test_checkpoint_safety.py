@@ -49,4 +49,4 @@ def test_rotation_keeps_the_last_k_numbered_checkpoints_and_the_best(tmp_path):
     assert names == ["best.pt", "latest.pt", "step_1000.pt", "step_900.pt"], names
     summary = json.loads((run / "summary.json").read_text())
     best = ckpt.load(run / "checkpoints" / "best.pt")
-    assert best["best_eval"]["mean_return"] == summary["best_eval"]["mean_return"]
+    assert best["best_eval"]["ep_return"] == summary["best_eval"]["ep_return"]

@@ -13,7 +13,7 @@ TINY = ["total_env_steps=400", "env.num_envs=4", "algo.num_steps=50", "algo.upda
 def _eval(capsys, *args):
     capsys.readouterr()
     assert main(["eval", *args, "--episodes", "3", "--json"]) == 0
-    return json.loads(capsys.readouterr().out)["mean_return"]
+    return json.loads(capsys.readouterr().out)["ep_return"]
 
 
 def test_eval_mode_follows_the_run_config_and_flags(tmp_path, capsys):
@@ -50,4 +50,4 @@ def test_stochastic_eval_leaves_the_callers_torch_rng_alone(tmp_path):
     after = torch.rand(3)
     b = evaluate(policy, make, 2, seed=1, deterministic=False, num_envs=2)
     torch.testing.assert_close(after, expected)
-    assert a["mean_return"] == b["mean_return"]
+    assert a["ep_return"] == b["ep_return"]

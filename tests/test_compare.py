@@ -161,7 +161,7 @@ def test_tiny_compare_writes_the_report_folder(tmp_path, capsys):
     for v in ("shared", "independent"):
         e = results["variants"][v]
         summaries = [json.loads((out / "runs" / v / f"seed{s}" / "summary.json").read_text()) for s in (0, 1)]
-        finals[v] = np.array([s["final_eval"]["mean_return"] for s in summaries])
+        finals[v] = np.array([s["final_eval"]["ep_return"] for s in summaries])
         assert e["final_mean"] == pytest.approx(finals[v].mean())
         assert e["final_mean_ci"][0] <= e["final_mean"] <= e["final_mean_ci"][1]
         assert e["n_parameters"] == summaries[0]["n_parameters"]
@@ -205,9 +205,9 @@ def test_a_crashing_variant_is_reported_and_the_others_finish(tmp_path, capsys):
 def _fake(variant: str, seed: int, final: float, history: list[tuple[float, float, float]]):
     from marl.compare import RunResult, RunSpec
 
-    summary = {"final_eval": {"mean_return": final}, "best_eval": {"mean_return": max(h[2] for h in history)},
+    summary = {"final_eval": {"ep_return": final}, "best_eval": {"ep_return": max(h[2] for h in history)},
                "n_parameters": 10, "sps": 100.0, "agent_sps": 300.0, "wall_time_s": history[-1][1], "env_steps": 1000,
-               "eval_history": [{"env_steps": s, "wall_time_s": t, "mean_return": r} for s, t, r in history]}
+               "eval_history": [{"env_steps": s, "wall_time_s": t, "ep_return": r} for s, t, r in history]}
     return RunResult(RunSpec(variant, seed, f"runs/{variant}/seed{seed}", (), None), "trained", summary, "")
 
 

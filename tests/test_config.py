@@ -85,3 +85,10 @@ def test_embedded_default_is_the_shipped_simple_spread_config():
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "simple_spread_ppo.yaml"
     assert DEFAULT_CONFIG.read_text() == shipped.read_text()
+
+
+def test_a_renamed_key_names_its_new_name():
+    from marl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"health.alpha_floor_frac was renamed to health.ent_coef_floor_frac"):
+        load_config(None, ["health.alpha_floor_frac=0.01"])

@@ -25,7 +25,7 @@ from marl.health import (
     largest_return,
     nonfinite_metrics,
 )
-from marl.health.signs import alpha_collapse, entropy_collapse, q_divergence, returns_collapse
+from marl.health.signs import ent_coef_collapse, entropy_collapse, q_divergence, returns_collapse
 from marl.off_policy import OffPolicyTrainer
 from marl.types import EnvSpec, GroupSpec
 
@@ -249,8 +249,8 @@ def test_config_defaults_are_the_seed_thresholds_and_problems_name_the_key():
     bad = replace(HealthConfig(), patience=0, clip_low=0.95, collapse_frac=1.5)
     assert [k for k, _ in bad.problems()] == ["patience", "clip_low", "collapse_frac"]
     assert "got 0" in bad.problems()[0][1]
-    off_policy = replace(HealthConfig(), q_bound_factor=0.5, q_growth=1.0, alpha_floor_frac=0.0)
-    assert [k for k, _ in off_policy.problems()] == ["q_bound_factor", "q_growth", "alpha_floor_frac"]
+    off_policy = replace(HealthConfig(), q_bound_factor=0.5, q_growth=1.0, ent_coef_floor_frac=0.0)
+    assert [k for k, _ in off_policy.problems()] == ["q_bound_factor", "q_growth", "ent_coef_floor_frac"]
 
 
 def test_entropy_action_dims_from_the_spec():
@@ -417,18 +417,18 @@ def test_q_bounds_per_group_and_with_the_soft_value_bonus():
     monitor.note_rewards("a", 1.0)
     monitor.note_rewards("b", np.array([-3.0]))
     monitor.observe({"train/q_mean/a": 0.0, "train/q_mean/b": 0.0, "train/q_mean": 0.0,
-                     "train/alpha/a": 0.5, "train/entropy/a": -2.0}, 1)
+                     "train/ent_coef/a": 0.5, "train/entropy/a": -2.0}, 1)
     assert monitor.bounds == {"train/q_mean/a": [pytest.approx((1.0 + 0.5 * 2.0) / 0.5)],
                               "train/q_mean/b": [pytest.approx(3.0 / 0.5)],
                               "train/q_mean": [pytest.approx(3.0 / 0.5)]}  # the team mean: the largest bound
 
 
-def test_alpha_collapse():
+def test_ent_coef_collapse():
     values = [1.0] * 5 + [5e-4] * 10  # floor 1e-3 of the first value
-    found = feed(HealthMonitor(HealthConfig(), remedies=OFF_POLICY_REMEDIES), series_rows("train/alpha", values))
-    assert [(i, w.name) for i, w in found] == [(9, "alpha_collapse")]
+    found = feed(HealthMonitor(HealthConfig(), remedies=OFF_POLICY_REMEDIES), series_rows("train/ent_coef", values))
+    assert [(i, w.name) for i, w in found] == [(9, "ent_coef_collapse")]
     assert "algo.target_entropy" in found[0][1].remedy
-    assert alpha_collapse(values, 1e-4, 5) is None and alpha_collapse(values[:7], 1e-3, 5) is None
+    assert ent_coef_collapse(values, 1e-4, 5) is None and ent_coef_collapse(values[:7], 1e-3, 5) is None
 
 
 def test_off_policy_remedies_name_off_policy_settings():
@@ -455,15 +455,15 @@ def test_q_state_round_trip_and_older_states_load():
 
 
 def test_nonfinite_metrics_are_named_critic_first():
-    metrics = {"train/actor_loss": math.inf, "train/alpha": math.nan, "train/other": math.nan,
+    metrics = {"train/actor_loss": math.inf, "train/ent_coef": math.nan, "train/other": math.nan,
                "train/q_mean/b": math.nan, "train/q_loss/b": 1.0}
-    assert nonfinite_metrics(metrics) == ["train/q_mean/b", "train/actor_loss", "train/alpha", "train/other"]
+    assert nonfinite_metrics(metrics) == ["train/q_mean/b", "train/actor_loss", "train/ent_coef", "train/other"]
     with pytest.raises(NonFiniteError, match=r"train/q_mean/b is nan \(also non-finite: train/actor_loss, "
-                                             r"train/alpha, train/other\) in grad steps 1,001-1,050; x; training "
+                                             r"train/ent_coef, train/other\) in grad steps 1,001-1,050; x; training "
                                              r"stopped\. To fix \(critic\): scale the rewards down"):
         check_finite_metrics(metrics, (1001, 1050), "; x")
-    with pytest.raises(NonFiniteError, match=r"train/alpha is inf in grad step 7; .*To fix \(entropy coefficient\)"):
-        check_finite_metrics({"train/alpha": math.inf}, (7, 7))
+    with pytest.raises(NonFiniteError, match=r"train/ent_coef is inf in grad step 7; .*To fix \(entropy coefficient\)"):
+        check_finite_metrics({"train/ent_coef": math.inf}, (7, 7))
     with pytest.raises(NonFiniteError, match=r"To fix \(update\): check the scale"):
         check_finite_metrics({"train/per_beta": math.nan}, (1, 2))
     check_finite_metrics({"train/q_loss": 0.5}, (1, 2))
@@ -546,6 +546,6 @@ def test_soft_q_bounds_follow_alpha_and_entropy_in_the_loop(make_config, one_tor
     trainer = OffPolicyTrainer(make_config(None, *SPIKE, "algo.name=sac", "total_env_steps=200"))
     trainer.train()
     series = trainer.health.series
-    expected = (1.0 + np.array(series["train/alpha"]) * np.abs(series["train/entropy"])) / (1 - 0.9)
+    expected = (1.0 + np.array(series["train/ent_coef"]) * np.abs(series["train/entropy"])) / (1 - 0.9)
     np.testing.assert_allclose(trainer.health.bounds["train/q_mean"], expected, rtol=1e-9)
     assert len(expected) == (200 - 50) // 10

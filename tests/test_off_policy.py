@@ -86,7 +86,7 @@ def test_resume_with_saved_replay_equals_an_uninterrupted_run(make_config, tiny_
         np.testing.assert_array_equal(buf_a.storage.field(name), buf_b.storage.field(name), err_msg=name)
     np.testing.assert_array_equal(buf_a.sampler.tree.leaves, buf_b.sampler.tree.leaves)
     assert (full.episodes, full.learner.grad_steps) == (resumed.episodes, resumed.learner.grad_steps)
-    assert full.last_eval["mean_return"] == resumed.last_eval["mean_return"]
+    assert full.last_eval["ep_return"] == resumed.last_eval["ep_return"]
 
 
 def test_per_priorities_are_updated_from_the_learners_td_errors(make_config, tiny_dqn):
@@ -187,7 +187,7 @@ def test_her_dqn_solves_small_bit_flipping_and_eval_reports_success_rate(tmp_pat
     assert main(["eval", str(run), "--json", "--episodes", "20"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["success_rate"] >= 0.9, result
-    assert result["mean_length"] <= 4.0  # about n_bits / 2 flips: not random walking
+    assert result["ep_length"] <= 4.0  # about n_bits / 2 flips: not random walking
 
 
 def test_sac_her_runs_multi_agent_goals_with_independent_parameters(make_config):

@@ -51,7 +51,7 @@ def test_record_cli_on_a_trained_cartpole_run_writes_a_gif(tmp_path, capsys):
     frames = imageio.mimread(gif)
     assert len(frames) > 1 and frames[0].shape[:2] == (400, 600)
     assert main(["eval", str(run), "--episodes", "1", "--json"]) == 0  # same seed: same episode as marl eval
-    ret = float(capsys.readouterr().out.split('"mean_return": ')[1].split(",")[0])
+    ret = float(capsys.readouterr().out.split('"ep_return": ')[1].split(",")[0])
     assert f"return {ret:.3f} (length {int(ret)})" in line  # CartPole: return == length
     assert f": {int(ret) + 1} frames" in line  # L decisions + the reset frame
     assert len(frames) <= int(ret) + 1  # Pillow merges identical consecutive frames

@@ -48,20 +48,20 @@ def test_stop_signals_keep_the_first_and_restore_handlers_only_without_one(defau
 
 
 def test_eval_record_keeps_every_scalar_number_and_nothing_else():
-    result = {"mean_return": 1.5, "std_return": 0.5, "per_agent": {"a": 1.0}, "per_group": {"g": 1.0},
-              "mean_length": 7.0, "episodes": 4, "success_rate": 0.25, "win_rate": 0.5, "opponent": "random",
+    result = {"ep_return": 1.5, "ep_return_std": 0.5, "per_agent": {"a": 1.0}, "per_group": {"g": 1.0},
+              "ep_length": 7.0, "episodes": 4, "success_rate": 0.25, "win_rate": 0.5, "opponent": "random",
               "wall_time_s": 3.0, "env_steps": 800, "flag": True}
     record = eval_record(result)
     assert list(record)[:2] == ["env_steps", "wall_time_s"]
-    assert record == {"env_steps": 800, "wall_time_s": 3.0, "mean_return": 1.5, "std_return": 0.5, "mean_length": 7.0,
+    assert record == {"env_steps": 800, "wall_time_s": 3.0, "ep_return": 1.5, "ep_return_std": 0.5, "ep_length": 7.0,
                       "episodes": 4, "success_rate": 0.25, "win_rate": 0.5}
 
 
 def test_schedule_and_score():
     assert [next_multiple(s, 400) for s in (0, 399, 400, 401)] == [400, 400, 800, 800]
     assert next_multiple(123, 0) == 0  # 0 = never
-    assert score({"mean_return": -3.0}) == -3.0
-    assert score({"mean_return": -3.0, "win_rate": 0.75}) == 0.75
+    assert score({"ep_return": -3.0}) == -3.0
+    assert score({"ep_return": -3.0, "win_rate": 0.75}) == 0.75
 
 
 def test_a_failing_build_closes_the_envs(make_config):
@@ -120,8 +120,8 @@ def test_both_trainers_write_the_same_run_layout_and_checkpoint_entries(make_con
         assert state["counters"]["env_steps"] == last and state["learner"]["grad_steps"] == summary["grad_steps"]
         assert [e["env_steps"] for e in summary["eval_history"]] == [last // 2, last]
         best = ckpt.load(run / "checkpoints" / "best.pt")
-        assert best["best_eval"]["mean_return"] == summary["best_eval"]["mean_return"]
-        assert score(summary["best_eval"]) == max(e["mean_return"] for e in summary["eval_history"])
+        assert best["best_eval"]["ep_return"] == summary["best_eval"]["ep_return"]
+        assert score(summary["best_eval"]) == max(e["ep_return"] for e in summary["eval_history"])
 
 
 def test_eval_history_keeps_every_numeric_eval_metric(make_config):
@@ -134,11 +134,11 @@ def test_eval_history_keeps_every_numeric_eval_metric(make_config):
     history = summary["eval_history"]
     assert [e["env_steps"] for e in history] == [200, 400]
     for entry in history:
-        assert {"success_rate", "mean_length", "std_return", "mean_agent_return", "episodes"} <= set(entry)
+        assert {"success_rate", "ep_length", "ep_return_std", "agent_ep_return", "episodes"} <= set(entry)
         assert 0.0 <= entry["success_rate"] <= 1.0 and entry["episodes"] == 4
     final = summary["final_eval"]
     assert history[-1] == eval_record(final)
-    assert history[-1]["success_rate"] == final["success_rate"] and history[-1]["mean_length"] == final["mean_length"]
+    assert history[-1]["success_rate"] == final["success_rate"] and history[-1]["ep_length"] == final["ep_length"]
 
 
 def test_ppo_eval_history_keeps_win_draw_and_loss_rates(make_config):
@@ -151,7 +151,7 @@ def test_ppo_eval_history_keeps_win_draw_and_loss_rates(make_config):
     assert [e["env_steps"] for e in history] == [128, 256]
     for entry in history:
         assert entry["win_rate"] + entry["draw_rate"] + entry["loss_rate"] == pytest.approx(1.0)
-        assert "mean_learner_return" in entry and "opponent" not in entry  # strings are left out
+        assert "learner_ep_return" in entry and "opponent" not in entry  # strings are left out
     best = max(history, key=lambda e: e["win_rate"])  # "best" is the win rate against the random opponent
     assert summary["best_eval"]["win_rate"] == best["win_rate"]
 
@@ -198,4 +198,4 @@ def test_resumed_wall_time_and_counters_continue(make_config, tiny_dqn):
     assert resumed.wall_time() == pytest.approx(saved["wall_time_s"])
     summary = resumed.train()
     assert summary["env_steps"] == 1500 and summary["wall_time_s"] > saved["wall_time_s"]
-    assert np.isfinite(summary["final_eval"]["mean_return"])
+    assert np.isfinite(summary["final_eval"]["ep_return"])

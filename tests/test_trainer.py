@@ -24,20 +24,20 @@ def test_cli_train_writes_the_run_directory_and_eval_json(tmp_path, capsys, tiny
     for key in ("env_steps", "agent_steps", "wall_time_s", "sps", "agent_sps", "final_eval", "best_eval"):
         assert key in summary
     assert summary["env_steps"] == 800 and summary["agent_steps"] == 2400  # 3 agents always alive
-    assert summary["best_eval"]["mean_return"] >= summary["final_eval"]["mean_return"]
+    assert summary["best_eval"]["ep_return"] >= summary["final_eval"]["ep_return"]
     assert [e["env_steps"] for e in summary["eval_history"]] == [400, 800]
     assert summary["eval_history"][-1] == eval_record(summary["final_eval"])
-    assert {"mean_return", "std_return", "mean_agent_return", "mean_length", "episodes"} <= set(summary["eval_history"][0])
+    assert {"ep_return", "ep_return_std", "agent_ep_return", "ep_length", "episodes"} <= set(summary["eval_history"][0])
     assert all(0 < e["eval_time_s"] < e["wall_time_s"] <= summary["wall_time_s"] for e in summary["eval_history"])
     capsys.readouterr()
     assert main(["eval", str(run), "--episodes", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    for key in ("mean_return", "std_return", "mean_agent_return", "per_agent", "per_group", "mean_length", "episodes"):
+    for key in ("ep_return", "ep_return_std", "agent_ep_return", "per_agent", "per_group", "ep_length", "episodes"):
         assert key in result
-    assert result["episodes"] == 3 and result["mean_length"] == 25.0
+    assert result["episodes"] == 3 and result["ep_length"] == 25.0
     assert set(result["per_agent"]) == {"agent_0", "agent_1", "agent_2"}
-    assert abs(result["mean_agent_return"] - result["mean_return"] / 3) < 1e-9
-    assert abs(sum(result["per_agent"].values()) - result["mean_return"]) < 1e-6
+    assert abs(result["agent_ep_return"] - result["ep_return"] / 3) < 1e-9
+    assert abs(sum(result["per_agent"].values()) - result["ep_return"]) < 1e-6
 
 
 def test_eval_is_deterministic_and_reproducible(tmp_path, capsys, tiny_ppo):
@@ -90,7 +90,7 @@ def test_single_agent_gymnasium_env_uses_the_same_trainer(make_config):
     cfg = make_config("configs/pendulum_ppo.yaml", "total_env_steps=512", "algo.num_steps=64",
                       "algo.num_minibatches=4", "algo.update_epochs=1", "eval.episodes=1", "eval.num_envs=1")
     summary = OnPolicyTrainer(cfg).train()
-    assert summary["final_eval"]["mean_length"] == 200.0  # Pendulum's time limit
+    assert summary["final_eval"]["ep_length"] == 200.0  # Pendulum's time limit
     assert set(summary["final_eval"]["per_agent"]) == {"agent_0"}
 
 
@@ -98,7 +98,7 @@ def test_cartpole_learns_within_a_tiny_budget(make_config):
     """A fixed-seed learning check: rl-zoo CartPole PPO beats a random policy (~22) by far in 16k steps (127 measured)."""
     cfg = make_config("configs/cartpole_ppo.yaml", "total_env_steps=16384", "eval.interval=0", "eval.episodes=5")
     summary = OnPolicyTrainer(cfg).train()
-    assert summary["final_eval"]["mean_return"] >= 100, summary["final_eval"]
+    assert summary["final_eval"]["ep_return"] >= 100, summary["final_eval"]
 
 
 @pytest.mark.parametrize("payload", ["corrupt", "pickle", "newer"])

@@ -219,8 +219,8 @@ class SACLearner:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.grad_steps = 0
 
-    def alphas(self) -> dict[str, Tensor]:
-        """group -> current ``alpha`` (detached scalar)."""
+    def ent_coefs(self) -> dict[str, Tensor]:
+        """group -> current entropy coefficient ``alpha = exp(log_alpha)`` (detached scalar)."""
         return {g: p.detach().exp() for g, p in self.log_alpha.items()}
 
     # ------------------------------------------------------------------ losses
@@ -229,7 +229,7 @@ class SACLearner:
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """Summed twin-Q loss over groups, TD errors ``[B, A]`` (of ``(Q_1 + Q_2) / 2``), metrics
         (0-dim tensors)."""
-        alphas = self.alphas()
+        ent_coefs = self.ent_coefs()
         losses, td_error, metrics = [], {}, {}
         for name, b in batches.items():
             critic, actor = self.critics[name], self.actor[name]
@@ -237,12 +237,12 @@ class SACLearner:
                 next_dist = actor.dist(b.next_obs_n, b.next_action_mask_n)
                 if actor.discrete:
                     tq1, tq2 = self.critic_target[name](b.next_obs_n)
-                    soft_q = torch.minimum(tq1, tq2) - alphas[name] * finite_log_probs(next_dist)
+                    soft_q = torch.minimum(tq1, tq2) - ent_coefs[name] * finite_log_probs(next_dist)
                     next_value = expectation(next_dist.probs, soft_q, next_dist.mask)
                 else:
                     next_action, next_log_prob = next_dist.rsample_with_log_prob(self.generator)
                     tq1, tq2 = self.critic_target[name](b.next_obs_n, next_action)
-                    next_value = torch.minimum(tq1, tq2) - alphas[name] * next_log_prob
+                    next_value = torch.minimum(tq1, tq2) - ent_coefs[name] * next_log_prob
                 y = td_target(b.reward_n, b.discount_n, b.terminated_n, next_value)
             q1, q2 = critic(b.obs, None if actor.discrete else b.action)
             if actor.discrete:
@@ -259,24 +259,24 @@ class SACLearner:
         Call with the critics' ``requires_grad`` off (as :meth:`update` does) so the
         actor loss leaves the critics without gradients.
         """
-        alphas = self.alphas()
+        ent_coefs = self.ent_coefs()
         actor_terms, alpha_terms, metrics = [], [], {}
         for name, b in batches.items():
             actor = self.actor[name]
             dist = actor.dist(b.obs, b.action_mask)
             if actor.discrete:
                 q1, q2 = self.critics[name](b.obs)
-                per_agent = expectation(dist.probs, alphas[name] * finite_log_probs(dist) - torch.minimum(q1, q2), dist.mask)
+                per_agent = expectation(dist.probs, ent_coefs[name] * finite_log_probs(dist) - torch.minimum(q1, q2), dist.mask)
                 log_prob = -dist.entropy()  # E_a[log pi(a|s)], exact
             else:
                 action, log_prob = dist.rsample_with_log_prob(self.generator)
                 q1, q2 = self.critics[name](b.obs, action)
-                per_agent = alphas[name] * log_prob - torch.minimum(q1, q2)
+                per_agent = ent_coefs[name] * log_prob - torch.minimum(q1, q2)
             actor_terms.append(masked_mean(per_agent, b.alive, b.weights))
             alpha_terms.append(alpha_loss(self.log_alpha[name], log_prob, self.target_entropy[name], b.alive))
             metrics[f"actor_loss/{name}"] = actor_terms[-1].detach()
             metrics[f"entropy/{name}"] = -masked_mean(log_prob.detach(), b.alive)
-            metrics[f"alpha/{name}"] = alphas[name]
+            metrics[f"ent_coef/{name}"] = ent_coefs[name]
         return torch.stack(actor_terms).sum(), torch.stack(alpha_terms).sum(), metrics
 
     # ------------------------------------------------------------------ update
@@ -295,7 +295,7 @@ class SACLearner:
             self.alpha_optimizer.zero_grad(set_to_none=True)
             ent_loss.backward()
             self.alpha_optimizer.step()
-            metrics["alpha_loss"] = ent_loss.detach()
+            metrics["ent_coef_loss"] = ent_loss.detach()
         metrics.update(actor_metrics)
         self.grad_steps += 1
         if self.grad_steps % cfg.target_update_interval == 0:

@@ -26,7 +26,7 @@ Both kinds come from the seed's "Logging and Evaluation" and "Common Failure Mod
   ``returns_collapse``        ``rollout/ep_return`` only      a rise, then a drop
   ``q_divergence``            ``train/q_mean`` (off-policy)   ``|Q|`` above the largest possible
                                                               return, or growing without a reward
-  ``alpha_collapse``          ``train/alpha`` (SAC)           below a fraction of its first value
+  ``ent_coef_collapse``       ``train/ent_coef`` (SAC)        below a fraction of its first value
   ==========================  ==============================  ===================================
 
   Per-agent and per-group returns are not watched: in competitive games one side's

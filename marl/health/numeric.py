@@ -119,7 +119,7 @@ NONFINITE_SOURCES = (
     NonFiniteSource("actor", ("actor_loss", "actor_grad_norm"), (
         "lower algo.lr and clip the gradients (algo.max_grad_norm); a log-probability of an action at the "
         "bounds of its box (log 0) also gives inf")),
-    NonFiniteSource("entropy coefficient", ("alpha", "alpha_loss", "entropy"), (
+    NonFiniteSource("entropy coefficient", ("ent_coef", "ent_coef_loss", "entropy"), (
         "log_alpha overflowed: lower algo.lr, or set algo.autotune=false with a fixed algo.ent_coef")),
 )
 """In the order an update computes them: a NaN of the critic reaches the actor's loss, and so on."""

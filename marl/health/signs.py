@@ -105,7 +105,7 @@ def q_divergence(abs_q: Sequence[float], bound: Sequence[float], factor: float, 
     return None
 
 
-def alpha_collapse(series: Sequence[float], floor_frac: float, patience: int) -> str | None:
+def ent_coef_collapse(series: Sequence[float], floor_frac: float, patience: int) -> str | None:
     """The entropy coefficient stayed below ``floor_frac`` of its first value for ``patience`` checks."""
     if len(series) < patience:
         return None
@@ -133,7 +133,7 @@ REMEDIES = {
     "q_divergence": "the critic feeds its own overestimates back through bootstrapping: lower algo.lr, slow "
                     "the target updates (smaller algo.tau, or a larger algo.target_update_interval), clip the "
                     "gradients (algo.max_grad_norm), scale the rewards down; DQN: keep algo.double_q=true",
-    "alpha_collapse": "with alpha near 0 the policy regains exploration only slowly once its entropy falls "
+    "ent_coef_collapse": "with alpha near 0 the policy regains exploration only slowly once its entropy falls "
                       "below the target: check algo.target_entropy (a target below what the policy keeps lets "
                       "alpha shrink without bound), or set algo.autotune=false with a fixed algo.ent_coef",
 }
@@ -150,7 +150,7 @@ OFF_POLICY_REMEDIES = {
 """Warning name -> what to try, with the off-policy algorithms' settings."""
 
 PER_GROUP = ("train/entropy", "train/approx_kl", "train/clip_fraction", "train/explained_variance", "train/q_mean",
-             "train/alpha")
+             "train/ent_coef")
 
 
 class HealthWarning(NamedTuple):
@@ -265,8 +265,8 @@ class HealthMonitor:
         suffix = key[len("train/q_mean"):]
         group = suffix[1:]
         r_max = self.reward_abs_max.get(group, 0.0) if group else max(self.reward_abs_max.values(), default=0.0)
-        alpha, entropy = metrics.get("train/alpha" + suffix), metrics.get("train/entropy" + suffix)
-        soft = alpha * abs(entropy) if alpha is not None and entropy is not None else 0.0
+        ent_coef, entropy = metrics.get("train/ent_coef" + suffix), metrics.get("train/entropy" + suffix)
+        soft = ent_coef * abs(entropy) if ent_coef is not None and entropy is not None else 0.0
         return largest_return(r_max, soft if math.isfinite(soft) else 0.0, self.gamma)
 
     def _signs(self, base: str, key: str, lr: float | None) -> dict[str, str | None]:
@@ -294,8 +294,8 @@ class HealthMonitor:
             return {"explained_variance_low": seen}
         if base == "train/q_mean":
             return {"q_divergence": q_divergence(np.abs(s), self.bounds[key], c.q_bound_factor, c.q_growth, p)}
-        if base == "train/alpha":
-            return {"alpha_collapse": alpha_collapse(s, c.alpha_floor_frac, p)}
+        if base == "train/ent_coef":
+            return {"ent_coef_collapse": ent_coef_collapse(s, c.ent_coef_floor_frac, p)}
         seen = returns_collapse(s, c.collapse_frac, c.return_window, c.return_min_rise, p)
         return {"returns_collapse": seen}
 

@@ -69,7 +69,7 @@ class OffPolicyTrainer(TrainingRun):
     checkpoint is overwritten with a non-finite network), and with PER after every
     update (a NaN TD error must not reach the priorities); the warning signs of
     :class:`marl.health.HealthMonitor` are watched once per log (``q_divergence``
-    against the largest reward magnitude seen, ``alpha_collapse``,
+    against the largest reward magnitude seen, ``ent_coef_collapse``,
     ``entropy_collapse``, ``returns_collapse``); ``health.check_inputs`` checks every
     observation and reward.
     """

@@ -113,7 +113,7 @@ def test_alpha_follows_the_entropy_target(target, direction, make, box_spec, box
     _, learner = make(box_spec(), f"algo.target_entropy={target}", "algo.ent_coef=0.5")
     for step in range(5):
         learner.update({"agent": box_batch(seed=step)})
-    alpha = float(learner.alphas()["agent"])
+    alpha = float(learner.ent_coefs()["agent"])
     assert (alpha - 0.5) * direction > 0, alpha
 
 

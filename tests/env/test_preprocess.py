@@ -230,7 +230,7 @@ def test_run_counts_decisions_as_env_steps_and_frames_with_the_repeat(tmp_path):
     assert summary["env_steps"] == 64 and summary["env_frames"] == 2 * 64
     assert 0 < summary["agent_steps"] <= 2 * 64  # two agents, removed when they reach their goal
     # a time limit of 8 raw steps is at most 4 decisions of 2 frames each
-    assert 1 <= summary["final_eval"]["mean_length"] <= 8 / 2
+    assert 1 <= summary["final_eval"]["ep_length"] <= 8 / 2
 
 
 # ------------------------------------------------------------------------ the pistonball configs

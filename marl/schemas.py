@@ -1,0 +1,295 @@
+"""The config schemas: one dataclass per section, each field with a type, a default and a one-line doc.
+
+An experiment is ``env × algo × model × run settings`` (:class:`Config`); ``algo`` is the
+section of the algorithm named by ``algo.name`` (the registry, :mod:`marl.registry`, maps the
+name to its schema here). Loading, overrides and validation are in :mod:`marl.config`, which
+re-exports these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def _f(default: Any, doc: str) -> Any:
+    """A dataclass field with a default (copied when mutable) and a one-line doc."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class EnvConfig:
+    """Which environment to train on and how its copies are run."""
+
+    id: str = _f("mpe2.simple_spread_v3", "env id: a Gymnasium id (CartPole-v1) or a module path (mpe2.simple_spread_v3, envs.grid_nav)")
+    kwargs: dict = _f({}, "keyword arguments passed to the env constructor")
+    num_envs: int = _f(8, "env copies stepped together (E)")
+    backend: Literal["sync", "subprocess"] = _f("sync", "sync: in-process; subprocess: worker processes with shared memory")
+    num_workers: int = _f(0, "worker processes for the subprocess backend; 0 = one per CPU core (at most num_envs)")
+    overlap: bool = _f(True, "subprocess backend: step one chunk of env copies while the policy acts on another")
+    groups: dict = _f({}, "explicit agent groups {group: [agent, ...]}; empty = group by name prefix (adversary_0 -> adversary)")
+    frame_stack: int = _f(1, "stack the last k observations (images: on the channel axis [H, W, C*k]); 1 = off")
+    grayscale: bool = _f(False, "convert image observations to one channel")
+    resize: list = _f([], "resize image observations to [H, W]; empty = keep")
+    action_repeat: int = _f(1, "repeat each chosen action k env frames, summing rewards; env steps count agent decisions")
+    pad: bool = _f(False, "pad observations/actions (SuperSuit) so unlike agents can share one network")
+
+
+@dataclass
+class NormConfig:
+    """Observation, reward and advantage normalization switches."""
+
+    obs: bool = _f(True, "standardize observations with running mean/std (float64 Welford), frozen in evaluation")
+    obs_clip: float = _f(10.0, "clip normalized observations to [-obs_clip, obs_clip]")
+    reward: bool = _f(True, "scale rewards by the running std of the discounted return (no mean subtraction)")
+    reward_clip: float = _f(10.0, "clip scaled rewards to [-reward_clip, reward_clip]; 0 = no clipping")
+    advantage: bool = _f(True, "standardize advantages per minibatch")
+
+
+@dataclass
+class ModelConfig:
+    """Networks: sizes, and how agents share parameters."""
+
+    hidden: list = _f([64, 64], "hidden layer widths of the MLPs")
+    activation: Literal["tanh", "relu", "elu", "silu"] = _f("tanh", "hidden activation")
+    sharing: Any = _f("shared", "shared | independent | {agent_or_glob: parameter_set_name}, per group")
+    agent_id: bool = _f(True, "append a one-hot agent id to the input of a network that serves several agents")
+    strategy: Literal["batched", "fork", "loop"] = _f("batched", "forward strategy for independent parameters")
+    critic: Literal["local", "central"] = _f("local", "local: V(own obs) (IPPO); central: V(global state) (MAPPO)")
+    init_log_std: float = _f(0.0, "initial log std of Gaussian policies")
+
+
+@dataclass
+class PPOConfig:
+    """Proximal Policy Optimization (Schulman et al. 2017) hyperparameters."""
+
+    name: Literal["ppo"] = _f("ppo", "algorithm name")
+    lr: float = _f(3e-4, "Adam learning rate")
+    anneal_lr: bool = _f(True, "decay the learning rate linearly to 0 over training")
+    num_steps: int = _f(128, "rollout length per env copy (T)")
+    num_minibatches: int = _f(4, "minibatches per epoch; rollout rows (T*E) must divide evenly")
+    update_epochs: int = _f(4, "passes over each rollout (K)")
+    gamma: float = _f(0.99, "discount factor, in (0, 1]")
+    gae_lambda: float = _f(0.95, "GAE lambda, in [0, 1]")
+    clip_coef: float = _f(0.2, "PPO ratio clip epsilon")
+    anneal_clip: bool = _f(False, "decay clip_coef linearly to 0 over training (rl-zoo's lin_0.2)")
+    clip_vloss: bool = _f(False, "clip the value update around the old value estimate (by clip_coef)")
+    ent_coef: float = _f(0.01, "entropy bonus coefficient")
+    vf_coef: float = _f(0.5, "value loss coefficient")
+    max_grad_norm: float = _f(0.5, "global gradient norm clip; 0 = off")
+    target_kl: float = _f(0.0, "stop the epochs of an update early when approx KL exceeds this; 0 = off")
+    bootstrap_on_truncation: bool = _f(True, "bootstrap from V(final obs) on time limits; false treats them as terminal")
+    optimizer: Literal["common", "per_group"] = _f("common", "one optimizer over all groups, or one per group")
+    adam_eps: float = _f(1e-5, "Adam epsilon")
+
+
+@dataclass
+class OffPolicyConfig:
+    """Fields every off-policy algorithm shares: replay, training cadence, targets, PER, HER.
+
+    Not an algorithm itself: :class:`DQNConfig`, :class:`SACConfig` and :class:`TD3Config`
+    extend it (and change some defaults). Units: ``env steps`` are summed over env copies
+    (a vector step of E copies is E env steps); a *row* is one env step of one env copy,
+    all agents of a group.
+    """
+
+    name: str = _f("", "algorithm name")
+    lr: float = _f(3e-4, "Adam learning rate of every network (and of SAC's log_alpha)")
+    adam_eps: float = _f(1e-8, "Adam epsilon")
+    gamma: float = _f(0.99, "discount factor, in (0, 1]")
+    buffer_size: int = _f(1_000_000, "replay capacity in rows per group; rounded down to a multiple of env.num_envs")
+    learning_starts: int = _f(1_000, "env steps of uniformly random actions; training starts at max(this, batch_size) rows")
+    batch_size: int = _f(256, "rows per gradient step (B)")
+    train_freq: int = _f(1, "env steps collected between training phases")
+    gradient_steps: int = _f(1, "gradient steps per training phase")
+    tau: float = _f(0.005, "target update: target <- (1 - tau) target + tau online; 1 = hard copy")
+    target_update_interval: int = _f(1, "gradient steps between target updates")
+    max_grad_norm: float = _f(0.0, "global gradient norm clip of each optimizer; 0 = off")
+    n_step: int = _f(1, "n-step TD targets, cut at episode ends; 1 = one-step")
+    per: bool = _f(False, "prioritized replay (sum tree), priorities (|TD error| + per_eps)^per_alpha")
+    per_alpha: float = _f(0.6, "PER prioritization exponent in [0, 1]; 0 = uniform")
+    per_beta: float = _f(0.4, "PER importance exponent at the start, annealed linearly to 1 over training")
+    per_eps: float = _f(1e-6, "PER constant added to |TD error| so no row has priority 0")
+    her: bool = _f(False, "hindsight relabelling of goals (goal envs only; one-step targets)")
+    her_strategy: Literal["future", "final", "episode", "random"] = _f("future", "where relabelled goals come from")
+    n_sampled_goal: int = _f(4, "relabelled goals per real transition: a fraction k/(k+1) of each batch")
+    save_replay: bool = _f(False, "also write the replay into latest.pt and step_*.pt (bytes: replay/bytes_per_row x buffer_size)")
+
+
+@dataclass
+class DQNConfig(OffPolicyConfig):
+    """Deep Q-Network (Mnih et al. 2015) with double-Q targets (van Hasselt et al. 2016), Huber loss,
+    epsilon-greedy exploration and an optional dueling head (Wang et al. 2016); discrete actions."""
+
+    name: Literal["dqn"] = _f("dqn", "algorithm name")
+    lr: float = _f(1e-4, "Adam learning rate")
+    buffer_size: int = _f(100_000, "replay capacity in rows per group; rounded down to a multiple of env.num_envs")
+    batch_size: int = _f(32, "rows per gradient step (B)")
+    train_freq: int = _f(4, "env steps collected between training phases")
+    tau: float = _f(1.0, "target update: target <- (1 - tau) target + tau online; 1 = hard copy")
+    target_update_interval: int = _f(1_000, "gradient steps between target updates")
+    max_grad_norm: float = _f(10.0, "global gradient norm clip; 0 = off")
+    exploration_fraction: float = _f(0.1, "fraction of total_env_steps over which epsilon decays linearly")
+    epsilon_start: float = _f(1.0, "epsilon-greedy: probability of a random action at the start")
+    epsilon_final: float = _f(0.05, "epsilon after the decay (also the epsilon of stochastic evaluation)")
+    double_q: bool = _f(True, "double DQN: the online network picks the next action, the target network values it")
+    dueling: bool = _f(False, "dueling head Q = V + A - mean(A)")
+
+
+@dataclass
+class SACConfig(OffPolicyConfig):
+    """Soft Actor-Critic (Haarnoja et al. 2018) with twin Q, automatic entropy tuning; tanh-Gaussian
+    policy for Box groups, categorical policy with exact expectations for Discrete groups (Christodoulou 2019)."""
+
+    name: Literal["sac"] = _f("sac", "algorithm name")
+    autotune: bool = _f(True, "learn the entropy coefficient so the policy entropy tracks target_entropy")
+    ent_coef: float = _f(1.0, "entropy coefficient alpha: the initial value when autotune, else fixed")
+    target_entropy: float | None = _f(None, "entropy target in nats; null = -action_dim (Box) or target_entropy_scale*log(n) (Discrete)")
+    target_entropy_scale: float = _f(0.89, "Discrete groups: target entropy as a fraction of the uniform policy's log(n)")
+
+
+@dataclass
+class TD3Config(OffPolicyConfig):
+    """Twin Delayed DDPG (Fujimoto et al. 2018): deterministic actor, target policy smoothing, delayed
+    actor and target updates; Box actions. Noise scales are fractions of the half-range of the action box."""
+
+    name: Literal["td3"] = _f("td3", "algorithm name")
+    lr: float = _f(1e-3, "Adam learning rate")
+    target_update_interval: int = _f(2, "gradient steps between target updates")
+    exploration_noise: float = _f(0.1, "std of the Gaussian noise added to actions while collecting")
+    policy_noise: float = _f(0.2, "std of the target policy smoothing noise")
+    noise_clip: float = _f(0.5, "target policy smoothing noise is clipped to [-noise_clip, noise_clip]")
+    policy_delay: int = _f(2, "gradient steps between actor updates")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic deterministic evaluation on separate, separately seeded envs."""
+
+    interval: int = _f(20_000, "env steps between evaluations; 0 = only at the end")
+    episodes: int = _f(10, "episodes per evaluation")
+    num_envs: int = _f(5, "eval env copies")
+    deterministic: bool = _f(True, "mode of the action distribution instead of sampling")
+    opponent: Literal["none", "random"] = _f("none", "random: the policy plays one seat, every other agent acts randomly (win rate vs random)")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written."""
+
+    interval: int = _f(50_000, "env steps between latest.pt writes (also at the end and on interrupt)")
+    keep_last: int = _f(1, "also keep this many numbered checkpoints (step_<env_steps>.pt); 0 = none")
+
+
+@dataclass
+class LogConfig:
+    """TensorBoard and console output."""
+
+    tensorboard: bool = _f(True, "write TensorBoard event files to the run directory")
+    progress: bool = _f(True, "live progress display when the terminal is a TTY")
+    interval: int = _f(1, "iterations between console/TensorBoard training logs")
+
+
+@dataclass
+class HealthConfig:
+    """Numeric checks and the thresholds of the warning signs (a check = one PPO iteration, or
+    ``log.interval`` off-policy training phases)."""
+
+    enabled: bool = _f(True, "watch the training metrics and report warning signs")
+    patience: int = _f(5, "consecutive checks a sign must persist before it is reported")
+    entropy_floor_frac: float = _f(0.05, "entropy collapse: below this fraction of the first entropy "
+                                         "(Gaussian policies: of the first action std)")
+    entropy_abs_floor: float = _f(0.01, "entropy collapse: below this entropy in nats (categorical policies)")
+    kl_high: float = _f(0.05, "approx KL above this: the update step is too large")
+    clip_low: float = _f(0.005, "clip fraction below this: clipping has no effect")
+    clip_high: float = _f(0.9, "clip fraction above this: nearly every sample is clipped")
+    lr_quiet_frac: float = _f(0.5, "skip clip_fraction_low once train/lr has annealed below this fraction "
+                                   "of its first value (small steps clip nothing)")
+    ev_low: float = _f(0.0, "explained variance below this: the critic is worse than the mean return")
+    ev_warmup: int = _f(10, "checks before explained variance is judged (a fresh critic starts near 0)")
+    collapse_frac: float = _f(0.5, "returns collapse: smoothed return below "
+                                   "best - collapse_frac * (best - first)")
+    return_window: int = _f(10, "moving-average window of rollout/ep_return, in checks")
+    return_min_rise: float = _f(3.0, "a rise (best - first) counts only above this many noise std "
+                                     "of the returns")
+    q_bound_factor: float = _f(2.0, "Q divergence: |train/q_mean| above this multiple of the largest possible "
+                                     "return max|r| / (1 - gamma)")
+    q_growth: float = _f(10.0, "Q divergence before any nonzero reward was seen: |train/q_mean| rising at each "
+                               "of patience checks, to this multiple of where it started")
+    ent_coef_floor_frac: float = _f(1e-3, "entropy coefficient collapse (SAC autotune): train/ent_coef below "
+                                          "this fraction of its first value")
+    check_inputs: bool = _f(False, "check every observation and reward for NaN/inf (one pass over each step)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, message)`` for every value out of range; empty when the config is usable."""
+        rules = [
+            (self.patience >= 1, "patience", "must be >= 1"),
+            (0 <= self.entropy_floor_frac < 1, "entropy_floor_frac", "must be in [0, 1)"),
+            (self.kl_high > 0, "kl_high", "must be > 0"),
+            (0 <= self.clip_low < self.clip_high <= 1, "clip_low", "need 0 <= clip_low < clip_high <= 1"),
+            (0 <= self.lr_quiet_frac <= 1, "lr_quiet_frac", "must be in [0, 1]"),
+            (self.ev_warmup >= 0, "ev_warmup", "must be >= 0"),
+            (0 < self.collapse_frac <= 1, "collapse_frac", "must be in (0, 1]"),
+            (self.return_window >= 1, "return_window", "must be >= 1"),
+            (self.return_min_rise >= 0, "return_min_rise", "must be >= 0"),
+            (self.q_bound_factor >= 1, "q_bound_factor", "must be >= 1"),
+            (self.q_growth > 1, "q_growth", "must be > 1"),
+            (0 < self.ent_coef_floor_frac < 1, "ent_coef_floor_frac", "must be in (0, 1)"),
+        ]
+        return [(key, f"{msg}, got {getattr(self, key)!r}") for ok, key, msg in rules if not ok]
+
+
+@dataclass
+class Config:
+    """One experiment. ``total_env_steps`` counts vectorized env steps summed over env copies."""
+
+    seed: int = _f(0, "seed of every RNG (python, numpy, torch, env copies)")
+    total_env_steps: int = _f(400_000, "training budget in env steps summed over env copies (agent decisions with action_repeat)")
+    run_dir: str = _f("", "output folder; empty = runs/<env>-<algo>-seed<seed>-<time>")
+    resume: str = _f("", "run directory or checkpoint to continue from")
+    device: Literal["cpu", "cuda", "auto"] = _f("cpu", "torch device")
+    torch_threads: int = _f(1, "torch intra-op threads (1 is fastest for small networks); 0 = torch default")
+    update_threads: int = _f(-1, "PPO: torch threads during the update, when env worker processes sit idle; "
+                                 "-1 = auto (one per core the subprocess workers leave idle, at most 4; else torch_threads)")
+    env: EnvConfig = _f(None, "environment")
+    algo: Any = _f(None, "algorithm section; algo.name selects the schema")
+    model: ModelConfig = _f(None, "networks")
+    norm: NormConfig = _f(None, "normalization")
+    eval: EvalConfig = _f(None, "evaluation")
+    checkpoint: CheckpointConfig = _f(None, "checkpoints")
+    log: LogConfig = _f(None, "logging")
+    health: HealthConfig = _f(None, "training health: non-finite checks and warning signs")
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, cls())
+        if self.algo is None:
+            self.algo = PPOConfig()
+
+    @property
+    def batch_size(self) -> int:
+        """Rollout rows per update: ``algo.num_steps * env.num_envs``."""
+        return self.algo.num_steps * self.env.num_envs
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.algo.num_minibatches
+
+    @property
+    def num_iterations(self) -> int:
+        return max(1, self.total_env_steps // self.batch_size)
+
+
+SECTIONS: dict[str, type] = {
+    "env": EnvConfig,
+    "model": ModelConfig,
+    "norm": NormConfig,
+    "eval": EvalConfig,
+    "checkpoint": CheckpointConfig,
+    "log": LogConfig,
+    "health": HealthConfig,
+}
