@@ -178,11 +178,19 @@ def test_final_goal_is_the_last_achieved_goal_of_the_episode():
     buffer = make("final")
     spans = fill(buffer, steps=25, rng=rng)
     sample = buffer.sample(256, rng)
+    check_common(sample, buffer)
     mask, goal = relabelled(sample)
+    assert mask[:, 0].sum() == int(256 * 4 / 5)  # agent 0 lives at every row and at its episode's end
+    assert mask[:, 1].sum() > 50
     for b, a in zip(*np.nonzero(mask)):
         lane, step, agent = decode(sample.extras["next_achieved_goal"][b, a, 0])
         _, last = span_of(spans, lane, agent, step, newest=24)
         assert goal[b, a] == code(lane, last, agent)
+    # The rewards are those of the new goals: 0 exactly where the row is its trajectory's last (donor = itself).
+    own = sample.extras["next_achieved_goal"][:, :, 0] == goal
+    assert own[mask].any() and not own[mask].all()
+    np.testing.assert_array_equal(sample.reward[mask], np.where(own[mask], 0.0, -1.0))
+    assert np.all(sample.reward[~mask & sample.alive] == -1.0)  # the stored goal is never reached
 
 
 def test_random_goals_come_from_stored_rows():
@@ -253,6 +261,14 @@ def test_relabelled_sample_matches_plain_buffer_otherwise():
     a, b = her.sample(32, np.random.default_rng(9)), plain.sample(32, np.random.default_rng(9))
     assert np.array_equal(a.indices, b.indices)
     assert np.array_equal(a.action, b.action) and np.array_equal(a.obs[:, :, 0], b.obs[:, :, 0])
+    # ... and the goals differ from the plain sample's exactly on the relabelled share of the rows.
+    changed = a.obs[:, :, 1] != b.obs[:, :, 1]
+    assert np.all(b.obs[:, :, 1][b.alive] == FAR_GOAL)
+    assert changed[:, 0].sum() == int(32 * 4 / 5)  # her_ratio = n / (n + 1) with the default n_sampled_goal = 4
+    assert not changed[~a.alive].any()
+    expected = compute_reward(a.extras["next_achieved_goal"][changed], a.obs[changed][:, 1:2], None)
+    np.testing.assert_array_equal(a.reward[changed], expected)
+    np.testing.assert_array_equal(a.reward[~changed], b.reward[~changed])
 
 
 def test_relabelling_composes_with_prioritized_sampling():
@@ -266,6 +282,7 @@ def test_relabelling_composes_with_prioritized_sampling():
     assert np.mean(sample.indices == rows.indices[0]) > 0.9  # the prioritized row dominates
     assert sample.weights.min() < 1.0
     mask, goal = relabelled(sample)
+    assert mask[:, 0].sum() == int(128 * 4 / 5)  # agent 0 lives at every row
     for b, a in zip(*np.nonzero(mask)):
         lane, step, agent = decode(sample.extras["next_achieved_goal"][b, a, 0])
         assert step <= decode(goal[b, a])[1] <= span_of(spans, lane, agent, step, newest=24)[1]

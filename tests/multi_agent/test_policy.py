@@ -57,18 +57,31 @@ def test_selective_sharing_map():
     assert not torch.allclose(out[:, 0], out[:, 2])
 
 
-def test_every_parameter_is_in_the_common_optimizer_exactly_once():
-    env = spec(groups=(
-        GroupSpec("adversary", ("adversary_0",), gymnasium.spaces.Box(-1, 1, (3,), np.float32), gymnasium.spaces.Discrete(5)),
-        GroupSpec("agent", ("agent_0", "agent_1"), BOX, gymnasium.spaces.Box(-1, 1, (2,), np.float32)),
-    ))
-    p, cfg = policy_for(["model.sharing=independent"], env)
+TWO_GROUPS = (
+    GroupSpec("adversary", ("adversary_0",), gymnasium.spaces.Box(-1, 1, (3,), np.float32), gymnasium.spaces.Discrete(5)),
+    GroupSpec("agent", ("agent_0", "agent_1"), BOX, gymnasium.spaces.Box(-1, 1, (2,), np.float32)),
+)
+
+
+@pytest.mark.parametrize("critic", ["local", "central"])
+@pytest.mark.parametrize("optimizer", ["common", "per_group"])
+def test_every_trainable_parameter_is_in_exactly_one_optimizer(optimizer, critic):
+    p, cfg = policy_for([f"algo.optimizer={optimizer}", f"model.critic={critic}", "model.sharing=independent"],
+                        spec(groups=TWO_GROUPS))
+    frozen = p.net["agent"].log_std
+    frozen.requires_grad_(False)  # a frozen parameter belongs to no optimizer
     learner = PPOLearner(p, cfg.algo)
-    ids = [id(t) for opt in learner.optimizers.values() for t in opt.params]
-    assert len(ids) == len(set(ids))
-    assert set(ids) == {id(t) for t in p.net.parameters() if t.requires_grad}
-    per_group = PPOLearner(p, load_config(None, ["algo.optimizer=per_group"]).algo)
-    assert set(per_group.optimizers) == {"adversary", "agent"}
+    expected = {"common": {"all"}, "per_group": {"adversary", "agent"}}[optimizer]
+    assert set(learner.optimizers) == expected
+    owned = [id(t) for opt in learner.optimizers.values() for t in opt.params]
+    trainable = [id(t) for t in p.net.parameters() if t.requires_grad]
+    assert len(trainable) > 4 and id(frozen) not in owned
+    assert sorted(owned) == sorted(trainable)  # each exactly once: no overlap between groups, none missing
+    if optimizer == "per_group":
+        for g, opt in learner.optimizers.items():  # each group's optimizer holds that group's parameters only
+            assert [id(t) for t in opt.params] == [id(t) for t in p.net[g].parameters() if t.requires_grad]
+    assert sum(opt.flat.numel() for opt in learner.optimizers.values()) == sum(
+        t.numel() for t in p.net.parameters() if t.requires_grad)
 
 
 def test_central_critic_sees_every_agent():
@@ -110,44 +123,86 @@ def test_masked_actions_are_never_sampled():
         assert np.all(mask[np.arange(64)[:, None], np.arange(3)[None], a])
 
 
-def test_dead_agents_change_no_gradient():
-    """Data of a dead (not alive) agent must not influence the loss gradient at all."""
-    p, cfg = policy_for(["model.sharing=independent"])
-    learner = PPOLearner(p, cfg.algo)
-    rng = np.random.default_rng(0)
+def _batch_with_dead_agents(garbage: float, n: int = 8) -> GroupBatch:
+    """``n`` rows of 3 agents, about a third of the entries dead; every field of a dead entry is ``garbage``
+    (the action: another valid index); alive entries are the same for every ``garbage``."""
+    g = torch.Generator().manual_seed(0)
+    alive = torch.rand(n, 3, generator=g) > 0.35
+    alive[0] = True  # every agent alive at least once, every agent dead at least once below
+    alive[1] = False
+    obs = torch.randn(n, 3, 4, generator=g)
+    action = torch.randint(0, 5, (n, 3), generator=g)
+    log_prob = -1.6 + 0.3 * torch.randn(n, 3, generator=g)
+    value, adv, ret = (torch.randn(n, 3, generator=g) for _ in range(3))
+    junk = lambda x: torch.where(alive, x, torch.full_like(x, garbage))  # noqa: E731
+    obs = torch.where(alive[..., None], obs, torch.full_like(obs, garbage))
+    action = torch.where(alive, action, torch.full_like(action, int(abs(garbage)) % 5))
+    return GroupBatch(obs, obs, action, junk(log_prob), junk(value), junk(adv), junk(ret), alive, None)
 
-    def batch(garbage: float) -> GroupBatch:
-        n = 8
-        alive = torch.ones(n, 3, dtype=torch.bool)
-        alive[:, 2] = False
-        obs = torch.tensor(rng.normal(size=(n, 3, 4)), dtype=torch.float32)
-        obs[:, 2] = garbage
-        f = lambda *s: torch.full(s, garbage)  # noqa: E731
-        base = torch.ones(n, 3)
-        return GroupBatch(obs, obs, torch.zeros(n, 3, dtype=torch.long), -base, base * 0.1,
-                          torch.where(alive, base, f(n, 3)), torch.where(alive, base, f(n, 3)), alive, None)
 
+@pytest.mark.parametrize("sharing", ["shared", "independent"])
+def test_the_learner_masks_dead_agents_out_of_the_gradient(sharing):
+    """Through PPOLearner.update: data of dead agents change no gradient, and the gradient equals a hand-written
+    loss over the alive entries only (advantages standardized over them)."""
     grads = []
-    for garbage in (0.0, 1e3):
-        rng = np.random.default_rng(0)
-        b = batch(garbage)
-        p.net.zero_grad()
-        dist = p.net["agent"].dist(b.obs)
-        from marl.algos.ppo import ppo_loss
-        out = ppo_loss(dist.log_prob(b.action), b.log_prob, b.advantage, p.net["agent"].value(b.critic_in), b.value,
-                       b.ret, dist.entropy(), b.alive, 0.2, 0.5, 0.01, False)
-        out.loss.backward()
-        grads.append([x.grad.clone() for x in p.net.parameters() if x.grad is not None])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
-    del learner
+    for garbage in (0.0, 1e3, -7.0):
+        p, cfg = policy_for([f"model.sharing={sharing}", "algo.max_grad_norm=0", "algo.update_epochs=1",
+                             "algo.clip_vloss=false", "algo.ent_coef=0.01"])
+        learner = PPOLearner(p, cfg.algo)
+        b = _batch_with_dead_agents(garbage)
+        params = list(p.net.parameters())
+        if garbage == 0.0:  # the hand oracle, at the parameters before the update's step
+            dist, value = p.net["agent"].dist_and_value(b.obs, b.critic_in)
+            m = b.alive
+            adv = b.advantage[m]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            ratio = (dist.log_prob(b.action)[m] - b.log_prob[m]).exp()
+            pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2)).mean()
+            vl = 0.5 * ((value[m] - b.ret[m]) ** 2).mean()
+            loss = pg + cfg.algo.vf_coef * vl - 0.01 * dist.entropy()[m].mean()
+            hand = torch.autograd.grad(loss, params)
+        metrics = learner.update({"agent": b}, 1, True, torch.Generator().manual_seed(0))
+        assert learner.grad_steps == 1
+        grads.append([t.grad.clone() for t in params])  # views of the flat buffer: the update's gradient
+        if garbage == 0.0:
+            assert metrics["policy_loss"] == pytest.approx(pg.item(), rel=1e-5)
+            assert metrics["value_loss"] == pytest.approx(vl.item(), rel=1e-5)
+            for got, want in zip(grads[0], hand):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert any(bool(t.abs().sum() > 0) for t in grads[0])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("strategy", ["batched", "loop", "fork"])
-def test_strategies_give_the_same_policy(strategy):
-    ref, _ = policy_for(["model.sharing=independent", "model.strategy=batched"])
-    other, _ = policy_for(["model.sharing=independent", f"model.strategy={strategy}"])
-    other.net.load_state_dict(ref.net.state_dict())
-    x = torch.randn(5, 3, 4)
-    torch.testing.assert_close(ref.net["agent"].policy_out(x), other.net["agent"].policy_out(x))
-    torch.testing.assert_close(ref.net["agent"].value(x), other.net["agent"].value(x))
+def test_independent_parameters_of_an_always_dead_agent_get_no_gradient():
+    p, cfg = policy_for(["model.sharing=independent", "algo.max_grad_norm=0", "algo.update_epochs=1"])
+    learner = PPOLearner(p, cfg.algo)
+    b = _batch_with_dead_agents(3.0)
+    b = b._replace(alive=b.alive & torch.tensor([True, True, False]))  # agent 2 never alive
+    learner.update({"agent": b}, 1, True, torch.Generator().manual_seed(0))
+    for t in p.net.parameters():  # stacked per-agent parameter sets: [3, ...]
+        assert t.shape[0] == 3
+        assert torch.count_nonzero(t.grad[2]) == 0 and torch.count_nonzero(t.grad[:2]) > 0
+
+
+@pytest.mark.parametrize("strategy", ["batched", "fork"])
+def test_strategies_give_the_loop_baselines_outputs_and_gradients(strategy):
+    def outputs_and_grads(s, state=None):
+        p, _ = policy_for(["model.sharing=independent", f"model.strategy={s}"])
+        if state is not None:
+            p.net.load_state_dict(state)
+        x = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(1))
+        logits, value = p.net["agent"].policy_out(x), p.net["agent"].value(x)
+        w = torch.linspace(-1.0, 1.0, logits.numel()).view_as(logits)
+        ((w * logits).sum() + (value * torch.arange(1.0, 4.0)).sum()).backward()
+        return logits.detach(), value.detach(), {k: t.grad.clone() for k, t in p.net.named_parameters()}, p.net
+
+    ref = outputs_and_grads("loop")  # one module call per parameter set: the plain baseline
+    got = outputs_and_grads(strategy, ref[3].state_dict())
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-6)
+    assert got[2].keys() == ref[2].keys() and len(ref[2]) >= 8
+    for k in ref[2]:
+        assert ref[2][k].abs().sum() > 0, k
+        torch.testing.assert_close(got[2][k], ref[2][k], rtol=1e-5, atol=1e-6, msg=k)

@@ -119,11 +119,15 @@ def outputs_and_grads(net: AgentNet, x: torch.Tensor, strategy: str):
 def test_strategies_give_equal_outputs_and_gradients(in_shape, n_agents, param_sets):
     net = make(in_shape, n_agents, param_sets=param_sets)
     x = observations(in_shape, n_agents, lead=(2, 3))
-    y_ref, g_ref = outputs_and_grads(net, x, "batched")
+    y_ref, g_ref = outputs_and_grads(net, x, "loop")  # one plain module call per parameter set: the baseline
     assert y_ref.shape == (2, 3, n_agents, 3)
-    for strategy in ("loop", "fork"):
+    used = sorted(set(net.param_sets))
+    for g0 in g_ref:  # every parameter set some agent uses gets a gradient (a zero baseline would prove nothing)
+        assert all(g0[k].abs().sum() > 0 for k in used)
+    for strategy in ("batched", "fork"):
         y, grads = outputs_and_grads(net, x, strategy)
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        assert len(grads) == len(g_ref)
         for g, g0 in zip(grads, g_ref):
             torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-5)
 

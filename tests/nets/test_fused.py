@@ -46,6 +46,26 @@ def test_gradcheck_in_float64():
     assert torch.autograd.gradcheck(lambda x, *p: stacked_mlp(x, p[:2], p[2:], "tanh"), (x, *ws, *bs))
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_gradcheck_in_float64_on_inputs_large_enough_for_the_sigmoid_form(activation, monkeypatch):
+    # Hidden layers of 2 x 520 x 8 = 8,320 >= FAST_TANH_MIN_NUMEL elements: inside the autograd node (no history)
+    # tanh takes the sigmoid form, and the hand-written backward must match finite differences through it.
+    k, rows, hidden = 2, 520, 8
+    assert k * rows * hidden >= FAST_TANH_MIN_NUMEL
+    ws, bs = _params([3, hidden, hidden, 2], k, torch.float64, 4)
+    x = torch.randn(k, rows, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    calls = []
+    sigmoid = torch.sigmoid
+    monkeypatch.setattr(torch, "sigmoid", lambda t: calls.append(t.numel()) or sigmoid(t))
+    fn = lambda x, *p: stacked_mlp(x, p[:3], p[3:], activation)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, *ws, *bs), atol=1e-8, rtol=1e-6, fast_mode=True)  # float64: tight
+    if activation == "tanh":
+        assert calls and min(calls) >= FAST_TANH_MIN_NUMEL  # the sigmoid form was taken, on both hidden layers
+    else:
+        assert not calls
+    torch.testing.assert_close(fn(x, *ws, *bs), _reference(x, ws, bs, activation), rtol=1e-12, atol=1e-12)
+
+
 def test_only_requested_gradients_are_computed_and_inference_needs_no_graph():
     ws, bs = _params([3, 8, 2], 1, torch.float32, 2)
     x = torch.randn(1, 6, 3)  # no grad wanted for the input
@@ -59,7 +79,9 @@ def test_only_requested_gradients_are_computed_and_inference_needs_no_graph():
 
 def test_fast_tanh_is_within_float_precision_of_tanh():
     x = torch.linspace(-30, 30, 4 * FAST_TANH_MIN_NUMEL)
-    assert (fast_tanh(x) - torch.tanh(x)).abs().max() < 3e-7
+    assert (fast_tanh(x) - torch.tanh(x)).abs().max() <= 2e-7  # the bound marl/nets/fused.py documents
+    x64 = torch.linspace(-30, 30, 4 * FAST_TANH_MIN_NUMEL, dtype=torch.float64)
+    assert 0 < (fast_tanh(x64) - torch.tanh(x64)).abs().max() < 1e-15  # > 0: the sigmoid form, not torch.tanh
     small = torch.linspace(-3, 3, 100)
     assert torch.equal(fast_tanh(small), torch.tanh(small))  # small inputs: torch.tanh itself
     big = torch.linspace(-3, 3, 2 * FAST_TANH_MIN_NUMEL, requires_grad=True)
