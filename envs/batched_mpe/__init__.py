@@ -2,7 +2,7 @@
 
 Faithful to mpe2 1.1.1: loaded with the same state (:meth:`BatchedMPE.set_state_from_mpe2`) and fed
 the same actions, observations, rewards, terminations and truncations equal mpe2's parallel
-env's (``tests/envs/test_batched_mpe.py`` checks 1,000 random steps per scenario and action type
+env's (``tests/our_envs/test_batched_mpe.py`` checks 1,000 random steps per scenario and action type
 to 1e-5). The world is simulated in float64 like mpe2; observations are float32 (mpe2 casts
 them too), rewards float32 (mpe2 returns Python floats). Only the random starts differ: each
 copy draws its own from its own generator.

@@ -125,14 +125,14 @@ def is_image(space_shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return len(space_shape) == 3 and np.dtype(dtype) == np.uint8
 
 
-def critic_input_shape(env: EnvSpec, group: GroupSpec, critic: str) -> tuple[int, ...]:
+def critic_input_shape(spec: EnvSpec, group: GroupSpec, critic: str) -> tuple[int, ...]:
     """Shape of one agent's critic input for ``critic`` = ``local`` or ``central``."""
     if critic == "local":
         return tuple(group.obs_space.shape)
-    if env.state_shape is not None:
-        return tuple(env.state_shape)
+    if spec.state_shape is not None:
+        return tuple(spec.state_shape)
     total = 0
-    for g in env.groups:
+    for g in spec.groups:
         if is_image(g.obs_space.shape, g.obs_space.dtype):
             raise ValueError(
                 "model.critic=central needs a global state or vector observations; this env has image "

@@ -61,8 +61,8 @@ class GroupActorCritic(nn.Module):
         obs_shape = tuple(group.obs_space.shape)
         # Only uint8 [H, W, C] observations are pixels (CNN, /255); other multi-dim inputs (board planes) are flattened.
         actor_enc = "cnn" if is_image(obs_shape, group.obs_space.dtype) else "mlp"
-        self.fused = critic_reads_obs and actor_enc == "mlp" and max(self.param_sets) == 0
-        if self.fused:
+        self.uses_twin = critic_reads_obs and actor_enc == "mlp" and max(self.param_sets) == 0
+        if self.uses_twin:
             self.twin = TwinMLP(obs_shape, (n_out, 1), group.n_agents, hidden=tuple(model.hidden),
                                 activation=model.activation, agent_id=model.agent_id, out_gains=(0.01, 1.0))
         else:
@@ -86,7 +86,7 @@ class GroupActorCritic(nn.Module):
 
     def policy_out(self, obs: Tensor) -> Tensor:
         """The actor's output ``[..., A, n]`` (logits, or the Gaussian mean) for ``obs [..., A, *obs_shape]``."""
-        return self.twin(obs)[0] if self.fused else self.actor(obs)
+        return self.twin(obs)[0] if self.uses_twin else self.actor(obs)
 
     def _make_dist(self, out: Tensor, action_mask: Tensor | None) -> MaskedCategorical | DiagGaussian:
         if self.group.discrete:
@@ -99,13 +99,13 @@ class GroupActorCritic(nn.Module):
 
     def value(self, critic_in: Tensor) -> Tensor:
         """``V`` for ``critic_in [..., A, *critic_in_shape]`` -> ``[..., A]``."""
-        return (self.twin(critic_in)[1] if self.fused else self.critic(critic_in)).squeeze(-1)
+        return (self.twin(critic_in)[1] if self.uses_twin else self.critic(critic_in)).squeeze(-1)
 
     def dist_and_value(
         self, obs: Tensor, critic_in: Tensor, action_mask: Tensor | None = None
     ) -> tuple[MaskedCategorical | DiagGaussian, Tensor]:
-        """:meth:`dist` and :meth:`value` together (one forward when fused; then ``critic_in`` is ``obs``)."""
-        if self.fused:
+        """:meth:`dist` and :meth:`value` together (one forward when the two are held as one TwinMLP; then ``critic_in`` is ``obs``)."""
+        if self.uses_twin:
             out, value = self.twin(obs)
             return self._make_dist(out, action_mask), value.squeeze(-1)
         return self.dist(obs, action_mask), self.value(critic_in)
@@ -120,10 +120,10 @@ class GroupActorCritic(nn.Module):
 class ActorCritic(nn.ModuleDict):
     """Every group's :class:`GroupActorCritic`, keyed by group name."""
 
-    def __init__(self, env: EnvSpec, model: ModelConfig) -> None:
+    def __init__(self, spec: EnvSpec, model: ModelConfig) -> None:
         super().__init__(
-            {g.name: GroupActorCritic(g, model, critic_input_shape(env, g, model.critic), model.critic == "local")
-             for g in env.groups}
+            {g.name: GroupActorCritic(g, model, critic_input_shape(spec, g, model.critic), model.critic == "local")
+             for g in spec.groups}
         )
 
 
@@ -131,24 +131,24 @@ class ActorCriticPolicy:
     """Networks plus observation normalizers: numpy observations in, actions out.
 
     Args:
-        env: the env's spec.
+        spec: the env's spec.
         cfg: the experiment config (model and norm sections are read).
         device: torch device of the networks.
     """
 
-    def __init__(self, env: EnvSpec, cfg: Config, device: torch.device | str = "cpu") -> None:
-        self.env = env
+    def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device | str = "cpu") -> None:
+        self.spec = spec
         self.device = torch.device(device)
         self.critic = cfg.model.critic
-        self.net = ActorCritic(env, cfg.model).to(self.device)
+        self.net = ActorCritic(spec, cfg.model).to(self.device)
         self.obs_norm: dict[str, ObsNormalizer] = {}
-        self.image_groups = {g.name for g in env.groups if is_image(g.obs_space.shape, g.obs_space.dtype)}
+        self.image_groups = {g.name for g in spec.groups if is_image(g.obs_space.shape, g.obs_space.dtype)}
         if cfg.norm.obs:
-            for g in env.groups:
+            for g in spec.groups:
                 if not is_image(g.obs_space.shape, g.obs_space.dtype):
                     self.obs_norm[g.name] = ObsNormalizer(tuple(g.obs_space.shape), clip=cfg.norm.obs_clip)
-            if self.critic == "central" and env.state_shape is not None:
-                self.obs_norm["__state__"] = ObsNormalizer(tuple(env.state_shape), clip=cfg.norm.obs_clip)
+            if self.critic == "central" and spec.state_shape is not None:
+                self.obs_norm["__state__"] = ObsNormalizer(tuple(spec.state_shape), clip=cfg.norm.obs_clip)
 
     # ------------------------------------------------------------------ inputs
     def normalize(self, name: str, x: np.ndarray, alive: np.ndarray | None, update: bool) -> Tensor:
@@ -175,9 +175,9 @@ class ActorCriticPolicy:
             s = self.normalize("__state__", state, None, update)
         else:
             s = torch.cat([actor_in[g.name].flatten(-2) if actor_in[g.name].dim() > 2 else actor_in[g.name]
-                           for g in self.env.groups], dim=-1)
+                           for g in self.spec.groups], dim=-1)
         out = {}
-        for g in self.env.groups:
+        for g in self.spec.groups:
             out[g.name] = s.unsqueeze(-2).expand(*s.shape[:-1], g.n_agents, s.shape[-1])
         return out
 
