@@ -139,13 +139,14 @@ ALIASES = {
     "learning_rate": "lr", "n_steps": "num_steps", "n_epochs": "update_epochs", "clip_range": "clip_coef",
     "n_envs": "num_envs", "total_timesteps": "total_env_steps", "lam": "gae_lambda", "gae": "gae_lambda",
     "ent": "ent_coef", "vf": "vf_coef", "max_grad": "max_grad_norm", "num_epochs": "update_epochs",
-    "clip_range_vf": "clip_vloss", "normalize_advantage": "advantage", "env_id": "id", "net_arch": "hidden",
+    "clip_range_vf": "clip_value_loss", "clip_vloss": "clip_value_loss", "normalize_advantage": "advantage", "env_id": "id", "net_arch": "hidden",
 }
 
 
 # Keys renamed since they were introduced: old dotted key -> new one (the old key is an error naming the new).
 RENAMED = {
     "health.alpha_floor_frac": "health.ent_coef_floor_frac",
+    "algo.clip_vloss": "algo.clip_value_loss",
 }
 
 

@@ -76,7 +76,7 @@ class PPOConfig:
     gae_lambda: float = _f(0.95, "GAE lambda, in [0, 1]")
     clip_coef: float = _f(0.2, "PPO ratio clip epsilon")
     anneal_clip: bool = _f(False, "decay clip_coef linearly to 0 over training (rl-zoo's lin_0.2)")
-    clip_vloss: bool = _f(False, "clip the value update around the old value estimate (by clip_coef)")
+    clip_value_loss: bool = _f(False, "clip the value update around the old value estimate (by clip_coef)")
     ent_coef: float = _f(0.01, "entropy bonus coefficient")
     vf_coef: float = _f(0.5, "value loss coefficient")
     max_grad_norm: float = _f(0.5, "global gradient norm clip; 0 = off")

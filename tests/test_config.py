@@ -92,3 +92,6 @@ def test_a_renamed_key_names_its_new_name():
 
     with pytest.raises(ConfigError, match=r"health.alpha_floor_frac was renamed to health.ent_coef_floor_frac"):
         load_config(None, ["health.alpha_floor_frac=0.01"])
+    with pytest.raises(ConfigError, match=r"algo.clip_vloss was renamed to algo.clip_value_loss"):
+        load_config(None, ["algo.clip_vloss=true"])
+    assert load_config(None, ["algo.clip_value_loss=true"]).algo.clip_value_loss

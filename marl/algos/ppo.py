@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from marl.algos.learner_parts import team_means
 from marl.algos.optim import FlatAdam
 from marl.algos.targets import masked_mean
 from marl.config import PPOConfig
@@ -49,11 +50,12 @@ def ppo_loss(
     old_value: Tensor,
     ret: Tensor,
     entropy: Tensor,
+    *,
     mask: Tensor | None,
     clip_coef: float,
     vf_coef: float,
     ent_coef: float,
-    clip_vloss: bool,
+    clip_value_loss: bool,
     with_stats: bool = True,
 ) -> PPOLossOut:
     """Clipped-surrogate PPO loss, masked to the alive entries.
@@ -61,7 +63,7 @@ def ppo_loss(
     All tensors share one shape (e.g. ``[B, A]``); ``advantage`` is already
     normalized if that is wanted; ``mask=None`` means every entry counts (no dead
     or waiting agent in the batch: fewer operations, same value). Value loss is ``0.5 (V - R)^2``, or with
-    ``clip_vloss`` the max of the unclipped and clipped (``V_old ± clip_coef``) errors.
+    ``clip_value_loss`` the max of the unclipped and clipped (``V_old ± clip_coef``) errors.
     ``with_stats=False`` skips ``approx_kl`` and ``clip_fraction`` (pure diagnostics: the
     learner computes them for all minibatches at once with :func:`ppo_stats`).
     """
@@ -70,7 +72,7 @@ def ppo_loss(
     pg1 = -advantage * ratio
     pg2 = -advantage * ratio.clamp(1 - clip_coef, 1 + clip_coef)
     policy_loss = masked_mean(torch.maximum(pg1, pg2), mask)
-    if clip_vloss:
+    if clip_value_loss:
         v_clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
         v_err = torch.maximum((new_value - ret) ** 2, (v_clipped - ret) ** 2)
     else:
@@ -141,14 +143,14 @@ class PPOLearner:
     def lr(self) -> float:
         return next(iter(self.optimizers.values())).lr
 
-    def update(self, batches: dict[str, GroupBatch], num_minibatches: int, normalize_adv: bool,
+    def update(self, batches: dict[str, GroupBatch], num_minibatches: int, norm_advantage: bool,
                generator: torch.Generator) -> dict[str, float]:
         """Run ``update_epochs`` x ``num_minibatches`` gradient steps; return mean metrics.
 
         Args:
             batches: group -> all rollout rows ``[N, A, ...]`` (N = T*E, same N for all groups).
             num_minibatches: minibatches per epoch.
-            normalize_adv: standardize advantages per minibatch and group.
+            norm_advantage: standardize advantages per minibatch and group.
             generator: torch RNG of the minibatch shuffles.
         """
         cfg = self.cfg
@@ -160,10 +162,10 @@ class PPOLearner:
         # Per update, not per step: groups with every agent alive skip the masks (same values, fewer
         # ops); with one minibatch the per-minibatch advantage normalization is the same every epoch.
         all_alive = {name: bool(full.alive.all()) for name, full in batches.items()}
-        if num_minibatches == 1 and normalize_adv:
+        if num_minibatches == 1 and norm_advantage:
             batches = {name: full._replace(advantage=normalize_advantage(full.advantage, full.alive))
                        for name, full in batches.items()}
-            normalize_adv = False
+            norm_advantage = False
         # Per-minibatch statistics stay tensors (no host sync per step); converted once at the end.
         # Without target_kl, approx_kl and clip_fraction are diagnostics only: computed after the
         # loop for all minibatches at once from the saved log-ratios.
@@ -183,12 +185,12 @@ class PPOLearner:
                     mb = full if perm is None else full.index(perm[start:start + mb_size])
                     mask = None if all_alive[name] else mb.alive
                     dist, value = net[name].dist_and_value(mb.obs, mb.critic_in, mb.action_mask)
-                    adv = normalize_advantage(mb.advantage, mb.alive) if normalize_adv else mb.advantage
+                    adv = normalize_advantage(mb.advantage, mb.alive) if norm_advantage else mb.advantage
                     with torch.set_grad_enabled(bool(cfg.ent_coef)):  # without a bonus: a diagnostic only
                         entropy = dist.entropy()
-                    out = ppo_loss(dist.log_prob(mb.action), mb.log_prob, adv, value, mb.value,
-                                   mb.ret, entropy, mask, self.clip_coef, cfg.vf_coef, cfg.ent_coef,
-                                   cfg.clip_vloss, with_stats=per_step_kl)
+                    out = ppo_loss(dist.log_prob(mb.action), mb.log_prob, adv, value, mb.value, mb.ret, entropy,
+                                   mask=mask, clip_coef=self.clip_coef, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
+                                   clip_value_loss=cfg.clip_value_loss, with_stats=per_step_kl)
                     total = out.loss if total is None else total + out.loss
                     if per_step_kl:
                         stats[name].append(tuple(getattr(out, k).detach() for k in keys))
@@ -217,11 +219,8 @@ class PPOLearner:
                 kl, clip = ppo_stats(torch.stack(log_ratios[name]), m, self.clip_coef, dims=1)
                 stats[name] = [(*row, kl[i], clip[i]) for i, row in enumerate(stats[name])]
         means = {name: torch.stack([torch.stack(row) for row in rows]).mean(0).tolist() for name, rows in stats.items()}
-        for i, key in enumerate(keys):
-            metrics[key] = float(np.mean([means[name][i] for name in batches]))  # team mean over groups
-            if len(batches) > 1:
-                for name in batches:
-                    metrics[f"{key}/{name}"] = means[name][i]
+        metrics.update(team_means({f"{key}/{name}": means[name][i] for i, key in enumerate(keys) for name in batches},
+                                  list(batches)))
         metrics["grad_norm"] = float(torch.stack(grad_norms).mean())
         ev = []
         for name, full in batches.items():

@@ -116,7 +116,8 @@ class OnPolicyTrainer(TrainingRun):
             buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
         batches = {name: buf.flat() for name, buf in rollout.groups.items()}
         with torch_threads(self.update_threads):
-            metrics = self.learner.update(batches, algo.num_minibatches, cfg.norm.advantage, self.generator)
+            metrics = self.learner.update(batches, num_minibatches=algo.num_minibatches,
+                                          norm_advantage=cfg.norm.advantage, generator=self.generator)
         self.iteration += 1
         self.env_steps += rollout.env_steps
         self.agent_steps += rollout.agent_steps

@@ -12,6 +12,8 @@ from torch import nn
 from marl.algos.optim import FlatAdam
 from marl.algos.ppo import masked_mean, ppo_loss, ppo_stats
 
+HYPER = dict(clip_coef=0.2, vf_coef=0.5, ent_coef=0.01, clip_value_loss=True)
+
 
 def test_ppo_loss_matches_a_hand_computation():
     # Two entries: ratio e^0.5 (clipped to 1.2, positive advantage) and e^-0.5 (negative advantage).
@@ -22,7 +24,8 @@ def test_ppo_loss_matches_a_hand_computation():
     old_value = torch.tensor([0.5, 0.0])
     ret = torch.tensor([2.0, 1.0])
     ent = torch.tensor([0.3, 0.5])
-    out = ppo_loss(new_lp, old_lp, adv, value, old_value, ret, ent, None, 0.2, 0.5, 0.01, False)
+    out = ppo_loss(new_lp, old_lp, adv, value, old_value, ret, ent, mask=None, clip_coef=0.2, vf_coef=0.5, ent_coef=0.01,
+                   clip_value_loss=False)
     r1, r2 = math.exp(0.5), math.exp(-0.5)
     # entry 1: max(-2 r1, -2 * 1.2) = -2.4; entry 2: max(1 * r2, 1 * 0.8) = 0.8 (r2 = 0.607 clipped up)
     pg = (-2.4 + 0.8) / 2
@@ -38,7 +41,8 @@ def test_ppo_loss_matches_a_hand_computation():
 
 def test_value_clipping_takes_the_larger_error():
     z = torch.zeros(1)
-    out = ppo_loss(z, z, z, torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([1.0]), z, None, 0.2, 1.0, 0.0, True)
+    out = ppo_loss(z, z, z, torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([1.0]), z, mask=None, clip_coef=0.2,
+                   vf_coef=1.0, ent_coef=0.0, clip_value_loss=True)
     # unclipped error 0, clipped value 0.2 -> error 0.64: the max is taken
     assert out.value_loss.item() == pytest.approx(0.5 * 0.64)
 
@@ -46,15 +50,15 @@ def test_value_clipping_takes_the_larger_error():
 def test_mask_none_equals_an_all_true_mask_and_masks_drop_entries():
     g = torch.Generator().manual_seed(0)
     x = [torch.randn(6, 3, generator=g) for _ in range(7)]
-    full = ppo_loss(*x, None, 0.2, 0.5, 0.01, True)
-    ones = ppo_loss(*x, torch.ones(6, 3, dtype=torch.bool), 0.2, 0.5, 0.01, True)
+    full = ppo_loss(*x, mask=None, **HYPER)
+    ones = ppo_loss(*x, mask=torch.ones(6, 3, dtype=torch.bool), **HYPER)
     for a, b in zip(full, ones):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(full.log_ratio, x[0] - x[1])
     mask = torch.zeros(6, 3, dtype=torch.bool)
     mask[:2] = True
-    part = ppo_loss(*x, mask, 0.2, 0.5, 0.01, True)
-    ref = ppo_loss(*(t[:2] for t in x), None, 0.2, 0.5, 0.01, True)
+    part = ppo_loss(*x, mask=mask, **HYPER)
+    ref = ppo_loss(*(t[:2] for t in x), mask=None, **HYPER)
     for a, b in zip(part[:-1], ref[:-1]):  # all scalars; log_ratio keeps the full shape
         torch.testing.assert_close(a, b)
     assert masked_mean(torch.ones(3), torch.zeros(3, dtype=torch.bool)).item() == 0.0

@@ -147,7 +147,7 @@ def test_the_learner_masks_dead_agents_out_of_the_gradient(sharing):
     grads = []
     for garbage in (0.0, 1e3, -7.0):
         p, cfg = policy_for([f"model.sharing={sharing}", "algo.max_grad_norm=0", "algo.update_epochs=1",
-                             "algo.clip_vloss=false", "algo.ent_coef=0.01"])
+                             "algo.clip_value_loss=false", "algo.ent_coef=0.01"])
         learner = PPOLearner(p, cfg.algo)
         b = _batch_with_dead_agents(garbage)
         params = list(p.net.parameters())
@@ -161,7 +161,7 @@ def test_the_learner_masks_dead_agents_out_of_the_gradient(sharing):
             vl = 0.5 * ((value[m] - b.ret[m]) ** 2).mean()
             loss = pg + cfg.algo.vf_coef * vl - 0.01 * dist.entropy()[m].mean()
             hand = torch.autograd.grad(loss, params)
-        metrics = learner.update({"agent": b}, 1, True, torch.Generator().manual_seed(0))
+        metrics = learner.update({"agent": b}, num_minibatches=1, norm_advantage=True, generator=torch.Generator().manual_seed(0))
         assert learner.grad_steps == 1
         grads.append([t.grad.clone() for t in params])  # views of the flat buffer: the update's gradient
         if garbage == 0.0:
@@ -180,7 +180,7 @@ def test_independent_parameters_of_an_always_dead_agent_get_no_gradient():
     learner = PPOLearner(p, cfg.algo)
     b = _batch_with_dead_agents(3.0)
     b = b._replace(alive=b.alive & torch.tensor([True, True, False]))  # agent 2 never alive
-    learner.update({"agent": b}, 1, True, torch.Generator().manual_seed(0))
+    learner.update({"agent": b}, num_minibatches=1, norm_advantage=True, generator=torch.Generator().manual_seed(0))
     for t in p.net.parameters():  # stacked per-agent parameter sets: [3, ...]
         assert t.shape[0] == 3
         assert torch.count_nonzero(t.grad[2]) == 0 and torch.count_nonzero(t.grad[:2]) > 0
