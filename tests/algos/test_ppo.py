@@ -195,3 +195,69 @@ def test_stacked_stats_equal_per_minibatch_stats():
             torch.testing.assert_close(kl[s], ref_kl)
             torch.testing.assert_close(clip[s], ref_clip)
     assert 0 < clip.mean() < 1 and kl.min() >= 0
+
+
+# ------------------------------------------------------------------ the update: target_kl, anneal_clip
+def _learner_and_rollout(overrides, n_rows=64):
+    """A PPOLearner on a 3-agent discrete policy and a rollout whose stored log-probs and values are the
+    policy's own (ratio 1 before the first step), with random advantages and returns."""
+    import gymnasium
+    import numpy as np
+
+    from marl.algos.ppo import PPOLearner
+    from marl.config import load_config
+    from marl.data.rollout import GroupBatch
+    from marl.on_policy.policy import ActorCriticPolicy
+    from marl.types import EnvSpec, GroupSpec
+
+    box = gymnasium.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    agents = ("agent_0", "agent_1", "agent_2")
+    env = EnvSpec(agents, (GroupSpec("agent", agents, box, gymnasium.spaces.Discrete(5)),), None)
+    cfg = load_config(None, ["norm.obs=false", *overrides])
+    torch.manual_seed(0)
+    policy = ActorCriticPolicy(env, cfg)
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(n_rows, 3, 4, generator=g)
+    with torch.no_grad():
+        dist, value = policy.net["agent"].dist_and_value(obs, obs)
+        action = dist.sample(g)
+        log_prob = dist.log_prob(action)
+    adv, ret = torch.randn(n_rows, 3, generator=g), torch.randn(n_rows, 3, generator=g)
+    batch = GroupBatch(obs, obs, action, log_prob, value, adv, ret, torch.ones(n_rows, 3, dtype=torch.bool), None)
+    return PPOLearner(policy, cfg.algo), {"agent": batch}, cfg
+
+
+@pytest.mark.parametrize("target_kl,grad_steps,epochs", [
+    (0.0, 16, 4),     # off: every epoch x minibatch
+    (10.0, 16, 4),    # never reached
+    (1e-6, 2, 1),     # minibatch 1 has ratio 1 (KL 0); minibatch 2 sees the first step's KL > target: step, stop
+])
+def test_target_kl_stops_the_update_after_the_minibatch_that_crosses_it(target_kl, grad_steps, epochs):
+    learner, batches, cfg = _learner_and_rollout(
+        [f"algo.target_kl={target_kl}", "algo.lr=0.01", "algo.update_epochs=4", "algo.num_minibatches=4"])
+    metrics = learner.update(batches, cfg.algo.num_minibatches, True, torch.Generator().manual_seed(0))
+    assert learner.grad_steps == grad_steps
+    assert metrics["epochs"] == epochs
+    if target_kl == 1e-6:
+        assert metrics["approx_kl"] > 0  # mean over the two minibatches: the second one's KL is past the target
+
+
+def test_anneal_clip_follows_the_linear_schedule_over_training(make_config):
+    from marl.algos.ppo import linear_schedule
+    from marl.on_policy.trainer import OnPolicyTrainer
+
+    per_iteration = 2 * 16
+    cfg = make_config(None, "env.id=CartPole-v1", "env.num_envs=2", "algo.num_steps=16", "algo.num_minibatches=2",
+                      "algo.update_epochs=1", "algo.anneal_clip=true", "algo.clip_coef=0.3",
+                      f"total_env_steps={4 * per_iteration}", "eval.interval=0", "checkpoint.interval=0")
+    trainer = OnPolicyTrainer(cfg)
+    try:
+        seen = []
+        for _ in range(4):
+            trainer.advance()
+            seen.append(trainer.learner.clip_coef)
+    finally:
+        trainer.close()
+    expected = [linear_schedule(0.3, i * per_iteration / cfg.total_env_steps) for i in range(4)]
+    assert seen == pytest.approx(expected) and seen == pytest.approx([0.3, 0.225, 0.15, 0.075])
+    assert trainer.env_steps == cfg.total_env_steps
