@@ -50,12 +50,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from marl.api import load_policy
-    from marl.env.make import vector_env
+    from marl.env.make import eval_backend, vector_env
     from marl.evaluation import evaluate
 
     policy, cfg, _ = load_policy(args.path)
     episodes = args.episodes or cfg.eval.episodes
-    make = functools.partial(vector_env, cfg, backend="sync")
+    make = functools.partial(vector_env, cfg, backend=eval_backend(cfg))
     seed = cfg.seed if args.seed is None else args.seed
     opponent = args.opponent or cfg.eval.opponent
     deterministic = cfg.eval.deterministic if args.deterministic is None else args.deterministic

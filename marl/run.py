@@ -28,7 +28,7 @@ trainer reads as its algorithm and nothing else. There is no deeper hierarchy.
 
 Checkpoint entries written here: ``config``, ``policy``, ``learner``, ``counters``
 (``env_steps, agent_steps, iteration, episodes, wall_time_s``), ``rng`` (python,
-numpy, torch), ``env`` (:class:`marl.env.adapters.EnvSnapshot` per copy: a resumed
+numpy, torch), ``env`` (the vector env's ``snapshot()``, e.g. an :class:`marl.env.snapshot.EnvSnapshot` per copy: a resumed
 run continues its episodes exactly), ``best_eval``, ``eval_history`` and ``health``;
 each trainer adds its own (see :class:`marl.on_policy.OnPolicyTrainer`,
 :class:`marl.off_policy.OffPolicyTrainer`).
@@ -51,15 +51,15 @@ from typing import Any, NamedTuple, Protocol, Self
 import torch
 
 from marl import checkpoint as ckpt
-from marl.config import Config, dump_yaml, to_dict
-from marl.env.adapters import EnvSnapshot
-from marl.env.make import env_spec, vector_env
+from marl.config import Config, ConfigError, dump_yaml, to_dict
+from marl.distributed import Ranks, SilentLogger, rank_seed
+from marl.env.make import env_spec, eval_backend, vector_env
 from marl.env.vector import VectorEnv
 from marl.evaluation import evaluate
 from marl.health import REMEDIES, HealthMonitor, NonFiniteError, entropy_action_dims
 from marl.logger import Logger, flatten_dict, flatten_eval
 from marl.loop import EnvLoop
-from marl.seeding import seed_everything
+from marl.seeding import seed_everything, seeds_for
 from marl.types import ActingPolicy, EnvSpec
 
 
@@ -203,6 +203,9 @@ class TrainingRun(ABC):
 
     learner: Learner
 
+    supports_distributed: bool = False
+    """Whether the trainer averages its gradients and normalizers over torchrun ranks (:mod:`marl.distributed`)."""
+
     def __init__(self, cfg: Config) -> None:
         self.resume_path: Path | None = None
         saved: dict[str, Any] | None = None
@@ -213,17 +216,24 @@ class TrainingRun(ABC):
             if not cfg.run_dir:
                 cfg = replace(cfg, run_dir=str(self.resume_path.parent.parent))
         self.cfg = cfg
+        # Under torchrun: this rank (None without torchrun: one process, nothing below changes).
+        self.dist = self._join_ranks(cfg)
+        self.is_main = self.dist is None or self.dist.is_main
+        self.copies = range(cfg.env.num_envs) if self.dist is None else self.dist.env_copies(cfg.env.num_envs)
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+        if self.dist is not None:
+            self.run_dir = Path(self.dist.broadcast_object(str(self.run_dir)))  # rank 0's time stamp
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_stale(self.ckpt_dir)
-        dump_yaml(cfg, self.run_dir / "config.yaml")
+        if self.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_stale(self.ckpt_dir)
+            dump_yaml(cfg, self.run_dir / "config.yaml")
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
-        seed_everything(cfg.seed)
-        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)  # every rank: the same initial networks
+        self.device = resolve_device(cfg.device) if self.dist is None else self.dist.device
         env_spec(cfg)  # a bad env id / kwargs / groups: one line naming the key, before any worker starts
-        self.env: VectorEnv = vector_env(cfg, cfg.env.num_envs)
+        self.env: VectorEnv = vector_env(cfg, len(self.copies))
         self.spec: EnvSpec = self.env.spec
         self.loop = EnvLoop(self.env, overlap=cfg.env.overlap, check_inputs=cfg.health.check_inputs)
         self.env_steps = self.agent_steps = self.iteration = self.episodes = 0
@@ -235,13 +245,30 @@ class TrainingRun(ABC):
         self.health = HealthMonitor(cfg.health, entropy_action_dims(self.spec), remedies=self.remedies,
                                     gamma=cfg.algo.gamma)
         try:
-            self.loop.reset(cfg.seed)
+            # A rank's copies take their seeds in the single-process stream: disjoint from every other rank's.
+            self.loop.reset(cfg.seed if self.dist is None else seeds_for(cfg.seed, cfg.env.num_envs)[
+                self.copies.start:self.copies.stop])
             self.build()
             if saved is not None:
                 self.restore(saved)
+            if not self.is_main:  # its own action noise (the networks are rank 0's; the minibatch generator shared)
+                seed_everything(rank_seed(cfg.seed, self.dist.rank, self.env_steps))
         except Exception:
             self.close()
             raise
+
+    def _join_ranks(self, cfg: Config) -> Ranks | None:
+        """Join torchrun's process group (``None`` without torchrun); refuse what data-parallel runs lack."""
+        for key, message in cfg.distributed.problems():
+            raise ConfigError(f"distributed.{key}: {message}")
+        ranks = Ranks.from_env(cfg.device, cfg.distributed.timeout_s)
+        if ranks is not None and not self.supports_distributed:
+            raise ConfigError(f"algo.name={cfg.algo.name}: data-parallel training under torchrun is implemented "
+                              "for PPO only (see docs/distributed.md); run it without torchrun")
+        if ranks is not None and cfg.env.backend == "batched":
+            raise ConfigError("env.backend=batched: not supported under torchrun yet (its snapshot is one state for "
+                              "all copies); use sync or subprocess")
+        return ranks
 
     # ------------------------------------------------------------------ algorithm hooks
     @abstractmethod
@@ -281,8 +308,10 @@ class TrainingRun(ABC):
         return []
 
     def close(self) -> None:
-        """Close the env copies (and whatever else a trainer opened)."""
+        """Close the env copies (and whatever else a trainer opened), and leave the process group."""
         self.env.close()
+        if self.dist is not None:
+            self.dist.close()
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self, name: str) -> dict[str, Any]:
@@ -294,7 +323,7 @@ class TrainingRun(ABC):
             "counters": {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "iteration": self.iteration,
                          "episodes": self.episodes, "wall_time_s": self.wall_time()},
             "rng": ckpt.rng_state(),
-            "env": ckpt.to_checkpoint(self.env.snapshot()),
+            "env": ckpt.to_checkpoint(self.env_snapshot()),
             "best_eval": self.best_eval,
             "eval_history": self.eval_history,
             "health": self.health.state_dict(),
@@ -309,18 +338,32 @@ class TrainingRun(ABC):
         self.iteration, self.episodes = int(c["iteration"]), int(c["episodes"])
         self.wall_time_prev = float(c["wall_time_s"])
         ckpt.set_rng_state(state["rng"])
-        # Env copies continue their episodes exactly: same reset, actions replayed (marl.env.adapters.EnvSnapshot).
-        snaps = [EnvSnapshot(*s) for s in ckpt.from_checkpoint(state["env"])]
+        # Env copies continue their episodes exactly (the vector env's snapshot: per copy, the episode's reset and
+        # actions replayed, marl.env.snapshot.EnvSnapshot; a batched env's whole state, marl.env.batched).
+        snaps = ckpt.from_checkpoint(state["env"])  # every copy of the run, in copy order
+        if self.dist is not None:
+            snaps = snaps[self.copies.start:self.copies.stop]
         self.loop.set_obs(*self.env.restore(snaps))
         self.best_eval = state.get("best_eval")
         self.eval_history = list(state.get("eval_history") or [])
         if "health" in state:
             self.health.load_state_dict(state["health"])
 
+    def env_snapshot(self) -> Any:
+        """The env copies' snapshot; in a distributed run every rank's copies, in copy order (a collective)."""
+        snaps = self.env.snapshot()
+        if self.dist is None:
+            return snaps
+        return [s for rank_snaps in self.dist.gather_objects(list(snaps)) for s in rank_snaps]
+
     def save(self, name: str = "latest.pt") -> Path:
-        """Write ``checkpoints/<name>`` atomically, after :meth:`check_finite`."""
+        """Write ``checkpoints/<name>`` atomically, after :meth:`check_finite`.
+
+        In a distributed run every rank calls it (the state gathers every rank's env copies) and rank 0 writes.
+        """
         self.check_finite()
-        return ckpt.save(self.checkpoint_state(name), self.ckpt_dir / name)
+        state = self.checkpoint_state(name)
+        return ckpt.save(state, self.ckpt_dir / name) if self.is_main else self.ckpt_dir / name
 
     def rotate(self) -> None:
         """Write ``step_<env_steps>.pt`` and delete all but the newest ``checkpoint.keep_last`` of them."""
@@ -328,6 +371,8 @@ class TrainingRun(ABC):
         if keep <= 0:
             return
         self.save(f"step_{self.env_steps}.pt")
+        if not self.is_main:
+            return
         numbered = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
         for old in numbered[:-keep]:
             old.unlink(missing_ok=True)
@@ -336,18 +381,22 @@ class TrainingRun(ABC):
     def evaluate(self, episodes: int | None = None) -> dict[str, Any]:
         """Deterministic evaluation on fresh, separately seeded env copies (:func:`marl.evaluation.evaluate`)."""
         cfg = self.cfg
-        make = functools.partial(vector_env, cfg, backend="sync")
+        make = functools.partial(vector_env, cfg, backend=eval_backend(cfg))
         return evaluate(self.acting_policy(), make, episodes or cfg.eval.episodes, cfg.seed,
                         deterministic=cfg.eval.deterministic, num_envs=cfg.eval.num_envs, opponent=cfg.eval.opponent)
 
     def evaluate_and_keep_best(self, logger: Logger) -> dict[str, Any]:
         """Evaluate now, log ``eval/*``, append to ``eval_history``; write ``best.pt`` on a new best :func:`score`."""
         self.check_finite()
-        start = time.perf_counter()
-        result = self.evaluate()
-        result["eval_time_s"] = time.perf_counter() - start
-        result["env_steps"] = self.env_steps
-        result["wall_time_s"] = self.wall_time()
+        result = None
+        if self.is_main:
+            start = time.perf_counter()
+            result = self.evaluate()
+            result["eval_time_s"] = time.perf_counter() - start
+            result["env_steps"] = self.env_steps
+            result["wall_time_s"] = self.wall_time()
+        if self.dist is not None:  # rank 0 evaluated: every rank keeps the same history and best
+            result = self.dist.broadcast_object(result)
         self.last_eval = result
         self.eval_history.append(eval_record(result))
         logger.scalars(flatten_eval(result), self.env_steps)
@@ -371,18 +420,22 @@ class TrainingRun(ABC):
         """
         cfg = self.cfg
         logger = Logger(self.run_dir, cfg.log.tensorboard, cfg.log.progress, cfg.total_env_steps)
+        if not self.is_main:  # rank 0 alone logs
+            logger.close()
+            logger = SilentLogger()
         self._start = time.time()
         with StopSignals() as stop:
             try:
-                self._loop(logger, stop)
-                if stop.signum is not None:
+                if self._loop(logger, stop):
                     self.save()
+                    # Distributed: a rank that got no signal stops because another did.
+                    signum = stop.signum or signal.SIGTERM
                     logger.message(
-                        f"{signal.Signals(stop.signum).name}: stopped at {self.env_steps:,} env steps; saved "
+                        f"{signal.Signals(signum).name}: stopped at {self.env_steps:,} env steps; saved "
                         f"{self.ckpt_dir / 'latest.pt'}. Resume with: marl train "
                         f"resume={self.run_dir}"
                     )
-                    raise TrainingInterrupted(128 + stop.signum)
+                    raise TrainingInterrupted(128 + signum)
                 return self._finish(logger)
             except NonFiniteError as err:
                 raise err.with_context(self.env_steps, self.ckpt_dir / "latest.pt") from None
@@ -394,8 +447,12 @@ class TrainingRun(ABC):
                 finally:
                     self.close()
 
-    def _loop(self, logger: Logger, stop: StopSignals) -> None:
-        """Iterate until the budget is spent or a stop signal arrives; evaluate and checkpoint on schedule."""
+    def _loop(self, logger: Logger, stop: StopSignals) -> bool:
+        """Iterate until the budget is spent or a stop signal arrives; evaluate and checkpoint on schedule.
+
+        Returns whether a stop signal ended it (in a distributed run: at any rank, agreed by all after
+        the same iteration).
+        """
         cfg = self.cfg
         logger.text("config", "```\n" + json.dumps(to_dict(cfg), indent=1) + "\n```")
         start = self.start_metrics()
@@ -404,7 +461,7 @@ class TrainingRun(ABC):
         next_eval = next_multiple(self.env_steps, cfg.eval.interval)
         next_ckpt = next_multiple(self.env_steps, cfg.checkpoint.interval)
         rate = (time.time(), self.env_steps, self.agent_steps)  # throughput of this process only
-        while self.env_steps < cfg.total_env_steps and stop.signum is None:
+        while self.env_steps < cfg.total_env_steps and not self._stop_agreed(stop):
             for report in self.advance():
                 self._report(logger, report, rate)
             if next_eval and self.env_steps >= next_eval:
@@ -414,6 +471,11 @@ class TrainingRun(ABC):
                 self.save()
                 self.rotate()
                 next_ckpt = next_multiple(self.env_steps, cfg.checkpoint.interval)
+        return self._stop_agreed(stop)
+
+    def _stop_agreed(self, stop: StopSignals) -> bool:
+        """Whether a stop signal arrived; in a distributed run at any rank (a collective: all ranks agree)."""
+        return stop.signum is not None if self.dist is None else self.dist.any_(stop.signum is not None)
 
     def _report(self, logger: Logger, report: Report, rate: tuple[float, int, int]) -> None:
         """Add ``time/*`` to a report's metrics, watch them for warning signs, and log them when due."""
@@ -447,7 +509,8 @@ class TrainingRun(ABC):
             self.evaluate_and_keep_best(logger)
         self.save()
         summary = self.summary()
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         logger.hparams(flatten_dict({k: v for k, v in to_dict(self.cfg).items() if k not in ("run_dir", "resume")}),
                        {"eval/ep_return": summary["final_eval"]["ep_return"]})
         logger.message(

@@ -27,7 +27,9 @@ class EnvConfig:
     id: str = _f("mpe2.simple_spread_v3", "env id: a Gymnasium id (CartPole-v1) or a module path (mpe2.simple_spread_v3, envs.grid_nav)")
     kwargs: dict = _f({}, "keyword arguments passed to the env constructor")
     num_envs: int = _f(8, "env copies stepped together (E)")
-    backend: Literal["sync", "subprocess"] = _f("sync", "sync: in-process; subprocess: worker processes with shared memory")
+    backend: Literal["sync", "subprocess", "batched"] = _f(
+        "sync", "sync: in-process; subprocess: worker processes with shared memory; batched: one simulation of "
+        "all copies as arrays (ids with a batched implementation, e.g. the mpe2 scenarios; see marl.env.batched)")
     num_workers: int = _f(0, "worker processes for the subprocess backend; 0 = one per CPU core (at most num_envs)")
     overlap: bool = _f(True, "subprocess backend: step one chunk of env copies while the policy acts on another")
     groups: dict = _f({}, "explicit agent groups {group: [agent, ...]}; empty = group by name prefix (adversary_0 -> adversary)")
@@ -186,11 +188,32 @@ class CheckpointConfig:
 
 @dataclass
 class LogConfig:
-    """TensorBoard and console output."""
+    """Console output and experiment trackers (TensorBoard, Weights & Biases, MLflow: docs/tracking.md)."""
 
-    tensorboard: bool = _f(True, "write TensorBoard event files to the run directory")
+    tensorboard: bool = _f(True, "write TensorBoard event files to the run directory (false drops tensorboard from backends)")
     progress: bool = _f(True, "live progress display when the terminal is a TTY")
-    interval: int = _f(1, "iterations between console/TensorBoard training logs")
+    interval: int = _f(1, "iterations between console/tracker training logs")
+    backends: list = _f(["tensorboard"], "experiment trackers: any of tensorboard, wandb (pip install 'marl[wandb]'), "
+                                         "mlflow (pip install 'marl[mlflow]')")
+    wandb_project: str = _f("marl", "W&B project")
+    wandb_entity: str = _f("", "W&B entity (user or team); empty = your default entity")
+    wandb_mode: Literal["offline", "online", "disabled"] = _f("offline", "W&B mode; offline writes RUN_DIR/wandb "
+                                                                          "for a later `wandb sync`")
+    wandb_tags: list = _f([], "W&B run tags")
+    wandb_group: str = _f("", "W&B run group (marl tune sets the study name); empty = none")
+    mlflow_uri: str = _f("", "MLflow tracking URI; empty = sqlite:///RUN_DIR/mlflow.db (artifacts in RUN_DIR/mlartifacts)")
+    mlflow_experiment: str = _f("marl", "MLflow experiment name (created when missing)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, message)`` for every unusable value (the libraries themselves are checked at training time)."""
+        valid = ("tensorboard", "wandb", "mlflow")
+        bad = [b for b in self.backends if b not in valid]
+        rules = [
+            (not bad, "backends", f"unknown backend(s) {bad} (valid: {', '.join(valid)})"),
+            (self.interval >= 1, "interval", "must be >= 1"),
+            (all(isinstance(t, str) for t in self.wandb_tags), "wandb_tags", "must be a list of strings"),
+        ]
+        return [(key, msg) for ok, key, msg in rules if not ok]
 
 
 @dataclass
@@ -243,6 +266,20 @@ class HealthConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Data-parallel ranks under torchrun (marl.distributed); ignored by a plain ``marl train``."""
+
+    timeout_s: float = _f(60.0, "seconds a collective waits for the other ranks before the job stops with an error")
+    check_interval: int = _f(50, "compare a parameter checksum across ranks every this many updates; 0 = never")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, message)`` for every value out of range; empty when the config is usable."""
+        rules = [(self.timeout_s > 0, "timeout_s", "must be > 0"),
+                 (self.check_interval >= 0, "check_interval", "must be >= 0")]
+        return [(key, f"{msg}, got {getattr(self, key)!r}") for ok, key, msg in rules if not ok]
+
+
+@dataclass
 class Config:
     """One experiment. ``total_env_steps`` counts vectorized env steps summed over env copies."""
 
@@ -262,6 +299,7 @@ class Config:
     checkpoint: CheckpointConfig = _f(None, "checkpoints")
     log: LogConfig = _f(None, "logging")
     health: HealthConfig = _f(None, "training health: non-finite checks and warning signs")
+    distributed: DistributedConfig = _f(None, "data-parallel ranks under torchrun")
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():
@@ -292,4 +330,5 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "log": LogConfig,
     "health": HealthConfig,
+    "distributed": DistributedConfig,
 }

@@ -24,6 +24,9 @@ CASES = {
     # env copies are mid-episode at the interruption (max_cycles 40, 50 steps per copy before it)
     "spread": ["configs/simple_spread_ppo.yaml", "env.kwargs={N: 3, max_cycles: 40}"],
     "pendulum": ["configs/pendulum_ppo.yaml", "algo.num_minibatches=2"],
+    # the batched simulation of the same scenario (its whole state in the checkpoint), central critic on its state
+    "spread_batched": ["configs/simple_spread_ppo.yaml", "env.kwargs={N: 3, max_cycles: 40}", "env.backend=batched",
+                       "model.critic=central"],
 }
 
 

@@ -16,6 +16,8 @@ from about 1.8 ms (``[E, N, 2]`` layout) to 0.9 ms.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -324,6 +326,37 @@ class BatchedMPE:
         self._comm[:, :, idx] = 0.0
         self._steps[idx] = 0
         self._after_reset(idx)
+
+    # ------------------------------------------------------------------ exact resume
+    #: the attributes that change while stepping (with the generators): what :meth:`state_dict` saves
+    _EVOLVING = ("_pos", "_vel", "_comm", "_goals", "_steps", "_accel", "_max_speed", "_pool", "_pool_next")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes while stepping, copied: arrays, each copy's generator state, the
+        curriculum stage. Loaded into an env made with the same arguments it continues exactly."""
+        return {
+            "arrays": {k: getattr(self, k).copy() for k in self._EVOLVING},
+            "rngs": [copy.deepcopy(r.bit_generator.state) for r in self._rngs],
+            "started": self._started,
+            "curriculum_stage": getattr(self, "curriculum_stage", 0),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; raises ``ValueError`` (nothing changed) if it is of another shape."""
+        arrays = state["arrays"]
+        for k in self._EVOLVING:
+            if np.shape(arrays[k]) != getattr(self, k).shape:
+                raise ValueError(f"saved {k} has shape {np.shape(arrays[k])}, this env {getattr(self, k).shape}: "
+                                 "made with other arguments (num_envs, scenario kwargs)?")
+        if len(state["rngs"]) != self.num_envs:
+            raise ValueError(f"saved {len(state['rngs'])} copy generators for {self.num_envs} copies")
+        for k in self._EVOLVING:
+            setattr(self, k, np.array(arrays[k], dtype=getattr(self, k).dtype))
+        for rng, s in zip(self._rngs, state["rngs"], strict=True):
+            rng.bit_generator.state = s
+        self._started = bool(state["started"])
+        if hasattr(self, "curriculum_stage"):
+            self.curriculum_stage = int(state["curriculum_stage"])
 
     # ------------------------------------------------------------------ actions and physics
     def _decode(self, actions: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

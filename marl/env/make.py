@@ -9,8 +9,13 @@ An env id is one of:
   ``env(**kwargs)`` (a PettingZoo AEC env or a Gymnasium env):
   ``"mpe2.simple_spread_v3"``, ``"pettingzoo.butterfly.pistonball_v6"``,
   ``"pettingzoo.classic.connect_four_v3"``, ``"envs.grid_nav"``;
-* ``"module:attr"`` where ``attr`` is a callable returning a ``ParallelEnv``, an
-  ``AECEnv`` or a ``gymnasium.Env``.
+* ``"module:attr"`` where ``attr`` (a dotted qualname such as ``Outer.MyEnv`` is
+  followed) is a callable returning a ``ParallelEnv``, an ``AECEnv`` or a ``gymnasium.Env``;
+* ``"unimportable:module:qualname"``: a callable given to ``marl.train(env=...)`` that no
+  other process can import (defined in ``__main__``, a notebook or a function). It is held
+  in this process by :func:`register_env_callable`; vector envs get the callable itself
+  (pickled by value with cloudpickle for worker processes). Another process must be given
+  the callable again.
 
 :func:`adapter_factory` is the picklable factory the vector envs take; :func:`env_factory`,
 :func:`env_spec` and :func:`vector_env` build the same from a config.
@@ -35,13 +40,17 @@ from pettingzoo.env_registry.exceptions import FailedToImport
 
 from marl.config import Config, ConfigError, EnvConfig
 from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
+from marl.env.batched import BatchedVectorEnv, batched_factory
 from marl.env.vector import VectorEnv, make_vector_env
 from marl.env.wrappers import Preprocess, apply_preprocess
 from marl.types import EnvSpec
 
 __all__ = [
+    "UNIMPORTABLE",
+    "EnvCallable",
     "adapt",
     "adapter_factory",
+    "callable_env_id",
     "close_env_ids",
     "env_factory",
     "env_spec",
@@ -50,6 +59,7 @@ __all__ = [
     "make_raw_env",
     "preprocess_of",
     "probe_spec",
+    "register_env_callable",
     "vector_env",
 ]
 
@@ -146,10 +156,92 @@ PettingZoo's pistonball skips drawing when ``render_mode`` is ``None``, so every
 the first frame (pettingzoo 1.24-1.27)."""
 
 
+# --------------------------------------------------------------------------- envs given as callables
+UNIMPORTABLE = "unimportable:"
+"""Prefix of the env id of a callable that other processes cannot import (see :func:`callable_env_id`)."""
+
+_CALLABLES: dict[str, Callable[..., Any]] = {}
+# env id -> the callable given in this process for an "unimportable:" id. A process-wide table because
+# the trainers, evaluation and ``marl record`` rebuild the env from ``cfg.env.id`` alone.
+
+
+class EnvCallable:
+    """A user's env callable that pickles by value (cloudpickle), so worker processes can call it.
+
+    Plain pickle stores functions and classes by reference (``module.qualname``), which fails for
+    ones defined in ``__main__``, a notebook or a function body.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.fn(**kwargs)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        import cloudpickle
+
+        return _unpickle_callable, (cloudpickle.dumps(self.fn),)
+
+    def __repr__(self) -> str:
+        return f"EnvCallable({self.fn!r})"
+
+
+def _unpickle_callable(data: bytes) -> EnvCallable:
+    import cloudpickle
+
+    return EnvCallable(cloudpickle.loads(data))
+
+
+def _resolve_qualname(module_name: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def callable_env_id(fn: Callable[..., Any]) -> tuple[str, bool]:
+    """The env id recording ``fn`` in a config, and whether another process can import it.
+
+    ``"module:qualname"`` when importing ``module`` and following ``qualname`` gives ``fn`` back;
+    else ``"unimportable:module:qualname"`` (``__main__``, notebooks, classes defined in a function,
+    lambdas, ``functools.partial`` objects).
+    """
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if module and qualname and module != "__main__" and "<" not in qualname:
+        try:
+            if _resolve_qualname(module, qualname) is fn:
+                return f"{module}:{qualname}", True
+        except Exception:  # noqa: BLE001 - any failure to import means "not importable"
+            pass
+    name = qualname or type(fn).__name__
+    return f"{UNIMPORTABLE}{module or type(fn).__module__}:{name}", False
+
+
+def register_env_callable(fn: Callable[..., Any]) -> str:
+    """Make ``fn`` buildable from its env id in this process; return the id (:func:`callable_env_id`)."""
+    if not callable(fn):
+        raise TypeError(f"env must be an env id or a callable returning a PettingZoo or Gymnasium env, got {fn!r}")
+    env_id, importable = callable_env_id(fn)
+    if not importable:
+        _CALLABLES[env_id] = fn
+    return env_id
+
+
+def _unregistered(env_id: str) -> ValueError:
+    return ValueError(
+        f"env id {env_id!r} is a callable given to marl.train(env=...) that other processes cannot import "
+        "(defined in __main__, a notebook or a function); pass it again (marl.load(run, env=...), "
+        "marl.evaluate(run, env=...), marl.train(resume=run, env=...)) or move it into an importable module"
+    )
+
+
 def make_raw_env(
-    env_id: str, env_kwargs: Mapping[str, Any] | None = None, render_mode: str | None = None
+    env_id: str | Callable[..., Any], env_kwargs: Mapping[str, Any] | None = None, render_mode: str | None = None
 ) -> Any:
-    """The env named by ``env_id`` (see the module docstring), before preprocessing and adapters.
+    """The env named by ``env_id`` (see the module docstring), or made by the callable ``env_id``,
+    before preprocessing and adapters.
 
     Envs in :data:`RENDER_FOR_OBSERVATIONS` draw their observations only when a
     render mode is set; they get ``render_mode="rgb_array"`` unless one is given.
@@ -157,7 +249,13 @@ def make_raw_env(
     kwargs = dict(env_kwargs or {})
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
-    elif "render_mode" not in kwargs and env_id.startswith(RENDER_FOR_OBSERVATIONS):
+    if callable(env_id):
+        return env_id(**kwargs)
+    if env_id in _CALLABLES:
+        return _CALLABLES[env_id](**kwargs)
+    if env_id.startswith(UNIMPORTABLE):
+        raise _unregistered(env_id)
+    if render_mode is None and "render_mode" not in kwargs and env_id.startswith(RENDER_FOR_OBSERVATIONS):
         kwargs["render_mode"] = "rgb_array"
     if env_id in gymnasium.registry:
         try:
@@ -173,8 +271,9 @@ def make_raw_env(
                 raise ImportError(f"env {env_id!r} needs an optional package: {err}") from err
     if ":" in env_id:
         module_name, attr = env_id.split(":", 1)
-        module = _import(env_id, module_name)
-        maker = getattr(module, attr, None)
+        maker: Any = _import(env_id, module_name)
+        for part in attr.split("."):
+            maker = getattr(maker, part, None)
         if not callable(maker):
             raise ValueError(
                 f"env id {env_id!r}: module {module_name!r} has no callable {attr!r}. {_ID_HELP}"
@@ -208,7 +307,7 @@ def adapt(env: Any, groups: Mapping[str, Sequence[str]] | None = None, use_state
 
 
 def make_adapter(
-    env_id: str,
+    env_id: str | Callable[..., Any],
     env_kwargs: Mapping[str, Any] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     render_mode: str | None = None,
@@ -218,7 +317,7 @@ def make_adapter(
     """Build one env and its adapter.
 
     Args:
-        env_id: see the module docstring.
+        env_id: see the module docstring; or a callable returning the env.
         env_kwargs: keyword arguments of the env constructor.
         groups: group name -> agent names; ``None`` groups by name prefix.
         render_mode: passed to the env (``"rgb_array"`` for videos), or ``None``.
@@ -238,7 +337,7 @@ def make_adapter(
 
 
 def adapter_factory(
-    env_id: str,
+    env_id: str | Callable[..., Any],
     env_kwargs: Mapping[str, Any] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     render_mode: str | None = None,
@@ -279,9 +378,13 @@ def env_factory(cfg: Config, render_mode: str | None = None) -> Callable[[], Ada
     """The picklable adapter factory of a config: its env id, kwargs, groups and preprocessing.
 
     The env's global ``state()`` is read only for a central critic (it can be costly:
-    pistonball renders the screen for it).
+    pistonball renders the screen for it). An ``unimportable:`` id registered in this process
+    passes its callable by value (:class:`EnvCallable`), so worker processes can build it.
     """
-    return adapter_factory(cfg.env.id, cfg.env.kwargs, dict(cfg.env.groups) or None, render_mode,
+    env: str | EnvCallable = cfg.env.id
+    if env in _CALLABLES:
+        env = EnvCallable(_CALLABLES[env])
+    return adapter_factory(env, cfg.env.kwargs, dict(cfg.env.groups) or None, render_mode,
                            preprocess_of(cfg.env), use_state=cfg.model.critic == "central")
 
 
@@ -293,12 +396,36 @@ def env_spec(cfg: Config) -> EnvSpec:
     grouping is reported in one line, not as a worker traceback.
     """
     try:
+        if cfg.env.backend == "batched":
+            check_batched(cfg)
+            return batched_vector_env(cfg, 1).spec
         return probe_spec(env_factory(cfg))
     except ImportError as exc:
         raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
     except (ValueError, TypeError, KeyError) as exc:
         key = "env.groups" if "group" in str(exc) else ("env.kwargs" if isinstance(exc, TypeError) else "env.id")
         raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}") from exc
+
+
+def check_batched(cfg: Config) -> None:
+    """Refuse what the batched backend cannot do, naming the key (before anything is built)."""
+    e = cfg.env
+    unsupported = [k for k, on in (("env.groups", bool(e.groups)), ("env.frame_stack", e.frame_stack > 1),
+                                   ("env.grayscale", e.grayscale), ("env.resize", bool(e.resize)),
+                                   ("env.action_repeat", e.action_repeat > 1), ("env.pad", e.pad)) if on]
+    if unsupported:
+        raise ConfigError(f"{unsupported[0]}: not supported with env.backend=batched (the batched simulation "
+                          "groups agents by name prefix and has no preprocessing); use env.backend=sync or subprocess")
+
+
+def batched_vector_env(cfg: Config, num_envs: int) -> BatchedVectorEnv:
+    """``num_envs`` copies of the config's env as one batched simulation (:mod:`marl.env.batched`)."""
+    return BatchedVectorEnv(batched_factory(cfg.env.id, cfg.env.kwargs)(num_envs), use_state=cfg.model.critic == "central")
+
+
+def eval_backend(cfg: Config) -> str:
+    """The backend evaluation runs on: in-process (``sync``), or ``batched`` for a batched run."""
+    return "batched" if cfg.env.backend == "batched" else "sync"
 
 
 def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> VectorEnv:
@@ -309,6 +436,8 @@ def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> Vector
     copies while the others step.
     """
     backend = backend or cfg.env.backend
+    if backend == "batched":
+        return batched_vector_env(cfg, num_envs)
     workers = None
     if backend == "subprocess":
         workers = min(cfg.env.num_workers or (os.cpu_count() or 1), num_envs)

@@ -21,11 +21,11 @@ Goal envs: the achieved goals travel with the observations
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from marl.env.adapters import Adapter, EnvSnapshot
+from marl.env.adapters import Adapter
 from marl.env.chunks import EnvWorkerError, chunk_slices, concat_steps
 from marl.env.subproc import SubprocVectorEnv
 from marl.env.sync import SyncVectorEnv
@@ -53,8 +53,10 @@ class VectorEnv(Protocol):
     num_chunks: int
 
     def reset(self, seed: int | Sequence[int]) -> tuple[dict[str, GroupObs], np.ndarray | None]: ...
-    def snapshot(self) -> list[EnvSnapshot]: ...
-    def restore(self, snapshots: Sequence[EnvSnapshot]) -> tuple[dict[str, GroupObs], np.ndarray | None]: ...
+    def snapshot(self) -> Any:
+        """Plain data (lists, dicts, arrays) that :meth:`restore` turns back into the copies' exact state
+        (per copy an :class:`EnvSnapshot` for adapters; one state dict for a batched env)."""
+    def restore(self, snapshots: Any) -> tuple[dict[str, GroupObs], np.ndarray | None]: ...
     def send(self, chunk: int, actions: Mapping[str, np.ndarray]) -> None: ...
     def recv(self, chunk: int) -> VecStep: ...
     def step(self, actions: Mapping[str, np.ndarray]) -> VecStep: ...
@@ -69,6 +71,8 @@ def make_vector_env(
     backend: Literal["sync", "subprocess"] = "sync",
     num_workers: int | None = None,
 ) -> SyncVectorEnv | SubprocVectorEnv:
+    # A batched env (marl.env.batched.BatchedVectorEnv) wraps one simulation object, not an adapter
+    # factory: marl.env.make.vector_env builds it for env.backend=batched.
     """E copies of ``factory()`` as a vector env.
 
     Args:
