@@ -399,6 +399,8 @@ def env_spec(cfg: Config) -> EnvSpec:
         if cfg.env.backend == "batched":
             check_batched(cfg)
             return batched_vector_env(cfg, 1).spec
+        if cfg.env.id.startswith("vmas:"):
+            raise ConfigError(f"env.id={cfg.env.id!r}: VMAS envs are batched simulations; set env.backend=batched")
         return probe_spec(env_factory(cfg))
     except ImportError as exc:
         raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
