@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -47,14 +48,20 @@ BATCHED: dict[str, str] = {
 
 
 def batched_factory(env_id: str, kwargs: Mapping[str, Any]) -> Callable[[int], Any]:
-    """``num_envs -> batched env`` for ``env_id`` with the env's own ``kwargs``.
+    """``num_envs -> batched env`` for ``env_id`` with the env's own ``kwargs``: an id of :data:`BATCHED`, or
+    ``vmas:<scenario>`` (:mod:`marl.env.vmas`).
 
     Raises:
         ValueError: no batched implementation of ``env_id`` (the message lists those that exist).
     """
+    if env_id.startswith("vmas:"):
+        from marl.env.vmas import make as make_vmas
+
+        scenario = env_id.split(":", 1)[1]
+        return lambda num_envs: make_vmas(scenario, num_envs, **dict(kwargs))
     if env_id not in BATCHED:
         raise ValueError(f"env.backend=batched: {env_id!r} has no batched implementation; batched ids: "
-                         f"{', '.join(sorted(BATCHED))} (or use env.backend=sync / subprocess)")
+                         f"{', '.join(sorted(BATCHED))}, vmas:<scenario> (or use env.backend=sync / subprocess)")
     if "render_mode" in kwargs:
         raise ValueError("env.backend=batched does not render; drop env.kwargs.render_mode "
                          "(marl record draws with the env itself)")
@@ -101,6 +108,7 @@ class BatchedVectorEnv:
         self._agent_index = {g.name: [self.spec.agents.index(a) for a in g.agents] for g in self.spec.groups}
         self._alive = {g.name: np.ones((self.num_envs, g.n_agents), bool) for g in self.spec.groups}
         self._pending: VecStep | None = None
+        self._seed = 0
 
     # ------------------------------------------------------------------ VectorEnv
     def chunk_slice(self, chunk: int) -> slice:
@@ -112,6 +120,7 @@ class BatchedVectorEnv:
         return {g: GroupObs(obs[g], self._alive[g].copy(), None) for g in self._alive}
 
     def reset(self, seed: int | Sequence[int]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
+        self._seed = int(seed) if isinstance(seed, (int, np.integer)) else int(seed[0])
         obs = self.env.reset(copy_seeds(seed, self.num_envs))
         self._returns[:] = 0.0
         self._lengths[:] = 0
@@ -159,14 +168,19 @@ class BatchedVectorEnv:
         """The env's :meth:`state_dict` and the episode bookkeeping (plain data and arrays)."""
         if self._pending is not None:
             raise RuntimeError("snapshot() with a step in flight; recv it first")
-        return {"env": copy.deepcopy(self.env.state_dict()), "returns": self._returns.copy(),
-                "lengths": self._lengths.copy()}
+        exact = hasattr(self.env, "state_dict")
+        return {"env": copy.deepcopy(self.env.state_dict()) if exact else None, "seed": self._seed,
+                "returns": self._returns.copy(), "lengths": self._lengths.copy()}
 
     def restore(self, snapshot: Mapping[str, Any]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
         """Put the copies back in the state of :meth:`snapshot`; return the observations like ``reset``."""
         if not isinstance(snapshot, Mapping) or "env" not in snapshot:
             raise ValueError("this checkpoint's env snapshot is not a batched env's (the run used another "
                              "env.backend); resume with the run's config.yaml")
+        if snapshot["env"] is None:  # a simulation without a state dict (VMAS): fresh copies, said once
+            warnings.warn("this batched env cannot save its state: the resumed run restarts its env copies from a "
+                          "fresh reset (the learner, optimizer, normalizers and counters continue exactly)", stacklevel=2)
+            return self.reset(int(snapshot["seed"]) + 1)
         self.env.load_state_dict(snapshot["env"])
         self._returns[:] = np.asarray(snapshot["returns"], np.float64)
         self._lengths[:] = np.asarray(snapshot["lengths"], np.int64)
