@@ -1,4 +1,4 @@
-"""Metrics to TensorBoard and the console.
+"""Metrics to the experiment trackers (TensorBoard, W&B, MLflow: :mod:`marl.tracking`) and the console.
 
 Tag scheme: ``<section>/<name>[/<group or agent>]``, x-axis = ``env_steps``. A ``train/*``
 metric of a run with several groups is logged per group (``train/q_loss/<group>``) and as
@@ -41,7 +41,8 @@ health/<warning>            text: a warning sign of marl.health (e.g. health/q_d
 
 PPO logs every ``log.interval`` iterations (its train/* values are means over the
 update); off-policy trainers every ``log.interval`` training phases (means over the
-gradient steps since the last log).
+gradient steps since the last log). Every tracker in ``log.backends`` gets the same tags with
+``env_steps`` as its x-axis (docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -49,12 +50,16 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from marl.types import EnvSpec, EpisodeStats
+
+if TYPE_CHECKING:
+    from marl.tracking import Tracker
 
 
 def episode_metrics(episodes: list[EpisodeStats], spec: EnvSpec) -> dict[str, float]:
@@ -91,21 +96,17 @@ def flatten_eval(result: dict[str, Any]) -> dict[str, float]:
 
 
 class Logger:
-    """Writes scalars to TensorBoard and a one-line status to the console.
+    """Fans scalars, text, hyperparameters and artifacts out to the run's trackers
+    (:mod:`marl.tracking`: TensorBoard, W&B, MLflow) and shows a one-line status on the console.
 
     Args:
-        run_dir: where event files go.
-        tensorboard: write event files.
+        trackers: the open trackers (:func:`marl.tracking.open_trackers`); closed by :meth:`close`.
         progress: show a live progress bar (only when stdout is a TTY).
         total_env_steps: the budget, for the progress bar.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool, progress: bool, total_env_steps: int) -> None:
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir))
+    def __init__(self, trackers: Sequence[Tracker], progress: bool, total_env_steps: int) -> None:
+        self.trackers = list(trackers)
         self.total = total_env_steps
         self.start = time.time()
         self.progress = None
@@ -121,19 +122,24 @@ class Logger:
             self.progress.start()
 
     def scalars(self, metrics: dict[str, float], env_steps: int) -> None:
-        if self.writer is not None:
-            for k, v in metrics.items():
-                if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                    self.writer.add_scalar(k, v, env_steps)
+        """Log the finite values of ``metrics`` at ``env_steps`` (None and NaN are left out)."""
+        clean = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if clean:
+            for t in self.trackers:
+                t.scalars(clean, env_steps)
 
     def text(self, tag: str, text: str, env_steps: int = 0) -> None:
-        if self.writer is not None:
-            self.writer.add_text(tag, text, env_steps)
+        for t in self.trackers:
+            t.text(tag, text, env_steps)
 
     def hparams(self, flat_config: dict[str, Any], metrics: dict[str, float]) -> None:
-        if self.writer is not None:
-            clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat_config.items()}
-            self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name="hparams")
+        for t in self.trackers:
+            t.hparams(flat_config, metrics)
+
+    def artifacts(self, run_dir: Path, paths: Sequence[Path]) -> None:
+        """Keep files of ``run_dir`` (best checkpoint, summary, videos) with each tracked run."""
+        for t in self.trackers:
+            t.artifacts(run_dir, paths)
 
     def status(self, env_steps: int, line: str) -> None:
         """Update the progress bar, or print the line when there is no TTY."""
@@ -148,14 +154,29 @@ class Logger:
         else:
             print(line, flush=True)
 
-    def close(self) -> None:
+    def close(self, status: str | None = None) -> None:
+        """Stop the progress bar and end every tracked run as ``finished``, ``interrupted`` or ``failed``.
+
+        ``status=None`` reads it from the exception being handled, so ``close()`` in a ``finally``
+        block says how the run ended: none = finished; a stop signal (:class:`SystemExit`,
+        :class:`KeyboardInterrupt`) = interrupted; anything else = failed.
+        """
+        if status is None:
+            exc = sys.exc_info()[1]
+            status = "finished" if exc is None else \
+                "interrupted" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else "failed"
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-            self.writer = None
+        trackers, self.trackers = self.trackers, []
+        errors = []
+        for t in trackers:
+            try:
+                t.close(status)
+            except Exception as exc:  # noqa: BLE001 - one tracker failing to close must not leave the others open
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -60,6 +60,7 @@ from marl.health import REMEDIES, HealthMonitor, NonFiniteError, entropy_action_
 from marl.logger import Logger, flatten_dict, flatten_eval
 from marl.loop import EnvLoop
 from marl.seeding import seed_everything, seeds_for
+from marl.tracking import open_trackers, run_artifacts
 from marl.types import ActingPolicy, EnvSpec
 
 
@@ -419,9 +420,14 @@ class TrainingRun(ABC):
             NonFiniteError: a NaN/inf in training; no checkpoint is overwritten with it.
         """
         cfg = self.cfg
-        logger = Logger(self.run_dir, cfg.log.tensorboard, cfg.log.progress, cfg.total_env_steps)
-        if not self.is_main:  # rank 0 alone logs
-            logger.close()
+        if self.is_main:  # rank 0 alone logs
+            try:  # a missing tracker extra (log.backends) is a ConfigError here, before the first env step
+                logger = Logger(open_trackers(cfg, self.run_dir, resuming=self.resume_path is not None),
+                                cfg.log.progress, cfg.total_env_steps)
+            except BaseException:
+                self.close()
+                raise
+        else:
             logger = SilentLogger()
         self._start = time.time()
         with StopSignals() as stop:
@@ -511,6 +517,7 @@ class TrainingRun(ABC):
         summary = self.summary()
         if self.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            logger.artifacts(self.run_dir, run_artifacts(self.run_dir))  # best.pt, summary.json, videos/*
         logger.hparams(flatten_dict({k: v for k, v in to_dict(self.cfg).items() if k not in ("run_dir", "resume")}),
                        {"eval/ep_return": summary["final_eval"]["ep_return"]})
         logger.message(
