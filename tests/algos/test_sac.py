@@ -180,6 +180,9 @@ def test_discrete_update_with_masks_and_large_alpha_stays_finite(make, discrete_
 
 
 # ------------------------------------------------------------------ tiny learning tests
+# Learning run, out of the default suite: bench/bench_sac_pendulum.py trains SAC (and TD3) on Pendulum-v1 to its
+# target; the update path stays in the default run through the loss, gradient and target tests above.
+@pytest.mark.slow
 def test_learns_a_continuous_bandit(make, box_spec, learner_config, continuous_bandit_batch):
     """One step, reward -(a - 0.5)^2 for the action a in [-2, 2] (env units): the mode must approach 0.5."""
     torch.manual_seed(0)
