@@ -16,6 +16,8 @@ tensors so checkpoints load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -32,10 +34,26 @@ class RunningMeanStd:
         self.mean = np.zeros(shape, np.float64)
         self.var = np.ones(shape, np.float64)
         self.count = float(epsilon)
+        self.sync: Callable[[np.ndarray, np.ndarray, float], list[tuple[np.ndarray, np.ndarray, float]]] | None = None
+        """Data-parallel runs: maps this process's batch moments ``(mean, var, count)`` to every
+        rank's, in rank order (:meth:`marl.distributed.Ranks.gather_moments`); ``None`` = one process."""
 
     def update(self, x: np.ndarray) -> None:
-        """Fold a batch ``[N, *shape]`` into the statistics (no-op for ``N == 0``)."""
+        """Fold a batch ``[N, *shape]`` into the statistics (no-op for ``N == 0``).
+
+        With :attr:`sync` set, every rank's batch is merged, in rank order, so all ranks hold
+        the statistics of the union of their batches (the call is then a collective: every rank
+        makes it, even with ``N == 0``).
+        """
         x = np.asarray(x, np.float64)
+        if self.sync is not None:
+            n = x.shape[0]
+            zeros = np.zeros(self.mean.shape, np.float64)
+            moments = (x.mean(axis=0), x.var(axis=0), n) if n else (zeros, zeros, 0)
+            for mean, var, count in self.sync(*moments):
+                if count > 0:
+                    self.merge(mean, var, count)
+            return
         if x.shape[0] == 0:
             return
         self.merge(x.mean(axis=0), x.var(axis=0), x.shape[0])

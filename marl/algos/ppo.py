@@ -10,6 +10,7 @@ steps over every parameter of every group, each tensor once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -134,6 +135,9 @@ class PPOLearner:
             self.optimizers = {g: FlatAdam(net[g].parameters(), cfg.lr, cfg.adam_eps) for g in net.keys()}
         self.grad_steps = 0
         self.clip_coef = cfg.clip_coef  # annealed by the trainer when algo.anneal_clip
+        # Data-parallel runs (marl.distributed.Ranks.average_grads): averages the flat gradient buffers over
+        # ranks with one all-reduce per step, before clipping, with the step's KLs as extras; None = one process.
+        self.grad_sync: Callable[[list[Tensor], Tensor | None], Tensor | None] | None = None
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers.values():
@@ -202,6 +206,11 @@ class PPOLearner:
                 for opt in self.optimizers.values():
                     opt.zero_grad()
                 total.backward()
+                if self.grad_sync is not None:  # every rank then clips and steps the same averaged gradient
+                    kl_mean = self.grad_sync([opt.grad for opt in self.optimizers.values()],
+                                             torch.stack(kls) if per_step_kl else None)
+                    if kl_mean is not None:
+                        kls = list(kl_mean)  # the early stop below must be the same decision on every rank
                 grad_norms.append(self._clip(total))
                 for opt in self.optimizers.values():
                     opt.step()

@@ -71,8 +71,16 @@ class OnPolicyTrainer(TrainingRun):
     """PPO: collect ``algo.num_steps`` steps per env copy, compute GAE, update; the rest is the run's.
 
     Checkpoint entries added to :class:`marl.run.TrainingRun`'s: ``collector``
-    (reward normalizers) and ``rng.generator`` (minibatch shuffling).
+    (reward normalizers; their running returns of every env copy of the run) and
+    ``rng.generator`` (minibatch shuffling; the same on every rank under torchrun).
+
+    Under torchrun (:mod:`marl.distributed`) each rank collects from its own env copies and
+    shuffles its own rows with the shared generator; the gradients of every optimizer step are
+    averaged over ranks (one all-reduce), the normalizer statistics merged at every update, the
+    counters summed, and the parameters compared every ``distributed.check_interval`` updates.
     """
+
+    supports_distributed = True
 
     def build(self) -> None:
         cfg = self.cfg
@@ -82,6 +90,10 @@ class OnPolicyTrainer(TrainingRun):
                                           reward_norm=cfg.norm.reward, reward_clip=cfg.norm.reward_clip,
                                           gamma=cfg.algo.gamma)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        if self.dist is not None:
+            self.learner.grad_sync = self.dist.average_grads
+            for norm in [*self.policy.obs_norm.values(), *self.collector.reward_scalers.values()]:
+                norm.rms.sync = self.dist.gather_moments
         workers = self.env.num_chunks if isinstance(self.env, SubprocVectorEnv) else 0
         self.update_threads = update_threads(cfg, workers, self.device.type == "cpu")
 
@@ -94,18 +106,28 @@ class OnPolicyTrainer(TrainingRun):
     def checkpoint_state(self, name: str) -> dict[str, Any]:
         state = super().checkpoint_state(name)
         state["collector"] = self.collector.state_dict()
+        if self.dist is not None:  # the running returns of every rank's copies, in copy order
+            for s in state["collector"]["reward_norm"].values():
+                s["ret"] = torch.cat(self.dist.gather_objects(s["ret"]))
         state["rng"]["generator"] = self.generator.get_state()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
-        self.collector.load_state_dict(state["collector"])
+        collector = state["collector"]
+        if self.dist is not None:  # this rank's copies' running returns
+            rows = slice(self.copies.start, self.copies.stop)
+            collector = {"reward_norm": {g: {**s, "ret": s["ret"][rows]} for g, s in collector["reward_norm"].items()}}
+        self.collector.load_state_dict(collector)
         self.generator.set_state(state["rng"]["generator"])
 
     def advance(self) -> list[Report]:
         """One iteration: anneal, collect a rollout, GAE per group, one update; one report (logged every
         ``log.interval`` iterations). A NaN/inf raises in the update, before anything is logged or saved."""
         cfg, algo = self.cfg, self.cfg.algo
+        interval = cfg.distributed.check_interval
+        if self.dist is not None and interval and self.iteration % interval == 0:
+            self.dist.check_in_sync(self.policy.net.named_parameters())
         progress = self.env_steps / cfg.total_env_steps
         if algo.anneal_lr:
             self.learner.set_lr(linear_schedule(algo.lr, progress))
@@ -118,10 +140,13 @@ class OnPolicyTrainer(TrainingRun):
         with torch_threads(self.update_threads):
             metrics = self.learner.update(batches, num_minibatches=algo.num_minibatches,
                                           norm_advantage=cfg.norm.advantage, generator=self.generator)
+        counts = [rollout.env_steps, rollout.agent_steps, len(rollout.episodes)]
+        if self.dist is not None:  # the counters count every rank's steps (episode metrics are this rank's)
+            counts = self.dist.sum_ints(counts)
         self.iteration += 1
-        self.env_steps += rollout.env_steps
-        self.agent_steps += rollout.agent_steps
-        self.episodes += len(rollout.episodes)
+        self.env_steps += counts[0]
+        self.agent_steps += counts[1]
+        self.episodes += counts[2]
         row = {f"train/{k}": v for k, v in metrics.items()}
         row.update(episode_metrics(rollout.episodes, self.spec))
         return [Report(row, log=self.iteration % cfg.log.interval == 0)]
