@@ -74,7 +74,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             f"{path}: refused: the file holds objects other than tensors and plain data "
             f"(only weights_only checkpoints are loaded, for safety). Detail: {str(exc).splitlines()[0]}"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"{path}: cannot read the checkpoint (truncated or corrupt: {exc}). "
             "Use another checkpoint of the run (checkpoints/latest.pt, best.pt, step_*.pt)."

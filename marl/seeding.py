@@ -1,7 +1,7 @@
 """Seeding, in one room: the process-wide RNGs of a run and the seeds of its env copies.
 
 * :func:`seed_everything`: Python's, numpy's legacy global and torch's RNGs.
-* :func:`seeds_for` (training copies: even 32-bit ints) and :func:`eval_seeds` (evaluation
+* :func:`seeds_for` (training copies: even ints below ``2**31``) and :func:`eval_seeds` (evaluation
   copies: odd, so disjoint from training), both prefixes of a fixed stream derived from
   ``np.random.SeedSequence``; :func:`copy_seeds` resolves a ``reset(seed)`` argument.
 
@@ -27,15 +27,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+SEED_BITS = 31
+"""Env copy seeds are below ``2**31``: every backend takes them (open_spiel's hanabi refuses ``>= 2**31``)."""
+
+
 def _distinct_words(entropy: int | list[int], n: int, parity: int) -> list[int]:
-    """First ``n`` distinct 32-bit words of a SeedSequence stream, lowest bit forced to ``parity``."""
+    """First ``n`` distinct :data:`SEED_BITS`-bit words of a SeedSequence stream, lowest bit forced to ``parity``."""
     if n < 0:
         raise ValueError(f"need a non-negative number of seeds, got {n}")
     seq = np.random.SeedSequence(entropy)
     words: dict[int, None] = {}
     draw = n
     while len(words) < n:
-        words = dict.fromkeys(int(w) & ~1 | parity for w in seq.generate_state(draw, np.uint32))
+        words = dict.fromkeys(int(w) >> (32 - SEED_BITS) & ~1 | parity for w in seq.generate_state(draw, np.uint32))
         draw += max(8, n // 8)
     return list(words)[:n]
 
@@ -47,7 +51,7 @@ def _check_seed(seed: int) -> int:
 
 
 def seeds_for(seed: int, n: int) -> list[int]:
-    """Training seeds of env copies ``0..n-1``: distinct, reproducible, even 32-bit ints.
+    """Training seeds of env copies ``0..n-1``: distinct, reproducible, even ints below ``2**31``.
 
     A prefix of a fixed stream, so copy ``i`` gets the same seed for any ``n > i``.
     Derived from ``np.random.SeedSequence(seed)``; ``seed = 0`` is valid.
@@ -56,7 +60,7 @@ def seeds_for(seed: int, n: int) -> list[int]:
 
 
 def eval_seeds(seed: int, n: int) -> list[int]:
-    """Evaluation seeds: distinct odd 32-bit ints from ``SeedSequence([seed, 1])``.
+    """Evaluation seeds: distinct odd ints below ``2**31`` from ``SeedSequence([seed, 1])``.
 
     Odd, so disjoint from every :func:`seeds_for` seed (those are even).
     """

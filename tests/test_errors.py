@@ -46,3 +46,27 @@ def test_missing_config_file_is_one_line_before_anything_starts(tmp_path, capsys
     assert "missing.yaml: no such config file" in err and not (tmp_path / "r").exists()
     assert main(["train", str(tmp_path)]) == 2  # a directory where a file was meant: says so
     assert "resume=DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["seed=-1"], ["seed", "non-negative"]),
+    (["configs/cartpole_dqn.yaml", "env.id=Pendulum-v1"], ["algo.name=dqn needs Discrete actions", "sac or td3"]),
+    (["configs/pendulum_td3.yaml", "env.id=CartPole-v1"], ["algo.name=td3 needs Box actions"]),
+    (["configs/cartpole_dqn.yaml", "env.id=pettingzoo.classic.tictactoe_v3"], ["turn-based", "algo.name=ppo"]),
+    (["env.id=no_such_module_xyz:make_env", "env.kwargs={}"], ["cannot import module 'no_such_module_xyz'", "PYTHONPATH"]),
+    (["env.id=ALE/Pong-v5", "env.kwargs={}"], ["ale-py"]),
+    (["env.id=phys2d/CartPole-v1", "env.kwargs={}"], ["jax", "gymnasium[jax]"]),
+])
+def test_first_try_mistakes_are_one_line_errors(tmp_path, capsys, args, words):
+    files, overrides = [a for a in args if "=" not in a], [a for a in args if "=" in a]
+    assert main(["train", *files, f"run_dir={tmp_path / 'r'}", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marl: error:") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, err
+
+
+def test_eval_of_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    assert main(["eval", str(tmp_path / "config.yaml")]) == 2
+    assert "cannot read the checkpoint" in capsys.readouterr().err

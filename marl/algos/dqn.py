@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, gradient_step, learner_out
 from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
-from marl.config import DQNConfig, ModelConfig
+from marl.config import ConfigError, DQNConfig, ModelConfig
 from marl.multi_agent.groups import group_net
 from marl.nets import dueling_q
 from marl.types import EnvSpec, GroupSpec
@@ -78,8 +78,9 @@ class GroupQ(nn.Module):
     def __init__(self, group: GroupSpec, model: ModelConfig, dueling: bool) -> None:
         super().__init__()
         if not group.discrete:
-            raise ValueError(
-                f"DQN needs Discrete actions; group {group.name!r} has {group.action_space}. Use algo.name=sac or td3"
+            raise ConfigError(
+                f"algo.name=dqn needs Discrete actions; group {group.name!r} has {group.action_space}. "
+                "Use algo.name=sac or td3"
             )
         self.n_actions = int(group.action_space.n)
         self.dueling = dueling

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, frozen, gradient_step, learner_out
 from marl.algos.sac import action_dim, twin_critics, twin_q_loss
 from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
-from marl.config import ModelConfig, TD3Config
+from marl.config import ConfigError, ModelConfig, TD3Config
 from marl.multi_agent.groups import group_net
 from marl.nets import scale_action
 from marl.types import EnvSpec, GroupSpec
@@ -39,8 +39,8 @@ class GroupTD3Actor(nn.Module):
     def __init__(self, group: GroupSpec, model: ModelConfig) -> None:
         super().__init__()
         if group.discrete:
-            raise ValueError(
-                f"TD3 needs Box actions; group {group.name!r} has {group.action_space}. Use algo.name=dqn or sac"
+            raise ConfigError(
+                f"algo.name=td3 needs Box actions; group {group.name!r} has {group.action_space}. Use algo.name=dqn or sac"
             )
         self.net = group_net(group, model, tuple(group.obs_space.shape), action_dim(group), out_gain=0.01)
         self.register_buffer("low", torch.as_tensor(group.action_space.low, dtype=torch.float32).reshape(-1))

@@ -142,11 +142,17 @@ def _import(env_id: str, module_name: str) -> Any:
                 raise ImportError(
                     f"env {env_id!r} needs the package {missing!r}, which is not installed: {hint}"
                 ) from err
+            if ":" in env_id:  # a module:callable id: the module itself is not importable from here
+                raise ValueError(
+                    f"env id {env_id!r}: cannot import module {module_name!r} ({err}); put its folder on the "
+                    "import path (run from the folder that holds it, or PYTHONPATH=...) or install its package"
+                ) from None
             raise _unknown(env_id) from None
         hint = _install_hint(module_name) or f"pip install {missing.split('.')[0]}"
+        in_extra = module_name.startswith(("mpe2", "pettingzoo.butterfly", "pettingzoo.sisl", "pettingzoo.classic"))
         raise ImportError(
-            f"env {env_id!r} needs the module {missing!r}, which is not installed: {hint} "
-            "(or pip install 'marl[envs]' for every optional env package)"
+            f"env {env_id!r} needs the module {missing!r}, which is not installed: {hint}"
+            + (" (or pip install 'marl[envs]' for every env package marl tests)" if in_extra else "")
         ) from err
 
 
@@ -257,11 +263,21 @@ def make_raw_env(
         raise _unregistered(env_id)
     if render_mode is None and "render_mode" not in kwargs and env_id.startswith(RENDER_FOR_OBSERVATIONS):
         kwargs["render_mode"] = "rgb_array"
+    if env_id.startswith("ALE/") and env_id not in gymnasium.registry:
+        try:
+            import ale_py  # noqa: F401 - registers the ALE/ ids with Gymnasium
+        except ImportError as err:
+            raise ImportError(f"env {env_id!r} is an Atari game: it needs the package ale-py (pip install ale-py), "
+                              "which registers the ALE/ ids with Gymnasium") from err
     if env_id in gymnasium.registry:
         try:
             return gymnasium.make(env_id, **kwargs)
         except gymnasium.error.DependencyNotInstalled as err:
             raise ImportError(f"env {env_id!r} needs an optional package: {err}") from err
+        except ModuleNotFoundError as err:
+            name = (err.name or "").split(".")[0]
+            hint = "pip install 'gymnasium[jax]'" if name in ("jax", "jaxlib") else f"pip install {name}"
+            raise ImportError(f"env {env_id!r} needs the package {name!r}, which is not installed: {hint}") from err
     registry_id = re.sub(r"_v(\d+)$", r"-v\1", env_id)  # PettingZoo stores "pistonball-v6"
     for api, registry in (("parallel", pettingzoo.parallel_registry), ("aec", pettingzoo.aec_registry)):
         if "/" in env_id and registry_id in registry:

@@ -105,8 +105,8 @@ def pettingzoo_spec(
                 raise ValueError(
                     f"group {name!r} mixes {what} spaces ({detail}). "
                     "Agents of one group share one network and "
-                    "must have equal spaces: put them in different groups (groups={...}), or pad them to one "
-                    "space with Preprocess(pad=True) (SuperSuit pad_observations / pad_action_space)."
+                    "must have equal spaces: put them in different groups (env.groups: {...}), or pad them to one "
+                    "space with env.pad: true (SuperSuit pad_observations / pad_action_space)."
                 )
         fmt, act = obs_format(members[0], env.observation_space(members[0])), env.action_space(members[0])
         if not isinstance(act, (spaces.Discrete, spaces.Box)) or getattr(act, "start", 0) != 0:

@@ -126,7 +126,8 @@ def test_seeds_distinct_reproducible_and_disjoint():
     assert len(set(train)) == 1000 and train == seeds_for(0, 1000)
     assert seeds_for(0, 10) == train[:10]  # copy i gets the same seed for any number of copies
     assert seeds_for(1, 10) != train[:10]
-    assert all(0 <= s < 2**32 for s in train)
+    assert all(0 <= s < 2**31 for s in train + eval_seeds(0, 1000))  # every backend's range (hanabi: < 2**31)
+    assert max(train) > 2**30  # the range is used, not a small corner of it
     evals = eval_seeds(0, 1000)
     assert len(set(evals)) == 1000 and not set(evals) & set(train)
     assert not set(eval_seeds(7, 500)) & set(seeds_for(7, 500))
