@@ -49,11 +49,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from marl.api import load_policy
-    from marl.env.make import eval_backend, vector_env
-    from marl.evaluation import evaluate
+    from marl.api import load_policy, train_config
+    from marl.env.make import env_spec, eval_backend, vector_env
+    from marl.evaluation import RandomPolicy, evaluate
 
-    policy, cfg, _ = load_policy(args.path)
+    if args.random:  # the same evaluator and seeds, acting uniformly at random: "did it learn" in one command
+        path, overrides = _split_config_args(args.args)
+        cfg = train_config(path, overrides)
+        policy = RandomPolicy(env_spec(cfg), cfg.seed)
+    else:
+        if len(args.args) != 1 or "=" in args.args[0]:
+            raise ConfigError("marl eval takes one run directory or checkpoint (or --random CONFIG [key=value ...])")
+        policy, cfg, _ = load_policy(args.args[0])
     episodes = args.episodes or cfg.eval.episodes
     make = functools.partial(vector_env, cfg, backend=eval_backend(cfg))
     seed = cfg.seed if args.seed is None else args.seed
@@ -91,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a config (default: PPO on MPE simple_spread)")
     p.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
-    p.add_argument("path")
+    p = sub.add_parser("eval", help="evaluate a run directory or checkpoint (or a random policy: --random CONFIG)")
+    p.add_argument("args", nargs="+", help="RUN_DIR_OR_CHECKPOINT, or with --random: [CONFIG.yaml] [key=value ...]")
+    p.add_argument("--random", action="store_true",
+                   help="evaluate a uniformly random policy (allowed actions only) on the config's env, same seeds")
     p.add_argument("--episodes", type=int, default=0, help="episodes (default: the run's eval.episodes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")

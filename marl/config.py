@@ -237,6 +237,8 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Check values that types alone cannot (ranges, divisibility); raise :class:`ConfigError`."""
     _require(cfg.seed >= 0, "seed", f"must be a non-negative integer, got {cfg.seed}")
+    _require(not (cfg.env.single_group and cfg.env.groups), "env.single_group",
+             "puts every agent in one group: leave env.groups empty, or set env.single_group=false")
     _require(cfg.total_env_steps > 0, "total_env_steps", "must be > 0")
     _require(cfg.env.num_envs >= 1, "env.num_envs", "must be >= 1")
     _require(cfg.env.num_workers >= 0, "env.num_workers", "must be >= 0 (0 = one per core)")

@@ -25,7 +25,7 @@ agent's episode return > 0, == 0, < 0, as in ±1 games) and ``learner_ep_return`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -77,6 +77,29 @@ def random_actions(spec: EnvSpec, obs: dict, rng: np.random.Generator) -> dict[s
             low, high = g.action_space.low, g.action_space.high
             out[g.name] = rng.uniform(low, high, size=(*lead, *low.shape)).astype(np.float32)
     return out
+
+
+class RandomPolicy:
+    """Uniformly random allowed actions (:func:`random_actions`): the baseline of ``marl eval --random``.
+
+    Args:
+        spec: the env.
+        seed: seed of its generator (one draw per decision, reproducible).
+    """
+
+    def __init__(self, spec: EnvSpec, seed: int) -> None:
+        self.spec = spec
+        self.rng = np.random.default_rng([seed, 2])
+
+    def act(self, obs: Mapping[str, GroupObs], state: np.ndarray | None = None, deterministic: bool = False,
+            update_stats: bool = False, with_value: bool = True) -> ActOutput:
+        return ActOutput({}, random_actions(self.spec, dict(obs), self.rng), {}, {}, {}, {})
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class EpisodeRun(NamedTuple):

@@ -41,7 +41,7 @@ from marl.api import load_policy
 from marl.checkpoint import CheckpointError, find_checkpoint
 from marl.config import Config
 from marl.env.adapters import Adapter
-from marl.env.make import adapt, make_raw_env, preprocess_of
+from marl.env.make import adapt, groups_of, make_raw_env, preprocess_of
 from marl.env.sync import SyncVectorEnv
 from marl.env.wrappers import apply_preprocess
 from marl.evaluation import run_episodes
@@ -160,7 +160,7 @@ def recording_env(cfg: Config, frames: list[np.ndarray | None]) -> tuple[Adapter
     else:
         env.close()
         raise RecordError(f"env {cfg.env.id!r} is neither a PettingZoo nor a Gymnasium env")
-    return adapt(tap(env, frames), dict(cfg.env.groups) or None), max(fps, 1.0)
+    return adapt(tap(env, frames), groups_of(cfg.env)), max(fps, 1.0)
 
 
 def _as_rgb(frame: np.ndarray | None, env_id: str) -> np.ndarray:

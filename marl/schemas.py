@@ -33,6 +33,8 @@ class EnvConfig:
     num_workers: int = _f(0, "worker processes for the subprocess backend; 0 = one per CPU core (at most num_envs)")
     overlap: bool = _f(True, "subprocess backend: step one chunk of env copies while the policy acts on another")
     groups: dict = _f({}, "explicit agent groups {group: [agent, ...]}; empty = group by name prefix (adversary_0 -> adversary)")
+    single_group: bool = _f(False, "every agent in one group 'all': self-play with one network when seats have different "
+                                   "name prefixes (go: black_0, white_0); the agents' spaces must be equal (or env.pad)")
     frame_stack: int = _f(1, "stack the last k observations (images: on the channel axis [H, W, C*k]); 1 = off")
     grayscale: bool = _f(False, "convert image observations to one channel")
     resize: list = _f([], "resize image observations to [H, W]; empty = keep")

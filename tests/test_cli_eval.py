@@ -51,3 +51,21 @@ def test_stochastic_eval_leaves_the_callers_torch_rng_alone(tmp_path):
     b = evaluate(policy, make, 2, seed=1, deterministic=False, num_envs=2)
     torch.testing.assert_close(after, expected)
     assert a["ep_return"] == b["ep_return"]
+
+
+def test_random_baseline_from_the_command_line(capsys):
+    """``marl eval --random CONFIG``: the same evaluator and seeds, a uniformly random allowed-action policy."""
+    import json
+
+    from marl.cli import main
+
+    args = ["eval", "--random", "configs/cartpole_ppo.yaml", "--episodes", "40", "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == first  # reproducible
+    assert 12 < first["ep_length"] < 40  # a random CartPole policy lasts about 22 steps
+    # Masks are respected: in tic-tac-toe an illegal move costs the mover -1 and breaks the zero sum.
+    assert main(["eval", "--random", "configs/tictactoe_ppo.yaml", "--episodes", "30", "--json", "--opponent", "none"]) == 0
+    ttt = json.loads(capsys.readouterr().out)
+    assert ttt["ep_return"] == 0.0 and ttt["ep_return_std"] == 0.0 and ttt["episodes"] == 30

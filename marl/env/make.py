@@ -43,6 +43,7 @@ from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
 from marl.env.batched import BatchedVectorEnv, batched_factory
 from marl.env.vector import VectorEnv, make_vector_env
 from marl.env.wrappers import Preprocess, apply_preprocess
+from marl.multi_agent.groups import ONE_GROUP
 from marl.types import EnvSpec
 
 __all__ = [
@@ -365,7 +366,7 @@ def adapter_factory(
         make_adapter,
         env_id,
         dict(env_kwargs or {}),
-        None if groups is None else {g: list(a) for g, a in groups.items()},
+        groups if groups is None or isinstance(groups, str) else {g: list(a) for g, a in groups.items()},
         render_mode,
         preprocess,
         use_state,
@@ -400,8 +401,13 @@ def env_factory(cfg: Config, render_mode: str | None = None) -> Callable[[], Ada
     env: str | EnvCallable = cfg.env.id
     if env in _CALLABLES:
         env = EnvCallable(_CALLABLES[env])
-    return adapter_factory(env, cfg.env.kwargs, dict(cfg.env.groups) or None, render_mode,
+    return adapter_factory(env, cfg.env.kwargs, groups_of(cfg.env), render_mode,
                            preprocess_of(cfg.env), use_state=cfg.model.critic == "central")
+
+
+def groups_of(env: EnvConfig) -> dict[str, list[str]] | str | None:
+    """The ``groups`` argument of the adapters for an ``env`` config section (see :func:`marl.multi_agent.groups.resolve_groups`)."""
+    return ONE_GROUP if env.single_group else (dict(env.groups) or None)
 
 
 def env_spec(cfg: Config) -> EnvSpec:
@@ -428,7 +434,7 @@ def env_spec(cfg: Config) -> EnvSpec:
 def check_batched(cfg: Config) -> None:
     """Refuse what the batched backend cannot do, naming the key (before anything is built)."""
     e = cfg.env
-    unsupported = [k for k, on in (("env.groups", bool(e.groups)), ("env.frame_stack", e.frame_stack > 1),
+    unsupported = [k for k, on in (("env.groups", bool(e.groups)), ("env.single_group", e.single_group), ("env.frame_stack", e.frame_stack > 1),
                                    ("env.grayscale", e.grayscale), ("env.resize", bool(e.resize)),
                                    ("env.action_repeat", e.action_repeat > 1), ("env.pad", e.pad)) if on]
     if unsupported:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from marl.multi_agent.groups import check_partition, default_groups
+from marl.multi_agent.groups import check_partition, resolve_groups
 from marl.types import EnvSpec, GroupSpec
 
 
@@ -94,7 +94,7 @@ def pettingzoo_spec(
     Returns (spec, agent -> observation format, groups whose masks come from infos).
     """
     agents = list(env.possible_agents)
-    groups = default_groups(agents) if groups is None else groups
+    groups = resolve_groups(agents, groups)
     check_partition(agents, groups)
     info_masks = {a for a, i in infos.items() if isinstance(i, Mapping) and "action_mask" in i}
     group_specs, formats, mask_from_info = [], {}, set()

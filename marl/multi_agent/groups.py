@@ -48,6 +48,22 @@ def default_groups(agents: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
+ONE_GROUP = "all"
+"""``groups=ONE_GROUP`` puts every agent in one group of that name (``env.single_group``)."""
+
+
+def resolve_groups(agents: Sequence[str], groups: Mapping[str, Sequence[str]] | str | None) -> dict[str, list[str]]:
+    """The partition ``groups`` means: ``None`` = :func:`default_groups`; :data:`ONE_GROUP` = all agents in one
+    group; a mapping = itself (checked by :func:`check_partition`)."""
+    if groups is None:
+        return default_groups(agents)
+    if groups == ONE_GROUP:
+        return {ONE_GROUP: list(agents)}
+    if isinstance(groups, str):
+        raise ValueError(f"groups must be a mapping, None or {ONE_GROUP!r}, got {groups!r}")
+    return {g: list(a) for g, a in groups.items()}
+
+
 def check_partition(agents: Sequence[str], groups: Mapping[str, Sequence[str]]) -> None:
     listed = [a for members in groups.values() for a in members]
     unknown = sorted(set(listed) - set(agents))

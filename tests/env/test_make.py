@@ -176,3 +176,17 @@ def test_pistonball_draws_its_observations_without_an_explicit_render_mode():
     assert any(not np.array_equal(first[a], obs[a]) for a in obs)
     explicit = make_raw_env("pettingzoo.butterfly.pistonball_v6", {"n_pistons": 3, "render_mode": None})
     assert explicit.unwrapped.render_mode is None  # a user's explicit choice wins
+
+
+def test_single_group_puts_every_seat_in_one_shared_group():
+    """Self-play across name prefixes (go: black_0 / white_0) is one key; the partition is otherwise by prefix."""
+    from marl.config import ConfigError, load_config
+    from marl.env.make import env_spec
+
+    base = ["env.id=pettingzoo.classic.go_v5", "env.kwargs={board_size: 5}"]
+    by_prefix = env_spec(load_config("configs/tictactoe_ppo.yaml", base))
+    assert [g.name for g in by_prefix.groups] == ["black", "white"]
+    one = env_spec(load_config("configs/tictactoe_ppo.yaml", [*base, "env.single_group=true"]))
+    assert [(g.name, g.agents) for g in one.groups] == [("all", ("black_0", "white_0"))]
+    with pytest.raises(ConfigError, match="env.single_group"):
+        load_config("configs/tictactoe_ppo.yaml", [*base, "env.single_group=true", "env.groups={a: [black_0, white_0]}"])
