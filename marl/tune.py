@@ -43,7 +43,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from marl.config import Config, ConfigError, from_dict, load_config, read_yaml, to_dict, with_overrides
+from marl.config import Config, ConfigError, from_dict, read_yaml, to_dict, with_overrides
+from marl.logger import Logger
 from marl.registry import algorithm
 from marl.run import TrainingInterrupted, TrainingRun, score
 from marl.tracking import check_backends, flatten
@@ -193,7 +194,7 @@ def reporting_trainer(base: type[TrainingRun], hook: EvalHook) -> type[TrainingR
     """
 
     class Reporting(base):  # type: ignore[misc, valid-type]
-        def evaluate_and_keep_best(self, logger):  # noqa: ANN001, ANN202 - the base signature
+        def evaluate_and_keep_best(self, logger: Logger) -> dict[str, Any]:
             result = super().evaluate_and_keep_best(logger)
             if hook(self.env_steps, result):
                 self.save()
@@ -283,6 +284,7 @@ def optimize(study: Any, objective: Callable[[Any], float], n_trials: int) -> No
 
 
 def optuna_logging_quiet() -> None:
+    """Optuna's per-trial INFO lines off (the report has them); warnings stay."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -340,6 +342,7 @@ def tune(
     storage = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     seed_list = [cfg.seed + k for k in range(seeds)]
     pruner_obj = make_pruner(pruner, startup_trials) if isinstance(pruner, str) else pruner
+    optuna_logging_quiet()
     study = open_study(name, storage, startup_trials, pruner_obj, sampler_seed)
     before = len(finished_trials(study))
     start = time.time()
@@ -460,15 +463,15 @@ def _plots(study: Any, out: Path, with_importance: bool) -> list[str]:
 def _report_md(summary: dict[str, Any], rows: list[dict], params: Sequence[Param], plots: list[str]) -> str:
     keys = [p.key for p in params]
     lines = [f"# marl tune: {summary['study']}", "",
-             f"Config `{summary['config']}` {' '.join(summary['overrides'])}, space `{summary['space']}`, "
+             (f"Config `{summary['config']}` {' '.join(summary['overrides'])}, space `{summary['space']}`, "
              f"{summary['total_env_steps']:,} env steps per run, seeds {summary['seeds']} per trial; "
-             f"storage `{summary['storage']}`.", "",
-             f"Trials: {summary['n_trials']} ({', '.join(f'{k} {v}' for k, v in summary['states'].items())}); "
-             f"{summary['trials_this_call']} finished in this call ({summary['wall_time_s']:.0f} s).", ""]
+             f"storage `{summary['storage']}`."), "",
+             (f"Trials: {summary['n_trials']} ({', '.join(f'{k} {v}' for k, v in summary['states'].items())}); "
+             f"{summary['trials_this_call']} finished in this call ({summary['wall_time_s']:.0f} s)."), ""]
     best = summary["best"]
     if best:
-        lines += [f"**Best: trial {best['number']}**, value {best['value']:.4g} (final scores "
-                  f"{', '.join(_fmt(x) for x in best['final_scores'])}); config in `best.yaml`:", ""]
+        lines += [(f"**Best: trial {best['number']}**, value {best['value']:.4g} (final scores "
+                  f"{', '.join(_fmt(x) for x in best['final_scores'])}); config in `best.yaml`:"), ""]
         lines += [f"- `{k}`: {_fmt(v)}" for k, v in best["params"].items()] + [""]
     if summary["importance"]:
         lines += ["## Parameter importance (fANOVA over complete trials)", "", "| parameter | importance |",
