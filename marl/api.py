@@ -294,7 +294,7 @@ def evaluate(
     ``None`` arguments take the run's ``eval`` section (``episodes``, ``deterministic``,
     ``num_envs``, ``opponent``) and seed, as ``marl eval`` does. ``env``: as for :func:`load`.
     """
-    from marl.env.make import vector_env
+    from marl.env.make import eval_backend, vector_env
     from marl.evaluation import evaluate as run_evaluation
 
     if isinstance(run_or_policy, DeployedPolicy):
@@ -303,7 +303,7 @@ def evaluate(
         policy, cfg, _ = load_policy(_run_path(run_or_policy), device, env)
     episodes = episodes or cfg.eval.episodes
     return run_evaluation(
-        policy, functools.partial(vector_env, cfg, backend="sync"), episodes,
+        policy, functools.partial(vector_env, cfg, backend=eval_backend(cfg)), episodes,
         cfg.seed if seed is None else seed,
         deterministic=cfg.eval.deterministic if deterministic is None else deterministic,
         num_envs=min(episodes, num_envs or cfg.eval.num_envs), opponent=opponent or cfg.eval.opponent,
