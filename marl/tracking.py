@@ -29,6 +29,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -171,6 +172,32 @@ def open_trackers(cfg: Config, run_dir: Path, resuming: bool) -> list[Tracker]:
     if new_ids:
         _write_ids(run_dir, {**read_ids(run_dir), **new_ids})
     return opened
+
+
+def attach_artifacts(run_dir: str | Path, paths: Sequence[Path] | None = None) -> list[str]:
+    """Add files to a run's tracked runs after it ended (e.g. a video ``marl record`` wrote later).
+
+    Reopens the W&B and MLflow runs named in ``RUN_DIR/tracking.json`` (with the run's ``config.yaml``
+    for the W&B project and mode), logs ``paths`` (default: :func:`run_artifacts`) and closes them again
+    as finished. Returns the backends that received the files (none without ``tracking.json``).
+    """
+    from marl.config import load_config
+
+    run_dir = Path(run_dir)
+    ids = read_ids(run_dir)
+    files = list(run_artifacts(run_dir) if paths is None else paths)
+    if not ids or not files:
+        return []
+    cfg = load_config(run_dir / "config.yaml")
+    names = [n for n in check_backends(replace(cfg.log, backends=[n for n in EXTRAS if n in ids])) if n in ids]
+    for name in names:
+        tracker = WandbTracker(cfg, run_dir, ids[name]["run_id"]) if name == "wandb" else \
+            MlflowTracker(cfg, run_dir, ids[name])
+        try:
+            tracker.artifacts(run_dir, files)
+        finally:
+            tracker.close("finished")
+    return names
 
 
 # --------------------------------------------------------------------------- TensorBoard

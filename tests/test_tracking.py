@@ -13,7 +13,8 @@ import pytest
 
 from marl.api import train
 from marl.config import ConfigError, load_config
-from marl.tracking import check_backends, read_ids
+from marl.record import record
+from marl.tracking import attach_artifacts, check_backends, read_ids
 
 wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 mlflow_tracking = pytest.importorskip("mlflow.tracking")
@@ -114,6 +115,14 @@ def test_wandb_and_mlflow_record_the_run_and_resume_continues_it(tmp_path, wandb
     assert {row["env_steps"] for row in part2["history"] if "rollout/ep_return" in row} <= {768, 1024}
     assert all("env_steps" in row for row in part1["history"] + part2["history"])
     assert "checkpoints/best.pt" in part2["artifacts"] and "summary.json" in part2["artifacts"]
+
+    # A video recorded after the run joins the same tracked runs.
+    video = record(run_dir, episodes=1).path
+    assert attach_artifacts(run_dir, [video]) == ["wandb", "mlflow"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "videos")] == [f"videos/{video.name}"]
+    part3 = wandb_offline_run(run_dir, 2)
+    assert part3["run_id"] == ids["wandb"]["run_id"] and part3["artifacts"] == [f"videos/{video.name}"]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
 def test_unknown_backend_is_refused_with_a_hint(make_config):
