@@ -15,6 +15,7 @@ class in an importable module is recorded as ``module:MatchBits`` and needs noth
 from __future__ import annotations
 
 import argparse
+from typing import ClassVar
 
 import numpy as np
 from gymnasium import spaces
@@ -26,7 +27,7 @@ import marl
 class MatchBits(ParallelEnv):
     """Each agent sees a random bit as a one-hot pair and earns 1 for choosing it; ``max_steps`` steps per episode."""
 
-    metadata = {"name": "match_bits_v0"}
+    metadata: ClassVar[dict] = {"name": "match_bits_v0"}
 
     def __init__(self, max_steps: int = 10, render_mode: str | None = None) -> None:
         self.possible_agents = ["bit_0", "bit_1"]

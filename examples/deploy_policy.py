@@ -34,11 +34,11 @@ def main() -> None:
     print(policy)
     env = simple_spread_v3.parallel_env(N=3, local_ratio=0.5, max_cycles=25, continuous_actions=False)
     for episode in range(args.episodes):
-        observations, infos = env.reset(seed=1000 + episode)
+        observations, _ = env.reset(seed=1000 + episode)
         team_return = 0.0
         while env.agents:
             actions = policy.act(observations)  # {agent: action}; deterministic=False samples instead
-            observations, rewards, terminations, truncations, infos = env.step(actions)
+            observations, rewards, _, _, _ = env.step(actions)
             team_return += sum(rewards.values())
         print(f"episode {episode}: team return {team_return:.2f}")
     env.close()

@@ -29,12 +29,15 @@ _API = {
     "DeployedPolicy": "marl.deploy:DeployedPolicy",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = ["DeployedPolicy", "Run", "__version__", "compare", "evaluate", "load", "train"]
 
 if TYPE_CHECKING:
-    from marl.api import Run, compare, evaluate, load
+    from marl.api import Run as Run
+    from marl.api import compare as compare
+    from marl.api import evaluate as evaluate
+    from marl.api import load as load
     from marl.api import train_run as train
-    from marl.deploy import DeployedPolicy
+    from marl.deploy import DeployedPolicy as DeployedPolicy
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,7 @@ oracle: the same run's acting policy called directly on the arrays marl's own ad
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import gymnasium
 import numpy as np
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 class MatchBits(ParallelEnv):
     """Two agents each see a random bit as a one-hot pair and earn 1 for choosing it; 5 steps per episode."""
 
-    metadata = {"name": "match_bits_v0"}
+    metadata: ClassVar[dict] = {"name": "match_bits_v0"}
 
     def __init__(self, max_steps: int = 5, render_mode: str | None = None) -> None:
         self.possible_agents = ["bit_0", "bit_1"]
@@ -109,6 +110,21 @@ def test_importable_env_class_is_recorded_by_module_and_qualname(tmp_path):
     assert "env_note" not in run.summary
     assert env_id not in env_make._CALLABLES  # rebuilt by import, as `marl eval` does
     assert marl.load(run.run_dir).agents == ("bit_0", "bit_1")
+
+
+def test_callable_env_ids():
+    import functools
+
+    from mpe2 import simple_spread_v3
+
+    assert env_make.callable_env_id(MatchBits) == (f"{MatchBits.__module__}:MatchBits", True)
+    # PettingZoo's parallel_env is made by a factory (qualname parallel_wrapper_fn.<locals>.par_fn)
+    env_id, importable = env_make.callable_env_id(simple_spread_v3.parallel_env)
+    assert (env_id, importable) == ("mpe2.simple_spread_v3:parallel_env", True)
+    assert env_make.make_raw_env(env_id, {"N": 2}).possible_agents == ["agent_0", "agent_1"]
+    assert env_make.callable_env_id(functools.partial(MatchBits, max_steps=3)) == ("unimportable:functools:partial", False)
+    assert env_make.callable_env_id(lambda: MatchBits())[0] == (
+        f"unimportable:{__name__}:test_callable_env_ids.<locals>.<lambda>")
 
 
 def test_env_class_defined_in_a_function_trains_and_must_be_passed_again(tmp_path, monkeypatch):

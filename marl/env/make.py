@@ -30,6 +30,7 @@ import importlib.util
 import os
 import pkgutil
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -200,28 +201,37 @@ def _unpickle_callable(data: bytes) -> EnvCallable:
     return EnvCallable(cloudpickle.loads(data))
 
 
-def _resolve_qualname(module_name: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _resolves_to(module_name: str, qualname: str, fn: Any) -> bool:
+    """Whether importing ``module_name`` and following ``qualname`` gives ``fn`` itself."""
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception:  # noqa: BLE001 - any failure to import means "not importable"
+        return False
+    return obj is fn
 
 
 def callable_env_id(fn: Callable[..., Any]) -> tuple[str, bool]:
     """The env id recording ``fn`` in a config, and whether another process can import it.
 
-    ``"module:qualname"`` when importing ``module`` and following ``qualname`` gives ``fn`` back;
-    else ``"unimportable:module:qualname"`` (``__main__``, notebooks, classes defined in a function,
+    ``"module:qualname"`` when importing ``module`` and following ``qualname`` gives ``fn`` back, or
+    ``"module:attr"`` for a module attribute that holds it (a function made by a factory); else
+    ``"unimportable:module:qualname"`` (``__main__``, notebooks, classes defined in a function,
     lambdas, ``functools.partial`` objects).
     """
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
-    if module and qualname and module != "__main__" and "<" not in qualname:
-        try:
-            if _resolve_qualname(module, qualname) is fn:
-                return f"{module}:{qualname}", True
-        except Exception:  # noqa: BLE001 - any failure to import means "not importable"
-            pass
+    if module and qualname and module != "__main__" and "<" not in qualname and _resolves_to(module, qualname, fn):
+        return f"{module}:{qualname}", True
+    # Made by a factory (PettingZoo's ``parallel_env`` is ``parallel_wrapper_fn.<locals>.par_fn``): the
+    # module attribute that holds it, shortest module name first (``mpe2.simple_spread_v3:parallel_env``).
+    for name, mod in sorted(sys.modules.copy().items(), key=lambda item: (len(item[0]), item[0])):
+        if name == "__main__" or not hasattr(mod, "__dict__"):
+            continue
+        attr = next((k for k, v in list(vars(mod).items()) if v is fn and not k.startswith("_")), None)
+        if attr is not None and _resolves_to(name, attr, fn):
+            return f"{name}:{attr}", True
     name = qualname or type(fn).__name__
     return f"{UNIMPORTABLE}{module or type(fn).__module__}:{name}", False
 
