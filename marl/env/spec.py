@@ -32,19 +32,39 @@ def model_box(box: spaces.Box) -> spaces.Box:
 class ObsFormat:
     """How one agent's raw observation becomes arrays."""
 
-    kind: str  # "box", "masked" (observation + action_mask) or "goal" (goal Dict)
+    kind: str  # "box", "flat" (flattened), "masked" (observation + action_mask) or "goal" (goal Dict)
     space: spaces.Box  # the emitted observation space
     n_obs: int = 0  # goal: length of the flat ``observation`` part
     goal_dim: int = 0  # goal: length of desired / achieved goal
+    raw: spaces.Space | None = None  # flat, or masked with a non-Box observation: the space to flatten
+
+
+FLATTENED = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary, spaces.Tuple, spaces.Dict)
+"""Observation spaces read through ``gymnasium.spaces.flatten``: one-hot for ``Discrete`` (and each part of a
+``MultiDiscrete``), the concatenation of the flattened parts for ``Tuple`` and ``Dict`` (in the space's key
+order), ``Box`` parts raveled; always float32."""
+
+
+def flat_box(space: spaces.Space) -> spaces.Box:
+    """The float32 box of ``gymnasium.spaces.flatten_space(space)``."""
+    box = spaces.flatten_space(space)
+    return spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32), dtype=np.float32)
 
 
 def obs_format(agent: str, space: spaces.Space) -> ObsFormat:
+    """How ``agent``'s observations become arrays: a ``Box`` as is; ``Dict(observation, action_mask)`` (PettingZoo
+    classic) and goal ``Dict`` s recognized; any other ``Discrete`` / ``MultiDiscrete`` / ``MultiBinary`` /
+    ``Tuple`` / ``Dict`` flattened (:data:`FLATTENED`)."""
     if isinstance(space, spaces.Box):
         return ObsFormat("box", model_box(space))
     if isinstance(space, spaces.Dict):
         parts = space.spaces
-        if set(parts) == {"observation", "action_mask"} and isinstance(parts["observation"], spaces.Box):
-            return ObsFormat("masked", model_box(parts["observation"]))
+        if set(parts) == {"observation", "action_mask"}:
+            inner = parts["observation"]
+            if isinstance(inner, spaces.Box):
+                return ObsFormat("masked", model_box(inner))
+            if isinstance(inner, FLATTENED):
+                return ObsFormat("masked", flat_box(inner), raw=inner)
         goal_keys = {"observation", "achieved_goal", "desired_goal"}
         if set(parts) == goal_keys and all(isinstance(parts[k], spaces.Box) for k in goal_keys):
             obs, desired = parts["observation"], parts["desired_goal"]
@@ -55,11 +75,16 @@ def obs_format(agent: str, space: spaces.Space) -> ObsFormat:
             return ObsFormat(
                 "goal", spaces.Box(low, high, dtype=np.float32), int(obs.low.size), int(desired.low.size)
             )
+    if isinstance(space, FLATTENED):
+        try:
+            return ObsFormat("flat", flat_box(space), raw=space)
+        except NotImplementedError:
+            pass  # e.g. a Text or Graph part: refused below
     raise ValueError(
         f"agent {agent!r} has observation space {space}, which the adapters do not read. Supported: Box "
-        "(vectors, uint8 images [H, W, C]); Dict(observation, action_mask); Dict(observation, achieved_goal, "
-        "desired_goal). Flatten other spaces first, e.g. supersuit.flatten_v0 or "
-        "gymnasium.wrappers.FlattenObservation."
+        "(vectors, uint8 images [H, W, C]); Discrete, MultiDiscrete, MultiBinary, Tuple and Dict of those "
+        "(flattened, one-hot for Discrete); Dict(observation, action_mask); Dict(observation, achieved_goal, "
+        "desired_goal). Wrap the env to give one of these (e.g. a gymnasium.ObservationWrapper)."
     )
 
 
@@ -69,8 +94,10 @@ def decode_obs(
     """Write agent ``k``'s raw observation into row ``k`` of the group arrays."""
     if fmt.kind == "box":
         obs[k] = raw
+    elif fmt.kind == "flat":
+        obs[k] = spaces.flatten(fmt.raw, raw)
     elif fmt.kind == "masked":
-        obs[k] = raw["observation"]
+        obs[k] = raw["observation"] if fmt.raw is None else spaces.flatten(fmt.raw, raw["observation"])
         if mask is not None:
             mask[k] = raw["action_mask"]
     else:
@@ -123,7 +150,7 @@ def pettingzoo_spec(
         group_specs.append(GroupSpec(name, tuple(members), fmt.space, act, has_mask, goal))
     state_shape = None
     if use_state:
-        with contextlib.suppress(NotImplementedError, AttributeError):
+        with contextlib.suppress(NotImplementedError, AttributeError, TypeError):  # no (callable) state()
             state_shape = tuple(np.shape(env.state()))
     metadata = dict(getattr(env, "metadata", {}) or {})
     return (

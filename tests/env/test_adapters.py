@@ -358,15 +358,15 @@ def test_goal_dict_flattening_and_achieved_goals():
 
 
 def test_unsupported_observation_space_names_the_fix():
-    class DiscreteObs(gymnasium.Env):
-        observation_space = spaces.Discrete(4)
+    class TextObs(gymnasium.Env):
+        observation_space = spaces.Text(8)
         action_space = spaces.Discrete(2)
 
         def reset(self, seed=None, options=None):
-            return 0, {}
+            return "hi", {}
 
-    with pytest.raises(ValueError, match="Flatten"):
-        GymAdapter(DiscreteObs())
+    with pytest.raises(ValueError, match="Supported: Box .* Discrete, MultiDiscrete, MultiBinary, Tuple and Dict"):
+        GymAdapter(TextObs())
 
 
 @pytest.mark.parametrize("make", [functools.partial(simple_spread_v3.parallel_env, render_mode="rgb_array")])
@@ -437,3 +437,62 @@ def test_gym_adapter_fast_path_equals_the_generic_parallel_adapter(make):
         obs_f = sf.obs
         episodes += sf.episode is not None
     assert episodes >= 2
+
+
+def test_discrete_and_tuple_observations_are_one_hot_and_concatenated():
+    """FrozenLake (Discrete(16)): one-hot of the state; Blackjack (Tuple of three Discrete): three one-hots side
+    by side (32 + 11 + 2); rock-paper-scissors (PettingZoo, Discrete(4), no callable state()): one-hot per agent."""
+    import gymnasium
+
+    from marl.env.make import make_adapter
+
+    lake = make_adapter("FrozenLake-v1", {"is_slippery": False})
+    obs, _ = lake.reset(0)
+    np.testing.assert_array_equal(obs["agent"].obs[0], np.eye(16, dtype=np.float32)[0])  # the start cell
+    step = lake.step({"agent": np.array([2])})  # right
+    np.testing.assert_array_equal(step.obs["agent"].obs[0], np.eye(16, dtype=np.float32)[1])
+
+    jack = make_adapter("Blackjack-v1")
+    obs, _ = jack.reset(3)
+    raw, _ = gymnasium.make("Blackjack-v1").reset(seed=3)
+    expected = np.concatenate([np.eye(32)[raw[0]], np.eye(11)[raw[1]], np.eye(2)[raw[2]]]).astype(np.float32)
+    np.testing.assert_array_equal(obs["agent"].obs[0], expected)
+    assert jack.spec.groups[0].obs_space.shape == (45,)
+
+    rps = make_adapter("pettingzoo.classic.rps_v2")
+    obs, _ = rps.reset(0)
+    assert rps.spec.state_shape is None and obs["player"].obs.shape == (2, 4)
+    step = rps.step({"player": np.array([0, 2])})  # rock, scissors: each sees the other's move
+    np.testing.assert_array_equal(step.obs["player"].obs, np.eye(4, dtype=np.float32)[[2, 0]])
+
+
+def test_dict_observations_are_flattened_and_masks_still_recognized():
+    from pettingzoo.utils.env import ParallelEnv
+
+    class DictObs(ParallelEnv):
+        metadata = {"name": "dict_obs"}
+        possible_agents = ["a_0"]
+
+        def observation_space(self, agent):
+            return spaces.Dict({"pos": spaces.Box(-1, 1, (2,)), "cell": spaces.Discrete(3)})
+
+        def action_space(self, agent):
+            return spaces.Discrete(2)
+
+        def reset(self, seed=None, options=None):
+            self.agents = list(self.possible_agents)
+            return {"a_0": {"pos": np.array([0.5, -0.5], np.float32), "cell": 2}}, {"a_0": {}}
+
+        def step(self, actions):
+            self.agents = []
+            obs = {"a_0": {"pos": np.zeros(2, np.float32), "cell": 0}}
+            return obs, {"a_0": 1.0}, {"a_0": True}, {"a_0": False}, {"a_0": {}}
+
+    adapter = ParallelAdapter(DictObs())
+    obs, _ = adapter.reset(0)
+    # gymnasium orders Dict keys alphabetically: cell (one-hot of 3), then pos
+    np.testing.assert_array_equal(obs["a"].obs[0], np.array([0, 0, 1, 0.5, -0.5], np.float32))
+    from marl.env.make import make_adapter
+
+    c4 = make_adapter("pettingzoo.classic.connect_four_v3")
+    assert c4.spec.groups[0].has_action_mask  # Dict(observation, action_mask) keeps its meaning
