@@ -102,3 +102,19 @@ def test_pruned_trial_stops_at_its_first_evaluation_and_leaves_a_resumable_run(t
 
     resumed = train(load_config(run_dir / "config.yaml", [f"resume={run_dir}"]))
     assert resumed["env_steps"] == 512 and [e["env_steps"] for e in resumed["eval_history"]] == [256, 512]
+
+
+def test_example_tune_cartpole_tiny(tmp_path):
+    """examples/tune_cartpole.py --tiny, run as a user would: 3 trials, a best config that loads."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "tune_cartpole.py"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--out", "study"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mean final eval return" in proc.stdout and "algo.lr = " in proc.stdout
+    assert len(json.loads((tmp_path / "study" / "trials.json").read_text())["trials"]) == 3
+    assert load_config(tmp_path / "study" / "best.yaml").total_env_steps == 1024
