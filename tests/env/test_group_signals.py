@@ -48,14 +48,14 @@ class Training:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for_iterations(self, n: int, timeout: float = 30.0) -> None:
+    def wait_for_iterations(self, n: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while sum(" it " in line for line in self.lines) < n:
             assert self.proc.poll() is None, f"training exited with {self.proc.returncode}:\n{self.output}"
             assert time.monotonic() < deadline, f"no {n} iterations in {timeout} s:\n{self.output}"
             time.sleep(0.05)
 
-    def wait(self, timeout: float = 30.0) -> int:
+    def wait(self, timeout: float = 60.0) -> int:
         try:
             code = self.proc.wait(timeout)
         finally:
@@ -166,3 +166,22 @@ def test_workers_and_the_forkserver_survive_stop_signals_and_exit_cleanly():
     out = subprocess.run([sys.executable, "-c", SURVIVE_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=False,
                          timeout=60)
     assert out.returncode == 0 and "survived" in out.stdout, out.stdout + out.stderr
+
+
+UNCLOSED_SCRIPT = """
+import functools, tempfile
+tempfile.TemporaryDirectory()  # its weakref.finalize hooks atexit before multiprocessing.util does
+from marl.env.make import make_adapter
+from marl.env.vector import SubprocVectorEnv
+env = SubprocVectorEnv(functools.partial(make_adapter, "mpe2.simple_spread_v3", {}), 2, num_workers=2)
+env.reset(seed=0)
+print("exiting with the env open")
+"""
+
+
+def test_an_env_left_open_does_not_hang_interpreter_exit():
+    """multiprocessing's exit handler terminate()s daemon workers (SIGTERM, which they now ignore) and joins
+    them without a timeout; the pool must be closed before it runs, whatever order atexit hooks were added."""
+    out = subprocess.run([sys.executable, "-c", UNCLOSED_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                         check=False, timeout=60)
+    assert out.returncode == 0 and "exiting" in out.stdout, out.stdout + out.stderr
