@@ -126,6 +126,11 @@ def _with_env(cfg: Config, env: EnvArg) -> Config:
 def override_pairs(overrides: Mapping[str, Any] | Sequence[str] | None, kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """``(dotted key, value)`` pairs of an ``overrides`` mapping (or ``key=value`` strings) and ``a__b=`` keywords.
 
+    >>> override_pairs({"algo.lr": 3e-4}, {"seed": 1, "env__num_envs": 4})
+    [('algo.lr', 0.0003), ('seed', 1), ('env.num_envs', 4)]
+    >>> override_pairs(["algo.hidden=[32, 32]"], {})
+    [('algo.hidden', [32, 32])]
+
     Raises:
         ConfigError: a key given twice.
     """

@@ -208,28 +208,35 @@ def test_deploy_errors_name_the_fix(spread_run):
         policy.act(np.zeros(18, np.float32))
 
 
-@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "sac"])
 def test_deploy_on_a_gymnasium_env(tmp_path, algo):
-    if algo == "ppo":
+    if algo == "ppo":  # with observation normalization: the frozen statistics must be applied
         run = marl.train(CONFIGS / "cartpole_ppo.yaml", run_dir=str(tmp_path / algo), norm__obs=True,
                          overrides=TINY_CARTPOLE)
-    else:
+    elif algo == "dqn":
         run = marl.train(CONFIGS / "cartpole_dqn.yaml", run_dir=str(tmp_path / algo), total_env_steps=300,
                          algo__learning_starts=100, algo__batch_size=16, algo__train_freq=50, algo__gradient_steps=2,
                          model__hidden=[16], eval__episodes=1, eval__num_envs=1, overrides=QUIET)
+    else:  # continuous actions: scaled to the bounds
+        run = marl.train(CONFIGS / "pendulum_sac.yaml", run_dir=str(tmp_path / algo), total_env_steps=120,
+                         algo__learning_starts=100, algo__batch_size=16, model__hidden=[16], norm__obs=True,
+                         eval__episodes=1, eval__num_envs=1, overrides=QUIET)
     policy = marl.load(run)
-    acting, _, _ = load_policy(run.run_dir)
-    env = gymnasium.make("CartPole-v1")
+    acting, cfg, _ = load_policy(run.run_dir)
+    env = gymnasium.make(cfg.env.id)
     obs, _ = env.reset(seed=0)
     for _ in range(50):
         action = policy.act(obs)
-        assert isinstance(action, int) and env.action_space.contains(action)
+        assert env.action_space.contains(action)
         expected = oracle_actions(acting, {"agent": GroupObs(obs[None].astype(np.float32), np.ones(1, bool), None)})
-        assert action == int(expected["agent"][0])
+        if algo == "sac":
+            np.testing.assert_array_equal(action, expected["agent"][0])
+        else:
+            assert isinstance(action, int) and action == int(expected["agent"][0])
         obs, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             obs, _ = env.reset()
-    assert policy.act({"agent_0": obs}) == {"agent_0": policy.act(obs)}
+    np.testing.assert_array_equal(policy.act({"agent_0": obs})["agent_0"], policy.act(obs))
 
 
 def test_deploy_never_returns_a_masked_action_in_an_aec_game(tmp_path):
