@@ -128,8 +128,8 @@ def override_pairs(overrides: Mapping[str, Any] | Sequence[str] | None, kwargs: 
 
     >>> override_pairs({"algo.lr": 3e-4}, {"seed": 1, "env__num_envs": 4})
     [('algo.lr', 0.0003), ('seed', 1), ('env.num_envs', 4)]
-    >>> override_pairs(["algo.hidden=[32, 32]"], {})
-    [('algo.hidden', [32, 32])]
+    >>> override_pairs(["model.hidden=[32, 32]"], {})
+    [('model.hidden', [32, 32])]
 
     Raises:
         ConfigError: a key given twice.
