@@ -249,11 +249,15 @@ class WandbTracker:
         # console="off": the W&B console capture would wrap stdout under the rich progress bar.
         settings = wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
                                   x_disable_stats=True)
-        self.run = wandb.init(
-            project=log.wandb_project, entity=log.wandb_entity or None, group=log.wandb_group or None,
-            tags=list(log.wandb_tags) or None, name=Path(run_dir).name, dir=str(run_dir), mode=log.wandb_mode,
-            id=run_id, resume="allow" if run_id else None, settings=settings, reinit="create_new",
-        )
+        try:
+            self.run = wandb.init(
+                project=log.wandb_project, entity=log.wandb_entity or None, group=log.wandb_group or None,
+                tags=list(log.wandb_tags) or None, name=Path(run_dir).name, dir=str(run_dir), mode=log.wandb_mode,
+                id=run_id, resume="allow" if run_id else None, settings=settings, reinit="create_new",
+            )
+        except wandb.errors.Error as exc:  # e.g. online without an API key
+            raise ConfigError(f"log.backends: W&B did not start ({str(exc).splitlines()[0]}); run `wandb login` "
+                              "or set log.wandb_mode=offline") from None
         self.run.config.update(tracked_config(cfg), allow_val_change=True)
         self.run.define_metric("env_steps")
         self.run.define_metric("*", step_metric="env_steps")
