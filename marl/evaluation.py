@@ -102,6 +102,10 @@ class RandomPolicy:
         pass
 
 
+class EvaluationStopped(Exception):
+    """An evaluation ended early because its ``should_stop`` said so (a stop signal during evaluation)."""
+
+
 class EpisodeRun(NamedTuple):
     """What :func:`run_episodes` played.
 
@@ -122,6 +126,7 @@ def run_episodes(
     deterministic: bool = True,
     max_steps: int = 1_000_000,
     opponent: str = "none",
+    should_stop: Callable[[], bool] | None = None,
 ) -> EpisodeRun:
     """Play ``episodes`` episodes of ``policy`` on ``venv`` (reset here with ``seeds[:E]``), through :class:`EnvLoop`.
 
@@ -131,9 +136,13 @@ def run_episodes(
     leaves the caller's (training) RNG stream untouched; ``seeds[E]`` also seeds the random
     opponent. Normalizer statistics stay frozen.
 
+    ``should_stop`` is asked before every vector step: a stop request (e.g. SIGTERM) ends the
+    evaluation within one step instead of after its last episode.
+
     Raises:
         ValueError: an unknown ``opponent``, ``"random"`` on a one-agent env, or fewer than
             ``episodes`` episodes within ``max_steps`` vector steps.
+        EvaluationStopped: ``should_stop()`` became true.
     """
     num_envs = venv.num_envs
     spec = venv.spec
@@ -164,6 +173,8 @@ def run_episodes(
         torch.manual_seed(seeds[num_envs])
         loop.reset(seeds[:num_envs])
         for _ in range(max_steps):
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped(f"stopped after {len(run.episodes)} of {episodes} episodes")
             _, _, step = loop.step(act)
             for ep in step.episodes:
                 e = ep.env_index
@@ -188,6 +199,7 @@ def evaluate(
     num_envs: int = 1,
     max_steps: int = 1_000_000,
     opponent: str = "none",
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` evaluation episodes on a fresh vector env; return :func:`summarize` of them.
 
@@ -201,11 +213,13 @@ def evaluate(
         max_steps: safety bound on vector steps.
         opponent: ``"none"`` (the policy controls every agent) or ``"random"``
             (one seat per episode; see the module doc).
+        should_stop: asked before every vector step; true ends the evaluation (:class:`EvaluationStopped`).
     """
     num_envs = max(1, min(num_envs, episodes))
     venv = make_env(num_envs)
     try:
-        run = run_episodes(policy, venv, episodes, eval_seeds(seed, num_envs + 1), deterministic, max_steps, opponent)
+        run = run_episodes(policy, venv, episodes, eval_seeds(seed, num_envs + 1), deterministic, max_steps, opponent,
+                           should_stop)
         spec = venv.spec
     finally:
         venv.close()

@@ -55,7 +55,7 @@ from marl.config import Config, ConfigError, dump_yaml, to_dict
 from marl.distributed import Ranks, SilentLogger, rank_seed
 from marl.env.make import env_spec, eval_backend, vector_env
 from marl.env.vector import VectorEnv
-from marl.evaluation import evaluate
+from marl.evaluation import EvaluationStopped, evaluate
 from marl.health import REMEDIES, HealthMonitor, NonFiniteError, entropy_action_dims
 from marl.logger import Logger, flatten_dict, flatten_eval
 from marl.loop import EnvLoop
@@ -225,10 +225,6 @@ class TrainingRun(ABC):
         if self.dist is not None:
             self.run_dir = Path(self.dist.broadcast_object(str(self.run_dir)))  # rank 0's time stamp
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if self.is_main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.clean_stale(self.ckpt_dir)
-            dump_yaml(cfg, self.run_dir / "config.yaml")
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)  # every rank: the same initial networks
@@ -243,6 +239,7 @@ class TrainingRun(ABC):
         self.eval_history: list[dict[str, Any]] = []
         self.wall_time_prev = 0.0
         self._start: float | None = None
+        self._stop: StopSignals | None = None  # set while train() runs
         self.health = HealthMonitor(cfg.health, entropy_action_dims(self.spec), remedies=self.remedies,
                                     gamma=cfg.algo.gamma)
         try:
@@ -257,6 +254,12 @@ class TrainingRun(ABC):
         except Exception:
             self.close()
             raise
+        # The run directory appears once the run has started: a failed start (bad env, algorithm / space
+        # mismatch) leaves nothing that resume or marl compare could mistake for a run.
+        if self.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_stale(self.ckpt_dir)
+            dump_yaml(cfg, self.run_dir / "config.yaml")
 
     def _join_ranks(self, cfg: Config) -> Ranks | None:
         """Join torchrun's process group (``None`` without torchrun); refuse what data-parallel runs lack."""
@@ -384,20 +387,33 @@ class TrainingRun(ABC):
         cfg = self.cfg
         make = functools.partial(vector_env, cfg, backend=eval_backend(cfg))
         return evaluate(self.acting_policy(), make, episodes or cfg.eval.episodes, cfg.seed,
-                        deterministic=cfg.eval.deterministic, num_envs=cfg.eval.num_envs, opponent=cfg.eval.opponent)
+                        deterministic=cfg.eval.deterministic, num_envs=cfg.eval.num_envs, opponent=cfg.eval.opponent,
+                        should_stop=self._stop_requested)
 
-    def evaluate_and_keep_best(self, logger: Logger) -> dict[str, Any]:
-        """Evaluate now, log ``eval/*``, append to ``eval_history``; write ``best.pt`` on a new best :func:`score`."""
+    def _stop_requested(self) -> bool:
+        """A stop signal arrived while :meth:`train` runs (evaluations end early on it)."""
+        return self._stop is not None and self._stop.signum is not None
+
+    def evaluate_and_keep_best(self, logger: Logger) -> dict[str, Any] | None:
+        """Evaluate now, log ``eval/*``, append to ``eval_history``; write ``best.pt`` on a new best :func:`score`.
+
+        Returns ``None`` (nothing recorded) when a stop signal ended the evaluation early."""
         self.check_finite()
         result = None
         if self.is_main:
             start = time.perf_counter()
-            result = self.evaluate()
-            result["eval_time_s"] = time.perf_counter() - start
-            result["env_steps"] = self.env_steps
-            result["wall_time_s"] = self.wall_time()
+            try:
+                result = self.evaluate()
+            except EvaluationStopped:
+                result = None
+            else:
+                result["eval_time_s"] = time.perf_counter() - start
+                result["env_steps"] = self.env_steps
+                result["wall_time_s"] = self.wall_time()
         if self.dist is not None:  # rank 0 evaluated: every rank keeps the same history and best
             result = self.dist.broadcast_object(result)
+        if result is None:
+            return None
         self.last_eval = result
         self.eval_history.append(eval_record(result))
         logger.scalars(flatten_eval(result), self.env_steps)
@@ -431,17 +447,11 @@ class TrainingRun(ABC):
             logger = SilentLogger()
         self._start = time.time()
         with StopSignals() as stop:
+            self._stop = stop
             try:
                 if self._loop(logger, stop):
                     self.save()
-                    # Distributed: a rank that got no signal stops because another did.
-                    signum = stop.signum or signal.SIGTERM
-                    logger.message(
-                        f"{signal.Signals(signum).name}: stopped at {self.env_steps:,} env steps; saved "
-                        f"{self.ckpt_dir / 'latest.pt'}. Resume with: marl train "
-                        f"resume={self.run_dir}"
-                    )
-                    raise TrainingInterrupted(128 + signum)
+                    raise self._interrupted(logger)
                 return self._finish(logger)
             except NonFiniteError as err:
                 raise err.with_context(self.env_steps, self.ckpt_dir / "latest.pt") from None
@@ -509,10 +519,25 @@ class TrainingRun(ABC):
                  best, f"sps {row['time/sps']:.0f}"]
         return "  ".join(p for p in parts if p)
 
+    def _interrupted(self, logger: Logger) -> TrainingInterrupted:
+        """Say where the run stopped and how to resume (``latest.pt`` is written); the exit to raise."""
+        # Distributed: a rank that got no signal stops because another did.
+        signum = (self._stop.signum if self._stop is not None else None) or signal.SIGTERM
+        logger.message(
+            f"{signal.Signals(signum).name}: stopped at {self.env_steps:,} env steps; saved "
+            f"{self.ckpt_dir / 'latest.pt'}. Resume with: marl train resume={self.run_dir}"
+        )
+        return TrainingInterrupted(128 + signum)
+
     def _finish(self, logger: Logger) -> dict[str, Any]:
-        """Final evaluation (unless one just ran), ``latest.pt``, ``summary.json``, hparams, the last line."""
+        """Final evaluation (unless one just ran), ``latest.pt``, ``summary.json``, hparams, the last line.
+
+        ``latest.pt`` is written before the final evaluation too: a stop signal during it ends the run
+        within a step of the evaluation envs, with the trained networks already saved."""
         if self.last_eval is None or self.last_eval["env_steps"] != self.env_steps:
-            self.evaluate_and_keep_best(logger)
+            self.save()
+            if self.evaluate_and_keep_best(logger) is None:
+                raise self._interrupted(logger)
         self.save()
         summary = self.summary()
         if self.is_main:

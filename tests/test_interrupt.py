@@ -140,3 +140,30 @@ def test_no_children_after_a_normal_run_or_an_exception(tmp_path):
         trainer.train()
     time.sleep(0.5)
     assert live_children() <= baseline
+
+
+def test_sigterm_during_the_final_evaluation_stops_within_seconds_with_the_checkpoint_written(tmp_path):
+    """A long final evaluation (here 2,000 CartPole episodes) does not hold a stop request back: SIGTERM ends
+    it within a step, exit 143, latest.pt already holds the trained networks, and resume finishes the run."""
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "marl", "train", "configs/cartpole_ppo.yaml", f"run_dir={run}",
+            "total_env_steps=512", "env.num_envs=2", "algo.num_steps=128", "eval.interval=0", "eval.episodes=2000",
+            "eval.num_envs=1", "log.progress=false", "log.tensorboard=false"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    latest = run / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline:  # written right before the final evaluation
+        time.sleep(0.2)
+    assert latest.exists(), proc.communicate(timeout=30)[0]
+    time.sleep(1.0)  # well inside the evaluation (2,000 episodes take minutes)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    assert time.time() - sent < 15, out
+    assert "Resume with: marl train resume=" in out
+    state = ckpt.load(latest)
+    assert state["counters"]["env_steps"] == 512
+    assert not (run / "summary.json").exists()
