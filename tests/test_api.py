@@ -112,8 +112,10 @@ def test_importable_env_class_is_recorded_by_module_and_qualname(tmp_path):
     assert marl.load(run.run_dir).agents == ("bit_0", "bit_1")
 
 
-def test_callable_env_ids():
+def test_callable_env_ids(monkeypatch):
     import functools
+    import sys
+    import types
 
     from mpe2 import simple_spread_v3
 
@@ -125,6 +127,11 @@ def test_callable_env_ids():
     assert env_make.callable_env_id(functools.partial(MatchBits, max_steps=3)) == ("unimportable:functools:partial", False)
     assert env_make.callable_env_id(lambda: MatchBits())[0] == (
         f"unimportable:{__name__}:test_callable_env_ids.<locals>.<lambda>")
+    # a script's class, also held by multiprocessing's alias of the main module, is not importable elsewhere
+    script = types.ModuleType("__mp_main__")
+    script.MainBits = type("MainBits", (MatchBits,), {"__module__": "__main__"})
+    monkeypatch.setitem(sys.modules, "__mp_main__", script)
+    assert env_make.callable_env_id(script.MainBits) == ("unimportable:__main__:MainBits", False)
 
 
 def test_env_class_defined_in_a_function_trains_and_must_be_passed_again(tmp_path, monkeypatch):

@@ -227,8 +227,8 @@ def callable_env_id(fn: Callable[..., Any]) -> tuple[str, bool]:
     # Made by a factory (PettingZoo's ``parallel_env`` is ``parallel_wrapper_fn.<locals>.par_fn``): the
     # module attribute that holds it, shortest module name first (``mpe2.simple_spread_v3:parallel_env``).
     for name, mod in sorted(sys.modules.copy().items(), key=lambda item: (len(item[0]), item[0])):
-        if name == "__main__" or not hasattr(mod, "__dict__"):
-            continue
+        if name.startswith("__") or mod is sys.modules.get("__main__") or not hasattr(mod, "__dict__"):
+            continue  # __main__ and its aliases (multiprocessing's __mp_main__) are not importable elsewhere
         attr = next((k for k, v in list(vars(mod).items()) if v is fn and not k.startswith("_")), None)
         if attr is not None and _resolves_to(name, attr, fn):
             return f"{name}:{attr}", True
