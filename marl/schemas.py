@@ -271,7 +271,8 @@ class HealthConfig:
 class DistributedConfig:
     """Data-parallel ranks under torchrun (marl.distributed); ignored by a plain ``marl train``."""
 
-    timeout_s: float = _f(60.0, "seconds a collective waits for the other ranks before the job stops with an error")
+    timeout_s: float = _f(300.0, "seconds a collective waits for the other ranks before the job stops with an error; "
+                                 "above rank 0's longest evaluation (the others wait for it)")
     check_interval: int = _f(50, "compare a parameter checksum across ranks every this many updates; 0 = never")
 
     def problems(self) -> list[tuple[str, str]]:
@@ -291,8 +292,8 @@ class Config:
     resume: str = _f("", "run directory or checkpoint to continue from")
     device: Literal["cpu", "cuda", "auto"] = _f("cpu", "torch device")
     torch_threads: int = _f(1, "torch intra-op threads (1 is fastest for small networks); 0 = torch default")
-    update_threads: int = _f(-1, "PPO: torch threads during the update, when env worker processes sit idle; "
-                                 "-1 = auto (one per core the subprocess workers leave idle, at most 4; else torch_threads)")
+    update_threads: int = _f(-1, "PPO: torch threads during the update; -1 = auto: one per env worker process (at most 4) "
+                                 "only when the CPUs this process may use exceed workers + 1, else torch_threads")
     env: EnvConfig = _f(None, "environment")
     algo: Any = _f(None, "algorithm section; algo.name selects the schema")
     model: ModelConfig = _f(None, "networks")

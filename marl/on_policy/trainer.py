@@ -36,21 +36,32 @@ from marl.on_policy.policy import ActorCriticPolicy
 from marl.run import Report, TrainingRun
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, Slurm, cpusets), else the CPU count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def update_threads(cfg: Config, workers: int, on_cpu: bool = True) -> int:
     """Torch threads for the PPO update (``cfg.update_threads``; ``-1`` = auto), given the
     number of env worker processes (0 = in-process envs) and whether the learner runs on the CPU.
 
-    With the subprocess backend the env workers wait while the learner updates, so
-    their cores can serve the update's matmuls (measured on simple_spread with 2
-    workers on 2 cores: update 115 -> 86 ms, +6% env steps/s). Collection keeps
-    ``torch_threads``: there the workers need the cores. Auto gives one thread per
-    worker (at most the CPU count, at most 4) on the CPU with worker processes,
-    else ``torch_threads`` (0 = leave torch's setting).
+    Auto uses more than ``torch_threads`` only when this process has cores beyond the run's own
+    (main process + workers): one thread per worker, at most 1 + the spare cores, at most 4.
+    Borrowing the waiting workers' cores instead gained +2% / +11% on a quiet 2-core machine
+    (simple_spread, 2 workers) but ran at 0.16-0.38x of one thread as soon as anything else
+    ran there (``python bench/bench_update_threads.py``): a default must not lose 3-6x on a
+    shared laptop to win 6% on an idle one. Collection keeps ``torch_threads`` (the workers need
+    the cores then); 0 = leave torch's setting.
     """
     if cfg.update_threads > 0:
         return cfg.update_threads
     if cfg.update_threads == -1 and workers > 0 and on_cpu:
-        return max(1, min(workers, os.cpu_count() or 1, 4))
+        spare = available_cpus() - workers - 1
+        if spare >= 1:
+            return min(workers, spare + 1, 4)
     return cfg.torch_threads
 
 
