@@ -25,9 +25,9 @@ Conventions shared by all adapters:
   has it) and ``truncated`` (1.0 when a time limit ended the episode, else 0.0).
 
 The vector envs call ``reset_into`` / ``step_into``, which write into caller-owned
-buffers (:class:`StepBuffers`, possibly views into shared memory), so a step writes
-its arrays in place instead of building new ones (the vector env copies each result
-out once); ``reset`` / ``step`` are the allocating convenience forms. How observations
+buffers (:class:`StepBuffers`, possibly views into shared memory): no output arrays are
+allocated per step, the env's values are copied into them (the sync vector env copies them
+once more into each result); ``reset`` / ``step`` are the allocating convenience forms. How observations
 are decoded and the :class:`EnvSpec` built is in :mod:`marl.env.spec`; snapshots for
 exact resume in :mod:`marl.env.snapshot`.
 """
