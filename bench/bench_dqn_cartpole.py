@@ -56,7 +56,8 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         summaries = list(pool.map(run_seed, seeds, [args.steps] * len(seeds), [args.eval_interval] * len(seeds),
                                   [args.out] * len(seeds)))
-    print(f"DQN CartPole-v1, {args.steps:,} env steps per seed, eval every {args.eval_interval:,} (10 episodes, greedy)")
+    print(f"DQN CartPole-v1, {args.steps:,} env steps per seed, "
+          f"eval every {args.eval_interval:,} (10 episodes, greedy)")
     print(f"{'seed':>4}  {'best eval':>9}  {'>=475 at':>9}  {'final eval':>10}  {'wall s':>7}  {'cpu s':>7}")
     passed = 0
     for seed, s in zip(seeds, summaries):
@@ -65,7 +66,8 @@ def main() -> None:
         print(f"{seed:>4}  {s['best_eval']['ep_return']:>9.1f}  {reach if reach else '-':>9}  "
               f"{s['final_eval']['ep_return']:>10.1f}  {s['wall_time_s']:>7.0f}  {s['cpu_s']:>7.0f}")
     verdict = "PASS" if passed == len(seeds) else "FAIL"
-    print(f"target: best eval >= {TARGET:.0f} within {args.steps:,} env steps: {passed}/{len(seeds)} seeds -> {verdict}")
+    print(f"target: best eval >= {TARGET:.0f} within {args.steps:,} env steps: "
+          f"{passed}/{len(seeds)} seeds -> {verdict}")
     print(f"total wall time {time.time() - start:.0f}s")
 
 

@@ -7,8 +7,9 @@ larger sizes to find the largest one solved.
 Config: ``configs/bitflip_dqn_her.yaml`` (16 env copies, episodes end at success or after n_bits
 steps, reward -1 until solved, 'future' relabelling with k = 4, one hidden layer of 256, one gradient
 step of batch 128 per 10 env steps); ``algo.her=false`` for the baseline, nothing else changed.
-Budget: ``--steps`` env steps per run (default 200,000; about 2 minutes per run on an idle core). Success rate = share of 100 fresh,
-separately seeded evaluation episodes (greedy actions) that reach the goal, measured at the end.
+Budget: ``--steps`` env steps per run (default 200,000; about 2 minutes per run on an idle core).
+Success rate = share of 100 fresh, separately seeded evaluation episodes (greedy actions) that reach
+the goal, measured at the end.
 Runs go to separate processes (``--workers``, default 2), one torch thread each.
 
     .venv/bin/python bench/bench_her_bitflip.py [--bits 25] [--steps 200000] [--seed 0] [--workers 2]
@@ -58,7 +59,8 @@ def main() -> None:
         futures = [pool.submit(run, n, her, args.steps, args.seed, args.out) for n, her in jobs]
         summaries = [f.result() for f in futures]
     print(f"Bit flipping, DQN, {args.steps:,} env steps per run (seed {args.seed}); success over 100 greedy episodes")
-    print(f"{'n_bits':>6}  {'HER':>5}  {'success':>7}  {'mean len':>8}  {'grad steps':>10}  {'wall s':>7}  {'cpu s':>7}  "
+    print(f"{'n_bits':>6}  {'HER':>5}  {'success':>7}  {'mean len':>8}  {'grad steps':>10}  "
+          f"{'wall s':>7}  {'cpu s':>7}  "
           "eval returns during training (every steps/4)")
     solved = []
     for (n, her), s in zip(jobs, summaries):
@@ -71,7 +73,8 @@ def main() -> None:
     verdict = {n: next(s["final_eval"]["success_rate"] for (m, h), s in zip(jobs, summaries) if m == n and h)
                for n, _ in jobs}
     if 25 in verdict:
-        print(f"target: HER success at n_bits=25 >= {TARGET}: {verdict[25]:.2f} -> {'PASS' if verdict[25] >= TARGET else 'FAIL'}")
+        print(f"target: HER success at n_bits=25 >= {TARGET}: {verdict[25]:.2f} -> "
+              f"{'PASS' if verdict[25] >= TARGET else 'FAIL'}")
     print(f"largest n_bits solved with HER (success >= {TARGET}): {max(solved) if solved else 'none'}")
     print(f"total wall time {time.time() - start:.0f}s")
 

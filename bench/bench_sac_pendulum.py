@@ -52,14 +52,17 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         futures = [pool.submit(run, a, s, args.steps, args.eval_interval, args.out) for a, s in jobs]
         summaries = [f.result() for f in futures]
-    print(f"Pendulum-v1, {args.steps:,} env steps per run, eval every {args.eval_interval:,} (10 episodes, deterministic)")
-    print(f"{'algo':>4}  {'seed':>4}  {'final eval':>10}  {'best eval':>9}  {'>=-200 at':>9}  {'wall s':>7}  {'cpu s':>7}")
+    print(f"Pendulum-v1, {args.steps:,} env steps per run, "
+          f"eval every {args.eval_interval:,} (10 episodes, deterministic)")
+    print(f"{'algo':>4}  {'seed':>4}  {'final eval':>10}  {'best eval':>9}  {'>=-200 at':>9}  "
+          f"{'wall s':>7}  {'cpu s':>7}")
     passed: dict[str, int] = {}
     for (algo, seed), s in zip(jobs, summaries):
         final = s["final_eval"]["ep_return"]
         reach = next((h["env_steps"] for h in s["eval_history"] if h["ep_return"] >= TARGET), None)
         passed[algo] = passed.get(algo, 0) + (final >= TARGET)
-        print(f"{algo:>4}  {seed:>4}  {final:>10.1f}  {s['best_eval']['ep_return']:>9.1f}  {reach if reach else '-':>9}  "
+        print(f"{algo:>4}  {seed:>4}  {final:>10.1f}  {s['best_eval']['ep_return']:>9.1f}  "
+              f"{reach if reach else '-':>9}  "
               f"{s['wall_time_s']:>7.0f}  {s['cpu_s']:>7.0f}")
     for algo, n in passed.items():
         total = sum(a == algo for a, _ in jobs)

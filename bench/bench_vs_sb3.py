@@ -9,8 +9,9 @@ deterministic actions, team return summed over agents).
 * simple_spread_v3 (N=3, local_ratio=0.5, max_cycles=25, discrete): SB3 sees each agent as one env of a
   SuperSuit vec env (``pettingzoo_env_to_vec_env_v1`` + ``concat_vec_envs_v1``), i.e. 16 env copies x 3
   agents = 48 SB3 envs, one shared network with no agent id; marl runs ``configs/simple_spread_ppo.yaml``
-  with the same PPO numbers (SB3's value loss (V-R)^2 x 0.5 is marl's 0.5 (V-R)^2 x 1.0). "equal" = marl with SB3's settings (no normalization, no agent id, no
-  bootstrap on truncation — SuperSuit drops truncation, so SB3 treats the time limit as terminal);
+  with the same PPO numbers (SB3's value loss (V-R)^2 x 0.5 is marl's 0.5 (V-R)^2 x 1.0). "equal" = marl
+  with SB3's settings (no normalization, no agent id, no bootstrap on truncation — SuperSuit drops
+  truncation, so SB3 treats the time limit as terminal);
   "best" = marl's own config.
 
 SuperSuit 3.11's SB3 adapter has no ``seed()`` method, which SB3 2.9 calls when a seed is passed to
