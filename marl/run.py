@@ -41,7 +41,7 @@ import json
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -66,8 +66,20 @@ from marl.types import ActingPolicy, EnvSpec
 
 # --------------------------------------------------------------------------- run-level helpers
 def score(result: Mapping[str, Any]) -> float:
-    """What "best" means for an evaluation: win rate against a fixed opponent, else mean team return."""
-    return result["win_rate"] if "win_rate" in result else result["ep_return"]
+    """What "best" means for an evaluation: win rate against a fixed opponent, else the ``score`` of the groups
+    named by ``eval.score_groups`` (:func:`group_score`), else the mean team return."""
+    if "win_rate" in result:
+        return result["win_rate"]
+    return result["score"] if "score" in result else result["ep_return"]
+
+
+def group_score(result: Mapping[str, Any], spec: EnvSpec, groups: Sequence[str]) -> float:
+    """Mean episode return summed over the agents of ``groups`` (one side of a competitive game)."""
+    unknown = sorted(set(groups) - {g.name for g in spec.groups})
+    if unknown:
+        raise ConfigError(f"eval.score_groups: unknown groups {unknown}; this env's groups are "
+                          f"{[g.name for g in spec.groups]}")
+    return float(sum(result["per_agent"][a] for g in spec.groups if g.name in groups for a in g.agents))
 
 
 def eval_record(result: Mapping[str, Any]) -> dict[str, float | int]:
@@ -407,6 +419,9 @@ class TrainingRun(ABC):
             except EvaluationStopped:
                 result = None
             else:
+                if self.cfg.eval.score_groups:
+                    result["score"] = group_score(result, self.spec, self.cfg.eval.score_groups)
+                    result["score_groups"] = ",".join(self.cfg.eval.score_groups)
                 result["eval_time_s"] = time.perf_counter() - start
                 result["env_steps"] = self.env_steps
                 result["wall_time_s"] = self.wall_time()
@@ -547,8 +562,10 @@ class TrainingRun(ABC):
                        {"eval/ep_return": summary["final_eval"]["ep_return"]})
         logger.message(
             f"done: {self.env_steps:,} env steps in {summary['wall_time_s']:.0f}s ({summary['sps']:.0f} env steps/s); "
-            f"final eval return {summary['final_eval']['ep_return']:.2f}, "
-            f"best {summary['best_eval']['ep_return']:.2f}; run dir {self.run_dir}"
+            f"final eval return {summary['final_eval']['ep_return']:.2f}, best {summary['best_eval']['ep_return']:.2f}"
+            + (f"; score ({summary['final_eval']['score_groups']}) final {summary['final_eval']['score']:.2f}, "
+               f"best {summary['best_eval']['score']:.2f}" if "score" in summary["final_eval"] else "")
+            + f"; run dir {self.run_dir}"
         )
         return summary
 

@@ -177,6 +177,8 @@ class EvalConfig:
     episodes: int = _f(10, "episodes per evaluation")
     num_envs: int = _f(5, "eval env copies")
     deterministic: bool = _f(True, "mode of the action distribution instead of sampling")
+    score_groups: list = _f([], "groups whose summed agent returns are the score that picks best.pt (competitive "
+                                "games: e.g. [adversary]); empty = the team return of every agent")
     opponent: Literal["none", "random"] = _f("none", "random: the policy plays one seat, every other agent acts randomly (win rate vs random)")
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,22 @@ def test_resumed_wall_time_and_counters_continue(make_config, tiny_dqn):
     summary = resumed.train()
     assert summary["env_steps"] == 1500 and summary["wall_time_s"] > saved["wall_time_s"]
     assert np.isfinite(summary["final_eval"]["ep_return"])
+
+
+def test_competitive_games_pick_best_by_the_named_side(make_config, tiny_ppo, capsys):
+    """simple_adversary: best.pt follows the adversary's return when eval.score_groups says so; the result,
+    summary.json and the last line show the score beside the (meaningless here) team return."""
+    import json
+
+    cfg = make_config("configs/simple_adversary_ppo.yaml", *tiny_ppo, "eval.score_groups=[adversary]", run="adv")
+    summary = OnPolicyTrainer(cfg).train()
+    final = summary["final_eval"]
+    assert final["score_groups"] == "adversary"
+    assert final["score"] == pytest.approx(final["per_agent"]["adversary_0"])
+    assert max(e["score"] for e in summary["eval_history"]) == pytest.approx(summary["best_eval"]["score"])
+    on_disk = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
+    assert on_disk["final_eval"]["score"] == pytest.approx(final["score"])
+    assert "score (adversary) final" in capsys.readouterr().out
+    with pytest.raises(Exception, match="eval.score_groups: unknown groups"):
+        OnPolicyTrainer(make_config("configs/simple_adversary_ppo.yaml", *tiny_ppo, "eval.score_groups=[nobody]",
+                                    run="bad")).train()
