@@ -39,7 +39,7 @@ from pettingzoo.utils import BaseParallelWrapper, BaseWrapper
 
 from marl.api import load_policy
 from marl.checkpoint import CheckpointError, find_checkpoint
-from marl.config import Config
+from marl.config import Config, ConfigError
 from marl.env.adapters import Adapter
 from marl.env.make import adapt, groups_of, make_raw_env, preprocess_of
 from marl.env.sync import SyncVectorEnv
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rec = record(args.path, args.out or None, args.episodes, args.fps or None, args.seed,
                      not args.stochastic, args.max_steps)
-    except (RecordError, CheckpointError) as exc:
+    except (RecordError, CheckpointError, ConfigError) as exc:
         print(f"marl record: error: {exc}", file=sys.stderr)
         return 2
     returns = ", ".join(f"{sum(e.returns.values()):.3f}" for e in rec.episodes)
