@@ -73,6 +73,19 @@ def score(result: Mapping[str, Any]) -> float:
     return result["score"] if "score" in result else result["ep_return"]
 
 
+def result_line(summary: Mapping[str, Any]) -> str:
+    """The end-of-run words on the evaluation: win / draw / loss rates against a fixed opponent (zero-sum games,
+    where the team return is always 0), else the team return, plus the score of ``eval.score_groups`` when set."""
+    final, best = summary["final_eval"], summary["best_eval"]
+    if "win_rate" in final:
+        return (f"final eval vs {final.get('opponent', 'random')}: win {final['win_rate']:.2f} / draw "
+                f"{final['draw_rate']:.2f} / loss {final['loss_rate']:.2f}, best win rate {best['win_rate']:.2f}")
+    line = f"final eval return {final['ep_return']:.2f}, best {best['ep_return']:.2f}"
+    if "score" in final:
+        line += f"; score ({final['score_groups']}) final {final['score']:.2f}, best {best['score']:.2f}"
+    return line
+
+
 def group_score(result: Mapping[str, Any], spec: EnvSpec, groups: Sequence[str]) -> float:
     """Mean episode return summed over the agents of ``groups`` (one side of a competitive game)."""
     unknown = sorted(set(groups) - {g.name for g in spec.groups})
@@ -560,13 +573,8 @@ class TrainingRun(ABC):
             logger.artifacts(self.run_dir, run_artifacts(self.run_dir))  # best.pt, summary.json, videos/*
         logger.hparams(flatten_dict({k: v for k, v in to_dict(self.cfg).items() if k not in ("run_dir", "resume")}),
                        {"eval/ep_return": summary["final_eval"]["ep_return"]})
-        logger.message(
-            f"done: {self.env_steps:,} env steps in {summary['wall_time_s']:.0f}s ({summary['sps']:.0f} env steps/s); "
-            f"final eval return {summary['final_eval']['ep_return']:.2f}, best {summary['best_eval']['ep_return']:.2f}"
-            + (f"; score ({summary['final_eval']['score_groups']}) final {summary['final_eval']['score']:.2f}, "
-               f"best {summary['best_eval']['score']:.2f}" if "score" in summary["final_eval"] else "")
-            + f"; run dir {self.run_dir}"
-        )
+        logger.message(f"done: {self.env_steps:,} env steps in {summary['wall_time_s']:.0f}s "
+                       f"({summary['sps']:.0f} env steps/s); {result_line(summary)}; run dir {self.run_dir}")
         return summary
 
     def summary(self) -> dict[str, Any]:

@@ -219,3 +219,13 @@ def test_competitive_games_pick_best_by_the_named_side(make_config, tiny_ppo, ca
     with pytest.raises(Exception, match="eval.score_groups: unknown groups"):
         OnPolicyTrainer(make_config("configs/simple_adversary_ppo.yaml", *tiny_ppo, "eval.score_groups=[nobody]",
                                     run="bad")).train()
+
+
+def test_the_last_line_of_a_zero_sum_game_shows_win_draw_loss():
+    from marl.run import result_line
+
+    game = {"ep_return": 0.0, "win_rate": 0.7, "draw_rate": 0.1, "loss_rate": 0.2, "opponent": "random"}
+    assert result_line({"final_eval": game, "best_eval": {**game, "win_rate": 0.8}}) == \
+        "final eval vs random: win 0.70 / draw 0.10 / loss 0.20, best win rate 0.80"
+    team = {"ep_return": -50.0}
+    assert result_line({"final_eval": team, "best_eval": {"ep_return": -40.0}}) == "final eval return -50.00, best -40.00"
