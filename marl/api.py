@@ -123,7 +123,9 @@ def _with_env(cfg: Config, env: EnvArg) -> Config:
     return cfg if env_id is None else dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, id=env_id))
 
 
-def override_pairs(overrides: Mapping[str, Any] | Sequence[str] | None, kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def override_pairs(
+    overrides: Mapping[str, Any] | Sequence[str] | None, kwargs: Mapping[str, Any]
+) -> list[tuple[str, Any]]:
     """``(dotted key, value)`` pairs of an ``overrides`` mapping (or ``key=value`` strings) and ``a__b=`` keywords.
 
     >>> override_pairs({"algo.lr": 3e-4}, {"seed": 1, "env__num_envs": 4})
@@ -138,7 +140,8 @@ def override_pairs(overrides: Mapping[str, Any] | Sequence[str] | None, kwargs: 
     if isinstance(overrides, Mapping):
         pairs += [(str(k), v) for k, v in overrides.items()]
     elif isinstance(overrides, str):
-        raise ConfigError(f"overrides={overrides!r}: give a mapping {{'algo.lr': 3e-4}} or a list of 'key=value' strings")
+        raise ConfigError(f"overrides={overrides!r}: give a mapping {{'algo.lr': 3e-4}} "
+                          "or a list of 'key=value' strings")
     elif overrides is not None:
         pairs += [(".".join(keys), value) for keys, value in map(parse_override, overrides)]
     pairs += [(k.replace("__", "."), v) for k, v in kwargs.items()]
@@ -146,7 +149,8 @@ def override_pairs(overrides: Mapping[str, Any] | Sequence[str] | None, kwargs: 
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            raise ConfigError(f"config key {key} is overridden twice (as {key.replace('.', '__')}= and in overrides); keep one")
+            raise ConfigError(f"config key {key} is overridden twice "
+                              f"(as {key.replace('.', '__')}= and in overrides); keep one")
         seen.add(key)
     return pairs
 
@@ -294,7 +298,8 @@ def evaluate(
     env: EnvArg = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Evaluate a run, checkpoint or loaded policy as ``marl eval`` does; return :func:`marl.evaluation.evaluate`'s result.
+    """Evaluate a run, checkpoint or loaded policy as ``marl eval`` does; return
+    :func:`marl.evaluation.evaluate`'s result.
 
     ``None`` arguments take the run's ``eval`` section (``episodes``, ``deterministic``,
     ``num_envs``, ``opponent``) and seed, as ``marl eval`` does. ``env``: as for :func:`load`.

@@ -71,7 +71,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"episodes: {result['episodes']}  mean return (team): {result['ep_return']:.3f} ± {result['ep_return_std']:.3f}  "
+        print(f"episodes: {result['episodes']}  mean return (team): {result['ep_return']:.3f} "
+              f"± {result['ep_return_std']:.3f}  "
               f"mean length: {result['ep_length']:.1f}")
         for agent, r in result["per_agent"].items():
             print(f"  {agent}: {r:.3f}")
@@ -93,7 +94,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="marl", description="Multi-agent reinforcement learning on PettingZoo and Gymnasium.")
+    parser = argparse.ArgumentParser(
+        prog="marl", description="Multi-agent reinforcement learning on PettingZoo and Gymnasium."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a config (default: PPO on MPE simple_spread)")
     p.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
@@ -111,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--stochastic", dest="deterministic", action="store_false",
                       help="sample actions instead of the mode")
     p.add_argument("--opponent", choices=["none", "random"], default=None,
-                   help="random: the policy plays one seat, the other agents act randomly (default: the run's eval.opponent)")
+                   help="random: the policy plays one seat, the other agents act randomly "
+                        "(default: the run's eval.opponent)")
     p.set_defaults(func=cmd_eval)
     # Listed for --help; main() hands their arguments to the modules' own parsers.
     sub.add_parser("compare", help="train variants (e.g. shared vs independent) over seeds and write a report")

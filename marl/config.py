@@ -71,7 +71,8 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.constructor.ConstructorError as exc:
-        raise ConfigError(f"{path}: unsupported YAML tag ({exc.problem}); configs are plain YAML, python tags are refused") from exc
+        raise ConfigError(f"{path}: unsupported YAML tag ({exc.problem}); "
+                          "configs are plain YAML, python tags are refused") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
@@ -139,7 +140,8 @@ ALIASES = {
     "learning_rate": "lr", "n_steps": "num_steps", "n_epochs": "update_epochs", "clip_range": "clip_coef",
     "n_envs": "num_envs", "total_timesteps": "total_env_steps", "lam": "gae_lambda", "gae": "gae_lambda",
     "ent": "ent_coef", "vf": "vf_coef", "max_grad": "max_grad_norm", "num_epochs": "update_epochs",
-    "clip_range_vf": "clip_value_loss", "clip_vloss": "clip_value_loss", "normalize_advantage": "advantage", "env_id": "id", "net_arch": "hidden",
+    "clip_range_vf": "clip_value_loss", "clip_vloss": "clip_value_loss", "normalize_advantage": "advantage",
+    "env_id": "id", "net_arch": "hidden",
 }
 
 
@@ -252,7 +254,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.eval.interval >= 0, "eval.interval", "must be >= 0")
     _require(cfg.checkpoint.interval >= 0, "checkpoint.interval", "must be >= 0")
     _require(cfg.checkpoint.keep_last >= 0, "checkpoint.keep_last", "must be >= 0")
-    _require(all(isinstance(h, int) and h > 0 for h in cfg.model.hidden), "model.hidden", "must be a list of positive integers")
+    _require(all(isinstance(h, int) and h > 0 for h in cfg.model.hidden), "model.hidden",
+             "must be a list of positive integers")
     _require(cfg.norm.obs_clip > 0, "norm.obs_clip", "must be > 0")
     for key, message in cfg.health.problems():
         _require(False, f"health.{key}", message)
@@ -300,7 +303,8 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
     _require(algo.batch_size >= 1, "algo.batch_size", "must be >= 1")
     _require(algo.learning_starts >= 0, "algo.learning_starts", "must be >= 0")
     _require(algo.learning_starts <= algo.buffer_size, "algo.learning_starts",
-             f"{algo.learning_starts} random steps do not fit in a replay of {algo.buffer_size} rows; lower it or raise algo.buffer_size")
+             f"{algo.learning_starts} random steps do not fit in a replay of {algo.buffer_size} rows; "
+             "lower it or raise algo.buffer_size")
     _require(algo.train_freq >= 1, "algo.train_freq", "must be >= 1")
     _require(algo.gradient_steps >= 1, "algo.gradient_steps", "must be >= 1")
     _require(0 < algo.tau <= 1, "algo.tau", f"must be in (0, 1] (1 = hard copy), got {algo.tau}")

@@ -51,7 +51,8 @@ def _format(raw: Any, group: GroupSpec) -> ObsFormat:
         if "action_mask" in raw and "observation" in raw:
             return ObsFormat("masked", group.obs_space)
         if {"observation", "desired_goal"} <= set(raw):
-            return ObsFormat("goal", group.obs_space, int(np.size(raw["observation"])), int(np.size(raw["desired_goal"])))
+            return ObsFormat("goal", group.obs_space, int(np.size(raw["observation"])),
+                             int(np.size(raw["desired_goal"])))
         raise DeployError(f"a dict observation with keys {sorted(raw)}: expected observation + action_mask "
                           "(PettingZoo classic) or observation + achieved_goal + desired_goal (goal envs)")
     return ObsFormat("box", group.obs_space)

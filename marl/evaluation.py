@@ -168,7 +168,8 @@ def run_episodes(
         return out._replace(env_action=actions)
 
     loop = EnvLoop(venv)
-    device = torch.device(getattr(policy, "device", "cpu"))  # duck-typed policies (e.g. a wrapped baseline) may have none
+    # duck-typed policies (e.g. a wrapped baseline) may have none
+    device = torch.device(getattr(policy, "device", "cpu"))
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seeds[num_envs])
         loop.reset(seeds[:num_envs])

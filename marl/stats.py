@@ -58,7 +58,8 @@ def mean_and_iqm(scores: np.ndarray) -> np.ndarray:
 def bootstrap_difference(
     a: np.ndarray, b: np.ndarray, rng: np.random.Generator, reps: int = 10_000, confidence: float = 0.95
 ) -> tuple[float, float, float]:
-    """``mean(a) - mean(b)`` with a percentile interval; the runs ``[R]`` of ``a`` and ``b`` are resampled independently."""
+    """``mean(a) - mean(b)`` with a percentile interval; the runs ``[R]`` of ``a`` and ``b`` are resampled
+    independently."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     resampled_a = a[rng.integers(0, a.size, (reps, a.size))].mean(1)
     diffs = resampled_a - b[rng.integers(0, b.size, (reps, b.size))].mean(1)

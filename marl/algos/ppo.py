@@ -247,7 +247,10 @@ class PPOLearner:
         """Stop on a non-finite update, then clip the global gradient norm (per optimizer); return the
         pre-clip norm over all of them. The check comes first: clipping would spread one NaN to every gradient."""
         norms = {k: opt.grad_norm() for k, opt in self.optimizers.items()}
-        total = next(iter(norms.values())) if len(norms) == 1 else torch.stack(list(norms.values())).square().sum().sqrt()
+        total = (
+            next(iter(norms.values())) if len(norms) == 1
+            else torch.stack(list(norms.values())).square().sum().sqrt()
+        )
         check_finite_update(loss, total, self.policy.net)
         if self.cfg.max_grad_norm > 0:
             for k, opt in self.optimizers.items():

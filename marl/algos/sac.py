@@ -46,7 +46,8 @@ LOG_STD_MAX = 2.0
 
 
 def squash_log_std(raw: Tensor) -> Tensor:
-    """Map an unbounded output to ``[LOG_STD_MIN, LOG_STD_MAX]`` smoothly (tanh), keeping gradients at the bounds' interior."""
+    """Map an unbounded output to ``[LOG_STD_MIN, LOG_STD_MAX]`` smoothly (tanh), keeping gradients at the
+    bounds' interior."""
     return LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
 
 
@@ -266,7 +267,9 @@ class SACLearner:
             dist = actor.dist(b.obs, b.action_mask)
             if actor.discrete:
                 q1, q2 = self.critics[name](b.obs)
-                per_agent = expectation(dist.probs, ent_coefs[name] * finite_log_probs(dist) - torch.minimum(q1, q2), dist.mask)
+                per_agent = expectation(
+                    dist.probs, ent_coefs[name] * finite_log_probs(dist) - torch.minimum(q1, q2), dist.mask
+                )
                 log_prob = -dist.entropy()  # E_a[log pi(a|s)], exact
             else:
                 action, log_prob = dist.rsample_with_log_prob(self.generator)

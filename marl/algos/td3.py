@@ -40,7 +40,8 @@ class GroupTD3Actor(nn.Module):
         super().__init__()
         if group.discrete:
             raise ConfigError(
-                f"algo.name=td3 needs Box actions; group {group.name!r} has {group.action_space}. Use algo.name=dqn or sac"
+                f"algo.name=td3 needs Box actions; group {group.name!r} has {group.action_space}. "
+                "Use algo.name=dqn or sac"
             )
         self.net = group_net(group, model, tuple(group.obs_space.shape), action_dim(group), out_gain=0.01)
         self.register_buffer("low", torch.as_tensor(group.action_space.low, dtype=torch.float32).reshape(-1))

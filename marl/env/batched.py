@@ -179,7 +179,8 @@ class BatchedVectorEnv:
                              "env.backend); resume with the run's config.yaml")
         if snapshot["env"] is None:  # a simulation without a state dict (VMAS): fresh copies, said once
             warnings.warn("this batched env cannot save its state: the resumed run restarts its env copies from a "
-                          "fresh reset (the learner, optimizer, normalizers and counters continue exactly)", stacklevel=2)
+                          "fresh reset (the learner, optimizer, normalizers and counters continue exactly)",
+                          stacklevel=2)
             return self.reset(int(snapshot["seed"]) + 1)
         self.env.load_state_dict(snapshot["env"])
         self._returns[:] = np.asarray(snapshot["returns"], np.float64)
@@ -208,4 +209,5 @@ class BatchedVectorEnv:
     def _episode(self, i: int, out: Any) -> EpisodeStats:
         truncated = any(bool(out.truncated[g][i].any()) for g in self._agent_index)
         returns = {a: float(self._returns[i, k]) for k, a in enumerate(self.spec.agents)}
-        return EpisodeStats(env_index=i, returns=returns, length=int(self._lengths[i]), info={"truncated": float(truncated)})
+        return EpisodeStats(env_index=i, returns=returns, length=int(self._lengths[i]),
+                            info={"truncated": float(truncated)})

@@ -416,7 +416,8 @@ def env_factory(cfg: Config, render_mode: str | None = None) -> Callable[[], Ada
 
 
 def groups_of(env: EnvConfig) -> dict[str, list[str]] | str | None:
-    """The ``groups`` argument of the adapters for an ``env`` config section (see :func:`marl.multi_agent.groups.resolve_groups`)."""
+    """The ``groups`` argument of the adapters for an ``env`` config section (see
+    :func:`marl.multi_agent.groups.resolve_groups`)."""
     return ONE_GROUP if env.single_group else (dict(env.groups) or None)
 
 
@@ -444,7 +445,8 @@ def env_spec(cfg: Config) -> EnvSpec:
 def check_batched(cfg: Config) -> None:
     """Refuse what the batched backend cannot do, naming the key (before anything is built)."""
     e = cfg.env
-    unsupported = [k for k, on in (("env.groups", bool(e.groups)), ("env.single_group", e.single_group), ("env.frame_stack", e.frame_stack > 1),
+    unsupported = [k for k, on in (("env.groups", bool(e.groups)), ("env.single_group", e.single_group),
+                                   ("env.frame_stack", e.frame_stack > 1),
                                    ("env.grayscale", e.grayscale), ("env.resize", bool(e.resize)),
                                    ("env.action_repeat", e.action_repeat > 1), ("env.pad", e.pad)) if on]
     if unsupported:
@@ -454,7 +456,8 @@ def check_batched(cfg: Config) -> None:
 
 def batched_vector_env(cfg: Config, num_envs: int) -> BatchedVectorEnv:
     """``num_envs`` copies of the config's env as one batched simulation (:mod:`marl.env.batched`)."""
-    return BatchedVectorEnv(batched_factory(cfg.env.id, cfg.env.kwargs)(num_envs), use_state=cfg.model.critic == "central")
+    return BatchedVectorEnv(batched_factory(cfg.env.id, cfg.env.kwargs)(num_envs),
+                            use_state=cfg.model.critic == "central")
 
 
 def eval_backend(cfg: Config) -> str:

@@ -54,7 +54,8 @@ class SyncVectorEnv(ChunkedBase):
         self.copy_rows: list[tuple[list[dict], list[StepBuffers]]] = []
         for sl in self._slices:
             n = sl.stop - sl.start
-            actions = {name.split("/")[0]: np.zeros((n, *shape), dtype) for name, shape, dtype in action_fields(self.spec)}
+            actions = {name.split("/")[0]: np.zeros((n, *shape), dtype)
+                       for name, shape, dtype in action_fields(self.spec)}
             bufs = allocate_buffers(self.spec, (n,), self._fields)
             self._actions.append(actions)
             self._bufs.append(bufs)

@@ -66,7 +66,8 @@ class VmasBatched:
         self.agents = [a.name for a in self.env.agents]
         self.groups = default_groups(self.agents)
         self._index = {g: [self.agents.index(a) for a in names] for g, names in self.groups.items()}
-        self._obs_spaces = {a: _gymnasium_space(s) for a, s in zip(self.agents, self.env.observation_space, strict=True)}
+        self._obs_spaces = {a: _gymnasium_space(s)
+                            for a, s in zip(self.agents, self.env.observation_space, strict=True)}
         self._act_spaces = {a: _gymnasium_space(s) for a, s in zip(self.agents, self.env.action_space, strict=True)}
         for g, names in self.groups.items():
             if len({str(self._obs_spaces[a]) for a in names}) > 1 or len({str(self._act_spaces[a]) for a in names}) > 1:
@@ -82,7 +83,8 @@ class VmasBatched:
         return self._act_spaces[agent]
 
     def _group(self, per_agent: Sequence[Any]) -> dict[str, np.ndarray]:
-        return {g: np.stack([np.asarray(per_agent[i], np.float32) for i in idx], axis=1) for g, idx in self._index.items()}
+        return {g: np.stack([np.asarray(per_agent[i], np.float32) for i in idx], axis=1)
+                for g, idx in self._index.items()}
 
     def reset(self, seed: int | Sequence[int] | None = None) -> dict[str, np.ndarray]:
         if seed is not None:

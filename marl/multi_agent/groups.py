@@ -174,7 +174,9 @@ def group_sharing(sharing: str | Mapping, group: GroupSpec) -> str | dict:
     return mine or "shared"
 
 
-def group_net(group: GroupSpec, model: ModelConfig, in_shape: tuple[int, ...], out_dim: int, out_gain: float) -> AgentNet:
+def group_net(
+    group: GroupSpec, model: ModelConfig, in_shape: tuple[int, ...], out_dim: int, out_gain: float
+) -> AgentNet:
     """One group's :class:`AgentNet` with the group's sharing mode from ``model.sharing``.
 
     Args:

@@ -6,7 +6,8 @@
 * :mod:`marl.nets.distributions`: :class:`MaskedCategorical`, :class:`DiagGaussian`,
   :class:`TanhGaussian`, :class:`AgentLogStd`, :func:`scale_action`, :func:`dueling_q`.
 * :mod:`marl.nets.ensemble`: :class:`AgentNet` (shared / independent / selective
-  parameter sets; ``batched | fork | loop`` strategies) (:func:`marl.multi_agent.groups.param_sets_for` builds the agent -> set map).
+  parameter sets; ``batched | fork | loop`` strategies) (:func:`marl.multi_agent.groups.param_sets_for`
+  builds the agent -> set map).
 * :mod:`marl.nets.twin`: :class:`~marl.nets.twin.TwinMLP`, ``K`` independent MLP towers on one
   input held as one stacked module (a *twin*: PPO's actor and critic).
 * :mod:`marl.nets.fused`: :func:`~marl.nets.fused.stacked_mlp`, a stacked MLP run as one

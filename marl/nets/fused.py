@@ -93,7 +93,8 @@ class _StackedMLP(torch.autograd.Function):
 
 
 def stacked_mlp(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], activation: str) -> Tensor:
-    """``K`` MLPs on ``x [K, M, in]`` with ``weights[i] [K, d_i, d_{i+1}]``, ``biases[i] [K, d_{i+1}]`` -> ``[K, M, out]``.
+    """``K`` MLPs on ``x [K, M, in]`` with ``weights[i] [K, d_i, d_{i+1}]``, ``biases[i] [K, d_{i+1}]``
+    -> ``[K, M, out]``.
 
     ``activation`` follows every layer but the last. One fused autograd node when
     gradients are needed and the activation is ``tanh`` or ``relu``; plain

@@ -39,7 +39,8 @@ from marl.nets.layers import (
 
 
 class TwinMLP(CachedParamLists):
-    """``K`` independent MLP towers over one per-agent input: ``[..., A, *in_shape]`` -> ``K`` outputs ``[..., A, d_k]``.
+    """``K`` independent MLP towers over one per-agent input: ``[..., A, *in_shape]`` -> ``K`` outputs
+    ``[..., A, d_k]``.
 
     Tower ``k``: ``Linear(F (+A), hidden[0]), act, ..., Linear(hidden[-1], out_dims[k])``.
     With ``agent_id`` and ``A > 1``, the one-hot agent id is appended to the
@@ -96,7 +97,9 @@ class TwinMLP(CachedParamLists):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for d_in, d_out in zip(dims[:-1], dims[1:]):
-            self.weights.append(nn.Parameter(orthogonal_stacked_(torch.empty(k, d_in, d_out), hidden_gain, in_first=True)))
+            self.weights.append(
+                nn.Parameter(orthogonal_stacked_(torch.empty(k, d_in, d_out), hidden_gain, in_first=True))
+            )
             self.biases.append(nn.Parameter(torch.zeros(k, d_out)))
         out_w = torch.zeros(k, dims[-1], width)
         for t, (d, gain) in enumerate(zip(self.out_dims, gains)):

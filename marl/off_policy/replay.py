@@ -88,7 +88,8 @@ def build_replays(spec: EnvSpec, cfg: Config, goals: GoalFunctions | None) -> di
                                                              per_beta=algo.per_beta) if algo.per else None)
         elif algo.per:
             out[g.name] = PrioritizedReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma,
-                                                  per_alpha=algo.per_alpha, per_eps=algo.per_eps, per_beta=algo.per_beta)
+                                                  per_alpha=algo.per_alpha, per_eps=algo.per_eps,
+                                                  per_beta=algo.per_beta)
         else:
             out[g.name] = ReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma)
     return out

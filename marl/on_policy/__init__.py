@@ -19,4 +19,6 @@ from marl.on_policy.collector import RolloutCollector, RolloutResult
 from marl.on_policy.policy import ActorCritic, ActorCriticPolicy, GroupActorCritic
 from marl.on_policy.trainer import OnPolicyTrainer
 
-__all__ = ["ActorCritic", "ActorCriticPolicy", "GroupActorCritic", "OnPolicyTrainer", "RolloutCollector", "RolloutResult"]
+__all__ = [
+    "ActorCritic", "ActorCriticPolicy", "GroupActorCritic", "OnPolicyTrainer", "RolloutCollector", "RolloutResult",
+]

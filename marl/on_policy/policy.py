@@ -104,14 +104,16 @@ class GroupActorCritic(nn.Module):
     def dist_and_value(
         self, obs: Tensor, critic_in: Tensor, action_mask: Tensor | None = None
     ) -> tuple[MaskedCategorical | DiagGaussian, Tensor]:
-        """:meth:`dist` and :meth:`value` together (one forward when the two are held as one TwinMLP; then ``critic_in`` is ``obs``)."""
+        """:meth:`dist` and :meth:`value` together (one forward when the two are held as one TwinMLP; then
+        ``critic_in`` is ``obs``)."""
         if self.uses_twin:
             out, value = self.twin(obs)
             return self._make_dist(out, action_mask), value.squeeze(-1)
         return self.dist(obs, action_mask), self.value(critic_in)
 
     def env_action(self, action: Tensor) -> Tensor:
-        """Map a policy action to the env: discrete unchanged; continuous clipped to [-1, 1] and scaled to the bounds."""
+        """Map a policy action to the env: discrete unchanged; continuous clipped to [-1, 1] and scaled to the
+        bounds."""
         if self.group.discrete:
             return action
         return scale_action(action.clamp(-1.0, 1.0), self.low, self.high)
@@ -168,7 +170,9 @@ class ActorCriticPolicy:
         actor_in = {g: self.normalize(g, o.obs, o.alive, update) for g, o in obs.items()}
         return actor_in, self.critic_inputs(actor_in, state, update)
 
-    def critic_inputs(self, actor_in: Mapping[str, Tensor], state: np.ndarray | None, update: bool) -> dict[str, Tensor]:
+    def critic_inputs(
+        self, actor_in: Mapping[str, Tensor], state: np.ndarray | None, update: bool
+    ) -> dict[str, Tensor]:
         if self.critic == "local":
             return dict(actor_in)
         if state is not None:
@@ -234,6 +238,7 @@ class ActorCriticPolicy:
         self.net.load_state_dict(state["net"])
         missing = set(self.obs_norm) ^ set(state["obs_norm"])
         if missing:
-            raise ValueError(f"checkpoint normalizers {sorted(state['obs_norm'])} do not match the config's {sorted(self.obs_norm)}")
+            raise ValueError(f"checkpoint normalizers {sorted(state['obs_norm'])} "
+                             f"do not match the config's {sorted(self.obs_norm)}")
         for k, n in self.obs_norm.items():
             n.load_state_dict(state["obs_norm"][k])
