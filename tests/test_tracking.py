@@ -16,9 +16,6 @@ from marl.config import ConfigError, load_config
 from marl.record import record
 from marl.tracking import attach_artifacts, check_backends, read_ids
 
-wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
-mlflow_tracking = pytest.importorskip("mlflow.tracking")
-
 # CartPole PPO: 256 env steps per iteration, evaluations at 512 and 1024.
 TINY = ("configs/cartpole_ppo.yaml", "total_env_steps=512", "eval.interval=512", "eval.episodes=2", "eval.num_envs=2",
         "checkpoint.interval=0", "log.tensorboard=false", "log.progress=false", "log.backends=[wandb, mlflow]")
@@ -48,7 +45,7 @@ def wandb_records(path: Path) -> list:
         chunks.append(data[pos + 7:pos + 7 + length])
         pos += 7 + length
         if kind in (1, 4):
-            rec = wandb_pb.Record()
+            rec = pytest.importorskip("wandb.proto.wandb_internal_pb2").Record()
             rec.ParseFromString(b"".join(chunks))
             records.append(rec)
             chunks = []
@@ -80,6 +77,8 @@ def wandb_offline_run(run_dir: Path, index: int) -> dict:
 
 
 def test_wandb_and_mlflow_record_the_run_and_resume_continues_it(tmp_path, wandb_home):
+    pytest.importorskip("wandb")
+    mlflow_tracking = pytest.importorskip("mlflow.tracking")
     run_dir = tmp_path / "run"
     first = train(load_config(TINY[0], [*TINY[1:], f"run_dir={run_dir}"]))
     ids = read_ids(run_dir)

@@ -16,7 +16,8 @@ optuna = pytest.importorskip("optuna")
 # 256 env steps per PPO iteration; runs of 512 env steps with evaluations at 256 and 512.
 TINY = ["total_env_steps=512", "eval.interval=256", "eval.episodes=2", "eval.num_envs=2", "checkpoint.interval=0",
         "log.tensorboard=false", "log.progress=false", "algo.update_epochs=2"]
-SPACE = "algo.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\nalgo.gae_lambda: {type: float, low: 0.8, high: 0.99}\n"
+SPACE = ("algo.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
+         "algo.gae_lambda: {type: float, low: 0.8, high: 0.99}\n")
 
 
 @pytest.fixture
@@ -40,7 +41,8 @@ def test_study_writes_report_and_rerun_continues(tmp_path, space):
     complete = [t for t in data["trials"] if t["state"] == "complete"]
     assert best["value"] == max(t["value"] for t in complete)
     # The value is the final evaluation of the run (one seed), which the run's summary.json holds too.
-    summary = json.loads((tmp_path / out / "trials" / f"trial_{best['number']:04d}" / "seed0" / "summary.json").read_text())
+    best_run = out / "trials" / f"trial_{best['number']:04d}" / "seed0"
+    summary = json.loads((best_run / "summary.json").read_text())
     assert best["value"] == summary["final_eval"]["ep_return"]
     # best.yaml is a runnable config with the best trial's parameters.
     cfg = load_config(out / "best.yaml")
@@ -95,7 +97,8 @@ def test_pruned_trial_stops_at_its_first_evaluation_and_leaves_a_resumable_run(t
     assert (run_dir / "checkpoints" / "latest.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
     assert (run_dir / "config.yaml").is_file() and not (run_dir / "summary.json").exists()
     trial = optuna.load_study(study_name="p", storage=f"sqlite:///{out / 'study.db'}").trials[0]
-    assert trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values == {256: marker["last_eval"]["ep_return"]}
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.intermediate_values == {256: marker["last_eval"]["ep_return"]}
     assert "| 0 | pruned |" in (out / "report.md").read_text()
     # The pruned run is an ordinary run directory: it resumes to the end of its budget.
     from marl.api import train
