@@ -124,7 +124,8 @@ def test_callable_env_ids(monkeypatch):
     env_id, importable = env_make.callable_env_id(simple_spread_v3.parallel_env)
     assert (env_id, importable) == ("mpe2.simple_spread_v3:parallel_env", True)
     assert env_make.make_raw_env(env_id, {"N": 2}).possible_agents == ["agent_0", "agent_1"]
-    assert env_make.callable_env_id(functools.partial(MatchBits, max_steps=3)) == ("unimportable:functools:partial", False)
+    assert env_make.callable_env_id(functools.partial(MatchBits, max_steps=3)) == (
+        "unimportable:functools:partial", False)
     assert env_make.callable_env_id(lambda: MatchBits())[0] == (
         f"unimportable:{__name__}:test_callable_env_ids.<locals>.<lambda>")
     # a script's class, also held by multiprocessing's alias of the main module, is not importable elsewhere

@@ -66,6 +66,7 @@ def test_random_baseline_from_the_command_line(capsys):
     assert json.loads(capsys.readouterr().out) == first  # reproducible
     assert 12 < first["ep_length"] < 40  # a random CartPole policy lasts about 22 steps
     # Masks are respected: in tic-tac-toe an illegal move costs the mover -1 and breaks the zero sum.
-    assert main(["eval", "--random", "configs/tictactoe_ppo.yaml", "--episodes", "30", "--json", "--opponent", "none"]) == 0
+    assert main(["eval", "--random", "configs/tictactoe_ppo.yaml", "--episodes", "30", "--json",
+                 "--opponent", "none"]) == 0
     ttt = json.loads(capsys.readouterr().out)
     assert ttt["ep_return"] == 0.0 and ttt["ep_return_std"] == 0.0 and ttt["episodes"] == 30

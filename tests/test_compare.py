@@ -54,7 +54,8 @@ def test_parse_variant_and_plan_validation(tmp_path):
         plan_runs("configs/simple_spread_ppo.yaml", [], parse_sharing("shared,shared"), [0], tmp_path)
     specs = plan_runs("configs/simple_spread_ppo.yaml", ["algo.lr=0.001"], parse_sharing("shared,independent"),
                       [0, 3], tmp_path)
-    assert [(s.variant, s.seed) for s in specs] == [("shared", 0), ("shared", 3), ("independent", 0), ("independent", 3)]
+    assert [(s.variant, s.seed) for s in specs] == [
+        ("shared", 0), ("shared", 3), ("independent", 0), ("independent", 3)]
     assert all(s.cfg.algo.lr == 0.001 for s in specs)
     assert specs[1].cfg.seed == 3 and specs[3].cfg.model.sharing == "independent"
     assert specs[3].run_dir == tmp_path / "runs" / "independent" / "seed3"
@@ -113,7 +114,8 @@ def test_bootstrap_interval_agrees_with_rliable_when_available():
 
 
 def test_bootstrap_difference_hand_cases_and_exact_distribution():
-    assert bootstrap_difference(np.array([1.0, 1.0]), np.array([0.0, 0.0]), np.random.default_rng(0), 100) == (1.0, 1.0, 1.0)
+    assert bootstrap_difference(np.array([1.0, 1.0]), np.array([0.0, 0.0]), np.random.default_rng(0), 100) == (
+        1.0, 1.0, 1.0)
     a, b = np.array([2.0, 5.0, 3.0]), np.array([0.0, 1.0, 4.0, 1.0])
     diff, low, high = bootstrap_difference(a, b, np.random.default_rng(0), 40_000)
     exact = (_exact_bootstrap_means(a)[:, None] - _exact_bootstrap_means(b)[None, :]).ravel()
@@ -148,10 +150,12 @@ def test_tiny_compare_writes_the_report_folder(tmp_path, capsys):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     assert (out / "return_vs_env_steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| shared | 2/2") or line.startswith("| independent | 2/2")]
+    rows = [line for line in report.splitlines()
+            if line.startswith("| shared | 2/2") or line.startswith("| independent | 2/2")]
     assert len(rows) == 2 and "| independent − shared |" in report and "Only 2 successful seed(s)" in report
 
-    cfgs = {v: yaml.safe_load((out / "runs" / v / "seed1" / "config.yaml").read_text()) for v in ("shared", "independent")}
+    cfgs = {v: yaml.safe_load((out / "runs" / v / "seed1" / "config.yaml").read_text())
+            for v in ("shared", "independent")}
     assert cfgs["shared"]["model"]["sharing"] == "shared" and cfgs["independent"]["model"]["sharing"] == "independent"
     assert cfgs["shared"]["seed"] == cfgs["independent"]["seed"] == 1
     assert cfgs["shared"]["total_env_steps"] == cfgs["independent"]["total_env_steps"] == 200

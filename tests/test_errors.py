@@ -53,7 +53,8 @@ def test_missing_config_file_is_one_line_before_anything_starts(tmp_path, capsys
     (["configs/cartpole_dqn.yaml", "env.id=Pendulum-v1"], ["algo.name=dqn needs Discrete actions", "sac or td3"]),
     (["configs/pendulum_td3.yaml", "env.id=CartPole-v1"], ["algo.name=td3 needs Box actions"]),
     (["configs/cartpole_dqn.yaml", "env.id=pettingzoo.classic.tictactoe_v3"], ["turn-based", "algo.name=ppo"]),
-    (["env.id=no_such_module_xyz:make_env", "env.kwargs={}"], ["cannot import module 'no_such_module_xyz'", "PYTHONPATH"]),
+    (["env.id=no_such_module_xyz:make_env", "env.kwargs={}"],
+     ["cannot import module 'no_such_module_xyz'", "PYTHONPATH"]),
     (["env.id=ALE/Pong-v5", "env.kwargs={}"], ["ale-py"]),
     (["env.id=phys2d/CartPole-v1", "env.kwargs={}"], ["jax", "gymnasium[jax]"]),
 ])

@@ -222,7 +222,8 @@ def test_sac_her_runs_multi_agent_goals_with_independent_parameters(make_config)
     assert trainer.actor.net["agent"].net.n_param_sets == 2
     sample = trainer.replay["agent"].sample(64, np.random.default_rng(0))
     start, stop = trainer.spec.groups[0].goal
-    reward = trainer.goal_env.compute_reward(sample.extras["next_achieved_goal"], sample.next_obs[..., start:stop], None)
+    reward = trainer.goal_env.compute_reward(sample.extras["next_achieved_goal"], sample.next_obs[..., start:stop],
+                                             None)
     np.testing.assert_array_equal(sample.reward[sample.alive], reward[sample.alive])  # recomputed, relabelled or not
 
 

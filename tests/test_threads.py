@@ -7,7 +7,8 @@ from marl.config import load_config
 from marl.on_policy.trainer import torch_threads, update_threads
 
 
-@pytest.mark.parametrize("cpus, workers, expected", [(2, 2, 1), (3, 2, 1), (4, 2, 2), (16, 8, 4), (16, 64, 1), (1, 1, 1)])
+@pytest.mark.parametrize("cpus, workers, expected",
+                         [(2, 2, 1), (3, 2, 1), (4, 2, 2), (16, 8, 4), (16, 64, 1), (1, 1, 1)])
 def test_update_threads_auto_adds_threads_only_with_cores_beyond_the_run(monkeypatch, cpus, workers, expected):
     """Auto borrows cores only when the process has more than main + workers (bench/bench_update_threads.py:
     +6% when the machine is idle, 3-6x slower once a neighbour runs, on 2 cores with 2 workers)."""

@@ -110,7 +110,8 @@ def test_cartpole_config_runs_updates_and_evaluates(make_config):
 # configs/cartpole_ppo.yaml to 100k steps; the smoke test above keeps the code path in the default run.
 @pytest.mark.slow
 def test_cartpole_learns_within_a_tiny_budget(make_config):
-    """A fixed-seed learning check: rl-zoo CartPole PPO beats a random policy (~22) by far in 16k steps (127 measured)."""
+    """A fixed-seed learning check: rl-zoo CartPole PPO beats a random policy (~22) by far in 16k steps
+    (127 measured)."""
     cfg = make_config("configs/cartpole_ppo.yaml", "total_env_steps=16384", "eval.interval=0", "eval.episodes=5")
     summary = OnPolicyTrainer(cfg).train()
     assert summary["final_eval"]["ep_return"] >= 100, summary["final_eval"]

@@ -24,8 +24,8 @@ def test_ppo_loss_matches_a_hand_computation():
     old_value = torch.tensor([0.5, 0.0])
     ret = torch.tensor([2.0, 1.0])
     ent = torch.tensor([0.3, 0.5])
-    out = ppo_loss(new_lp, old_lp, adv, value, old_value, ret, ent, mask=None, clip_coef=0.2, vf_coef=0.5, ent_coef=0.01,
-                   clip_value_loss=False)
+    out = ppo_loss(new_lp, old_lp, adv, value, old_value, ret, ent, mask=None, clip_coef=0.2, vf_coef=0.5,
+                   ent_coef=0.01, clip_value_loss=False)
     r1, r2 = math.exp(0.5), math.exp(-0.5)
     # entry 1: max(-2 r1, -2 * 1.2) = -2.4; entry 2: max(1 * r2, 1 * 0.8) = 0.8 (r2 = 0.607 clipped up)
     pg = (-2.4 + 0.8) / 2
@@ -156,7 +156,8 @@ def test_flat_adam_module_to_another_dtype_is_caught(whole):
     opt = FlatAdam(net.named_parameters(), lr=1e-3, eps=1e-8)
     (net if whole else net[2]).to(torch.float64)  # the last layer alone: the first parameter is untouched
     name = "0.weight" if whole else "2.weight"
-    with pytest.raises(RuntimeError, match=rf"parameter {re.escape(name)} no longer lives in FlatAdam's buffer.*module\.to\(\)"):
+    with pytest.raises(RuntimeError,
+                       match=rf"parameter {re.escape(name)} no longer lives in FlatAdam's buffer" r".*module\.to\(\)"):
         opt.step()
     net.to(torch.float32)  # back to the dtype, but in new storage: still not the buffer
     with pytest.raises(RuntimeError, match="no longer lives in FlatAdam's buffer"):

@@ -24,7 +24,8 @@ def make(make_learner):
 
 # ------------------------------------------------------------------ log-prob correction
 def test_policy_log_prob_matches_a_numerical_change_of_variables(make, box_spec):
-    """log pi(a) of the learner's policy == log N(atanh a) + log |d atanh(a)/da|, the derivative by finite differences."""
+    """log pi(a) of the learner's policy == log N(atanh a) + log |d atanh(a)/da|, the derivative by finite
+    differences."""
     actor, _ = make(box_spec(act_dim=1))
     obs = torch.randn(200, 1, 3, generator=torch.Generator().manual_seed(3))
     dist = actor["agent"].dist(obs)

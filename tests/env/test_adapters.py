@@ -419,7 +419,8 @@ def test_gym_adapter_fast_path_equals_the_generic_parallel_adapter(make):
     episodes = 0
     for _ in range(60):
         if group.discrete:
-            allowed = np.flatnonzero(obs_f["agent"].action_mask[0]) if group.has_action_mask else np.arange(group.action_space.n)
+            allowed = (np.flatnonzero(obs_f["agent"].action_mask[0]) if group.has_action_mask
+                       else np.arange(group.action_space.n))
             action = np.array([rng.choice(allowed)])
         else:
             action = rng.uniform(-3, 3, size=(1, *group.action_shape)).astype(np.float32)  # beyond the bounds: clipped

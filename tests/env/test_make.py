@@ -189,4 +189,5 @@ def test_single_group_puts_every_seat_in_one_shared_group():
     one = env_spec(load_config("configs/tictactoe_ppo.yaml", [*base, "env.single_group=true"]))
     assert [(g.name, g.agents) for g in one.groups] == [("all", ("black_0", "white_0"))]
     with pytest.raises(ConfigError, match="env.single_group"):
-        load_config("configs/tictactoe_ppo.yaml", [*base, "env.single_group=true", "env.groups={a: [black_0, white_0]}"])
+        load_config("configs/tictactoe_ppo.yaml",
+                    [*base, "env.single_group=true", "env.groups={a: [black_0, white_0]}"])

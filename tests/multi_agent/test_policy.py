@@ -58,7 +58,8 @@ def test_selective_sharing_map():
 
 
 TWO_GROUPS = (
-    GroupSpec("adversary", ("adversary_0",), gymnasium.spaces.Box(-1, 1, (3,), np.float32), gymnasium.spaces.Discrete(5)),
+    GroupSpec("adversary", ("adversary_0",), gymnasium.spaces.Box(-1, 1, (3,), np.float32),
+              gymnasium.spaces.Discrete(5)),
     GroupSpec("agent", ("agent_0", "agent_1"), BOX, gymnasium.spaces.Box(-1, 1, (2,), np.float32)),
 )
 
@@ -117,7 +118,8 @@ def test_masked_actions_are_never_sampled():
     mask = np.zeros((64, 3, 5), bool)
     mask[..., 2] = True
     mask[:, 1, 4] = True
-    obs = {"agent": GroupObs(np.random.default_rng(0).normal(size=(64, 3, 4)).astype(np.float32), np.ones((64, 3), bool), mask)}
+    obs = {"agent": GroupObs(np.random.default_rng(0).normal(size=(64, 3, 4)).astype(np.float32),
+                             np.ones((64, 3), bool), mask)}
     for _ in range(20):
         a = p.act(obs).env_action["agent"]
         assert np.all(mask[np.arange(64)[:, None], np.arange(3)[None], a])
@@ -161,7 +163,8 @@ def test_the_learner_masks_dead_agents_out_of_the_gradient(sharing):
             vl = 0.5 * ((value[m] - b.ret[m]) ** 2).mean()
             loss = pg + cfg.algo.vf_coef * vl - 0.01 * dist.entropy()[m].mean()
             hand = torch.autograd.grad(loss, params)
-        metrics = learner.update({"agent": b}, num_minibatches=1, norm_advantage=True, generator=torch.Generator().manual_seed(0))
+        metrics = learner.update({"agent": b}, num_minibatches=1, norm_advantage=True,
+                                 generator=torch.Generator().manual_seed(0))
         assert learner.grad_steps == 1
         grads.append([t.grad.clone() for t in params])  # views of the flat buffer: the update's gradient
         if garbage == 0.0:
