@@ -257,8 +257,9 @@ def validate(cfg: Config) -> None:
     _require(all(isinstance(h, int) and h > 0 for h in cfg.model.hidden), "model.hidden",
              "must be a list of positive integers")
     _require(cfg.norm.obs_clip > 0, "norm.obs_clip", "must be > 0")
-    for key, message in cfg.health.problems():
-        _require(False, f"health.{key}", message)
+    for section in ("health", "log", "distributed"):
+        for key, message in getattr(cfg, section).problems():
+            _require(False, f"{section}.{key}", message)
     _require(cfg.norm.reward_clip >= 0, "norm.reward_clip", "must be >= 0 (0 = no clipping)")
     sharing = cfg.model.sharing
     _require(

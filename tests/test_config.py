@@ -95,3 +95,12 @@ def test_a_renamed_key_names_its_new_name():
     with pytest.raises(ConfigError, match=r"algo.clip_vloss was renamed to algo.clip_value_loss"):
         load_config(None, ["algo.clip_vloss=true"])
     assert load_config(None, ["algo.clip_value_loss=true"]).algo.clip_value_loss
+
+
+@pytest.mark.parametrize("override, key", [("log.backends=[tensorbord]", "log.backends"), ("log.interval=0", "log.interval"),
+                                           ("distributed.timeout_s=0", "distributed.timeout_s")])
+def test_section_value_checks_name_the_key(override, key):
+    from marl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
