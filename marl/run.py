@@ -22,14 +22,14 @@ replay), :meth:`~TrainingRun.advance` (one iteration, stepping :attr:`~TrainingR
 Why one small base class rather than a scaffolding object the trainers hold: the
 scaffolding and the algorithm share the counters and the checkpoint dict, and the
 scaffolding needs four things from the algorithm (one iteration, its checkpoint
-entries, its policy for evaluation, its parameter count). Held as a separate object it would need either a back-reference to the trainer
-or a bundle of callbacks; as one level of inheritance with named abstract hooks each
+entries, its policy for evaluation, its parameter count). Held as a separate object it would need either a
+back-reference to the trainer or a bundle of callbacks; as one level of inheritance with named abstract hooks each
 trainer reads as its algorithm and nothing else. There is no deeper hierarchy.
 
 Checkpoint entries written here: ``config``, ``policy``, ``learner``, ``counters``
 (``env_steps, agent_steps, iteration, episodes, wall_time_s``), ``rng`` (python,
-numpy, torch), ``env`` (the vector env's ``snapshot()``, e.g. an :class:`marl.env.snapshot.EnvSnapshot` per copy: a resumed
-run continues its episodes exactly), ``best_eval``, ``eval_history`` and ``health``;
+numpy, torch), ``env`` (the vector env's ``snapshot()``, e.g. an :class:`marl.env.snapshot.EnvSnapshot` per
+copy: a resumed run continues its episodes exactly), ``best_eval``, ``eval_history`` and ``health``;
 each trainer adds its own (see :class:`marl.on_policy.OnPolicyTrainer`,
 :class:`marl.off_policy.OffPolicyTrainer`).
 """
@@ -130,9 +130,9 @@ def default_run_dir(cfg: Config) -> Path:
 
 def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
     """Refuse to resume with a config whose networks or spaces differ from the checkpoint's."""
-    keys = ["env.id", "env.kwargs", "env.groups", "env.num_envs", "env.frame_stack", "env.grayscale", "env.resize", "env.pad",
-            "model.hidden", "model.activation", "model.sharing", "model.agent_id", "model.critic", "algo.name",
-            "algo.optimizer", "norm.obs", "norm.reward"]
+    keys = ["env.id", "env.kwargs", "env.groups", "env.num_envs", "env.frame_stack", "env.grayscale", "env.resize",
+            "env.pad", "model.hidden", "model.activation", "model.sharing", "model.agent_id", "model.critic",
+            "algo.name", "algo.optimizer", "norm.obs", "norm.reward"]
     now = flatten_dict(to_dict(cfg))
     old = flatten_dict(saved)
     diff = [k for k in now if any(k == key or k.startswith(key + ".") for key in keys) and now.get(k) != old.get(k)]

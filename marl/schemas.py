@@ -24,7 +24,8 @@ def _f(default: Any, doc: str) -> Any:
 class EnvConfig:
     """Which environment to train on and how its copies are run."""
 
-    id: str = _f("mpe2.simple_spread_v3", "env id: a Gymnasium id (CartPole-v1) or a module path (mpe2.simple_spread_v3, envs.grid_nav)")
+    id: str = _f("mpe2.simple_spread_v3",
+                 "env id: a Gymnasium id (CartPole-v1) or a module path (mpe2.simple_spread_v3, envs.grid_nav)")
     kwargs: dict = _f({}, "keyword arguments passed to the env constructor")
     num_envs: int = _f(8, "env copies stepped together (E)")
     backend: Literal["sync", "subprocess", "batched"] = _f(
@@ -32,13 +33,16 @@ class EnvConfig:
         "all copies as arrays (ids with a batched implementation, e.g. the mpe2 scenarios; see marl.env.batched)")
     num_workers: int = _f(0, "worker processes for the subprocess backend; 0 = one per CPU core (at most num_envs)")
     overlap: bool = _f(True, "subprocess backend: step one chunk of env copies while the policy acts on another")
-    groups: dict = _f({}, "explicit agent groups {group: [agent, ...]}; empty = group by name prefix (adversary_0 -> adversary)")
-    single_group: bool = _f(False, "every agent in one group 'all': self-play with one network when seats have different "
-                                   "name prefixes (go: black_0, white_0); the agents' spaces must be equal (or env.pad)")
+    groups: dict = _f({}, "explicit agent groups {group: [agent, ...]}; "
+                          "empty = group by name prefix (adversary_0 -> adversary)")
+    single_group: bool = _f(False, "every agent in one group 'all': self-play with one network when seats have "
+                                   "different name prefixes (go: black_0, white_0); the agents' spaces must be equal "
+                                   "(or env.pad)")
     frame_stack: int = _f(1, "stack the last k observations (images: on the channel axis [H, W, C*k]); 1 = off")
     grayscale: bool = _f(False, "convert image observations to one channel")
     resize: list = _f([], "resize image observations to [H, W]; empty = keep")
-    action_repeat: int = _f(1, "repeat each chosen action k env frames, summing rewards; env steps count agent decisions")
+    action_repeat: int = _f(1, "repeat each chosen action k env frames, summing rewards; "
+                               "env steps count agent decisions")
     pad: bool = _f(False, "pad observations/actions (SuperSuit) so unlike agents can share one network")
 
 
@@ -85,7 +89,8 @@ class PPOConfig:
     vf_coef: float = _f(0.5, "value loss coefficient")
     max_grad_norm: float = _f(0.5, "global gradient norm clip; 0 = off")
     target_kl: float = _f(0.0, "stop the epochs of an update early when approx KL exceeds this; 0 = off")
-    bootstrap_on_truncation: bool = _f(True, "bootstrap from V(final obs) on time limits; false treats them as terminal")
+    bootstrap_on_truncation: bool = _f(True, "bootstrap from V(final obs) on time limits; "
+                                             "false treats them as terminal")
     optimizer: Literal["common", "per_group"] = _f("common", "one optimizer over all groups, or one per group")
     adam_eps: float = _f(1e-5, "Adam epsilon")
 
@@ -105,7 +110,8 @@ class OffPolicyConfig:
     adam_eps: float = _f(1e-8, "Adam epsilon")
     gamma: float = _f(0.99, "discount factor, in (0, 1]")
     buffer_size: int = _f(1_000_000, "replay capacity in rows per group; rounded down to a multiple of env.num_envs")
-    learning_starts: int = _f(1_000, "env steps of uniformly random actions; training starts at max(this, batch_size) rows")
+    learning_starts: int = _f(1_000, "env steps of uniformly random actions; "
+                                     "training starts at max(this, batch_size) rows")
     batch_size: int = _f(256, "rows per gradient step (B)")
     train_freq: int = _f(1, "env steps collected between training phases")
     gradient_steps: int = _f(1, "gradient steps per training phase")
@@ -120,7 +126,8 @@ class OffPolicyConfig:
     her: bool = _f(False, "hindsight relabelling of goals (goal envs only; one-step targets)")
     her_strategy: Literal["future", "final", "episode", "random"] = _f("future", "where relabelled goals come from")
     n_sampled_goal: int = _f(4, "relabelled goals per real transition: a fraction k/(k+1) of each batch")
-    save_replay: bool = _f(False, "also write the replay into latest.pt and step_*.pt (bytes: replay/bytes_per_row x buffer_size)")
+    save_replay: bool = _f(False, "also write the replay into latest.pt and step_*.pt "
+                                  "(bytes: replay/bytes_per_row x buffer_size)")
 
 
 @dataclass
@@ -151,8 +158,10 @@ class SACConfig(OffPolicyConfig):
     name: Literal["sac"] = _f("sac", "algorithm name")
     autotune: bool = _f(True, "learn the entropy coefficient so the policy entropy tracks target_entropy")
     ent_coef: float = _f(1.0, "entropy coefficient alpha: the initial value when autotune, else fixed")
-    target_entropy: float | None = _f(None, "entropy target in nats; null = -action_dim (Box) or target_entropy_scale*log(n) (Discrete)")
-    target_entropy_scale: float = _f(0.89, "Discrete groups: target entropy as a fraction of the uniform policy's log(n)")
+    target_entropy: float | None = _f(None, "entropy target in nats; "
+                                            "null = -action_dim (Box) or target_entropy_scale*log(n) (Discrete)")
+    target_entropy_scale: float = _f(0.89, "Discrete groups: target entropy as a fraction of "
+                                           "the uniform policy's log(n)")
 
 
 @dataclass
@@ -179,7 +188,8 @@ class EvalConfig:
     deterministic: bool = _f(True, "mode of the action distribution instead of sampling")
     score_groups: list = _f([], "groups whose summed agent returns are the score that picks best.pt (competitive "
                                 "games: e.g. [adversary]); empty = the team return of every agent")
-    opponent: Literal["none", "random"] = _f("none", "random: the policy plays one seat, every other agent acts randomly (win rate vs random)")
+    opponent: Literal["none", "random"] = _f("none", "random: the policy plays one seat, "
+                                                     "every other agent acts randomly (win rate vs random)")
 
 
 @dataclass
@@ -194,7 +204,8 @@ class CheckpointConfig:
 class LogConfig:
     """Console output and experiment trackers (TensorBoard, Weights & Biases, MLflow: docs/tracking.md)."""
 
-    tensorboard: bool = _f(True, "write TensorBoard event files to the run directory (false drops tensorboard from backends)")
+    tensorboard: bool = _f(True, "write TensorBoard event files to the run directory "
+                                 "(false drops tensorboard from backends)")
     progress: bool = _f(True, "live progress display when the terminal is a TTY")
     interval: int = _f(1, "iterations between console/tracker training logs")
     backends: list = _f(["tensorboard"], "experiment trackers: any of tensorboard, wandb (pip install 'marl[wandb]'), "
@@ -205,7 +216,8 @@ class LogConfig:
                                                                           "for a later `wandb sync`")
     wandb_tags: list = _f([], "W&B run tags")
     wandb_group: str = _f("", "W&B run group (marl tune sets the study name); empty = none")
-    mlflow_uri: str = _f("", "MLflow tracking URI; empty = sqlite:///RUN_DIR/mlflow.db (artifacts in RUN_DIR/mlartifacts)")
+    mlflow_uri: str = _f("", "MLflow tracking URI; "
+                             "empty = sqlite:///RUN_DIR/mlflow.db (artifacts in RUN_DIR/mlartifacts)")
     mlflow_experiment: str = _f("marl", "MLflow experiment name (created when missing)")
 
     def problems(self) -> list[tuple[str, str]]:
@@ -289,12 +301,14 @@ class Config:
     """One experiment. ``total_env_steps`` counts vectorized env steps summed over env copies."""
 
     seed: int = _f(0, "seed of every RNG (python, numpy, torch, env copies)")
-    total_env_steps: int = _f(400_000, "training budget in env steps summed over env copies (agent decisions with action_repeat)")
+    total_env_steps: int = _f(400_000, "training budget in env steps summed over env copies "
+                                       "(agent decisions with action_repeat)")
     run_dir: str = _f("", "output folder; empty = runs/<env>-<algo>-seed<seed>-<time>")
     resume: str = _f("", "run directory or checkpoint to continue from")
     device: Literal["cpu", "cuda", "auto"] = _f("cpu", "torch device")
     torch_threads: int = _f(1, "torch intra-op threads (1 is fastest for small networks); 0 = torch default")
-    update_threads: int = _f(-1, "PPO: torch threads during the update; -1 = auto: one per env worker process (at most 4) "
+    update_threads: int = _f(-1, "PPO: torch threads during the update; "
+                                 "-1 = auto: one per env worker process (at most 4) "
                                  "only when the CPUs this process may use exceed workers + 1, else torch_threads")
     env: EnvConfig = _f(None, "environment")
     algo: Any = _f(None, "algorithm section; algo.name selects the schema")
