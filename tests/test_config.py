@@ -97,7 +97,8 @@ def test_a_renamed_key_names_its_new_name():
     assert load_config(None, ["algo.clip_value_loss=true"]).algo.clip_value_loss
 
 
-@pytest.mark.parametrize("override, key", [("log.backends=[tensorbord]", "log.backends"), ("log.interval=0", "log.interval"),
+@pytest.mark.parametrize("override, key", [("log.backends=[tensorbord]", "log.backends"),
+                                           ("log.interval=0", "log.interval"),
                                            ("distributed.timeout_s=0", "distributed.timeout_s")])
 def test_section_value_checks_name_the_key(override, key):
     from marl.config import ConfigError, load_config

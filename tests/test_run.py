@@ -228,4 +228,5 @@ def test_the_last_line_of_a_zero_sum_game_shows_win_draw_loss():
     assert result_line({"final_eval": game, "best_eval": {**game, "win_rate": 0.8}}) == \
         "final eval vs random: win 0.70 / draw 0.10 / loss 0.20, best win rate 0.80"
     team = {"ep_return": -50.0}
-    assert result_line({"final_eval": team, "best_eval": {"ep_return": -40.0}}) == "final eval return -50.00, best -40.00"
+    assert result_line({"final_eval": team, "best_eval": {"ep_return": -40.0}}) == (
+        "final eval return -50.00, best -40.00")
