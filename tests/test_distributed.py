@@ -222,6 +222,20 @@ def test_env_copies_split_the_seed_stream():
         Ranks(0, 3, torch.device("cpu")).env_copies(8)
 
 
+def test_divergence_check_covers_parameters_and_normalizer_statistics(tmp_path):
+    from marl.on_policy.trainer import OnPolicyTrainer
+
+    trainer = OnPolicyTrainer(_cfg("shared", [f"run_dir={tmp_path}"]))
+    try:
+        names = [name for name, _ in trainer.synced_tensors()]
+        params = [name for name, _ in trainer.policy.net.named_parameters()]
+    finally:
+        trainer.close()
+    assert names[:len(params)] == params
+    assert {"obs_norm.agent.mean", "obs_norm.agent.var", "obs_norm.agent.count", "reward_norm.agent.var"} <= set(names)
+    assert not any(name.endswith(".ret") for name in names)  # running returns are per env copy, not shared
+
+
 # --------------------------------------------------------------------------- whole runs under torchrun
 RUN = ["env.backend=sync", "env.num_envs=4", "algo.num_steps=50", "algo.update_epochs=2", "eval.episodes=2",
        "eval.num_envs=1", "log.tensorboard=false", "log.progress=false", "distributed.check_interval=1"]

@@ -22,6 +22,10 @@ which raises naming the first parameter that broke one):
   parameters by weak reference, so a parameter its module dropped is noticed
   once nothing else holds it.
 
+Data-parallel runs (:mod:`marl.distributed`) average :attr:`FlatAdam.grad` over ranks in place,
+with one all-reduce between back-propagation and clipping: the flat buffer is what makes that one
+collective per step, whatever the number of tensors.
+
 Every parameter always has a gradient (zeros when the loss did not reach it),
 so a parameter that a loss never touches still moves by Adam's momentum; in
 PPO every parameter takes part in every loss.

@@ -132,13 +132,21 @@ class OnPolicyTrainer(TrainingRun):
         self.collector.load_state_dict(collector)
         self.generator.set_state(state["rng"]["generator"])
 
+    def synced_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """What every rank must hold identically: the parameters, then the normalizer statistics (not the
+        reward scalers' running returns, which are per env copy)."""
+        norms = [*(("obs_norm." + k, n.rms) for k, n in self.policy.obs_norm.items()),
+                 *(("reward_norm." + g, s.rms) for g, s in self.collector.reward_scalers.items())]
+        return [*self.policy.net.named_parameters(),
+                *((f"{name}.{key}", t) for name, rms in norms for key, t in rms.state_dict().items())]
+
     def advance(self) -> list[Report]:
         """One iteration: anneal, collect a rollout, GAE per group, one update; one report (logged every
         ``log.interval`` iterations). A NaN/inf raises in the update, before anything is logged or saved."""
         cfg, algo = self.cfg, self.cfg.algo
         interval = cfg.distributed.check_interval
         if self.dist is not None and interval and self.iteration % interval == 0:
-            self.dist.check_in_sync(self.policy.net.named_parameters())
+            self.dist.check_in_sync(self.synced_tensors())
         progress = self.env_steps / cfg.total_env_steps
         if algo.anneal_lr:
             self.learner.set_lr(linear_schedule(algo.lr, progress))
