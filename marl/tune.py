@@ -230,7 +230,8 @@ def run_trial(trial: Any, base: dict, params: Sequence[Param], seeds: Sequence[i
             cfg = replace(cfg, log=replace(cfg.log, wandb_group=study_name))
         offset = k * cfg.total_env_steps
 
-        def hook(env_steps: int, result: dict[str, Any], offset: int = offset, total: int = cfg.total_env_steps) -> bool:
+        def hook(env_steps: int, result: dict[str, Any], offset: int = offset,
+                 total: int = cfg.total_env_steps) -> bool:
             trial.report(score(result), offset + env_steps)
             return env_steps < total and trial.should_prune()  # the final evaluation completes the run
 
@@ -400,8 +401,9 @@ def write_report(study: Any, params: Sequence[Param], base: dict, out: Path, hea
              "duration_s": t.duration.total_seconds() if t.duration else None,
              "run_dirs": t.user_attrs.get("run_dirs", [])} for t in trials]
     importance = _importance(study) if len(complete) >= 2 else {}
-    summary = {**header, "n_trials": len(trials), "states": {s.name.lower(): sum(t.state == s for t in trials)
-                                                               for s in TrialState if any(t.state == s for t in trials)},
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    states = {name: n for name, n in counts.items() if n}
+    summary = {**header, "n_trials": len(trials), "states": states,
                "best": None if best is None else {"number": best.number, "value": best.value, **rows[best.number]},
                "importance": importance}
     (out / "trials.json").write_text(json.dumps({"summary": summary, "trials": rows}, indent=2, default=str))
