@@ -16,11 +16,11 @@ batched implementation (:data:`BATCHED`): ``mpe2.simple_spread_v3``,
 ``marl record`` draws with mpe2 (same observations, same policy).
 
 The batched env object needs: ``num_envs``, ``agents``, ``groups`` (group -> agents),
-``observation_space(agent)``, ``action_space(agent)``, ``state_space``, ``reset(seeds) -> {g: [E, A_g, ...]}``,
-``step(actions) -> (obs, reward, terminated, truncated, final_obs, done_envs)`` (see
-:class:`envs.batched_mpe.BatchedStep`), ``state() -> [E, S]``, ``observe()``, and for exact resume
-``state_dict()`` / ``load_state_dict()``. Every agent of a copy is alive while the copy runs
-(MPE ends all agents of a copy together); episodes are counted here from the rewards.
+``observation_space(agent)``, ``action_space(agent)``, ``state_space``,
+``reset(seeds) -> {g: [E, A_g, ...]}``, ``step(actions) -> BatchedStep`` (or any object with its fields),
+``state() -> [E, S]``, ``observe()``, and for exact resume ``state_dict()`` / ``load_state_dict()``.
+Every agent of a copy is alive while the copy runs (MPE ends all agents of a copy together);
+episodes are counted here from the rewards.
 """
 
 from __future__ import annotations
@@ -29,13 +29,33 @@ import copy
 import importlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from marl.env.chunks import check_actions
 from marl.seeding import copy_seeds
 from marl.types import EnvSpec, EpisodeStats, GroupObs, GroupSpec, GroupTransition, VecStep
+
+
+class BatchedStep(NamedTuple):
+    """What a batched env's ``step`` returns; every dict is keyed by group, arrays ``[E, A_g, ...]``.
+
+    Attributes:
+        obs: observations after the step, fresh starts for the copies that ended.
+        reward: float32 rewards of the step.
+        terminated, truncated: bool, kept apart (a copy ends all its agents together).
+        final_obs: the observation the step reached (differs from ``obs`` where a copy ended).
+        done_envs: ``bool [E]``, the copies that ended (and were reset).
+    """
+
+    obs: dict[str, np.ndarray]
+    reward: dict[str, np.ndarray]
+    terminated: dict[str, np.ndarray]
+    truncated: dict[str, np.ndarray]
+    final_obs: dict[str, np.ndarray]
+    done_envs: np.ndarray
+
 
 BATCHED: dict[str, str] = {
     "mpe2.simple_spread_v3": "envs.batched_mpe:make",

@@ -22,23 +22,13 @@ How VMAS's conventions map onto ours:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import gymnasium
 import numpy as np
 
+from marl.env.batched import BatchedStep
 from marl.multi_agent.groups import default_groups
-
-
-class VmasStep(NamedTuple):
-    """One step of every copy (see :class:`marl.env.batched.BatchedVectorEnv`); dicts keyed by group."""
-
-    obs: dict[str, np.ndarray]
-    reward: dict[str, np.ndarray]
-    terminated: dict[str, np.ndarray]
-    truncated: dict[str, np.ndarray]
-    final_obs: dict[str, np.ndarray]
-    done_envs: np.ndarray
 
 
 def _gymnasium_space(space: Any) -> gymnasium.spaces.Space:
@@ -92,7 +82,7 @@ class VmasBatched:
         self._obs = [o.numpy() for o in self.env.reset()]
         return self._group(self._obs)
 
-    def step(self, actions: Mapping[str, np.ndarray]) -> VmasStep:
+    def step(self, actions: Mapping[str, np.ndarray]) -> BatchedStep:
         torch = self._torch
         per_agent: list[Any] = [None] * len(self.agents)
         for g, idx in self._index.items():
@@ -110,7 +100,7 @@ class VmasBatched:
                 current[k][i] = o[i].numpy()
         self._obs = current
         per_group = lambda flags: {g: np.repeat(flags[:, None], len(idx), axis=1) for g, idx in self._index.items()}  # noqa: E731
-        return VmasStep(self._group(current), self._group([r.numpy() for r in rews]), per_group(terminated),
+        return BatchedStep(self._group(current), self._group([r.numpy() for r in rews]), per_group(terminated),
                         per_group(truncated & ~terminated), self._group(final), done)
 
     def observe(self) -> dict[str, np.ndarray]:
