@@ -31,10 +31,12 @@ import os
 import pkgutil
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gymnasium
+import numpy as np
 import pettingzoo
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.env_registry.exceptions import FailedToImport
@@ -158,10 +160,50 @@ def _import(env_id: str, module_name: str) -> Any:
         ) from err
 
 
-RENDER_FOR_OBSERVATIONS: tuple[str, ...] = ("pettingzoo.butterfly.pistonball", "butterfly/pistonball")
+RENDER_FOR_OBSERVATIONS: tuple[str, ...] = (
+    "pettingzoo.butterfly.pistonball", "butterfly/pistonball",
+    "pettingzoo.butterfly.cooperative_pong", "butterfly/cooperative_pong",
+)
 """Env ids (prefixes) whose observations come from a screen they only draw with a render mode set:
-PettingZoo's pistonball skips drawing when ``render_mode`` is ``None``, so every observation would be
-the first frame (pettingzoo 1.24-1.27)."""
+PettingZoo's pistonball and cooperative_pong skip drawing when ``render_mode`` is ``None``, so every
+observation would be the first frame (pettingzoo 1.24-1.27). Other such envs are caught by
+:func:`frozen_image_groups`."""
+
+
+def frozen_image_groups(factory: Callable[[], Adapter], steps: int = 8, seed: int = 0) -> list[str]:
+    """Groups with image observations that did not change over ``steps`` random steps from a reset.
+
+    A screen-cut observation that never changes means the env draws only with a render mode set
+    (as pistonball does): training on it learns nothing, silently. Vector observations are not
+    judged (a board can legitimately stay the same for a few moves).
+    """
+    adapter = factory()
+    try:
+        images = [g for g in adapter.spec.groups if g.obs_space.dtype == np.uint8 and len(g.obs_space.shape) == 3]
+        if not images:
+            return []
+        obs, _ = adapter.reset(seed)
+        first = {g.name: obs[g.name].obs.copy() for g in images}
+        changed = dict.fromkeys(first, False)
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            actions = {}
+            for g in adapter.spec.groups:
+                if g.discrete:
+                    n = int(g.action_space.n)
+                    mask = obs[g.name].action_mask
+                    allowed = np.ones((g.n_agents, n), bool) if mask is None else mask | ~mask.any(-1, keepdims=True)
+                    actions[g.name] = (rng.random((g.n_agents, n)) * allowed).argmax(-1)
+                else:
+                    low, high = g.action_space.low, g.action_space.high
+                    actions[g.name] = rng.uniform(low, high, (g.n_agents, *low.shape)).astype(np.float32)
+            step = adapter.step(actions)
+            obs = step.obs
+            for name in first:
+                changed[name] |= not np.array_equal(obs[name].obs, first[name])
+        return [name for name, moved in changed.items() if not moved]
+    finally:
+        adapter.close()
 
 
 # --------------------------------------------------------------------------- envs given as callables
@@ -479,3 +521,15 @@ def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> Vector
     if backend == "subprocess":
         workers = min(cfg.env.num_workers or (os.cpu_count() or 1), num_envs)
     return make_vector_env(env_factory(cfg), num_envs, backend=backend, num_workers=workers)
+
+
+def warn_if_frozen(cfg: Config) -> list[str]:
+    """Warn (and return the groups) when a config's image observations stay frozen (:func:`frozen_image_groups`)."""
+    if cfg.env.backend == "batched":
+        return []
+    frozen = frozen_image_groups(env_factory(cfg))
+    if frozen:
+        warnings.warn(f"the image observations of groups {frozen} did not change over 8 random steps: the env may "
+                      "draw its observations only when a render mode is set; try env.kwargs.render_mode=rgb_array",
+                      stacklevel=2)
+    return frozen

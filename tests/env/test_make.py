@@ -191,3 +191,16 @@ def test_single_group_puts_every_seat_in_one_shared_group():
     with pytest.raises(ConfigError, match="env.single_group"):
         load_config("configs/tictactoe_ppo.yaml",
                     [*base, "env.single_group=true", "env.groups={a: [black_0, white_0]}"])
+
+
+def test_frozen_screen_observations_are_caught_and_cooperative_pong_gets_a_render_mode():
+    """cooperative_pong draws its observations only with a render mode: marl sets one by default, and an env
+    whose image observations never change over random steps is reported (here: render_mode=None forced)."""
+    from marl.config import load_config
+    from marl.env.make import env_factory, frozen_image_groups, warn_if_frozen
+
+    base = ["env.id=pettingzoo.butterfly.cooperative_pong_v6", "env.num_envs=1"]
+    assert frozen_image_groups(env_factory(load_config(None, base))) == []
+    forced = load_config(None, [*base, "env.kwargs={render_mode: null}"])
+    with pytest.warns(UserWarning, match="render_mode=rgb_array"):
+        assert warn_if_frozen(forced) == ["paddle"]
