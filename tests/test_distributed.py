@@ -37,6 +37,8 @@ CASES = {
     "shared": ("configs/simple_spread_ppo.yaml", []),
     "independent_central_per_group": ("configs/simple_adversary_ppo.yaml",
                                       ["model.sharing=independent", "model.critic=central", "algo.optimizer=per_group"]),
+    # a KL target that stops some updates after their first epoch: the ranks must stop on the same (mean) KL
+    "target_kl": ("configs/simple_spread_ppo.yaml", ["algo.target_kl=0.002", "algo.update_epochs=4"]),
 }
 
 
@@ -56,7 +58,7 @@ def _rank_rows(n_steps: int, num_envs: int, rank: int) -> torch.Tensor:
 
 
 def _ppo_updates(policy_state, batches, cfg, grad_sync=None):
-    """``UPDATES`` PPO updates (one minibatch each) from ``policy_state``; the parameters after each."""
+    """``UPDATES`` PPO updates (one minibatch each) from ``policy_state``: the parameters after each, grad steps."""
     from marl.algos.ppo import PPOLearner
     from marl.env.make import env_spec
     from marl.on_policy.policy import ActorCriticPolicy
@@ -70,7 +72,7 @@ def _ppo_updates(policy_state, batches, cfg, grad_sync=None):
     for _ in range(UPDATES):
         learner.update(batches, num_minibatches=1, norm_advantage=False, generator=generator)
         history.append(torch.cat([p.detach().reshape(-1).clone() for p in policy.net.parameters()]))
-    return history
+    return history, learner.grad_steps
 
 
 def _worker(rank: int, port: int, data_path: str, out_dir: str) -> None:
@@ -162,11 +164,16 @@ def test_two_ranks_with_half_the_copies_each_equal_one_process(spawned, case):
     (The condition, docs/distributed.md: one minibatch per update, advantages not standardized per rank,
     the same alive rows per rank.)"""
     reference, ranks = spawned
-    assert not torch.equal(reference[case][0], reference[case][-1])  # the updates moved the parameters
-    for step, ref in enumerate(reference[case]):
+    history, grad_steps = reference[case]
+    assert not torch.equal(history[0], history[-1])  # the updates moved the parameters
+    if case == "target_kl":  # the KL target did stop updates early (else the case tests nothing more)
+        assert grad_steps < UPDATES * _cfg(case).algo.update_epochs
+    for r in range(WORLD):
+        assert ranks[r]["params"][case][1] == grad_steps  # the same early stops on every rank
+    for step, ref in enumerate(history):
         for r in range(WORLD):
-            torch.testing.assert_close(ranks[r]["params"][case][step], ref, atol=1e-6, rtol=0)
-        assert torch.equal(ranks[0]["params"][case][step], ranks[1]["params"][case][step])  # identical, not close
+            torch.testing.assert_close(ranks[r]["params"][case][0][step], ref, atol=1e-6, rtol=0)
+        assert torch.equal(ranks[0]["params"][case][0][step], ranks[1]["params"][case][0][step])  # identical
 
 
 def test_one_all_reduce_averages_several_buffers_and_extras(spawned):
