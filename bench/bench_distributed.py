@@ -9,6 +9,7 @@ the result more than anything else::
 
     python bench/bench_distributed.py                   # 2 ranks vs 1, 8 copies, 8000 env steps each
     python bench/bench_distributed.py --steps 16000 --num-envs 16 --repeats 2
+    python bench/bench_distributed.py norm.obs=false norm.reward=false   # extra overrides for both runs
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(ranks: int, steps: int, num_envs: int, run_dir: Path) -> float:
+def run(ranks: int, steps: int, num_envs: int, run_dir: Path, overrides: list[str]) -> float:
     """Train once with ``ranks`` processes; return env steps/s from summary.json."""
     args = ["train", "configs/simple_spread_ppo.yaml", f"run_dir={run_dir}", f"total_env_steps={steps}",
             f"env.num_envs={num_envs}", "env.backend=sync", "algo.num_steps=100", "torch_threads=1",
             "eval.interval=0", "eval.episodes=1", "eval.num_envs=1", "checkpoint.interval=0",
-            "log.tensorboard=false", "log.progress=false"]
+            "log.tensorboard=false", "log.progress=false", *overrides]
     if ranks == 1:
         cmd = [sys.executable, "-m", "marl", *args]
     else:
@@ -58,13 +59,14 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=8, help="env copies in total (split over the ranks)")
     p.add_argument("--ranks", type=int, default=2, help="ranks of the distributed run")
     p.add_argument("--repeats", type=int, default=1, help="alternating 1-process / N-rank pairs; the best of each")
+    p.add_argument("overrides", nargs="*", help="extra key=value overrides for both runs")
     a = p.parse_args()
     print(f"load before: {uptime()}")
     one, many = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
-            one.append(run(1, a.steps, a.num_envs, Path(tmp) / f"one{i}"))
-            many.append(run(a.ranks, a.steps, a.num_envs, Path(tmp) / f"many{i}"))
+            one.append(run(1, a.steps, a.num_envs, Path(tmp) / f"one{i}", a.overrides))
+            many.append(run(a.ranks, a.steps, a.num_envs, Path(tmp) / f"many{i}", a.overrides))
             print(f"pair {i}: 1 process {one[-1]:.0f} env steps/s, {a.ranks} ranks {many[-1]:.0f} env steps/s")
     print(f"load after:  {uptime()}")
     print(f"best: 1 process {max(one):.0f}, {a.ranks} ranks {max(many):.0f} env steps/s; "
