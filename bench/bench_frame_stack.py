@@ -8,7 +8,7 @@ reports per arm the final deterministic evaluation return (max 500), env steps t
 ``--threshold`` and the curve of eval return vs env steps (``OUT/return_vs_env_steps.png``,
 mean over seeds with the min..max band). The measured difference is the difference of the
 mean final returns (stack 4 minus stack 1) with a 95% percentile bootstrap interval over seeds
-(:func:`marl.compare.bootstrap_difference`; with 3 seeds a coarse interval).
+(:func:`marl.stats.bootstrap_difference`; with 3 seeds a coarse interval).
 
 Run from the repository root (about 3 minutes per run on 2 busy cores)::
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from marl.compare import Variant, pairwise_table, run_comparison, variant_table
+from marl.comparison import Variant, pairwise_table, run_comparison, variant_table
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "simple_spread_ppo.yaml"
 

@@ -7,7 +7,7 @@
   :class:`Config`, overrides as keyword arguments, and an env as an id or a callable, and
   returns a :class:`Run`; :func:`load` returns a :class:`marl.deploy.DeployedPolicy` that acts on
   plain env observations; :func:`evaluate` and :func:`compare` wrap
-  :func:`marl.evaluation.evaluate` and :func:`marl.compare.run_comparison`.
+  :func:`marl.evaluation.evaluate` and :func:`marl.comparison.run_comparison`.
 
 All of them look the algorithm up in :mod:`marl.registry`; none knows which paradigm it is.
 
@@ -321,7 +321,7 @@ def evaluate(
 
 
 def _override_strings(overrides: Mapping[str, Any] | Sequence[str] | None) -> tuple[str, ...]:
-    """``key=value`` strings (the form :mod:`marl.compare` takes); values written as JSON, which YAML reads back."""
+    """``key=value`` strings (the form :mod:`marl.comparison` takes); values written as JSON, which YAML reads back."""
     if isinstance(overrides, Mapping):
         return tuple(f"{k}={json.dumps(v)}" for k, v in overrides.items())
     return tuple(overrides or ())
@@ -345,7 +345,7 @@ def compare(
         config: as for :func:`train_run` (a mapping or :class:`Config` is written to ``OUT/base_config.yaml``,
             which the runs read; its env must then be an id, not a callable).
         variants: ``{name: {"model.sharing": "independent"}}`` (dotted keys as in :func:`train_run`, or
-            ``key=value`` strings), or :class:`marl.compare.Variant` objects.
+            ``key=value`` strings), or :class:`marl.comparison.Variant` objects.
         seeds: every variant trains with each of these seeds.
         overrides: applied to every variant, before its own (``{"total_env_steps": 20_000}``).
         out: report folder (default ``reports/compare-<config name>-<time>``); finished runs there are reused.
@@ -355,9 +355,9 @@ def compare(
         log: where progress lines go.
 
     Returns:
-        ``(report.md path, results)``, as :func:`marl.compare.run_comparison` (``results.json``).
+        ``(report.md path, results)``, as :func:`marl.comparison.run_comparison` (``results.json``).
     """
-    from marl.compare import Variant, run_comparison
+    from marl.comparison import Variant, run_comparison
 
     if isinstance(variants, Mapping):
         variants = [Variant(name, _override_strings(o)) for name, o in variants.items()]

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DELEGATED = {"compare": "marl.compare", "record": "marl.record", "tune": "marl.tune"}
+DELEGATED = {"compare": "marl.comparison", "record": "marl.record", "tune": "marl.tune"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -320,3 +320,13 @@ def test_unknown_override_key_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(TypeError, match="env must be an env id or a callable"):
         marl.train(CONFIGS / "cartpole_ppo.yaml", env=3)
     assert not (tmp_path / "x").exists()
+
+
+def test_importing_the_comparison_module_leaves_marl_compare_a_function():
+    """The command's module is marl.comparison: importing it must not replace the API function marl.compare."""
+    import types
+
+    import marl
+    import marl.comparison  # noqa: F401
+
+    assert callable(marl.compare) and not isinstance(marl.compare, types.ModuleType)

@@ -10,7 +10,7 @@ import scipy.stats
 import yaml
 
 from marl.cli import main
-from marl.compare import CompareError, Variant, parse_sharing, parse_variant, plan_runs, split_top_level
+from marl.comparison import CompareError, Variant, parse_sharing, parse_variant, plan_runs, split_top_level
 from marl.stats import bootstrap_difference, bootstrap_interval, common_grid, interpolate_curves, mean_and_iqm
 
 TINY = [
@@ -207,7 +207,7 @@ def test_a_crashing_variant_is_reported_and_the_others_finish(tmp_path, capsys):
 
 
 def _fake(variant: str, seed: int, final: float, history: list[tuple[float, float, float]]):
-    from marl.compare import RunResult, RunSpec
+    from marl.comparison import RunResult, RunSpec
 
     summary = {"final_eval": {"ep_return": final}, "best_eval": {"ep_return": max(h[2] for h in history)},
                "n_parameters": 10, "sps": 100.0, "agent_sps": 300.0, "wall_time_s": history[-1][1], "env_steps": 1000,
@@ -216,7 +216,7 @@ def _fake(variant: str, seed: int, final: float, history: list[tuple[float, floa
 
 
 def test_aggregate_curves_and_single_seed_pairs_from_summaries():
-    from marl.compare import aggregate
+    from marl.comparison import aggregate
 
     results = [
         _fake("a", 0, 1.0, [(100, 1.0, 0.0), (200, 2.0, 1.0)]),
