@@ -77,8 +77,10 @@ def test_overlap_on_subprocess_workers_stores_the_same_rollout():
     # Overlap acts on one worker's copies while the other steps: the same steps, in another order of chunks.
     off, _, _ = collect([*CARTPOLE, "norm.obs=false", "norm.reward=false"], "subprocess", overlap=False)
     on, _, _ = collect([*CARTPOLE, "norm.obs=false", "norm.reward=false"], "subprocess", overlap=True)
-    assert_same(off, on, exact=("obs", "action", "log_prob", "alive", "reward", "terminated", "truncated"),
-                close=("value", "final_value", "last_value"))
+    # Network outputs of a 2-copy batch and of a 4-copy batch may differ in the last bits (matmul kernels
+    # depend on the batch shape): log-probs and values are compared to float tolerance, the rest exactly.
+    assert_same(off, on, exact=("obs", "action", "alive", "reward", "terminated", "truncated"),
+                close=("log_prob", "value", "final_value", "last_value"))
 
 
 @pytest.mark.xfail(strict=True, reason=(
