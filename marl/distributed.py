@@ -161,10 +161,12 @@ class Ranks:
             offset += g.numel()
         return None if extra is None else packed[offset:].view_as(extra).to(extra.dtype)
 
-    def gather_moments(self, mean: np.ndarray, var: np.ndarray, count: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    def gather_moments(self, mean: np.ndarray, var: np.ndarray,
+                       count: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
         """Every rank's ``(mean, var, count)`` of one batch, in rank order (one all-gather, float64)."""
         mean = np.asarray(mean, np.float64)
-        row = torch.from_numpy(np.concatenate([[float(count)], mean.reshape(-1), np.asarray(var, np.float64).reshape(-1)]))
+        var = np.asarray(var, np.float64)
+        row = torch.from_numpy(np.concatenate([[float(count)], mean.reshape(-1), var.reshape(-1)]))
         out = [torch.empty_like(row) for _ in range(self.world_size)]
         dist.all_gather(out, row, group=self.cpu_group)
         k = mean.size

@@ -35,8 +35,9 @@ def free_port() -> int:
 # The learner cases: name -> (config, overrides). Every sharing mode, both optimizers, the central critic.
 CASES = {
     "shared": ("configs/simple_spread_ppo.yaml", []),
-    "independent_central_per_group": ("configs/simple_adversary_ppo.yaml",
-                                      ["model.sharing=independent", "model.critic=central", "algo.optimizer=per_group"]),
+    "independent_central_per_group": (
+        "configs/simple_adversary_ppo.yaml",
+        ["model.sharing=independent", "model.critic=central", "algo.optimizer=per_group"]),
     # a KL target that stops some updates after their first epoch: the ranks must stop on the same (mean) KL
     "target_kl": ("configs/simple_spread_ppo.yaml", ["algo.target_kl=0.002", "algo.update_epochs=4"]),
 }
@@ -223,7 +224,8 @@ def test_env_copies_split_the_seed_stream():
     from marl.seeding import seeds_for
 
     seeds = seeds_for(3, 8)
-    parts = [seeds_for(3, 8)[r.start:r.stop] for r in (Ranks(k, 2, torch.device("cpu")).env_copies(8) for k in range(2))]
+    copies = [Ranks(k, 2, torch.device("cpu")).env_copies(8) for k in range(2)]
+    parts = [seeds[r.start:r.stop] for r in copies]
     assert parts[0] + parts[1] == seeds and not set(parts[0]) & set(parts[1])
     with pytest.raises(ValueError, match="multiple of the number of ranks"):
         Ranks(0, 3, torch.device("cpu")).env_copies(8)
@@ -330,7 +332,7 @@ def test_killed_rank_ends_the_job_within_seconds_and_the_checkpoint_survives(tmp
 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_and_every_process_exits(tmp_path):
-    """SIGINT to torchrun's process group (a terminal's Ctrl-C): latest.pt written by the agreed stop, no process left."""
+    """SIGINT to torchrun's process group (a terminal's Ctrl-C): the agreed stop writes latest.pt; no process left."""
     from marl import checkpoint as ckpt
 
     run = tmp_path / "run"
