@@ -17,7 +17,6 @@ from about 1.8 ms (``[E, N, 2]`` layout) to 0.9 ms.
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
