@@ -1,8 +1,8 @@
 """VMAS (the torch-vectorized multi-agent simulator) as a batched env: ``env.id: vmas:<scenario>``.
 
 Runs with ``env.backend: batched`` (see :mod:`marl.env.batched`); ``env.kwargs`` go to
-``vmas.make_env`` (``max_steps``, ``continuous_actions``, and the scenario's own keywords such as
-``n_agents``). Install with ``pip install marl[vmas]``.
+``vmas.make_env`` (``max_steps``, default :data:`DEFAULT_MAX_STEPS`; ``continuous_actions``, default
+false; and the scenario's own keywords such as ``n_agents``). Install with ``pip install marl[vmas]``.
 
 How VMAS's conventions map onto ours:
 
@@ -39,6 +39,11 @@ def _gymnasium_space(space: Any) -> gymnasium.spaces.Space:
                                 dtype=np.float32)
 
 
+DEFAULT_MAX_STEPS = 100
+"""``max_steps`` when ``env.kwargs`` gives none: most VMAS scenarios never end an episode by themselves, and
+an episode that never ends would hold evaluation forever."""
+
+
 class VmasBatched:
     """``num_envs`` copies of a VMAS scenario with the batched-env interface of :mod:`marl.env.batched`."""
 
@@ -51,6 +56,7 @@ class VmasBatched:
         self._torch = torch
         kwargs = dict(kwargs)
         kwargs.setdefault("continuous_actions", False)
+        kwargs.setdefault("max_steps", DEFAULT_MAX_STEPS)  # VMAS scenarios have no time limit of their own
         self.env = vmas.make_env(scenario, num_envs=num_envs, device="cpu", terminated_truncated=True, **kwargs)
         self.num_envs = num_envs
         self.agents = [a.name for a in self.env.agents]

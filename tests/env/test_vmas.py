@@ -57,3 +57,16 @@ def test_a_vmas_run_trains_and_resumes_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="restarts its env copies"):
         second = train(load_config(SPREAD, [*common, "total_env_steps=640", f"resume={tmp_path}"]))
     assert second["env_steps"] == 640
+
+
+def test_a_scenario_without_a_time_limit_gets_one():
+    """VMAS navigation never ends an episode by itself: without env.kwargs.max_steps evaluation would never end."""
+    from marl.env.vmas import DEFAULT_MAX_STEPS
+
+    cfg = load_config(SPREAD, ["env.backend=batched", "env.id=vmas:navigation", "env.kwargs={n_agents: 2}"])
+    env = vector_env(cfg, 2)
+    env.reset(0)
+    lengths = []
+    for _ in range(DEFAULT_MAX_STEPS):
+        lengths += [e.length for e in env.step({"agent": np.zeros((2, 2), np.int64)}).episodes]
+    assert lengths == [DEFAULT_MAX_STEPS, DEFAULT_MAX_STEPS]
