@@ -25,6 +25,7 @@ from marl.off_policy.replay import (
     replay_state,
     to_batch,
 )
+from marl.off_policy.turns import TurnRows
 from marl.run import Report, TrainingRun
 from marl.types import ActOutput, EpisodeStats, GroupObs
 
@@ -102,6 +103,11 @@ class OffPolicyTrainer(TrainingRun):
         if goals is not None:  # relabelled rewards reach the success reward even before a real success
             for g in self.replay:
                 self.health.note_rewards(g, goals.success_reward)
+        # Turn-based games: one transition per agent from its move to its next turn (marl.off_policy.turns).
+        self.turns = {g.name: TurnRows() for g in self.spec.groups} if self.spec.turn_based else None
+        if self.turns is not None and (cfg.algo.n_step > 1 or cfg.algo.her):
+            raise ConfigError(f"algo.{'her' if cfg.algo.her else 'n_step'}: turn-based (AEC) games take one-step "
+                              "transitions from a move to the agent's next turn; set algo.n_step=1 and algo.her=false")
         self.rng = np.random.default_rng(cfg.seed)
         self.since_train = 0  # env steps collected since the last training phase
         self.window = MetricWindow()
@@ -186,7 +192,11 @@ class OffPolicyTrainer(TrainingRun):
             if o.achieved_goal is not None:
                 ended = (tr.terminated | tr.truncated)[..., None]
                 next_achieved = np.where(ended, tr.final_achieved_goal, step.obs[g].achieved_goal)
-            buf.add(replay_rows(o, out.action[g].cpu().numpy(), tr, step.obs[g], o.achieved_goal, next_achieved))
+            action = out.action[g].cpu().numpy()
+            if self.turns is not None:
+                buf.add(self.turns[g].rows(o, action, tr, step.obs[g]))
+            else:
+                buf.add(replay_rows(o, action, tr, step.obs[g], o.achieved_goal, next_achieved))
             self.health.note_rewards(g, tr.reward)
             agent_steps += int(o.alive.sum())
         counts = [self.env.num_envs, agent_steps, len(step.episodes)]
