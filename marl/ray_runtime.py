@@ -87,7 +87,7 @@ class RayConnection:
         if ray.is_initialized():
             return
         if address == "":
-            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
                      logging_level=logging.WARNING)
             self.started = self.joined = True
             return
