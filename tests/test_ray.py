@@ -218,7 +218,7 @@ def test_ray_run_is_bit_identical_to_local_sync(cluster, tmp_path, algo):
     train(load_config(base[0], [*base[1:], "env.backend=sync", f"run_dir={tmp_path / 'local'}"]))
     train(load_config(base[0], [*base[1:], *ray_args(cluster), "env.overlap=false", f"run_dir={tmp_path / 'ray'}"]))
     local, remote = policy_tensors(tmp_path / "local"), policy_tensors(tmp_path / "ray")
-    assert local.keys() == remote.keys() and len(local) > 4
+    assert local.keys() == remote.keys() and len(local) >= 4
     for k in local:
         assert torch.equal(local[k], remote[k]), k
 

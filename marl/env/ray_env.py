@@ -24,6 +24,7 @@ Faults:
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import warnings
@@ -383,7 +384,8 @@ class RayVectorEnv(ChunkedBase):
         for w in range(self.num_chunks):
             if self._pending[w] is not None:
                 raise RuntimeError(f"snapshot() with a step in flight on chunk {w}; recv it first")
-        return [EnvSnapshot(*s) for w in range(self.num_chunks) for s in self._call(w, "snapshot")]
+        # deep copies: what Ray hands back is read-only, and the caller owns the snapshot
+        return [EnvSnapshot(*copy.deepcopy(s)) for w in range(self.num_chunks) for s in self._call(w, "snapshot")]
 
     def restore(self, snapshots: Sequence[EnvSnapshot]) -> Obs:
         """Put every copy back in the state of ``snapshots``; return the observations like ``reset``."""
