@@ -208,15 +208,19 @@ def test_killed_worker_is_rebuilt_and_its_step_is_lost(cluster):
 
 
 # ------------------------------------------------------------------ whole runs
-@pytest.mark.parametrize("algo", ["ppo", "dqn"])
-def test_ray_run_is_bit_identical_to_local_sync(cluster, tmp_path, algo):
-    """W=2 workers x 2 copies on the cluster == 4 copies in-process (same seeds per copy, same order).
+@pytest.mark.parametrize("case", ["ppo", "ppo_overlap", "dqn"])
+def test_ray_run_is_bit_identical_to_local_run(cluster, tmp_path, case):
+    """W=2 workers x 2 copies on the cluster == 4 copies on this machine (same seeds per copy, same order).
 
-    PPO acts on all copies at once here (env.overlap=false), as the one-chunk local run does; with
-    overlap the policy acts per worker, as it does per process on the subprocess backend."""
-    base = PPO if algo == "ppo" else DQN
-    train(load_config(base[0], [*base[1:], "env.backend=sync", f"run_dir={tmp_path / 'local'}"]))
-    train(load_config(base[0], [*base[1:], *ray_args(cluster), "env.overlap=false", f"run_dir={tmp_path / 'ray'}"]))
+    ``ppo``, ``dqn``: against the in-process backend (one chunk), the policy acting on all copies at once
+    (env.overlap=false; off-policy collection always does). ``ppo_overlap``: with env.overlap the policy
+    acts on one worker's copies while the other steps, exactly as on the subprocess backend with 2 workers."""
+    base = DQN if case == "dqn" else PPO
+    local, remote = {"ppo": (["env.backend=sync"], ["env.overlap=false"]),
+                     "ppo_overlap": (["env.backend=subprocess", "env.num_workers=2"], ["env.overlap=true"]),
+                     "dqn": (["env.backend=sync"], [])}[case]
+    train(load_config(base[0], [*base[1:], *local, f"run_dir={tmp_path / 'local'}"]))
+    train(load_config(base[0], [*base[1:], *ray_args(cluster), *remote, f"run_dir={tmp_path / 'ray'}"]))
     local, remote = policy_tensors(tmp_path / "local"), policy_tensors(tmp_path / "ray")
     assert local.keys() == remote.keys() and len(local) >= 4
     for k in local:
