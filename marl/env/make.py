@@ -531,6 +531,9 @@ def ray_vector_env(cfg: Config, num_envs: int) -> VectorEnv:
     from marl.env.ray_env import RayVectorEnv
     from marl.ray_runtime import RayConnection
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("runtime=ray: not supported under torchrun (each rank would start its own workers); "
+                          "run marl train without torchrun, or use runtime=local")
     r = cfg.ray
     workers = r.num_workers or num_envs // r.envs_per_worker
     connection = RayConnection(r.address, r.connect_timeout_s, workers * r.cpus_per_worker)
