@@ -1,4 +1,4 @@
-"""Env steps/s of PPO on simple_spread: 2 torchrun ranks against 1 process, same run config.
+"""Env steps/s of PPO on simple_spread (or any config: ``--config``): 2 torchrun ranks against 1 process.
 
 Both train ``env.num_envs`` copies in total (the 2-rank run: half on each rank), sync backend,
 one torch thread per process, evaluation and periodic checkpoints off; the throughput is
@@ -10,6 +10,7 @@ the result more than anything else::
     python bench/bench_distributed.py                   # 2 ranks vs 1, 8 copies, 8000 env steps each
     python bench/bench_distributed.py --steps 16000 --num-envs 16 --repeats 2
     python bench/bench_distributed.py norm.obs=false norm.reward=false   # extra overrides for both runs
+    python bench/bench_distributed.py --config configs/spread_dqn.yaml algo.learning_starts=1000   # DQN
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(ranks: int, steps: int, num_envs: int, run_dir: Path, overrides: list[str]) -> float:
+def run(ranks: int, steps: int, num_envs: int, run_dir: Path, overrides: list[str],
+        config: str = "configs/simple_spread_ppo.yaml") -> float:
     """Train once with ``ranks`` processes; return env steps/s from summary.json."""
-    args = ["train", "configs/simple_spread_ppo.yaml", f"run_dir={run_dir}", f"total_env_steps={steps}",
-            f"env.num_envs={num_envs}", "env.backend=sync", "algo.num_steps=100", "torch_threads=1",
+    ppo = ["algo.num_steps=100"] if "ppo" in Path(config).stem else []
+    args = ["train", config, f"run_dir={run_dir}", f"total_env_steps={steps}",
+            f"env.num_envs={num_envs}", "env.backend=sync", *ppo, "torch_threads=1",
             "eval.interval=0", "eval.episodes=1", "eval.num_envs=1", "checkpoint.interval=0",
             "log.tensorboard=false", "log.progress=false", *overrides]
     if ranks == 1:
@@ -59,14 +62,15 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=8, help="env copies in total (split over the ranks)")
     p.add_argument("--ranks", type=int, default=2, help="ranks of the distributed run")
     p.add_argument("--repeats", type=int, default=1, help="alternating 1-process / N-rank pairs; the best of each")
+    p.add_argument("--config", default="configs/simple_spread_ppo.yaml", help="the run config of both runs")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for both runs")
     a = p.parse_args()
     print(f"load before: {uptime()}")
     one, many = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
-            one.append(run(1, a.steps, a.num_envs, Path(tmp) / f"one{i}", a.overrides))
-            many.append(run(a.ranks, a.steps, a.num_envs, Path(tmp) / f"many{i}", a.overrides))
+            one.append(run(1, a.steps, a.num_envs, Path(tmp) / f"one{i}", a.overrides, a.config))
+            many.append(run(a.ranks, a.steps, a.num_envs, Path(tmp) / f"many{i}", a.overrides, a.config))
             print(f"pair {i}: 1 process {one[-1]:.0f} env steps/s, {a.ranks} ranks {many[-1]:.0f} env steps/s")
     print(f"load after:  {uptime()}")
     print(f"best: 1 process {max(one):.0f}, {a.ranks} ranks {max(many):.0f} env steps/s; "

@@ -41,7 +41,7 @@ import json
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -59,55 +59,10 @@ from marl.evaluation import EvaluationStopped, evaluate
 from marl.health import REMEDIES, HealthMonitor, NonFiniteError, entropy_action_dims
 from marl.logger import Logger, flatten_dict, flatten_eval
 from marl.loop import EnvLoop
+from marl.scoring import eval_record, group_score, result_line, score, with_stochastic  # noqa: F401 (public here too)
 from marl.seeding import seed_everything, seeds_for
 from marl.tracking import open_trackers, run_artifacts
 from marl.types import ActingPolicy, EnvSpec
-
-
-# --------------------------------------------------------------------------- run-level helpers
-def score(result: Mapping[str, Any]) -> float:
-    """What "best" means for an evaluation: win rate against a fixed opponent, else the ``score`` of the groups
-    named by ``eval.score_groups`` (:func:`group_score`), else the mean team return."""
-    if "win_rate" in result:
-        return result["win_rate"]
-    return result["score"] if "score" in result else result["ep_return"]
-
-
-def result_line(summary: Mapping[str, Any]) -> str:
-    """The end-of-run words on the evaluation: win / draw / loss rates against a fixed opponent (zero-sum games,
-    where the team return is always 0), else the team return, plus the score of ``eval.score_groups`` when set."""
-    final, best = summary["final_eval"], summary["best_eval"]
-    if "win_rate" in final:
-        return (f"final eval vs {final.get('opponent', 'random')}: win {final['win_rate']:.2f} / draw "
-                f"{final['draw_rate']:.2f} / loss {final['loss_rate']:.2f}, best win rate {best['win_rate']:.2f}")
-    line = f"final eval return {final['ep_return']:.2f}, best {best['ep_return']:.2f}"
-    if "score" in final:
-        line += f"; score ({final['score_groups']}) final {final['score']:.2f}, best {best['score']:.2f}"
-    return line
-
-
-def group_score(result: Mapping[str, Any], spec: EnvSpec, groups: Sequence[str]) -> float:
-    """Mean episode return summed over the agents of ``groups`` (one side of a competitive game)."""
-    unknown = sorted(set(groups) - {g.name for g in spec.groups})
-    if unknown:
-        raise ConfigError(f"eval.score_groups: unknown groups {unknown}; this env's groups are "
-                          f"{[g.name for g in spec.groups]}")
-    return float(sum(result["per_agent"][a] for g in spec.groups if g.name in groups for a in g.agents))
-
-
-def eval_record(result: Mapping[str, Any]) -> dict[str, float | int]:
-    """One ``eval_history`` entry: every scalar number of an evaluation result.
-
-    ``env_steps`` and ``wall_time_s`` first, then ``ep_return``, ``ep_return_std``,
-    ``ep_length``, ``success_rate``, ``win_rate`` ... as the evaluation reported them,
-    and ``eval_time_s`` (seconds the evaluation took, included in ``wall_time_s``);
-    nested per-agent / per-group tables and strings are left out (``best_eval`` and
-    ``final_eval`` keep the whole result).
-    """
-    first = {k: result[k] for k in ("env_steps", "wall_time_s") if k in result}
-    rest = {k: v for k, v in result.items()
-            if k not in first and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {**first, **rest}
 
 
 class TrainingInterrupted(SystemExit):
@@ -294,8 +249,8 @@ class TrainingRun(ABC):
             raise ConfigError(f"distributed.{key}: {message}")
         ranks = Ranks.from_env(cfg.device, cfg.distributed.timeout_s)
         if ranks is not None and not self.supports_distributed:
-            raise ConfigError(f"algo.name={cfg.algo.name}: data-parallel training under torchrun is implemented "
-                              "for PPO only (see docs/distributed.md); run it without torchrun")
+            raise ConfigError(f"algo.name={cfg.algo.name}: data-parallel training under torchrun is not implemented "
+                              "for it (see docs/distributed.md); run it without torchrun")
         if ranks is not None and cfg.env.backend == "batched":
             raise ConfigError("env.backend=batched: not supported under torchrun yet (its snapshot is one state for "
                               "all copies); use sync or subprocess")
@@ -409,13 +364,32 @@ class TrainingRun(ABC):
             old.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, episodes: int | None = None) -> dict[str, Any]:
-        """Deterministic evaluation on fresh, separately seeded env copies (:func:`marl.evaluation.evaluate`)."""
+    def evaluate(self, episodes: int | None = None, deterministic: bool | None = None) -> dict[str, Any]:
+        """Evaluation on fresh, separately seeded env copies (:func:`marl.evaluation.evaluate`); ``None`` arguments
+        take the ``eval`` section's."""
         cfg = self.cfg
         make = functools.partial(vector_env, cfg, backend=eval_backend(cfg))
+        deterministic = cfg.eval.deterministic if deterministic is None else deterministic
         return evaluate(self.acting_policy(), make, episodes or cfg.eval.episodes, cfg.seed,
-                        deterministic=cfg.eval.deterministic, num_envs=cfg.eval.num_envs, opponent=cfg.eval.opponent,
+                        deterministic=deterministic, num_envs=cfg.eval.num_envs, opponent=cfg.eval.opponent,
                         should_stop=self._stop_requested)
+
+    def add_stochastic_eval(self) -> None:
+        """With ``eval.stochastic_check``, evaluate the final policy again sampling its actions (same episodes and
+        seeds) and keep both in ``final_eval`` (:func:`marl.scoring.with_stochastic`); skipped when stopped."""
+        final = self.last_eval
+        if not (self.cfg.eval.stochastic_check and self.cfg.eval.deterministic) or "stochastic" in final:
+            return
+        sto = None
+        if self.is_main:
+            try:
+                sto = self.evaluate(deterministic=False)
+            except EvaluationStopped:
+                sto = None
+        if self.dist is not None:
+            sto = self.dist.broadcast_object(sto)
+        if sto is not None:
+            self.last_eval = with_stochastic(final, sto)
 
     def _stop_requested(self) -> bool:
         """A stop signal arrived while :meth:`train` runs (evaluations end early on it)."""
@@ -568,6 +542,7 @@ class TrainingRun(ABC):
             self.save()
             if self.evaluate_and_keep_best(logger) is None:
                 raise self._interrupted(logger)
+        self.add_stochastic_eval()
         self.save()
         summary = self.summary()
         if self.is_main:

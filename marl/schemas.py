@@ -186,6 +186,8 @@ class EvalConfig:
     episodes: int = _f(10, "episodes per evaluation")
     num_envs: int = _f(5, "eval env copies")
     deterministic: bool = _f(True, "mode of the action distribution instead of sampling")
+    stochastic_check: bool = _f(True, "after the final deterministic evaluation, run its episodes again sampling "
+                                      "actions; the end line reports both when they differ by 3+ standard errors")
     score_groups: list = _f([], "groups whose summed agent returns are the score that picks best.pt (competitive "
                                 "games: e.g. [adversary]); empty = the team return of every agent")
     opponent: Literal["none", "random"] = _f("none", "random: the policy plays one seat, "

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, gradient_step, learner_out
+from marl.algos.learner_parts import CheckpointParts, GradSync, LearnerOut, adam, gradient_step, learner_out
 from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import ConfigError, DQNConfig, ModelConfig
 from marl.multi_agent.groups import group_net
@@ -142,6 +142,7 @@ class DQNLearner:
         self.target = make_target(q)
         self.optimizer = adam(q.parameters(), cfg.lr, cfg.adam_eps)
         self.grad_steps = 0
+        self.grad_sync: GradSync | None = None  # data-parallel runs: the all-reduce of every step's gradients
 
     def losses(self, batches: Mapping[str, OffPolicyBatch]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """Summed Huber loss over groups, TD errors ``[B, A]`` per group, and metrics (0-dim tensors; no step)."""
@@ -166,7 +167,8 @@ class DQNLearner:
         """One gradient step on every group's rows; a target update every ``target_update_interval`` steps."""
         total, td_error, metrics = self.losses(batches)
         cfg = self.cfg
-        metrics["grad_norm"] = gradient_step(self.optimizer, total, list(self.q.parameters()), cfg.max_grad_norm)
+        metrics["grad_norm"] = gradient_step(self.optimizer, total, list(self.q.parameters()), cfg.max_grad_norm,
+                                             self.grad_sync)
         self.grad_steps += 1
         if self.grad_steps % cfg.target_update_interval == 0:
             soft_update(self.target, self.q, cfg.tau)

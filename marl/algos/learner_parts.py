@@ -1,7 +1,8 @@
 """What the off-policy learners (DQN, SAC, TD3) do alike around their losses.
 
 * :func:`adam`, :func:`clip_grad`, :func:`gradient_step`: the optimizer and one step of
-  it (``zero_grad -> backward -> clip -> step``), returning the gradient norm before clipping.
+  it (``zero_grad -> backward -> [average over ranks] -> clip -> step``), returning the gradient
+  norm before clipping; :data:`GradSync` is the all-reduce of data-parallel runs.
 * :func:`frozen`: a ``with`` block in which a network's parameters take no gradients
   (the actor loss runs through the critics without touching them).
 * :class:`LearnerOut`, :func:`learner_out`, :func:`team_means`: what an update returns;
@@ -18,7 +19,7 @@ several times; :func:`learner_out` converts them all at once at the end.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -29,6 +30,11 @@ from torch import Tensor, nn
 Stateful = nn.Module | torch.optim.Optimizer | torch.Generator | None
 """A checkpointed part of a learner; ``None`` is a part this configuration does not have
 (SAC's ``alpha_optimizer`` with ``autotune`` off), saved as ``None``."""
+
+
+GradSync = Callable[[Sequence[Tensor]], Any]
+"""Averages gradient tensors over data-parallel ranks, in place, with one all-reduce
+(:meth:`marl.distributed.Ranks.average_grads`); a learner's ``grad_sync`` is ``None`` in one process."""
 
 
 class LearnerOut(NamedTuple):
@@ -63,21 +69,37 @@ def clip_grad(params: list[Tensor], max_norm: float) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))
 
 
-def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[Tensor], max_norm: float) -> Tensor:
+def sync_grads(params: Iterable[Tensor], sync: GradSync | None) -> None:
+    """Average the gradients of ``params`` over ranks in place (one all-reduce); nothing when ``sync`` is ``None``.
+
+    Parameters without a gradient are left out: every rank runs the same losses, so the same parameters
+    have gradients everywhere."""
+    if sync is not None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            sync(grads)
+
+
+def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[Tensor], max_norm: float,
+                  sync: GradSync | None = None) -> Tensor:
     """One step of ``optimizer`` on ``loss``: zero the gradients (to ``None``), back-propagate,
-    clip the global gradient norm of ``params`` to ``max_norm`` (``0`` = no clipping), step.
+    average the gradients over data-parallel ranks (``sync``), clip the global gradient norm of
+    ``params`` to ``max_norm`` (``0`` = no clipping), step.
 
     Args:
         optimizer: the optimizer over ``params``.
-        loss: scalar loss.
+        loss: scalar loss (a mean over this rank's rows: the average over ranks is then the mean over all rows).
         params: the parameters whose gradient norm is clipped and returned.
         max_norm: clipping threshold (same unit as the gradient norm); ``0`` = off.
+        sync: :data:`GradSync` of a data-parallel run; ``None`` = one process.
 
     Returns:
-        The global gradient norm before clipping, a 0-dim tensor on the parameters' device.
+        The global gradient norm (of the averaged gradient) before clipping, a 0-dim tensor on the
+        parameters' device.
     """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    sync_grads(params, sync)
     norm = clip_grad(params, max_norm)
     optimizer.step()
     return norm

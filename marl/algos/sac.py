@@ -34,7 +34,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, frozen, gradient_step, learner_out
+from marl.algos.learner_parts import (
+    CheckpointParts,
+    GradSync,
+    LearnerOut,
+    adam,
+    frozen,
+    gradient_step,
+    learner_out,
+    sync_grads,
+)
 from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import ModelConfig, SACConfig
 from marl.multi_agent.groups import group_net
@@ -219,6 +228,7 @@ class SACLearner:
         self.alpha_optimizer = adam(self.log_alpha.parameters(), cfg.lr, cfg.adam_eps) if cfg.autotune else None
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.grad_steps = 0
+        self.grad_sync: GradSync | None = None  # data-parallel runs: the all-reduce of every step's gradients
 
     def ent_coefs(self) -> dict[str, Tensor]:
         """group -> current entropy coefficient ``alpha = exp(log_alpha)`` (detached scalar)."""
@@ -289,14 +299,15 @@ class SACLearner:
         cfg = self.cfg
         q_loss, td_error, metrics = self.critic_loss(batches)
         metrics["grad_norm"] = gradient_step(self.critic_optimizer, q_loss, list(self.critics.parameters()),
-                                             cfg.max_grad_norm)
+                                             cfg.max_grad_norm, self.grad_sync)
         with frozen(self.critics):
             actor_loss, ent_loss, actor_metrics = self.actor_losses(batches)
         metrics["actor_grad_norm"] = gradient_step(self.actor_optimizer, actor_loss, list(self.actor.parameters()),
-                                                   cfg.max_grad_norm)
+                                                   cfg.max_grad_norm, self.grad_sync)
         if self.alpha_optimizer is not None:  # log_alpha has no clipping and no norm metric
             self.alpha_optimizer.zero_grad(set_to_none=True)
             ent_loss.backward()
+            sync_grads(self.log_alpha.parameters(), self.grad_sync)
             self.alpha_optimizer.step()
             metrics["ent_coef_loss"] = ent_loss.detach()
         metrics.update(actor_metrics)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, frozen, gradient_step, learner_out
+from marl.algos.learner_parts import CheckpointParts, GradSync, LearnerOut, adam, frozen, gradient_step, learner_out
 from marl.algos.sac import action_dim, twin_critics, twin_q_loss
 from marl.algos.targets import OffPolicyBatch, critic_terms, make_target, masked_mean, soft_update, td_target
 from marl.config import ConfigError, ModelConfig, TD3Config
@@ -110,6 +110,7 @@ class TD3Learner:
         self.actor_optimizer = adam(actor.parameters(), cfg.lr, cfg.adam_eps)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.grad_steps = 0
+        self.grad_sync: GradSync | None = None  # data-parallel runs: the all-reduce of every step's gradients
 
     def critic_loss(
         self, batches: Mapping[str, OffPolicyBatch]
@@ -145,13 +146,13 @@ class TD3Learner:
         cfg = self.cfg
         q_loss, td_error, metrics = self.critic_loss(batches)
         metrics["grad_norm"] = gradient_step(self.critic_optimizer, q_loss, list(self.critics.parameters()),
-                                             cfg.max_grad_norm)
+                                             cfg.max_grad_norm, self.grad_sync)
         self.grad_steps += 1
         if self.grad_steps % cfg.policy_delay == 0:
             with frozen(self.critics):
                 loss, actor_metrics = self.actor_loss(batches)
             metrics["actor_grad_norm"] = gradient_step(self.actor_optimizer, loss, list(self.actor.parameters()),
-                                                       cfg.max_grad_norm)
+                                                       cfg.max_grad_norm, self.grad_sync)
             metrics.update(actor_metrics)
         if self.grad_steps % cfg.target_update_interval == 0:
             soft_update(self.critic_target, self.critics, cfg.tau)

@@ -17,7 +17,7 @@ from torch import Tensor
 from marl.algos.dqn import DQNLearner, QPolicyNet
 from marl.algos.sac import SACLearner, SACPolicyNet
 from marl.algos.td3 import TD3Learner, TD3PolicyNet
-from marl.config import Config, ConfigError, DQNConfig, NormConfig, SACConfig, TD3Config
+from marl.config import Config, DQNConfig, NormConfig, SACConfig, TD3Config
 from marl.multi_agent.groups import is_image
 from marl.nets import MaskedCategorical
 from marl.normalization import ObsNormalizer
@@ -136,9 +136,6 @@ class OffPolicyActor:
 def build_actor(spec: EnvSpec, cfg: Config, device: torch.device | str = "cpu") -> OffPolicyActor:
     """The acting policy of an off-policy config (what a checkpoint's ``policy`` entry loads into)."""
     algo = cfg.algo
-    if spec.turn_based:
-        raise ConfigError(f"algo.name={algo.name} needs simultaneous-move envs (one transition per agent per step); "
-                          "this env is turn-based (AEC). Use algo.name=ppo")
     if isinstance(algo, DQNConfig):
         net, epsilon = QPolicyNet(spec, cfg.model, algo.dueling), algo.epsilon_final
     elif isinstance(algo, SACConfig):

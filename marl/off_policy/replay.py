@@ -71,11 +71,18 @@ def goal_functions(cfg: Config, spec: EnvSpec) -> GoalFunctions:
     return GoalFunctions(reward_fn, terminates, float(np.asarray(reward_fn(goal, goal, None)).reshape(-1)[0]), env)
 
 
-def build_replays(spec: EnvSpec, cfg: Config, goals: GoalFunctions | None) -> dict[str, ReplayBuffer]:
-    """One replay buffer per group (PER and/or HER as configured); capacity rounded down to a multiple of E."""
+def build_replays(spec: EnvSpec, cfg: Config, goals: GoalFunctions | None, world_size: int = 1
+                  ) -> dict[str, ReplayBuffer]:
+    """One replay buffer per group (PER and/or HER as configured); capacity rounded down to a multiple of E.
+
+    Under torchrun (``world_size`` ranks) each rank's buffers hold its own env copies' rows, and
+    ``algo.buffer_size`` and ``env.num_envs`` count those of the whole run, as everywhere: a rank gets
+    ``buffer_size / world_size`` rows, so the replay spans as many env steps of the run as in one process.
+    """
     algo: OffPolicyConfig = cfg.algo
-    n_envs = cfg.env.num_envs
-    capacity = algo.buffer_size - algo.buffer_size % n_envs
+    n_envs = cfg.env.num_envs // world_size
+    size = algo.buffer_size // world_size
+    capacity = size - size % n_envs
     out: dict[str, ReplayBuffer] = {}
     for g in spec.groups:
         schema = replay_schema(g)

@@ -10,8 +10,9 @@ import numpy as np
 
 from marl import checkpoint as ckpt
 from marl.algos.dqn import linear_epsilon
-from marl.config import Config, DQNConfig, OffPolicyConfig
+from marl.config import Config, ConfigError, DQNConfig, OffPolicyConfig
 from marl.data import per_beta_at
+from marl.distributed import rank_seed
 from marl.env.ray_env import WorkerLost
 from marl.health import OFF_POLICY_REMEDIES, check_finite_metrics, first_nonfinite
 from marl.logger import episode_metrics
@@ -25,6 +26,7 @@ from marl.off_policy.replay import (
     replay_state,
     to_batch,
 )
+from marl.off_policy.turns import TurnRows
 from marl.run import Report, TrainingRun
 from marl.types import ActOutput, EpisodeStats, GroupObs
 
@@ -73,9 +75,18 @@ class OffPolicyTrainer(TrainingRun):
     against the largest reward magnitude seen, ``ent_coef_collapse``,
     ``entropy_collapse``, ``returns_collapse``); ``health.check_inputs`` checks every
     observation and reward.
+
+    Under torchrun (:mod:`marl.distributed`) each rank steps its own env copies into its own
+    replay with its own exploration and sampling streams, and every gradient step averages the
+    ranks' gradients (one all-reduce per optimizer step: each rank's batch of ``algo.batch_size``
+    rows, so an effective batch of ``N * batch_size``); the observation normalizers merge every
+    rank's rows, the counters are summed, ``algo.train_freq`` and ``learning_starts`` count the
+    env steps of all ranks (so the replay ratio, sampled rows per collected row, is that of one
+    process), and the parameters are compared every ``distributed.check_interval`` training phases.
     """
 
     remedies = OFF_POLICY_REMEDIES
+    supports_distributed = True
 
     def __init__(self, cfg: Config) -> None:
         if not isinstance(cfg.algo, OffPolicyConfig):
@@ -89,13 +100,35 @@ class OffPolicyTrainer(TrainingRun):
         self.learner = build_learner(self.actor, cfg)
         goals = goal_functions(cfg, self.spec) if cfg.algo.her else None
         self.goal_env = None if goals is None else goals.env
-        self.replay = build_replays(self.spec, cfg, goals)
+        self.replay = build_replays(self.spec, cfg, goals, 1 if self.dist is None else self.dist.world_size)
         if goals is not None:  # relabelled rewards reach the success reward even before a real success
             for g in self.replay:
                 self.health.note_rewards(g, goals.success_reward)
+        # Turn-based games: one transition per agent from its move to its next turn (marl.off_policy.turns).
+        self.turns = {g.name: TurnRows() for g in self.spec.groups} if self.spec.turn_based else None
+        if self.turns is not None and (cfg.algo.n_step > 1 or cfg.algo.her):
+            raise ConfigError(f"algo.{'her' if cfg.algo.her else 'n_step'}: turn-based (AEC) games take one-step "
+                              "transitions from a move to the agent's next turn; set algo.n_step=1 and algo.her=false")
         self.rng = np.random.default_rng(cfg.seed)
         self.since_train = 0  # env steps collected since the last training phase
         self.window = MetricWindow()
+        if self.dist is not None:
+            if cfg.algo.save_replay:
+                raise ConfigError("algo.save_replay: not available under torchrun (each rank holds its own replay); "
+                                  "set algo.save_replay=false (a resumed run refills the replays)")
+            self.learner.grad_sync = self.dist.average_grads
+            for norm in self.actor.obs_norm.values():
+                norm.rms.sync = self.dist.gather_moments
+            self.rank_streams()
+
+    def rank_streams(self) -> None:
+        """Give a rank other than 0 its own exploration and replay-sampling streams (rank 0 keeps the
+        single-process ones, so one rank is the plain run); derived from the seed, the rank and the env
+        steps, so that a resumed run draws fresh ones."""
+        if self.dist is not None and not self.is_main:
+            seed = rank_seed(self.cfg.seed, self.dist.rank, self.env_steps)
+            self.actor.generator.manual_seed(seed)
+            self.rng = np.random.default_rng(seed + 1)
 
     def acting_policy(self) -> OffPolicyActor:
         return self.actor
@@ -128,6 +161,7 @@ class OffPolicyTrainer(TrainingRun):
             for g, buf in self.replay.items():
                 load_replay_state(buf, state["replay"][g])
         self.window = MetricWindow(self.learner.grad_steps)
+        self.rank_streams()
 
     # ------------------------------------------------------------------ loop pieces
     def exploration(self) -> float:
@@ -141,7 +175,8 @@ class OffPolicyTrainer(TrainingRun):
         return 0.0
 
     def collect(self, epsilon: float) -> list[EpisodeStats]:
-        """One vector step of every env copy: act, step, store the rows; return the episodes that ended.
+        """One vector step of every env copy: act, step, store the rows, count the steps and episodes (of every
+        rank); return the episodes that ended here.
 
         With HER the achieved goals come with the observations (``GroupObs.achieved_goal``) and
         the final observations (``GroupTransition.final_achieved_goal``)."""
@@ -155,16 +190,26 @@ class OffPolicyTrainer(TrainingRun):
         except WorkerLost as lost:  # runtime=ray: a worker died mid-step; that step is not stored
             self.loop.set_obs(lost.obs, lost.state)
             return []
+        agent_steps = 0
         for g, buf in self.replay.items():
             o, tr = obs[g], step.transition[g]
             next_achieved = None
             if o.achieved_goal is not None:
                 ended = (tr.terminated | tr.truncated)[..., None]
                 next_achieved = np.where(ended, tr.final_achieved_goal, step.obs[g].achieved_goal)
-            buf.add(replay_rows(o, out.action[g].cpu().numpy(), tr, step.obs[g], o.achieved_goal, next_achieved))
+            action = out.action[g].cpu().numpy()
+            if self.turns is not None:
+                buf.add(self.turns[g].rows(o, action, tr, step.obs[g]))
+            else:
+                buf.add(replay_rows(o, action, tr, step.obs[g], o.achieved_goal, next_achieved))
             self.health.note_rewards(g, tr.reward)
-            self.agent_steps += int(o.alive.sum())
-        self.env_steps += self.env.num_envs
+            agent_steps += int(o.alive.sum())
+        counts = [self.env.num_envs, agent_steps, len(step.episodes)]
+        if self.dist is not None:  # every rank's steps (episode metrics are this rank's)
+            counts = self.dist.sum_ints(counts)
+        self.env_steps += counts[0]
+        self.agent_steps += counts[1]
+        self.episodes += counts[2]
         return step.episodes
 
     def train_step(self) -> dict[str, float]:
@@ -188,15 +233,19 @@ class OffPolicyTrainer(TrainingRun):
         ``log.interval`` training phases."""
         cfg, algo = self.cfg, self.cfg.algo
         epsilon = self.exploration()
+        before = self.env_steps
         finished = self.collect(epsilon)
-        self.episodes += len(finished)
         self.window.episodes.extend(finished)
         first = next(iter(self.replay.values()))
-        ready = len(first) >= min(first.capacity, max(algo.learning_starts, algo.batch_size))
-        self.since_train += self.env.num_envs if ready else 0
+        world = 1 if self.dist is None else self.dist.world_size  # learning_starts counts every rank's rows
+        ready = len(first) >= min(first.capacity, max(-(-algo.learning_starts // world), algo.batch_size))
+        self.since_train += self.env_steps - before if ready else 0
         reports = []
+        interval = cfg.distributed.check_interval
         while ready and self.since_train >= algo.train_freq:
             self.since_train -= algo.train_freq
+            if self.dist is not None and interval and self.iteration % interval == 0:
+                self.dist.check_in_sync(self.synced_tensors())
             for _ in range(algo.gradient_steps):
                 self.window.add(self.train_step())
             self.iteration += 1
@@ -209,6 +258,13 @@ class OffPolicyTrainer(TrainingRun):
                 reports.append(Report(row, log=True))
                 self.window = MetricWindow(self.learner.grad_steps)
         return reports
+
+    def synced_tensors(self) -> list[tuple[str, Any]]:
+        """What every rank must hold identically: the trained parameters, then the observation normalizers'
+        statistics."""
+        return [*(("learner." + str(i), p) for i, p in enumerate(self.learner.trainable())),
+                *((f"obs_norm.{g}.{key}", t) for g, n in self.actor.obs_norm.items()
+                  for key, t in n.rms.state_dict().items())]
 
     def check_finite(self) -> None:
         """The window's learner metrics are finite, else :class:`marl.health.NonFiniteError` naming the
