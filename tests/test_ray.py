@@ -207,18 +207,43 @@ def test_killed_worker_is_rebuilt_and_its_step_is_lost(cluster):
     assert wait_gone([*pids, *new_pids]) == []
 
 
+def test_a_worker_the_cluster_cannot_place_is_an_error_not_a_hang(cluster):
+    start = time.monotonic()
+    with pytest.raises(EnvWorkerError, match=r"ray worker 0 \(env copies 0..1\), ray worker 1 \(env copies 2..3\) not "
+                                             r"running after ray.start_timeout_s=2 s: the cluster has [0-9.]+ free "
+                                             r"CPUs and each worker asks ray.cpus_per_worker=4"):
+        RayVectorEnv(SPREAD, 4, 2, cpus_per_worker=4, start_timeout_s=2)
+    assert time.monotonic() - start < 15
+
+
 # ------------------------------------------------------------------ whole runs
-@pytest.mark.parametrize("case", ["ppo", "ppo_overlap", "dqn"])
+def _with_config(base: tuple[str, ...], config: str) -> tuple[str, ...]:
+    return (str(ROOT / "configs" / config), *base[1:])
+
+
+# case -> (run settings, local-only overrides, Ray-only overrides)
+IDENTICAL = {
+    "ppo": (PPO, ["env.backend=sync"], ["env.overlap=false"]),
+    "ppo_overlap": (PPO, ["env.backend=subprocess", "env.num_workers=2"], ["env.overlap=true"]),
+    # two groups of unlike agents, independent networks, a central critic on the global state
+    "ppo_groups_central": (_with_config(PPO, "simple_adversary_ppo.yaml"), ["env.backend=sync"],
+                           ["env.overlap=false", "model.sharing=independent", "model.critic=central"]),
+    # a turn-based (AEC) game with action masks
+    "ppo_aec_masks": (_with_config(PPO, "tictactoe_ppo.yaml"), ["env.backend=sync"], ["env.overlap=false"]),
+    "dqn": (DQN, ["env.backend=sync"], []),
+}
+
+
+@pytest.mark.parametrize("case", list(IDENTICAL))
 def test_ray_run_is_bit_identical_to_local_run(cluster, tmp_path, case):
     """W=2 workers x 2 copies on the cluster == 4 copies on this machine (same seeds per copy, same order).
 
-    ``ppo``, ``dqn``: against the in-process backend (one chunk), the policy acting on all copies at once
-    (env.overlap=false; off-policy collection always does). ``ppo_overlap``: with env.overlap the policy
-    acts on one worker's copies while the other steps, exactly as on the subprocess backend with 2 workers."""
-    base = DQN if case == "dqn" else PPO
-    local, remote = {"ppo": (["env.backend=sync"], ["env.overlap=false"]),
-                     "ppo_overlap": (["env.backend=subprocess", "env.num_workers=2"], ["env.overlap=true"]),
-                     "dqn": (["env.backend=sync"], [])}[case]
+    Against the in-process backend (one chunk) the policy acts on all copies at once (env.overlap=false;
+    off-policy collection always does). ``ppo_overlap``: with env.overlap the policy acts on one worker's
+    copies while the other steps, exactly as on the subprocess backend with 2 workers."""
+    base, local, remote = IDENTICAL[case]
+    both = [o for o in remote if o.startswith("model.")]
+    local = [*local, *both]
     train(load_config(base[0], [*base[1:], *local, f"run_dir={tmp_path / 'local'}"]))
     train(load_config(base[0], [*base[1:], *ray_args(cluster), *remote, f"run_dir={tmp_path / 'ray'}"]))
     local, remote = policy_tensors(tmp_path / "local"), policy_tensors(tmp_path / "ray")

@@ -254,7 +254,7 @@ class RayVectorEnv(ChunkedBase):
     def _spawn(self, w: int) -> Any:
         sl = self._slices[w]
         return _actor_class().options(num_cpus=self._cpus, scheduling_strategy="SPREAD", max_restarts=0,
-                                      max_task_retries=0, name=None).remote(self._factory, sl.start, sl.stop - sl.start)
+                                      max_task_retries=0).remote(self._factory, sl.start, sl.stop - sl.start)
 
     def _worker_name(self, w: int) -> str:
         sl = self._slices[w]
@@ -294,19 +294,25 @@ class RayVectorEnv(ChunkedBase):
 
     def _restart(self, w: int, cause: BaseException) -> None:
         """Replace dead worker ``w`` by a new actor whose copies start new episodes; warn."""
-        self._restarts[w] += 1
-        n = self._restarts[w]
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        if n > self._max_restarts:
-            raise EnvWorkerError(f"{self._worker_name(w)} died {n} times (ray.max_restarts={self._max_restarts}); "
-                                 f"last: {first}")
-        with contextlib.suppress(Exception):
-            self._ray.kill(self._workers.actors[w], no_restart=True)
-        self._workers.actors[w] = self._spawn(w)
-        self._pending[w] = None
-        self._build([w])
         sl = self._slices[w]
-        block = self._call(w, "reset", restart_seeds(self._seed, w, n, sl.stop - sl.start))
+        while True:
+            self._restarts[w] += 1
+            n = self._restarts[w]
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            if n > self._max_restarts:
+                raise EnvWorkerError(f"{self._worker_name(w)} died {n} times (ray.max_restarts="
+                                     f"{self._max_restarts}); last: {first}")
+            with contextlib.suppress(Exception):
+                self._ray.kill(self._workers.actors[w], no_restart=True)
+            self._workers.actors[w] = self._spawn(w)
+            self._pending[w] = None
+            try:
+                self._build([w])
+                seeds = restart_seeds(self._seed, w, n, sl.stop - sl.start)
+                block = self._value(w, self._get(w, self._workers.actors[w].reset.remote(seeds)))
+                break
+            except self._ray.exceptions.RayActorError as err:  # the new one died too (its node is going away)
+                cause = err
         self._current[w] = self._obs(w, block)
         if w not in self._lost:
             self._lost.append(w)
