@@ -256,17 +256,38 @@ def test_ppo_discards_the_rollout_of_a_killed_worker(cluster, make_config, recwa
     cfg = make_config(*PPO, *ray_args(cluster), "total_env_steps=100000")
     trainer = algorithm("ppo").trainer_class()(cfg)
     try:
-        batch = cfg.algo.num_steps * cfg.env.num_envs
+        T, E, W = cfg.algo.num_steps, cfg.env.num_envs, 2
+        rms = trainer.policy.obs_norm["agent"].rms
+        count = rms.count
         trainer.advance()
+        rows_per_rollout = rms.count - count  # observation rows folded into the normalizer by one rollout
         pids = trainer.env.worker_pids()
-        os.kill(pids[0], signal.SIGKILL)  # dies between rollouts: found at the first recv of the next one
+        sends = []
+        send = trainer.env.send
+
+        def send_and_kill(chunk, actions):  # SIGKILL worker 1 in the middle of the next rollout (its 10th send)
+            sends.append(chunk)
+            if len(sends) == 10:
+                os.kill(pids[1], signal.SIGKILL)
+            send(chunk, actions)
+
+        trainer.env.send = send_and_kill
+        count = rms.count
         trainer.advance()
-        assert trainer.env_steps == 2 * batch and trainer.iteration == 2  # one whole rollout, not one and a bit
-        assert any("ray worker 0 (env copies 0..1) was lost" in str(w.message) for w in recwarn)
-        assert trainer.env.worker_pids()[0] != pids[0]
+        assert len(sends) > W * T  # a partial rollout, then a whole one
+        assert trainer.env_steps == 2 * T * E and trainer.iteration == 2  # one whole rollout was used, not a bit more
+        # the partial rollout left no trace in the normalizer statistics
+        assert rms.count - count == pytest.approx(rows_per_rollout, abs=1e-6)
+        assert any("ray worker 1 (env copies 2..3) was lost" in str(w.message) for w in recwarn)
+        new_pids = trainer.env.worker_pids()
+        assert new_pids[0] == pids[0] and new_pids[1] != pids[1]
+        del trainer.env.send
+        os.kill(new_pids[0], signal.SIGKILL)  # between rollouts: found at the first recv of the next one
+        trainer.advance()
+        assert trainer.env_steps == 3 * T * E
     finally:
         trainer.close()
-    assert wait_gone(pids) == []
+    assert wait_gone([*pids, *new_pids]) == []
 
 
 def test_dqn_drops_the_lost_step_and_goes_on(cluster, make_config, recwarn):
