@@ -227,6 +227,8 @@ class RayVectorEnv(ChunkedBase):
         import ray
 
         self._ray = ray
+        # A dead actor, or its reply lost with its node (replies above ~100 kB wait in that node's object store).
+        self._died = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
         self._slices = chunk_slices(num_envs, num_workers)
         self.num_envs, self.num_chunks = num_envs, num_workers
         self._factory, self._cpus, self._max_restarts = factory, cpus_per_worker, max_restarts
@@ -311,7 +313,7 @@ class RayVectorEnv(ChunkedBase):
                 seeds = restart_seeds(self._seed, w, n, sl.stop - sl.start)
                 block = self._value(w, self._get(w, self._workers.actors[w].reset.remote(seeds)))
                 break
-            except self._ray.exceptions.RayActorError as err:  # the new one died too (its node is going away)
+            except self._died as err:  # the new one died too (its node is going away)
                 cause = err
         self._current[w] = self._obs(w, block)
         if w not in self._lost:
@@ -326,7 +328,7 @@ class RayVectorEnv(ChunkedBase):
             ref = getattr(self._workers.actors[w], method).remote(*args)
             try:
                 return self._value(w, self._get(w, ref))
-            except self._ray.exceptions.RayActorError as err:
+            except self._died as err:
                 self._restart(w, err)
 
     # -- blocks ------------------------------------------------------------------------------
@@ -357,7 +359,7 @@ class RayVectorEnv(ChunkedBase):
             try:
                 block, _ = self._value(w, self._get(w, ref))
                 self._current[w] = self._obs(w, block)
-            except self._ray.exceptions.RayActorError as err:
+            except self._died as err:
                 self._restart(w, err)
 
     def _lost_step(self) -> WorkerLost:
@@ -377,7 +379,7 @@ class RayVectorEnv(ChunkedBase):
         for w, ref in enumerate(refs):
             try:
                 block = self._value(w, self._get(w, ref))
-            except self._ray.exceptions.RayActorError as err:
+            except self._died as err:
                 self._restart(w, err)
                 block = self._call(w, "reset", seeds[self._slices[w]])
             self._current[w] = self._obs(w, block)
@@ -421,7 +423,7 @@ class RayVectorEnv(ChunkedBase):
             raise RuntimeError(f"recv({chunk}) without a pending send({chunk}, actions)")
         try:
             block, episodes = self._value(chunk, self._get(chunk, ref))
-        except self._ray.exceptions.RayActorError as err:
+        except self._died as err:
             self._restart(chunk, err)
             raise self._lost_step() from None
         if self._lost:
