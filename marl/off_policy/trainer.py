@@ -189,6 +189,9 @@ class OffPolicyTrainer(TrainingRun):
             obs, out, step = self.loop.step(act)
         except WorkerLost as lost:  # runtime=ray: a worker died mid-step; that step is not stored
             self.loop.set_obs(lost.obs, lost.state)
+            for turns in (self.turns or {}).values():  # moves in flight give no row (as after a resume)
+                if turns.pending is not None:
+                    turns.pending[:] = False
             return []
         agent_steps = 0
         for g, buf in self.replay.items():
