@@ -39,6 +39,7 @@ from marl.schemas import (  # noqa: F401 - the schemas are part of this module's
     NormConfig,
     OffPolicyConfig,
     PPOConfig,
+    RayConfig,
     SACConfig,
     TD3Config,
 )
@@ -257,10 +258,12 @@ def validate(cfg: Config) -> None:
     _require(all(isinstance(h, int) and h > 0 for h in cfg.model.hidden), "model.hidden",
              "must be a list of positive integers")
     _require(cfg.norm.obs_clip > 0, "norm.obs_clip", "must be > 0")
-    for section in ("health", "log", "distributed"):
+    for section in ("health", "log", "distributed", "ray"):
         for key, message in getattr(cfg, section).problems():
             _require(False, f"{section}.{key}", message)
     _require(cfg.norm.reward_clip >= 0, "norm.reward_clip", "must be >= 0 (0 = no clipping)")
+    if cfg.runtime == "ray":
+        _validate_ray(cfg)
     sharing = cfg.model.sharing
     _require(
         sharing in ("shared", "independent") or isinstance(sharing, dict),
@@ -292,6 +295,29 @@ def validate(cfg: Config) -> None:
         )
     if isinstance(algo, OffPolicyConfig):
         _validate_off_policy(cfg, algo)
+
+
+def _validate_ray(cfg: Config) -> None:
+    """``runtime=ray``: Ray installed, an env backend of adapters, and a split of ``env.num_envs`` over workers."""
+    import importlib.util
+
+    _require(importlib.util.find_spec("ray") is not None, "runtime",
+             "runtime=ray needs Ray: pip install 'marl[ray]'")
+    _require(cfg.env.backend != "batched", "env.backend",
+             "batched is one simulation in one process; runtime=ray steps env copies on workers: "
+             "use env.backend=sync (or runtime=local)")
+    n, workers, per = cfg.env.num_envs, cfg.ray.num_workers, cfg.ray.envs_per_worker
+    if workers and per:
+        _require(workers * per == n, "ray.envs_per_worker",
+                 f"ray.num_workers={workers} x ray.envs_per_worker={per} != env.num_envs={n}; "
+                 f"set env.num_envs={workers * per} or leave one of the two at 0")
+    elif workers:
+        _require(n % workers == 0 and workers <= n, "ray.num_workers",
+                 f"env.num_envs={n} does not split evenly over {workers} workers; "
+                 "use a divisor of env.num_envs or change env.num_envs")
+    else:
+        _require(n % per == 0, "ray.envs_per_worker",
+                 f"env.num_envs={n} is not a multiple of ray.envs_per_worker={per}")
 
 
 def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:

@@ -299,6 +299,43 @@ class DistributedConfig:
 
 
 @dataclass
+class RayConfig:
+    """Rollout workers on a Ray cluster (``runtime=ray``; marl.env.ray_env, docs/distributed.md).
+
+    ``env.num_envs`` is always the number of env copies E; ``num_workers`` and ``envs_per_worker``
+    split them (give one, the other is derived; both given, their product must be E).
+    """
+
+    address: str = _f("", "empty = start a local Ray instance for the run (stopped at its end); auto, host:port "
+                          "or ray://host:port = join that running cluster (left running)")
+    mode: Literal["sync", "async"] = _f("sync", "sync: every env copy steps once per vector step, actions from "
+                                                "the learner's current policy (async is reserved, not available)")
+    num_workers: int = _f(2, "rollout workers (Ray actors), each stepping a contiguous chunk of the env copies; "
+                             "0 = env.num_envs / ray.envs_per_worker")
+    envs_per_worker: int = _f(0, "env copies per worker; 0 = env.num_envs / ray.num_workers (must divide)")
+    cpus_per_worker: float = _f(1.0, "CPUs each worker reserves from Ray's scheduler (fractions allowed)")
+    max_restarts: int = _f(3, "times each worker is rebuilt after its process or node died; then the run stops")
+    connect_timeout_s: float = _f(10.0, "seconds to reach ray.address before the run stops with an error")
+    start_timeout_s: float = _f(120.0, "seconds a (re)started worker may take to be placed and build its env "
+                                       "copies (a cluster without free CPUs never places it)")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, message)`` for every value out of range (the split of env copies is checked with the env)."""
+        rules = [
+            (self.mode == "sync", "mode", "only sync is available in this version; use ray.mode=sync"),
+            (self.num_workers >= 0, "num_workers", "must be >= 0 (0 = derived from ray.envs_per_worker)"),
+            (self.envs_per_worker >= 0, "envs_per_worker", "must be >= 0 (0 = derived from ray.num_workers)"),
+            (self.num_workers > 0 or self.envs_per_worker > 0, "num_workers",
+             "give ray.num_workers or ray.envs_per_worker (both are 0)"),
+            (self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0"),
+            (self.max_restarts >= 0, "max_restarts", "must be >= 0"),
+            (self.connect_timeout_s > 0, "connect_timeout_s", "must be > 0"),
+            (self.start_timeout_s > 0, "start_timeout_s", "must be > 0"),
+        ]
+        return [(key, f"{msg}, got {getattr(self, key)!r}") for ok, key, msg in rules if not ok]
+
+
+@dataclass
 class Config:
     """One experiment. ``total_env_steps`` counts vectorized env steps summed over env copies."""
 
@@ -307,6 +344,8 @@ class Config:
                                        "(agent decisions with action_repeat)")
     run_dir: str = _f("", "output folder; empty = runs/<env>-<algo>-seed<seed>-<time>")
     resume: str = _f("", "run directory or checkpoint to continue from")
+    runtime: Literal["local", "ray"] = _f("local", "local: env copies on this machine (env.backend); ray: on Ray "
+                                                   "rollout workers (the ray section; pip install 'marl[ray]')")
     device: Literal["cpu", "cuda", "auto"] = _f("cpu", "torch device")
     torch_threads: int = _f(1, "torch intra-op threads (1 is fastest for small networks); 0 = torch default")
     update_threads: int = _f(-1, "PPO: torch threads during the update; "
@@ -321,6 +360,7 @@ class Config:
     log: LogConfig = _f(None, "logging")
     health: HealthConfig = _f(None, "training health: non-finite checks and warning signs")
     distributed: DistributedConfig = _f(None, "data-parallel ranks under torchrun")
+    ray: RayConfig = _f(None, "rollout workers on a Ray cluster (runtime=ray)")
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():
@@ -352,4 +392,5 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "health": HealthConfig,
     "distributed": DistributedConfig,
+    "ray": RayConfig,
 }

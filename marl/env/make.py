@@ -514,6 +514,8 @@ def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> Vector
     most ``num_envs``); with ``env.overlap`` the collector acts on one worker's env
     copies while the others step.
     """
+    if backend is None and cfg.runtime == "ray":  # training copies on Ray workers (evaluation passes its backend)
+        return ray_vector_env(cfg, num_envs)
     backend = backend or cfg.env.backend
     if backend == "batched":
         return batched_vector_env(cfg, num_envs)
@@ -521,6 +523,27 @@ def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> Vector
     if backend == "subprocess":
         workers = min(cfg.env.num_workers or (os.cpu_count() or 1), num_envs)
     return make_vector_env(env_factory(cfg), num_envs, backend=backend, num_workers=workers)
+
+
+def ray_vector_env(cfg: Config, num_envs: int) -> VectorEnv:
+    """``num_envs`` copies of the config's env on ``ray.num_workers`` Ray actors (:mod:`marl.env.ray_env`),
+    connected as ``ray.address`` says (:mod:`marl.ray_runtime`); closing the env closes the connection."""
+    from marl.env.ray_env import RayVectorEnv
+    from marl.ray_runtime import RayConnection
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("runtime=ray: not supported under torchrun (each rank would start its own workers); "
+                          "run marl train without torchrun, or use runtime=local")
+    r = cfg.ray
+    workers = r.num_workers or num_envs // r.envs_per_worker
+    connection = RayConnection(r.address, r.connect_timeout_s, workers * r.cpus_per_worker)
+    try:
+        return RayVectorEnv(env_factory(cfg), num_envs, workers, connection=connection,
+                            cpus_per_worker=r.cpus_per_worker, max_restarts=r.max_restarts,
+                            start_timeout_s=r.start_timeout_s)
+    except BaseException:
+        connection.close()
+        raise
 
 
 def warn_if_frozen(cfg: Config) -> list[str]:

@@ -13,6 +13,7 @@ from marl.algos.dqn import linear_epsilon
 from marl.config import Config, ConfigError, DQNConfig, OffPolicyConfig
 from marl.data import per_beta_at
 from marl.distributed import rank_seed
+from marl.env.ray_env import WorkerLost
 from marl.health import OFF_POLICY_REMEDIES, check_finite_metrics, first_nonfinite
 from marl.logger import episode_metrics
 from marl.off_policy.actor import OffPolicyActor, build_actor, build_learner
@@ -184,7 +185,14 @@ class OffPolicyTrainer(TrainingRun):
             return self.actor.act(obs, state, deterministic=False, update_stats=True, with_value=False,
                                   epsilon=epsilon)
 
-        obs, out, step = self.loop.step(act)
+        try:
+            obs, out, step = self.loop.step(act)
+        except WorkerLost as lost:  # runtime=ray: a worker died mid-step; that step is not stored
+            self.loop.set_obs(lost.obs, lost.state)
+            for turns in (self.turns or {}).values():  # moves in flight give no row (as after a resume)
+                if turns.pending is not None:
+                    turns.pending[:] = False
+            return []
         agent_steps = 0
         for g, buf in self.replay.items():
             o, tr = obs[g], step.transition[g]

@@ -22,6 +22,7 @@ picks the trainer of a config through :mod:`marl.registry`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from typing import Any
 
@@ -29,9 +30,10 @@ import torch
 
 from marl.algos.ppo import PPOLearner, linear_schedule
 from marl.config import Config
+from marl.env.ray_env import WorkerLost
 from marl.env.vector import SubprocVectorEnv
 from marl.logger import episode_metrics
-from marl.on_policy.collector import RolloutCollector
+from marl.on_policy.collector import RolloutCollector, RolloutResult
 from marl.on_policy.policy import ActorCriticPolicy
 from marl.run import Report, TrainingRun
 
@@ -140,6 +142,20 @@ class OnPolicyTrainer(TrainingRun):
         return [*self.policy.net.named_parameters(),
                 *((f"{name}.{key}", t) for name, rms in norms for key, t in rms.state_dict().items())]
 
+    def collect_whole(self) -> RolloutResult:
+        """A rollout; one during which a Ray worker was lost (:class:`WorkerLost`, ``runtime=ray``) is
+        discarded, normalizer statistics included, and collected again from the copies' current observations."""
+        while True:
+            norms = self.policy.obs_norm
+            before = copy.deepcopy((self.collector.state_dict(), {k: n.state_dict() for k, n in norms.items()}))
+            try:
+                return self.collector.collect()
+            except WorkerLost as lost:
+                self.loop.set_obs(lost.obs, lost.state)
+                self.collector.load_state_dict(before[0])
+                for k, n in norms.items():
+                    n.load_state_dict(before[1][k])
+
     def advance(self) -> list[Report]:
         """One iteration: anneal, collect a rollout, GAE per group, one update; one report (logged every
         ``log.interval`` iterations). A NaN/inf raises in the update, before anything is logged or saved."""
@@ -152,7 +168,7 @@ class OnPolicyTrainer(TrainingRun):
             self.learner.set_lr(linear_schedule(algo.lr, progress))
         if algo.anneal_clip:
             self.learner.clip_coef = linear_schedule(algo.clip_coef, progress)
-        rollout = self.collector.collect()
+        rollout = self.collect_whole()
         for name, buf in rollout.groups.items():
             buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
         batches = {name: buf.flat() for name, buf in rollout.groups.items()}

@@ -1,0 +1,110 @@
+"""The Ray connection of a run (``runtime=ray``): start a local instance or join a cluster, and leave it as found.
+
+* ``ray.address=""``: a local Ray instance is started for the run and shut down when the run's
+  env copies close (at the end, on an error, on Ctrl-C / SIGTERM).
+* ``ray.address=auto`` (the cluster this machine belongs to, started with ``ray start``),
+  ``host:port`` or ``ray://host:port`` (Ray Client): the running cluster is joined and left running;
+  only this run's driver disconnects.
+* A process already connected to Ray (``ray.init`` called by the caller) keeps its connection: the
+  run uses it and neither disconnects nor shuts anything down.
+
+Ray is an optional extra: :func:`import_ray` turns its absence into one line naming the extra.
+A ``host:port`` address is probed with a plain TCP connection first, so an unreachable address
+fails within ``ray.connect_timeout_s`` seconds instead of in Ray's own (much longer) retry loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+from types import ModuleType
+
+from marl.config import ConfigError
+
+RAY_MISSING = "runtime=ray needs Ray: pip install 'marl[ray]'"
+
+
+def import_ray() -> ModuleType:
+    """The ``ray`` module, or a :class:`ConfigError` naming the extra to install."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ConfigError(RAY_MISSING) from err
+    return ray
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host:port`` or ``ray://host:port`` address; ``None`` for ``""`` and ``"auto"``.
+
+    >>> host_port("ray://10.0.0.5:10001"), host_port("head:6379"), host_port("auto")
+    (('10.0.0.5', 10001), ('head', 6379), None)
+    """
+    if address in ("", "auto"):
+        return None
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"ray.address={address!r}: expected '' (local instance), auto, host:port or "
+                          "ray://host:port")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Open (and close) a TCP connection to the address's host and port within ``timeout_s`` seconds."""
+    target = host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise ConfigError(f"ray.address={address!r}: cannot reach {target[0]}:{target[1]} within "
+                          f"{timeout_s:g} s ({err.strerror or err}); start a cluster there (ray start --head) "
+                          "or fix ray.address (empty = a local instance for this run)") from None
+
+
+class RayConnection:
+    """This process's connection to Ray for one run; :meth:`close` undoes what the constructor did.
+
+    Args:
+        address: ``ray.address`` (see the module docstring).
+        connect_timeout_s: seconds to reach a ``host:port`` address.
+        num_cpus: CPUs the run's workers reserve; a local instance offers at least that many
+            (more than the machine's cores only when asked: Ray then time-shares them).
+
+    Attributes:
+        started: whether this run started the Ray instance (and shuts it down).
+        joined: whether this run connected the process (and disconnects it).
+    """
+
+    def __init__(self, address: str, connect_timeout_s: float, num_cpus: float = 0.0) -> None:
+        ray = import_ray()
+        self.address = address
+        self.started = self.joined = False
+        if ray.is_initialized():
+            return
+        if address == "":
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
+                     logging_level=logging.WARNING)
+            self.started = self.joined = True
+            return
+        check_reachable(address, connect_timeout_s)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"ray.address={address!r}: cannot join the Ray cluster ({first}); start one "
+                              "(ray start --head) or fix ray.address (empty = a local instance for this run)") from None
+        self.joined = True
+
+    def close(self) -> None:
+        """Disconnect if this run connected; a local instance it started is shut down with it. Idempotent."""
+        if self.joined:
+            self.joined = self.started = False
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.shutdown()
