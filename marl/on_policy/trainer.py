@@ -99,7 +99,7 @@ class OnPolicyTrainer(TrainingRun):
         self.learner = PPOLearner(self.policy, cfg.algo)
         self.collector = RolloutCollector(self.loop, self.policy, num_steps=cfg.algo.num_steps,
                                           reward_norm=cfg.norm.reward, reward_clip=cfg.norm.reward_clip,
-                                          gamma=cfg.algo.gamma)
+                                          gamma=cfg.algo.gamma, bptt_len=cfg.algo.bptt_len)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         if self.dist is not None:
             self.learner.grad_sync = self.dist.average_grads
@@ -155,7 +155,7 @@ class OnPolicyTrainer(TrainingRun):
         rollout = self.collector.collect()
         for name, buf in rollout.groups.items():
             buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
-        batches = {name: buf.flat() for name, buf in rollout.groups.items()}
+        batches = {name: buf.sequences() if self.policy.recurrent else buf.flat() for name, buf in rollout.groups.items()}
         with torch_threads(self.update_threads):
             metrics = self.learner.update(batches, num_minibatches=algo.num_minibatches,
                                           norm_advantage=cfg.norm.advantage, generator=self.generator)
