@@ -155,7 +155,8 @@ class OnPolicyTrainer(TrainingRun):
         rollout = self.collector.collect()
         for name, buf in rollout.groups.items():
             buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
-        batches = {name: buf.sequences() if self.policy.recurrent else buf.flat() for name, buf in rollout.groups.items()}
+        recurrent = self.policy.recurrent  # sequence batches of whole BPTT chunks
+        batches = {name: buf.sequences() if recurrent else buf.flat() for name, buf in rollout.groups.items()}
         with torch_threads(self.update_threads):
             metrics = self.learner.update(batches, num_minibatches=algo.num_minibatches,
                                           norm_advantage=cfg.norm.advantage, generator=self.generator)
