@@ -116,3 +116,19 @@ def test_independent_sets_get_their_own_gradients() -> None:
     assert net.core.weight_hh.grad[0].abs().sum() > 0
     assert net.core.weight_hh.grad[1].abs().sum() == 0
     assert net.core.weight_ih.shape[0] == 2 and net.id_dim == 3  # set 1 serves two agents: ids in the core input
+
+
+@pytest.mark.parametrize("sharing", ["shared", "independent"])
+def test_image_input_cnn_then_core_equals_step_loop(sharing: str) -> None:
+    """Images: pixels through the CNN encoder, then the core; chunk forward == step loop."""
+    torch.manual_seed(5)
+    net = RecurrentAgentNet((10, 10, 3), 3, 3, cell="gru", rnn_hidden=8, hidden=(16,),
+                            param_sets=param_sets_for(sharing, AGENTS))
+    assert net.encoder.encoder == "cnn"
+    x = torch.randint(0, 256, (4, 2, 3, 10, 10, 3), dtype=torch.uint8)
+    alive = torch.rand(4, 2, 3) > 0.2
+    reset = torch.rand(4, 2, 3) > 0.7
+    out, h = net(x, net.zero_state(2), alive, reset)
+    ref_out, ref_h = step_loop(net, x, net.zero_state(2), alive, reset)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(h, ref_h, rtol=0, atol=1e-5)
