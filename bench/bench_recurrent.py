@@ -74,22 +74,28 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=0, help="budget per memory run (0 = the config's)")
     parser.add_argument("--spread-steps", type=int, default=16_000, help="budget per throughput run")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--parts", nargs="+", choices=["memory", "throughput"], default=["memory", "throughput"])
     args = parser.parse_args()
+    result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
-        finals = memory_runs(args.seeds, args.memory_steps, root)
-        sps = throughput(args.spread_steps, root)
-    gru, ff = np.array(finals["gru"]), np.array(finals["none"])
-    print("\nmemory task (cue_recall, 2 agents, 4 cues, delay 4): final eval team return "
-          "(chance 0.5 = the feed-forward bound, max 2.0)")
-    print(f"{'seed':>6} {'gru':>7} {'ff':>7} {'gru-ff':>7}")
-    for seed, g, f in zip(args.seeds, gru, ff):
-        print(f"{seed:>6} {g:7.3f} {f:7.3f} {g - f:+7.3f}")
-    held = bool(np.all(gru - ff >= MARGIN))
-    print(f"claim gru - ff >= {MARGIN} on every seed: {'holds' if held else 'FAILS'}")
-    print(f"\nsimple_spread PPO env steps/s: feed-forward {sps['none']:.0f}, gru {sps['gru']:.0f}, "
-          f"ratio gru/ff {sps['gru'] / sps['none']:.2f}")
-    print(json.dumps({"memory": finals, "margin": MARGIN, "claim_holds": held, "sps": sps}))
+        if "memory" in args.parts:
+            finals = memory_runs(args.seeds, args.memory_steps, root)
+            gru, ff = np.array(finals["gru"]), np.array(finals["none"])
+            print("\nmemory task (cue_recall, 2 agents, 4 cues, delay 4): final eval team return "
+                  "(chance 0.5 = the feed-forward bound, max 2.0)")
+            print(f"{'seed':>6} {'gru':>7} {'ff':>7} {'gru-ff':>7}")
+            for seed, g, f in zip(args.seeds, gru, ff):
+                print(f"{seed:>6} {g:7.3f} {f:7.3f} {g - f:+7.3f}")
+            held = bool(np.all(gru - ff >= MARGIN))
+            print(f"claim gru - ff >= {MARGIN} on every seed: {'holds' if held else 'FAILS'}")
+            result.update(memory=finals, margin=MARGIN, claim_holds=held)
+        if "throughput" in args.parts:
+            sps = throughput(args.spread_steps, root)
+            print(f"\nsimple_spread PPO env steps/s: feed-forward {sps['none']:.0f}, gru {sps['gru']:.0f}, "
+                  f"ratio gru/ff {sps['gru'] / sps['none']:.2f}")
+            result.update(sps=sps)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -48,12 +48,12 @@ def gru_update(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     Returns:
         ``h' = (1 - z) n + z h`` with ``r = s(i_r + h_r)``, ``z = s(i_z + h_z)``, ``n = tanh(i_n + r h_n)``.
     """
-    i_r, i_z, i_n = gi.chunk(3, -1)
-    h_r, h_z, h_n = gh.chunk(3, -1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)
-    return n + z * (h - n)
+    # Written with few operations (each one an autograd node inside the BPTT loop): r and z in one
+    # sigmoid, i_n + r h_n as one addcmul, (1 - z) n + z h as one lerp.
+    width = h.shape[-1]
+    r, z = torch.sigmoid(gi[..., :2 * width] + gh[..., :2 * width]).chunk(2, -1)
+    n = torch.tanh(torch.addcmul(gi[..., 2 * width:], r, gh[..., 2 * width:]))
+    return torch.lerp(n, h, z)
 
 
 def lstm_update(gi: Tensor, gh: Tensor, state: Tensor) -> Tensor:
@@ -68,9 +68,11 @@ def lstm_update(gi: Tensor, gh: Tensor, state: Tensor) -> Tensor:
         ``[h', c']`` with ``c' = s(f) c + s(i) tanh(g)``, ``h' = s(o) tanh(c')``.
     """
     c = state.chunk(2, -1)[1]
-    i, f, g, o = (gi + gh).chunk(4, -1)
-    c2 = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.cat([torch.sigmoid(o) * torch.tanh(c2), c2], -1)
+    gates = gi + gh
+    i, f, g, o = gates.chunk(4, -1)
+    s_i, s_f, _, s_o = torch.sigmoid(gates).chunk(4, -1)  # one sigmoid for the three sigmoid gates
+    c2 = torch.addcmul(s_f * c, s_i, torch.tanh(g))
+    return torch.cat([s_o * torch.tanh(c2), c2], -1)
 
 
 class StackedRNN(nn.Module):
@@ -177,11 +179,13 @@ class StackedRNN(nn.Module):
         keep = None if reset is None else self._to_rows((~reset).unsqueeze(-1).to(h.dtype))
         update = gru_update if self.cell == "gru" else lstm_update
         hs = self.hidden_size
+        lstm = self.cell == "lstm"
+        b_hh = b_hh.unsqueeze(1)
         outs = []
         for t in range(n_steps):
-            gh = torch.baddbmm(b_hh.unsqueeze(1), h[..., :hs], w_hh)
+            gh = torch.baddbmm(b_hh, h[..., :hs] if lstm else h, w_hh)
             new = update(gi[:, t], gh, h)
-            outs.append(new[..., :hs])
+            outs.append(new[..., :hs] if lstm else new)
             h = new if keep_alive is None else torch.where(keep_alive[:, t], new, h)
             if keep is not None:
                 h = h * keep[:, t]
