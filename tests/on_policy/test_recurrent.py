@@ -22,13 +22,27 @@ CUE = ["env.id=envs.cue_recall", "env.kwargs={n_agents: 2, n_cues: 3, delay: 3}"
 GATHER = ["env.id=envs.coop_gather", "env.kwargs={n_agents: 3, size: 6, n_hazards: 8, n_resources: 2}"]
 
 
+def recompute_error(rollouts, policy) -> float:
+    """Largest |log-prob or value recomputed from the stored chunks - the one collected| over alive entries."""
+    worst = 0.0
+    for r in rollouts:
+        for g, seq in r["_seq"].items():
+            with torch.no_grad():
+                dist, value = policy.net[g].sequence_dist_and_value(seq.obs, seq.critic_in, seq.action_mask,
+                                                                   seq.hidden, seq.alive, seq.reset)
+            a = seq.alive
+            worst = max(worst, float((dist.log_prob(seq.action) - seq.log_prob)[a].abs().max()),
+                        float((value - seq.value)[a].abs().max()))
+    return worst
+
+
 def collect(overrides, rollouts=1, num_envs=4):
     """Rollouts of a fresh recurrent policy (sync backend, ``num_envs`` copies): ``(rollouts, policy, collector)``."""
     cfg = load_config(None, ["env.backend=sync", f"env.num_envs={num_envs}", "seed=2", "model.recurrent=gru",
                              "model.rnn_hidden=16", "model.hidden=[32]", "algo.num_minibatches=1", *overrides])
     env = vector_env(cfg, cfg.env.num_envs)
     try:
-        loop = EnvLoop(env)
+        loop = EnvLoop(env, overlap=cfg.env.overlap)
         loop.reset(cfg.seed)
         torch.manual_seed(0)
         policy = ActorCriticPolicy(env.spec, cfg)
@@ -60,18 +74,9 @@ def test_chunk_forward_recomputes_the_collected_log_probs_and_values(model) -> N
     """BPTT over stored chunks (initial state, alive, resets) equals the step-by-step collection, with agent
     deaths and episode ends inside chunks (coop_gather with many hazards), over two rollouts."""
     rollouts, policy, _ = collect([*GATHER, "algo.num_steps=24", "algo.bptt_len=8", *model], rollouts=2)
-    deaths = 0
-    for r in rollouts:
-        for g, seq in r["_seq"].items():
-            raw = r[g]
-            deaths += int((raw["terminated"] & ~raw["reset"].all(-1, keepdim=True)).sum())
-            with torch.no_grad():
-                dist, value = policy.net[g].sequence_dist_and_value(seq.obs, seq.critic_in, seq.action_mask,
-                                                                   seq.hidden, seq.alive, seq.reset)
-            alive = seq.alive
-            torch.testing.assert_close(dist.log_prob(seq.action)[alive], seq.log_prob[alive], rtol=0, atol=2e-5)
-            torch.testing.assert_close(value[alive], seq.value[alive], rtol=0, atol=2e-5)
-    assert deaths > 0  # some agent died while its team went on: its reset is inside an episode
+    assert recompute_error(rollouts, policy) < 2e-5
+    # some agent died while its team went on: its reset is inside an episode
+    assert any((r["agent"]["terminated"] & ~r["agent"]["reset"].all(-1, keepdim=True)).any() for r in rollouts)
 
 
 def test_hidden_state_is_zeroed_at_exactly_the_step_after_an_episode_end() -> None:
@@ -156,3 +161,20 @@ def test_bad_recurrent_configs_are_one_line_errors(overrides, key) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
         load_config(None, ["model.recurrent=gru", *overrides])
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["env.id=pettingzoo.classic.tictactoe_v3", "env.kwargs={}", "norm.obs=false", "algo.num_steps=20",
+     "algo.bptt_len=10"],
+    [*CUE, "env.backend=subprocess", "env.num_workers=2", "env.overlap=true", "algo.num_steps=12", "algo.bptt_len=6"],
+], ids=["turn-based", "subprocess-overlap"])
+def test_waiting_agents_and_overlapped_chunks_recompute_the_collection(overrides) -> None:
+    """Turn-based games (the waiting player keeps its state; games end inside chunks) and env copies acted on
+    chunk by chunk in worker processes store chunks that the BPTT forward reproduces."""
+    rollouts, policy, collector = collect(overrides, rollouts=2)
+    raw = rollouts[0][next(iter(policy.net.keys()))]
+    overlapped = "env.overlap=true" in overrides
+    assert len(collector.loop.units) == (2 if overlapped else 1)
+    assert (~raw["alive"]).any() or overlapped
+    assert raw["reset"].any()
+    assert recompute_error(rollouts, policy) < 2e-5
