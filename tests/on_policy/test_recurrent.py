@@ -12,8 +12,11 @@ import pytest
 import torch
 
 import marl
+from marl.api import load_policy
 from marl.config import ConfigError, load_config
+from marl.deploy import DeployError
 from marl.env.make import vector_env
+from marl.evaluation import run_episodes
 from marl.loop import EnvLoop
 from marl.on_policy.collector import RolloutCollector
 from marl.on_policy.policy import ActorCriticPolicy
@@ -117,8 +120,8 @@ def test_saved_recurrent_policy_acts_the_same_after_loading(tmp_path) -> None:
                                       "eval.num_envs=1", "log.tensorboard=false", "log.progress=false",
                                       f"run_dir={tmp_path / 'run'}"])
     deployed = marl.load(run.run_dir)
-    policy, _, _ = marl.api.load_policy(run.run_dir)
-    with pytest.raises(marl.deploy.DeployError, match="recurrent"):
+    policy, _, _ = load_policy(run.run_dir)
+    with pytest.raises(DeployError, match="recurrent"):
         deployed.act({"agent_0": np.zeros(4, np.float32)})
     env = deployed.make_env()
     obs, _ = env.reset(seed=7)
@@ -178,3 +181,39 @@ def test_waiting_agents_and_overlapped_chunks_recompute_the_collection(overrides
     assert (~raw["alive"]).any() or overlapped
     assert raw["reset"].any()
     assert recompute_error(rollouts, policy) < 2e-5
+
+
+class RecordingPolicy:
+    """A real recurrent policy that also keeps the hidden state it is given and returns at every call."""
+
+    def __init__(self, policy: ActorCriticPolicy) -> None:
+        self.policy = policy
+        self.given: list[torch.Tensor] = []
+        self.returned: list[torch.Tensor] = []
+
+    def initial_hidden(self, num_envs: int):
+        return self.policy.initial_hidden(num_envs)
+
+    def act(self, obs, state=None, deterministic=False, update_stats=False, with_value=True, hidden=None):
+        out = self.policy.act(obs, state, deterministic, update_stats, with_value, hidden=hidden)
+        self.given.append(hidden["agent"].clone())
+        self.returned.append(out.hidden["agent"].clone())
+        return out
+
+
+def test_evaluation_carries_the_hidden_state_and_restarts_it_at_episode_starts() -> None:
+    cfg = load_config(None, [*CUE, "model.recurrent=gru", "model.rnn_hidden=8", "model.hidden=[16]",
+                             "env.num_envs=2", "algo.num_minibatches=1"])
+    env = vector_env(cfg, 3)
+    try:
+        policy = RecordingPolicy(ActorCriticPolicy(env.spec, cfg))
+        run = run_episodes(policy, env, episodes=6, seeds=[1, 2, 3, 4])
+    finally:
+        env.close()
+    assert len(run.episodes) == 6 and len(policy.given) == 8  # 2 episodes of 4 steps per copy
+    for t, (given, returned) in enumerate(zip(policy.given, policy.returned)):
+        if t % 4 == 0:
+            assert (given == 0).all()  # an episode start: zero state
+        else:
+            torch.testing.assert_close(given, policy.returned[t - 1], rtol=0, atol=0)  # carried from the last step
+        assert (returned != 0).any()
