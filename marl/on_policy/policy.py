@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from marl.config import Config, ModelConfig
 from marl.multi_agent.groups import critic_input_shape, group_sharing, is_image, param_sets_for
 from marl.nets import AgentNet, DiagGaussian, MaskedCategorical, scale_action
-from marl.nets.recurrent import RecurrentAgentNet
+from marl.nets.recurrent import RecurrentAgentNet, scan_together
 from marl.nets.twin import TwinMLP
 from marl.normalization import ObsNormalizer
 from marl.types import ActOutput, EnvSpec, GroupObs, GroupSpec
@@ -161,11 +161,14 @@ class GroupActorCritic(nn.Module):
             without a critic input the critic's part of the state is returned unchanged.
         """
         split = self.actor.state_size
-        out, h_actor = self.actor(obs, hidden[..., :split], alive, reset)
         if critic_in is None:
+            out, h_actor = self.actor(obs, hidden[..., :split], alive, reset)
             return out, None, torch.cat([h_actor, hidden[..., split:]], -1)
-        value, h_critic = self.critic(critic_in, hidden[..., split:], alive, reset)
-        return out, value.squeeze(-1), torch.cat([h_actor, h_critic], -1)
+        # both cores in one time loop (scan_together: same result as one loop per core, fewer operations)
+        (core_a, h_actor), (core_c, h_critic) = scan_together(
+            [self.actor.core, self.critic.core], [self.actor.features(obs), self.critic.features(critic_in)],
+            [hidden[..., :split], hidden[..., split:]], alive, reset)
+        return self.actor.head(core_a), self.critic.head(core_c).squeeze(-1), torch.cat([h_actor, h_critic], -1)
 
     def sequence_dist_and_value(
         self, obs: Tensor, critic_in: Tensor, action_mask: Tensor | None, hidden: Tensor,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from marl.multi_agent.groups import param_sets_for
-from marl.nets.recurrent import RecurrentAgentNet, StackedRNN
+from marl.nets.recurrent import RecurrentAgentNet, StackedRNN, scan_together
 
 AGENTS = ["a_0", "a_1", "a_2"]
 
@@ -132,3 +132,21 @@ def test_image_input_cnn_then_core_equals_step_loop(sharing: str) -> None:
     ref_out, ref_h = step_loop(net, x, net.zero_state(2), alive, reset)
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
     torch.testing.assert_close(h, ref_h, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("sets", [(0, 0, 0), (0, 1, 2)])
+def test_scan_together_equals_one_loop_per_core(cell: str, sets: tuple[int, ...]) -> None:
+    torch.manual_seed(6)
+    cores = [StackedRNN(cell, 5, 7, sets) for _ in range(2)]
+    xs = [torch.randn(6, 4, 3, 5) for _ in cores]
+    states = [torch.randn(4, 3, cores[0].state_size) for _ in cores]
+    alive = torch.rand(6, 4, 3) > 0.2
+    reset = torch.rand(6, 4, 3) > 0.8
+    together = scan_together(cores, xs, states, alive, reset)
+    for core, x, state, (out, h) in zip(cores, xs, states, together):
+        ref_out, ref_h = core(x, state, alive, reset)
+        torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-6)
+        torch.testing.assert_close(h, ref_h, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="one cell"):
+        scan_together([cores[0], StackedRNN(cell, 5, 8, sets)], xs, states)
