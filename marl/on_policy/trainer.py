@@ -117,18 +117,23 @@ class OnPolicyTrainer(TrainingRun):
     def checkpoint_state(self, name: str) -> dict[str, Any]:
         state = super().checkpoint_state(name)
         state["collector"] = self.collector.state_dict()
-        if self.dist is not None:  # the running returns of every rank's copies, in copy order
+        if self.dist is not None:  # the running returns (and hidden states) of every rank's copies, in copy order
             for s in state["collector"]["reward_norm"].values():
                 s["ret"] = torch.cat(self.dist.gather_objects(s["ret"]))
+            if "hidden" in state["collector"]:
+                state["collector"]["hidden"] = {g: torch.cat(self.dist.gather_objects(h))
+                                                for g, h in state["collector"]["hidden"].items()}
         state["rng"]["generator"] = self.generator.get_state()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         collector = state["collector"]
-        if self.dist is not None:  # this rank's copies' running returns
+        if self.dist is not None:  # this rank's copies' running returns and hidden states
             rows = slice(self.copies.start, self.copies.stop)
-            collector = {"reward_norm": {g: {**s, "ret": s["ret"][rows]} for g, s in collector["reward_norm"].items()}}
+            collector = {"reward_norm": {g: {**s, "ret": s["ret"][rows]} for g, s in collector["reward_norm"].items()},
+                         **({"hidden": {g: h[rows] for g, h in collector["hidden"].items()}}
+                            if "hidden" in collector else {})}
         self.collector.load_state_dict(collector)
         self.generator.set_state(state["rng"]["generator"])
 
