@@ -10,6 +10,8 @@ termination and truncation:
 * ``bit_flip``: Gymnasium, goal-conditioned bit flipping.
 * ``goal_reach``: Gymnasium, goal-conditioned 2-D point mass.
 * ``masked_cartpole``: Gymnasium, CartPole observed through positions only (no velocities).
+* ``cue_recall``: PettingZoo parallel, recall a cue seen ``delay`` steps earlier (a memory task:
+  feed-forward policies are held to chance).
 
 PettingZoo modules expose ``parallel_env(**kwargs)``, Gymnasium ones ``env(**kwargs)``.
 Importing this package also registers the Gymnasium envs as ``BitFlip-v0``,

@@ -287,6 +287,8 @@ def validate(cfg: Config) -> None:
             f"the rollout has num_steps*num_envs = {cfg.batch_size} rows, not divisible by "
             f"{algo.num_minibatches} minibatches; change algo.num_minibatches, algo.num_steps or env.num_envs",
         )
+        if cfg.model.recurrent != "none":
+            _validate_recurrent_ppo(cfg, algo)
         _require(
             not (cfg.norm.advantage and cfg.minibatch_size < 2),
             "algo.num_minibatches",
@@ -320,6 +322,21 @@ def _validate_ray(cfg: Config) -> None:
                  f"env.num_envs={n} is not a multiple of ray.envs_per_worker={per}")
 
 
+def _validate_recurrent_ppo(cfg: Config, algo: PPOConfig) -> None:
+    """Chunking checks of recurrent PPO (``model.recurrent`` set): whole chunks per minibatch."""
+    _require(algo.bptt_len >= 0, "algo.bptt_len", "must be >= 0 (0 = the whole rollout)")
+    length = algo.chunk_len()
+    _require(algo.num_steps % length == 0, "algo.bptt_len",
+             f"algo.num_steps={algo.num_steps} is not divisible by algo.bptt_len={length}; pick a divisor")
+    chunks = algo.num_steps // length * cfg.env.num_envs
+    _require(chunks % algo.num_minibatches == 0, "algo.num_minibatches",
+             f"the rollout has (num_steps/bptt_len)*num_envs = {chunks} chunks, not divisible by "
+             f"{algo.num_minibatches} minibatches; change algo.num_minibatches, algo.bptt_len or env.num_envs")
+    _require(cfg.model.rnn_hidden >= 1, "model.rnn_hidden", "must be >= 1")
+    _require(len(cfg.model.hidden) >= 1, "model.hidden",
+             "a recurrent model needs at least one encoder width before its core, e.g. [64]")
+
+
 def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
     """Value checks of the off-policy sections (DQN, SAC, TD3)."""
     _require(algo.lr > 0, "algo.lr", f"learning rate must be > 0, got {algo.lr}")
@@ -348,6 +365,8 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
              f"{algo.name} stores raw rewards in the replay (HER recomputes them); set norm.reward=false")
     _require(cfg.model.critic == "local", "model.critic",
              f"{algo.name} critics see each agent's own observation; set model.critic=local")
+    _require(cfg.model.recurrent == "none", "model.recurrent",
+             f"{algo.name} has no recurrent networks; set model.recurrent=none (recurrent models train with algo ppo)")
     if isinstance(algo, DQNConfig):
         _require(0 < algo.exploration_fraction <= 1, "algo.exploration_fraction", "must be in (0, 1]")
         for key in ("epsilon_start", "epsilon_final"):

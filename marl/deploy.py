@@ -25,6 +25,11 @@ Each call is one step of one env (``E = 1``) through the registry's acting polic
 (:class:`marl.on_policy.ActorCriticPolicy` or :class:`marl.off_policy.OffPolicyActor`), so the
 actions equal those of marl's own evaluation for the same observations. Stochastic calls
 (``deterministic=False``) draw from torch's global RNG.
+
+Recurrent policies (``model.recurrent``) remember: start each episode with
+``hidden = policy.initial_hidden()`` and pass it along, ``actions, hidden = policy.act(obs,
+hidden=hidden)``; agents absent from a call keep their state. Start a new episode (or, for an
+agent that died and comes back, the whole hidden state) from ``initial_hidden()`` again.
 """
 
 from __future__ import annotations
@@ -139,6 +144,7 @@ class DeployedPolicy:
         action_masks: Any = None,
         deterministic: bool = True,
         agent: str | None = None,
+        hidden: Mapping[str, Any] | None = None,
     ) -> Any:
         """Actions for one env step.
 
@@ -151,14 +157,24 @@ class DeployedPolicy:
                 the mask alone.
             deterministic: the mode of the action distribution (greedy for DQN); ``False`` samples.
             agent: the agent whose observation ``observations`` is (AEC envs).
+            hidden: recurrent policies: the state from :meth:`initial_hidden` (episode start) or
+                from the previous call; required for them, refused by feed-forward ones.
 
         Returns:
             ``{agent: action}`` for a dict of observations, else the one action: ``int`` for
-            discrete actions, a ``float32`` array within the action bounds for boxes.
+            discrete actions, a ``float32`` array within the action bounds for boxes. With
+            ``hidden``: ``(actions, next_hidden)``.
 
         Raises:
-            DeployError: unknown agents, wrong observation shapes, a missing or empty mask.
+            DeployError: unknown agents, wrong observation shapes, a missing or empty mask, a missing
+                or unexpected ``hidden``.
         """
+        recurrent = self.initial_hidden() is not None
+        if recurrent and hidden is None:
+            raise DeployError("this policy is recurrent: pass hidden=policy.initial_hidden() at an episode start "
+                              "and the hidden state each call returns afterwards")
+        if hidden is not None and not recurrent:
+            raise DeployError("this policy is feed-forward and keeps no hidden state; call act() without hidden=")
         raw, as_dict = self._per_agent(observations, agent)
         if action_masks is not None and not isinstance(action_masks, Mapping):
             if as_dict:
@@ -166,7 +182,11 @@ class DeployedPolicy:
             action_masks = {next(iter(raw)): action_masks}
         masks = dict(action_masks or {})
         obs = {g.name: self._group_obs(g, raw, masks) for g in self.spec.groups}
-        out = self.policy.act(obs, None, deterministic=deterministic, update_stats=False, with_value=False)
+        if hidden is None:
+            out = self.policy.act(obs, None, deterministic=deterministic, update_stats=False, with_value=False)
+        else:
+            out = self.policy.act(obs, None, deterministic=deterministic, update_stats=False, with_value=False,
+                                  hidden=hidden)
         actions = {}
         for a in raw:
             group, k = self._where[a]
@@ -176,7 +196,13 @@ class DeployedPolicy:
             else:
                 box = group.action_space
                 actions[a] = np.clip(value, box.low, box.high).astype(np.float32)
-        return actions if as_dict else actions[next(iter(raw))]
+        result = actions if as_dict else actions[next(iter(raw))]
+        return result if hidden is None else (result, out.hidden)
+
+    def initial_hidden(self) -> dict[str, Any] | None:
+        """A recurrent policy's state at an episode start (group -> zeros ``[1, A, S]``); ``None`` if feed-forward."""
+        initial = getattr(self.policy, "initial_hidden", None)
+        return None if initial is None else initial(1)
 
     def make_env(self, render_mode: str | None = None) -> Any:
         """The run's env as a plain PettingZoo / Gymnasium env (same id, kwargs and preprocessing)."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from marl.env.vector import VectorEnv
-from marl.loop import EnvLoop
+from marl.loop import EnvLoop, episode_ends, reset_hidden
 from marl.seeding import eval_seeds
 from marl.types import ActingPolicy, ActOutput, EnvSpec, EpisodeStats, GroupObs
 
@@ -136,6 +136,9 @@ def run_episodes(
     leaves the caller's (training) RNG stream untouched; ``seeds[E]`` also seeds the random
     opponent. Normalizer statistics stay frozen.
 
+    Recurrent policies (with ``initial_hidden``) carry their hidden state from step to step, zeroed
+    for an agent after the step its episode or life ends.
+
     ``should_stop`` is asked before every vector step: a stop request (e.g. SIGTERM) ends the
     evaluation within one step instead of after its last episode.
 
@@ -157,8 +160,16 @@ def run_episodes(
     started = [0] * num_envs  # episodes started per copy (rotates the learner's seat)
     rng = np.random.default_rng(seeds[num_envs])
 
+    # recurrent policies: hidden state per copy and agent, zeroed when an agent's episode or life ends
+    initial_hidden = getattr(policy, "initial_hidden", None)
+    hidden = None if initial_hidden is None else initial_hidden(num_envs)
+
     def act(obs: dict[str, GroupObs], state: np.ndarray | None) -> ActOutput:
-        out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
+        if hidden is None:
+            out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False)
+        else:
+            out = policy.act(obs, state, deterministic=deterministic, update_stats=False, with_value=False,
+                             hidden=hidden)
         if opponent != "random":
             return out
         actions = random_actions(spec, obs, rng)
@@ -176,7 +187,9 @@ def run_episodes(
         for _ in range(max_steps):
             if should_stop is not None and should_stop():
                 raise EvaluationStopped(f"stopped after {len(run.episodes)} of {episodes} episodes")
-            _, _, step = loop.step(act)
+            _, out, step = loop.step(act)
+            if hidden is not None:
+                hidden = reset_hidden(out.hidden, episode_ends(step))
             for ep in step.episodes:
                 e = ep.env_index
                 if done_count[e] < quota[e]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from marl import health
 from marl.env.vector import VectorEnv, concat_steps
@@ -31,6 +33,31 @@ from marl.types import ActOutput, GroupObs, VecStep
 
 Act = Callable[[dict[str, GroupObs], "np.ndarray | None"], ActOutput]
 """A policy's act for one unit: ``(obs [E_u, A, ...] per group, state [E_u, S] or None) -> ActOutput``."""
+
+
+def episode_ends(step: VecStep, start: int = 0) -> dict[str, np.ndarray]:
+    """Agents whose episode or life ended at ``step``: group -> bool ``[E_u, A]``.
+
+    An agent ends when it is terminated or truncated, and every agent of a copy whose episode
+    finished (``step.episodes``; ``start`` is the global index of the step's first copy) ends
+    too. A recurrent policy's state is zeroed there (:func:`reset_hidden`), so the next
+    episode, or an agent's next life, starts from zero.
+    """
+    ended = {g: tr.terminated | tr.truncated for g, tr in step.transition.items()}
+    if step.episodes:
+        copies = [ep.env_index - start for ep in step.episodes]
+        for g in ended:
+            ended[g][copies] = True
+    return ended
+
+
+def reset_hidden(hidden: Mapping[str, Tensor], ended: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """``hidden`` (group -> ``[E, A, S]``) with the rows of ended agents (``[E, A]`` bool) zeroed."""
+    out = {}
+    for g, h in hidden.items():
+        keep = torch.as_tensor(~ended[g], device=h.device)
+        out[g] = h * keep.unsqueeze(-1).to(h.dtype)
+    return out
 
 
 def own_obs(obs: Mapping[str, GroupObs]) -> dict[str, GroupObs]:

@@ -68,6 +68,9 @@ class ModelConfig:
     strategy: Literal["batched", "fork", "loop"] = _f("batched", "forward strategy for independent parameters")
     critic: Literal["local", "central"] = _f("local", "local: V(own obs) (IPPO); central: V(global state) (MAPPO)")
     init_log_std: float = _f(0.0, "initial log std of Gaussian policies")
+    recurrent: Literal["none", "gru", "lstm"] = _f("none", "recurrent core between encoder and head (PPO): "
+                                                           "none = feed-forward; gru | lstm, one per parameter set")
+    rnn_hidden: int = _f(64, "width of the recurrent core (state size: rnn_hidden for gru, 2x for lstm)")
 
 
 @dataclass
@@ -93,6 +96,12 @@ class PPOConfig:
                                              "false treats them as terminal")
     optimizer: Literal["common", "per_group"] = _f("common", "one optimizer over all groups, or one per group")
     adam_eps: float = _f(1e-5, "Adam epsilon")
+    bptt_len: int = _f(0, "recurrent models: steps per training chunk (BPTT length); num_steps must divide by it, "
+                          "minibatches hold whole chunks; 0 = the whole rollout (num_steps)")
+
+    def chunk_len(self) -> int:
+        """Steps per BPTT chunk: ``bptt_len``, or ``num_steps`` when it is 0."""
+        return self.bptt_len or self.num_steps
 
 
 @dataclass

@@ -190,6 +190,8 @@ class ActOutput(NamedTuple):
         value: group -> ``[E, A]``.
         obs: group -> normalized observation tensor actually fed to the actor.
         critic_in: group -> critic input tensor.
+        hidden: recurrent policies: group -> ``[E, A, S]`` hidden state after this step (agents that
+            did not act keep theirs; not yet zeroed at episode ends); ``None`` for feed-forward ones.
     """
 
     action: dict[str, Tensor]
@@ -198,6 +200,7 @@ class ActOutput(NamedTuple):
     value: dict[str, Tensor]
     obs: dict[str, Tensor]
     critic_in: dict[str, Tensor]
+    hidden: dict[str, Tensor] | None = None
 
 
 class ActingPolicy(Protocol):
@@ -205,6 +208,9 @@ class ActingPolicy(Protocol):
 
     :class:`marl.on_policy.ActorCriticPolicy`, :class:`marl.off_policy.OffPolicyActor` and
     wrapped baselines in ``bench/`` provide it. A ``device`` attribute is optional (default: CPU).
+    Recurrent policies also have ``initial_hidden(num_envs)`` (group -> zero ``[E, A, S]`` state, or
+    ``None``) and take ``hidden=`` in ``act``, returning the next state in ``ActOutput.hidden``;
+    without ``initial_hidden`` a policy is feed-forward.
     """
 
     def act(

@@ -27,6 +27,9 @@ CASES = {
     # the batched simulation of the same scenario (its whole state in the checkpoint), central critic on its state
     "spread_batched": ["configs/simple_spread_ppo.yaml", "env.kwargs={N: 3, max_cycles: 40}", "env.backend=batched",
                        "model.critic=central"],
+    # a recurrent policy: the copies' hidden states (mid-episode at the interruption) are part of the checkpoint
+    "spread_gru": ["configs/simple_spread_ppo.yaml", "env.kwargs={N: 3, max_cycles: 40}", "model.recurrent=gru",
+                   "model.rnn_hidden=16", "algo.bptt_len=25"],
 }
 
 

@@ -6,6 +6,12 @@ of env-step rows (all agents of a row stay together, so per-agent networks see
 ``[B, A, ...]``). Every group's loss is a masked mean over its alive agents; the
 groups' losses are summed and back-propagated once; the common optimizer (default)
 steps over every parameter of every group, each tensor once.
+
+Recurrent models update on *sequence batches* (:meth:`marl.data.rollout.GroupRollout.sequences`):
+a minibatch is a set of whole chunks of ``bptt_len`` steps, each run from its stored initial
+hidden state with the collection's carry rules (alive agents update their state, ended ones
+restart from zero inside the chunk), and the loss is back-propagated through the chunk (BPTT).
+The loss itself is unchanged: the same masked means, over ``[L, B, A]`` instead of ``[B, A]``.
 """
 
 from __future__ import annotations
@@ -152,7 +158,8 @@ class PPOLearner:
         """Run ``update_epochs`` x ``num_minibatches`` gradient steps; return mean metrics.
 
         Args:
-            batches: group -> all rollout rows ``[N, A, ...]`` (N = T*E, same N for all groups).
+            batches: group -> all rollout rows ``[N, A, ...]`` (N = T*E, same N for all groups), or for
+                recurrent models a sequence batch ``[L, C, A, ...]`` (``hidden`` set): minibatches of whole chunks.
             num_minibatches: minibatches per epoch.
             norm_advantage: standardize advantages per minibatch and group.
             generator: torch RNG of the minibatch shuffles.
@@ -160,7 +167,8 @@ class PPOLearner:
         cfg = self.cfg
         net = self.policy.net
         first = next(iter(batches.values()))
-        n_rows = first.obs.shape[0]
+        sequences = first.hidden is not None
+        n_rows = first.obs.shape[1] if sequences else first.obs.shape[0]  # chunks, or rows
         mb_size = n_rows // num_minibatches
         keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
         # Per update, not per step: groups with every agent alive skip the masks (same values, fewer
@@ -186,9 +194,16 @@ class PPOLearner:
                 total = None
                 kls = []
                 for name, full in batches.items():
-                    mb = full if perm is None else full.index(perm[start:start + mb_size])
+                    if sequences:
+                        mb = full if perm is None else full.index_chunks(perm[start:start + mb_size])
+                    else:
+                        mb = full if perm is None else full.index(perm[start:start + mb_size])
                     mask = None if all_alive[name] else mb.alive
-                    dist, value = net[name].dist_and_value(mb.obs, mb.critic_in, mb.action_mask)
+                    if sequences:
+                        dist, value = net[name].sequence_dist_and_value(mb.obs, mb.critic_in, mb.action_mask,
+                                                                        mb.hidden, mask, mb.reset)
+                    else:
+                        dist, value = net[name].dist_and_value(mb.obs, mb.critic_in, mb.action_mask)
                     adv = normalize_advantage(mb.advantage, mb.alive) if norm_advantage else mb.advantage
                     with torch.set_grad_enabled(bool(cfg.ent_coef)):  # without a bonus: a diagnostic only
                         entropy = dist.entropy()

@@ -17,7 +17,14 @@ alive          [T, E, A] bool          the agent acted at this step
 action_mask    [T, E, A, n] bool       allowed actions (discrete groups with masks)
 final_value    [T, E, A] f32           V(real final obs), where truncated
 advantage/ret  [T, E, A] f32           filled by :func:`finish`
+hidden         [T/L, E, A, S] f32      recurrent models: hidden state fed at each chunk's first step
+reset          [T, E, A] bool          recurrent models: the state was zeroed after this step
 =============  ======================  ==========================================
+
+Recurrent models train on *chunks*: the rollout is cut into ``T / L`` pieces of ``L = bptt_len``
+steps per env copy, and :meth:`GroupRollout.sequences` lays them out as ``C = (T / L) * E``
+sequences ``[L, C, A, ...]`` (chunk ``c = k * E + e`` holds steps ``k*L .. k*L + L - 1`` of copy
+``e``) with the stored initial state of each. A minibatch is a set of whole chunks.
 """
 
 from __future__ import annotations
@@ -31,7 +38,11 @@ from marl.returns import compute_gae
 
 
 class GroupBatch(NamedTuple):
-    """One group's rows, flattened over ``[T, E]`` -> ``[N]`` with the agent axis kept: ``[N, A, ...]``."""
+    """One group's rows, flattened over ``[T, E]`` -> ``[N]`` with the agent axis kept: ``[N, A, ...]``.
+
+    A *sequence batch* (recurrent models, :meth:`GroupRollout.sequences`) keeps a time axis
+    instead: fields ``[L, C, A, ...]`` over ``C`` chunks, with ``hidden [C, A, S]`` (the state fed
+    at each chunk's first step) and ``reset [L, C, A]``; both are ``None`` in a flat batch."""
 
     obs: Tensor
     critic_in: Tensor
@@ -42,12 +53,22 @@ class GroupBatch(NamedTuple):
     ret: Tensor
     alive: Tensor
     action_mask: Tensor | None
+    hidden: Tensor | None = None
+    reset: Tensor | None = None
 
     def index(self, rows: Tensor) -> GroupBatch:
         """The rows ``rows [B]`` of every field (``critic_in`` indexed once when it is ``obs``)."""
         obs = self.obs[rows]
         picked = GroupBatch(*(None if x is None or x is self.obs else x[rows] for x in self))
         return picked._replace(obs=obs, critic_in=obs if self.critic_in is self.obs else picked.critic_in)
+
+    def index_chunks(self, chunks: Tensor) -> GroupBatch:
+        """The chunks ``chunks [B]`` of a sequence batch (:meth:`GroupRollout.sequences`): fields ``[L, B, A, ...]``,
+        ``hidden [B, A, S]``."""
+        obs = self.obs[:, chunks]
+        picked = GroupBatch(*(None if x is None or x is self.obs or x is self.hidden else x[:, chunks] for x in self))
+        return picked._replace(obs=obs, critic_in=obs if self.critic_in is self.obs else picked.critic_in,
+                               hidden=self.hidden[chunks])
 
 
 class GroupRollout:
@@ -62,6 +83,8 @@ class GroupRollout:
         action_shape / action_dtype: one agent's action.
         n_actions_mask: width of the action mask, or ``None`` when the group has none.
         device: torch device of the storage.
+        hidden_size: ``S`` of a recurrent model's hidden state; 0 = feed-forward (no ``hidden``/``reset``).
+        bptt_len: ``L``, steps per chunk (recurrent models); must divide ``num_steps``; 0 = ``num_steps``.
     """
 
     def __init__(
@@ -77,8 +100,13 @@ class GroupRollout:
         action_dtype: torch.dtype,
         n_actions_mask: int | None,
         device: torch.device,
+        hidden_size: int = 0,
+        bptt_len: int = 0,
     ) -> None:
         lead = (num_steps, num_envs, n_agents)
+        self.chunk_len = bptt_len or num_steps
+        if num_steps % self.chunk_len:
+            raise ValueError(f"bptt_len={bptt_len} does not divide num_steps={num_steps}")
         z = dict(device=device)
         self.obs = torch.zeros(*lead, *obs_shape, dtype=obs_dtype, **z)
         self.critic_in = None if critic_shape is None else torch.zeros(*lead, *critic_shape, **z)
@@ -93,6 +121,10 @@ class GroupRollout:
         self.action_mask = None if n_actions_mask is None else torch.ones(*lead, n_actions_mask, dtype=torch.bool, **z)
         self.advantage = torch.zeros(lead, **z)
         self.ret = torch.zeros(lead, **z)
+        self.hidden = self.reset = None
+        if hidden_size:
+            self.hidden = torch.zeros(num_steps // self.chunk_len, num_envs, n_agents, hidden_size, **z)
+            self.reset = torch.zeros(lead, dtype=torch.bool, **z)
 
     def finish(
         self, last_value: Tensor, gamma: float, gae_lambda: float, bootstrap_on_truncation: bool = True
@@ -112,4 +144,25 @@ class GroupRollout:
         return GroupBatch(
             f(self.obs), f(self.critic_in if self.critic_in is not None else self.obs), f(self.action),
             f(self.log_prob), f(self.value), f(self.advantage), f(self.ret), f(self.alive), f(self.action_mask),
+        )
+
+    def sequences(self) -> GroupBatch:
+        """All chunks as one sequence :class:`GroupBatch`: fields ``[L, C, A, ...]`` with ``C = (T / L) * E``,
+        ``hidden [C, A, S]``, ``reset [L, C, A]`` (recurrent storage only)."""
+        if self.hidden is None:
+            raise ValueError("sequences() needs a recurrent rollout (built with hidden_size > 0)")
+        n_chunks, length = self.hidden.shape[0], self.chunk_len
+
+        def f(x: Tensor | None) -> Tensor | None:
+            if x is None:
+                return None
+            # [T, E, ...] -> [K, L, E, ...] -> [L, K, E, ...] -> [L, K*E, ...]
+            x = x.reshape(n_chunks, length, *x.shape[1:]).transpose(0, 1)
+            return x.reshape(length, n_chunks * x.shape[2], *x.shape[3:])
+
+        obs = f(self.obs)
+        return GroupBatch(
+            obs, obs if self.critic_in is None else f(self.critic_in), f(self.action), f(self.log_prob),
+            f(self.value), f(self.advantage), f(self.ret), f(self.alive), f(self.action_mask),
+            self.hidden.flatten(0, 1), f(self.reset),
         )

@@ -12,6 +12,12 @@ env stepping and inference overlap on different cores::
 
 The last actions of a rollout are not sent: the next rollout starts by acting on
 the loop's current observations with the updated policy.
+
+Recurrent policies: the collector carries a hidden state per env copy and agent across
+steps and rollouts (``hidden``), stores it at the first step of every BPTT chunk, and
+zeroes an agent's state right after the step its episode or life ends
+(:func:`marl.loop.episode_ends`), recording that in the rollout's ``reset``; values of final
+observations (truncation) and of the last observations read the state they follow.
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ import numpy as np
 import torch
 
 from marl.data.rollout import GroupRollout
-from marl.loop import EnvLoop
+from marl.loop import EnvLoop, episode_ends, reset_hidden
 from marl.multi_agent.groups import critic_input_shape, is_image
 from marl.normalization import RewardScaler
 from marl.on_policy.policy import ActorCriticPolicy
 from marl.types import EpisodeStats
 
 _STORED = ("obs", "critic_in", "action", "log_prob", "value", "alive", "reward", "terminated", "truncated",
-           "action_mask")
+           "action_mask", "reset")
 """Storage fields the collector writes at every step."""
 
 
@@ -61,6 +67,11 @@ class RolloutCollector:
         reward_norm: scale rewards by the running return std.
         reward_clip: clip scaled rewards to ``[-clip, clip]`` (0 = off).
         gamma: discount of the reward scaler's running return.
+        bptt_len: recurrent policies: steps per training chunk (its first step's hidden state is stored);
+            0 = ``num_steps``.
+
+    Attributes:
+        hidden: recurrent policies: group -> ``[E, A, S]`` state of the current step; ``None`` otherwise.
     """
 
     def __init__(
@@ -72,6 +83,7 @@ class RolloutCollector:
         reward_norm: bool,
         reward_clip: float,
         gamma: float,
+        bptt_len: int = 0,
     ) -> None:
         self.loop = loop
         self.policy = policy
@@ -82,6 +94,8 @@ class RolloutCollector:
         device = policy.device
         self.storage: dict[str, GroupRollout] = {}
         central = policy.critic == "central"
+        self.hidden = policy.initial_hidden(self.num_envs)
+        self.chunk_len = bptt_len or num_steps
 
         for g in spec.groups:
             obs_dtype = torch.uint8 if is_image(g.obs_space.shape, g.obs_space.dtype) else torch.float32
@@ -90,6 +104,7 @@ class RolloutCollector:
                 critic_shape=critic_input_shape(spec, g, "central") if central else None,
                 action_shape=g.action_shape, action_dtype=torch.int64 if g.discrete else torch.float32,
                 n_actions_mask=int(g.action_space.n) if (g.discrete and g.has_action_mask) else None, device=device,
+                hidden_size=0 if self.hidden is None else self.hidden[g.name].shape[-1], bptt_len=bptt_len,
             )
         # On CPU the storage is written through numpy views of its tensors (a numpy slice
         # assignment costs a fraction of a tensor one; a step writes about ten fields per group).
@@ -110,9 +125,15 @@ class RolloutCollector:
     def _act_and_send(self, u: int) -> dict:
         """Act on the env copies of unit ``u`` and send them their actions."""
         obs, state = self.loop.unit_inputs(u)
-        out = self.policy.act(obs, state, update_stats=True)
+        if self.hidden is None:
+            out = self.policy.act(obs, state, update_stats=True)
+            self.loop.send(u, out.env_action)
+            return {"out": out, "obs": obs}
+        sl = self.loop.unit_slices[u]
+        hidden = {g: h[sl] for g, h in self.hidden.items()}
+        out = self.policy.act(obs, state, update_stats=True, hidden=hidden)
         self.loop.send(u, out.env_action)
-        return {"out": out, "obs": obs}
+        return {"out": out, "obs": obs, "hidden": hidden}
 
     def collect(self) -> RolloutResult:
         """Run ``T`` steps on every env copy; return the filled storage."""
@@ -129,7 +150,11 @@ class RolloutCollector:
                 loop.advance(u, step)
                 if t < T - 1:
                     pending[u] = self._act_and_send(u)
-        last_value = self.policy.values({g: o.obs for g, o in loop.obs.items()}, loop.state)
+        last_obs = {g: o.obs for g, o in loop.obs.items()}
+        if self.hidden is None:
+            last_value = self.policy.values(last_obs, loop.state)
+        else:
+            last_value = self.policy.values(last_obs, loop.state, hidden=self.hidden)
         return RolloutResult(self.storage, last_value, episodes, T * self.num_envs, agent_steps)
 
     def _store(self, t: int, sl: slice, prev: dict, step) -> int:
@@ -137,6 +162,12 @@ class RolloutCollector:
         obs = prev["obs"]
         n_alive = 0
         final_obs_needed = {}
+        ended = None
+        if self.hidden is not None:
+            ended = episode_ends(step, sl.start)
+            if t % self.chunk_len == 0:
+                for g, h in prev["hidden"].items():
+                    self.storage[g].hidden[t // self.chunk_len, sl] = h
         for g, tr in step.transition.items():
             alive = obs[g].alive
             reward = tr.reward
@@ -153,19 +184,28 @@ class RolloutCollector:
                 fields["critic_in"] = out.critic_in[g]
             if self.storage[g].action_mask is not None:
                 fields["action_mask"] = obs[g].action_mask
+            if ended is not None:
+                fields["reset"] = ended[g]
             self._write(g, t, sl, fields)
             n_alive += int(alive.sum())
             if tr.truncated.any():
                 final_obs_needed[g] = tr
         if final_obs_needed:
             final_state = step.final_state
-            vals = self.policy.values({g: step.transition[g].final_obs for g in step.transition}, final_state)
+            final_obs = {g: step.transition[g].final_obs for g in step.transition}
+            if ended is None:
+                vals = self.policy.values(final_obs, final_state)
+            else:  # the final observation follows the state after this step, before its reset
+                vals = self.policy.values(final_obs, final_state, hidden=out.hidden)
             for g, tr in final_obs_needed.items():
                 trunc = torch.from_numpy(tr.truncated)
                 self.storage[g].final_value[t, sl] = torch.where(trunc, vals[g], torch.zeros_like(vals[g]))
         else:
             for g in step.transition:
                 self.storage[g].final_value[t, sl] = 0.0
+        if ended is not None:
+            for g, h in reset_hidden(out.hidden, ended).items():
+                self.hidden[g][sl] = h
         return n_alive
 
     def _write(self, g: str, t: int, sl: slice, fields: dict[str, np.ndarray | torch.Tensor]) -> None:
@@ -180,8 +220,15 @@ class RolloutCollector:
             getattr(buf, k)[t, sl] = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 
     def state_dict(self) -> dict:
-        return {"reward_norm": {g: s.state_dict() for g, s in self.reward_scalers.items()}}
+        state: dict = {"reward_norm": {g: s.state_dict() for g, s in self.reward_scalers.items()}}
+        if self.hidden is not None:  # the copies' current hidden states (exact resume of a recurrent run)
+            state["hidden"] = {g: h.cpu().clone() for g, h in self.hidden.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for g, s in self.reward_scalers.items():
             s.load_state_dict(state["reward_norm"][g])
+        if self.hidden is not None and "hidden" in state:
+            for g, h in self.hidden.items():
+                if tuple(state["hidden"][g].shape) == tuple(h.shape):
+                    h.copy_(state["hidden"][g])

@@ -101,7 +101,7 @@ class OnPolicyTrainer(TrainingRun):
         self.learner = PPOLearner(self.policy, cfg.algo)
         self.collector = RolloutCollector(self.loop, self.policy, num_steps=cfg.algo.num_steps,
                                           reward_norm=cfg.norm.reward, reward_clip=cfg.norm.reward_clip,
-                                          gamma=cfg.algo.gamma)
+                                          gamma=cfg.algo.gamma, bptt_len=cfg.algo.bptt_len)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         if self.dist is not None:
             self.learner.grad_sync = self.dist.average_grads
@@ -119,18 +119,23 @@ class OnPolicyTrainer(TrainingRun):
     def checkpoint_state(self, name: str) -> dict[str, Any]:
         state = super().checkpoint_state(name)
         state["collector"] = self.collector.state_dict()
-        if self.dist is not None:  # the running returns of every rank's copies, in copy order
+        if self.dist is not None:  # the running returns (and hidden states) of every rank's copies, in copy order
             for s in state["collector"]["reward_norm"].values():
                 s["ret"] = torch.cat(self.dist.gather_objects(s["ret"]))
+            if "hidden" in state["collector"]:
+                state["collector"]["hidden"] = {g: torch.cat(self.dist.gather_objects(h))
+                                                for g, h in state["collector"]["hidden"].items()}
         state["rng"]["generator"] = self.generator.get_state()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         collector = state["collector"]
-        if self.dist is not None:  # this rank's copies' running returns
+        if self.dist is not None:  # this rank's copies' running returns and hidden states
             rows = slice(self.copies.start, self.copies.stop)
-            collector = {"reward_norm": {g: {**s, "ret": s["ret"][rows]} for g, s in collector["reward_norm"].items()}}
+            collector = {"reward_norm": {g: {**s, "ret": s["ret"][rows]} for g, s in collector["reward_norm"].items()},
+                         **({"hidden": {g: h[rows] for g, h in collector["hidden"].items()}}
+                            if "hidden" in collector else {})}
         self.collector.load_state_dict(collector)
         self.generator.set_state(state["rng"]["generator"])
 
@@ -171,7 +176,8 @@ class OnPolicyTrainer(TrainingRun):
         rollout = self.collect_whole()
         for name, buf in rollout.groups.items():
             buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
-        batches = {name: buf.flat() for name, buf in rollout.groups.items()}
+        recurrent = self.policy.recurrent  # sequence batches of whole BPTT chunks
+        batches = {name: buf.sequences() if recurrent else buf.flat() for name, buf in rollout.groups.items()}
         with torch_threads(self.update_threads):
             metrics = self.learner.update(batches, num_minibatches=algo.num_minibatches,
                                           norm_advantage=cfg.norm.advantage, generator=self.generator)
