@@ -290,6 +290,32 @@ def test_ppo_discards_the_rollout_of_a_killed_worker(cluster, make_config, recwa
     assert wait_gone([*pids, *new_pids]) == []
 
 
+def test_recurrent_ppo_restarts_the_hidden_state_of_a_rebuilt_worker_only(cluster, make_config, recwarn):
+    """A GRU policy: the rollout collected again after a loss starts from the hidden states of the moment of
+    the loss for the surviving copies (mid-episode: not zero) and from zero for the rebuilt worker's copies."""
+    cfg = make_config(*PPO, *ray_args(cluster), "total_env_steps=100000", "model.recurrent=gru", "algo.bptt_len=0")
+    trainer = algorithm("ppo").trainer_class()(cfg)
+    try:
+        pids = trainer.env.worker_pids()
+        sends = []
+        send = trainer.env.send
+
+        def send_and_kill(chunk, actions):  # SIGKILL worker 1 at its 6th step of the rollout
+            sends.append(chunk)
+            if len(sends) == 12:
+                os.kill(pids[1], signal.SIGKILL)
+            send(chunk, actions)
+
+        trainer.env.send = send_and_kill
+        rollout = trainer.collect_whole()
+        start = rollout.groups["agent"].hidden[0]  # [E, A, S]: the state the kept rollout started from
+        assert start[2:].abs().max() == 0  # worker 1's copies were rebuilt: a fresh start
+        assert start[:2].abs().min(dim=-1).values.gt(0).all()  # worker 0's copies go on mid-episode
+    finally:
+        del trainer.env.send
+        trainer.close()
+
+
 def test_dqn_drops_the_lost_step_and_goes_on(cluster, make_config, recwarn):
     cfg = make_config(*DQN, *ray_args(cluster), "total_env_steps=100000")
     trainer = algorithm("dqn").trainer_class()(cfg)

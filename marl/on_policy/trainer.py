@@ -31,7 +31,7 @@ import torch
 from marl.algos.ppo import PPOLearner, linear_schedule
 from marl.config import Config
 from marl.env.ray_env import WorkerLost
-from marl.env.vector import SubprocVectorEnv
+from marl.env.vector import SubprocVectorEnv, chunk_slices
 from marl.logger import episode_metrics
 from marl.on_policy.collector import RolloutCollector, RolloutResult
 from marl.on_policy.policy import ActorCriticPolicy
@@ -156,10 +156,16 @@ class OnPolicyTrainer(TrainingRun):
             try:
                 return self.collector.collect()
             except WorkerLost as lost:
+                hidden = self.collector.state_dict().get("hidden")  # recurrent: the states at the loss
                 self.loop.set_obs(lost.obs, lost.state)
                 self.collector.load_state_dict(before[0])
                 for k, n in norms.items():
                     n.load_state_dict(before[1][k])
+                if hidden is not None:  # the surviving copies go on from where they are; rebuilt ones start afresh
+                    for w in lost.workers:
+                        for h in hidden.values():
+                            h[chunk_slices(self.env.num_envs, self.env.num_chunks)[w]] = 0.0
+                    self.collector.load_state_dict({**before[0], "hidden": hidden})
 
     def advance(self) -> list[Report]:
         """One iteration: anneal, collect a rollout, GAE per group, one update; one report (logged every
