@@ -98,6 +98,14 @@ class TrajectoryIndex:
         open_start[closing] = -1
         self._open[lanes] = open_start
 
+    def close(self, lanes: np.ndarray, steps: np.ndarray) -> None:
+        """End the running trajectories of ``lanes [N]`` at absolute ``steps [N]`` (their last rows)."""
+        for lane, last in zip(lanes.tolist(), steps.tolist(), strict=True):
+            for agent in np.nonzero(self._open[lane] >= 0)[0]:
+                first = max(int(self._open[lane, agent]), last - self.lane_length + 1)
+                self.end[np.arange(first, last + 1) % self.lane_length, lane, agent] = last
+            self._open[lane] = -1
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of ``start``, ``end`` (``[L, E, A]``) and ``open`` (``[E, A]``: start of each running
         trajectory, -1 where none runs)."""
@@ -181,6 +189,10 @@ class HerReplayBuffer(ReplayBuffer):
         done = np.asarray(batch["terminated"], dtype=bool) | np.asarray(batch["truncated"], dtype=bool)
         self.trajectories.record(lanes, self.storage.count[lanes] - 1, alive, done)
         return indices
+
+    def cut(self, lanes: ArrayLike) -> None:
+        """:meth:`ReplayBuffer.cut`, and the lanes' running trajectories end there (relabelling stays inside)."""
+        self.trajectories.close(*self.storage.cut(lanes))
 
     def state_dict(self) -> dict[str, Any]:
         """:meth:`ReplayBuffer.state_dict` plus ``her``: the trajectory index (:meth:`TrajectoryIndex.state_dict`)."""

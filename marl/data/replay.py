@@ -369,6 +369,11 @@ class ReplayBuffer:
         self.sampler.on_add(indices)
         return indices
 
+    def cut(self, lanes: ArrayLike) -> None:
+        """End the trajectories of env copies ``lanes`` at their last stored row (:meth:`LaneStorage.cut`): their
+        next rows start new ones, and no n-step window joins the two."""
+        self.storage.cut(lanes)
+
     def sample(self, batch_size: int, rng: np.random.Generator, beta: float | None = None) -> ReplaySample:
         """Draw ``batch_size`` rows (with replacement) among the written ones.
 

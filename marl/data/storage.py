@@ -309,6 +309,24 @@ class LaneStorage:
         self.count[lanes] += 1
         return flat
 
+    def cut(self, lanes: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """End the trajectories of ``lanes`` at their last written row, as a time limit would: the row's
+        alive agents (every agent without an ``alive`` field) get ``truncated``, so no n-step window reaches
+        past it (a lane whose continuation was lost, e.g. a rebuilt remote env copy). Empty lanes are skipped.
+
+        Returns:
+            ``(lanes, steps)``: the lanes cut and the absolute step of each one's last row.
+        """
+        lanes = np.asarray(lanes, dtype=np.int64).reshape(-1)
+        lanes = lanes[self.size[lanes] > 0]
+        flat = ((self.pos[lanes] - 1) % self.lane_length) * self.n_envs + lanes
+        truncated = self._flat["truncated"]
+        alive = self._flat["alive"][flat].astype(bool) if "alive" in self._flat else np.ones_like(truncated[flat])
+        truncated[flat] = truncated[flat] | alive
+        if self._lookahead is not None:
+            self._lookahead["ends"][flat] = True
+        return lanes, self.count[lanes] - 1
+
     def gather(self, name: str, indices: np.ndarray) -> np.ndarray:
         """Rows ``[*indices.shape, *shape]`` of one field at flat ``indices`` (a new C-contiguous array)."""
         if name in self.separate_fields:

@@ -343,3 +343,19 @@ def test_her_state_with_priorities_and_refusals_that_change_nothing():
         np.testing.assert_array_equal(after["her"][name], before["her"][name], err_msg=name)
     with pytest.raises(ValueError, match="no HER trajectory index"):
         small.load_state_dict({k: v for k, v in before.items() if k != "her"})
+
+
+def test_closing_a_lane_ends_its_running_trajectories_there():
+    """TrajectoryIndex.close (a lost remote env copy): the running trajectory ends at the given step, and the
+    lane's next row starts a new one (relabelled goals never come from across the cut)."""
+    from marl.data.her import TrajectoryIndex
+
+    index = TrajectoryIndex(lane_length=8, n_envs=2, n_agents=1)
+    alive, going = np.ones((2, 1), bool), np.zeros((2, 1), bool)
+    for step in range(3):
+        index.record(np.array([0, 1]), np.array([step, step]), alive, going)
+    index.close(np.array([0]), np.array([2]))
+    assert index.end[:3, 0, 0].tolist() == [2, 2, 2] and index.start[:3, 0, 0].tolist() == [0, 0, 0]
+    assert index.end[:3, 1, 0].tolist() == [-1, -1, -1]  # the other lane runs on
+    index.record(np.array([0, 1]), np.array([3, 3]), alive, going)
+    assert index.start[3, 0, 0] == 3 and index.start[3, 1, 0] == 0

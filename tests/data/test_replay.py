@@ -133,6 +133,33 @@ def test_truncation_keeps_the_final_observation():
     assert not sample.terminated_n[first | second].any()  # truncation: the learner still bootstraps
 
 
+def test_a_cut_lane_ends_its_n_step_windows_at_its_last_row():
+    """cut() (a lost remote env copy): the lane's last row becomes a time limit, so the windows of the rows
+    before it stop there instead of reaching into the rows the rebuilt copy writes next; other lanes untouched."""
+    buffer = ReplayBuffer(vec_schema(n_agents=1, obs_dim=1), capacity=16, n_envs=2, n_step=3, gamma=0.5)
+
+    def add(marks):
+        row = make_rows(2, n_agents=1, obs_dim=1, obs_value=marks)
+        row.update(reward=np.ones((2, 1), np.float32), truncated=np.zeros((2, 1), bool),
+                   terminated=np.zeros((2, 1), bool))
+        buffer.add(row)
+
+    add([1, 11])
+    add([2, 12])
+    buffer.cut([0])  # lane 0 lost its continuation after its second row
+    add([100, 13])
+    add([101, 14])
+    sample = buffer.sample(256, np.random.default_rng(0))
+    slot, lane = np.divmod(sample.indices, 2)
+    first0 = (slot == 0) & (lane == 0)
+    first1 = (slot == 0) & (lane == 1)
+    assert first0.any() and first1.any()
+    assert np.all(sample.reward_n[first0, 0] == 1.5) and np.all(sample.discount_n[first0] == 0.25)
+    assert np.all(sample.next_obs_n[first0, 0, 0] == 2.5)  # the cut row's own next obs, not 100's
+    assert np.all(sample.reward_n[first1, 0] == 1.75) and np.all(sample.next_obs_n[first1, 0, 0] == 13.5)
+    assert np.all(sample.truncated[(slot == 1) & (lane == 0), 0]) and not sample.terminated_n[first0].any()
+
+
 def naive_nstep(history, step, n, gamma):
     """n-step target of the row written at absolute ``step`` of a lane, one row at a time."""
     ret = np.zeros_like(history[step]["reward"], dtype=np.float64)
