@@ -13,7 +13,6 @@ from marl.algos.dqn import linear_epsilon
 from marl.config import Config, ConfigError, DQNConfig, OffPolicyConfig
 from marl.data import per_beta_at
 from marl.distributed import rank_seed
-from marl.env.chunks import chunk_slices
 from marl.env.ray_env import WorkerLost
 from marl.health import OFF_POLICY_REMEDIES, check_finite_metrics, first_nonfinite
 from marl.logger import episode_metrics
@@ -190,10 +189,8 @@ class OffPolicyTrainer(TrainingRun):
             obs, out, step = self.loop.step(act)
         except WorkerLost as lost:  # runtime=ray: a worker died mid-step; that step is not stored
             self.loop.set_obs(lost.obs, lost.state)
-            slices = chunk_slices(self.env.num_envs, self.env.num_chunks)
-            lanes = np.concatenate([np.arange(self.env.num_envs)[slices[w]] for w in lost.workers])
-            for buf in self.replay.values():  # the rebuilt copies' trajectories end at their last stored row
-                buf.cut(lanes)
+            for buf in self.replay.values():  # the step is missing from every copy: no trajectory spans it
+                buf.cut(np.arange(self.env.num_envs))
             for turns in (self.turns or {}).values():  # moves in flight give no row (as after a resume)
                 if turns.pending is not None:
                     turns.pending[:] = False
