@@ -328,6 +328,9 @@ def test_dqn_drops_the_lost_step_and_goes_on(cluster, make_config, recwarn):
             trainer.advance()
         rows = len(next(iter(trainer.replay.values())))
         assert trainer.env_steps == 5 * 2 and rows == 5 * 2  # the lost vector step counted and stored nowhere
+        # both copies' rows before the lost step end their trajectories there (a time limit in the replay)
+        truncated = next(iter(trainer.replay.values())).storage.field("truncated")  # [L, E, A]
+        assert truncated[2].all() and not truncated[:2].any() and not truncated[3:5].any()
         assert any("ray worker 1 (env copies 1..1) was lost" in str(w.message) for w in recwarn)
     finally:
         trainer.close()
