@@ -67,6 +67,9 @@ class ModelConfig:
     agent_id: bool = _f(True, "append a one-hot agent id to the input of a network that serves several agents")
     strategy: Literal["batched", "fork", "loop"] = _f("batched", "forward strategy for independent parameters")
     critic: Literal["local", "central"] = _f("local", "local: V(own obs) (IPPO); central: V(global state) (MAPPO)")
+    encoder: Literal["auto", "mlp", "cnn"] = _f("auto", "observation encoder: auto = CNN for [H, W, C] observations "
+                                                "(uint8 images, pixels / 255; other planes of 36+ cells, e.g. board "
+                                                "games, as they are), MLP otherwise; mlp / cnn force one")
     init_log_std: float = _f(0.0, "initial log std of Gaussian policies")
     recurrent: Literal["none", "gru", "lstm"] = _f("none", "recurrent core between encoder and head (PPO): "
                                                            "none = feed-forward; gru | lstm, one per parameter set")

@@ -141,6 +141,46 @@ def is_image(space_shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return len(space_shape) == 3 and np.dtype(dtype) == np.uint8
 
 
+PLANE_MIN_CELLS = 36
+"""``model.encoder=auto``: ``[H, W, C]`` observations that are not uint8 images go to the CNN from ``H * W`` of
+this many cells (connect four's 6x7, chess's 8x8, go's 19x19, 7x7 grid views); smaller boards (tic-tac-toe's
+3x3) are flattened into the MLP, for which they are too small to gain from convolutions."""
+
+
+def obs_encoder(shape: tuple[int, ...], dtype: np.dtype, choice: str = "auto") -> tuple[str, float]:
+    """The network encoder of observations of ``shape`` / ``dtype`` under ``model.encoder = choice``, and the
+    number the CNN divides its input by: ``("cnn", 255.0)`` for uint8 images, ``("cnn", 1.0)`` for other
+    ``[H, W, C]`` planes (see :data:`PLANE_MIN_CELLS`), ``("mlp", 1.0)`` otherwise. The one rule every
+    algorithm's networks follow.
+
+    Raises:
+        ConfigError: ``cnn`` for observations that are not ``[H, W, C]``, or ``mlp`` for uint8 images (their
+            buffers keep raw pixels, which only the CNN scales).
+
+    >>> obs_encoder((8, 8, 111), np.dtype(bool)), obs_encoder((3, 3, 2), np.dtype(np.float32))
+    (('cnn', 1.0), ('mlp', 1.0))
+    """
+    from marl.config import ConfigError
+
+    shape = tuple(shape)
+    image = is_image(shape, dtype)
+    if choice == "mlp":
+        if image:
+            raise ConfigError(f"model.encoder=mlp: observations {shape} are uint8 images, which go through the CNN "
+                              "(pixels / 255); use model.encoder=auto, or env.grayscale / env.resize to shrink them")
+        return "mlp", 1.0
+    if len(shape) != 3:
+        if choice == "cnn":
+            raise ConfigError(f"model.encoder=cnn needs [H, W, C] observations, got shape {shape}; "
+                              "use model.encoder=auto or mlp")
+        return "mlp", 1.0
+    if image:
+        return "cnn", 255.0
+    if choice == "cnn" or shape[0] * shape[1] >= PLANE_MIN_CELLS:
+        return "cnn", 1.0
+    return "mlp", 1.0
+
+
 def critic_input_shape(spec: EnvSpec, group: GroupSpec, critic: str) -> tuple[int, ...]:
     """Shape of one agent's critic input for ``critic`` = ``local`` or ``central``."""
     if critic == "local":
@@ -188,9 +228,10 @@ def group_net(
     """
     from marl.nets import AgentNet  # torch-heavy: imported on use (see the module doc)
 
-    image = len(in_shape) == 3 and is_image(tuple(in_shape), group.obs_space.dtype)
+    own_obs = tuple(in_shape) == tuple(group.obs_space.shape)  # Q(s, a) inputs are vectors
+    encoder, scale = obs_encoder(in_shape, group.obs_space.dtype, model.encoder) if own_obs else ("mlp", 1.0)
     return AgentNet(
-        tuple(in_shape), out_dim, group.n_agents, encoder="cnn" if image else "mlp", hidden=tuple(model.hidden),
+        tuple(in_shape), out_dim, group.n_agents, encoder=encoder, input_scale=scale, hidden=tuple(model.hidden),
         activation=model.activation,
         param_sets=param_sets_for(group_sharing(model.sharing, group), group.agents), agent_id=model.agent_id,
         strategy=model.strategy, out_gain=out_gain,

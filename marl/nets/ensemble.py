@@ -142,6 +142,7 @@ class AgentNet(CachedParamLists):
         strategy: ``batched | fork | loop``, how several parameter sets are run; the
             attribute can be changed later without changing the model.
         encoder: ``auto | mlp | cnn``; ``auto`` is ``cnn`` for 3-D inputs ``[H, W, C]``.
+        input_scale: the CNN divides its input by this (255 for uint8 pixels; 1 for board planes).
         out_gain: orthogonal gain of the output layer (0.01 policy head, 1.0 value head).
         hidden_gain: orthogonal gain of conv and hidden layers (default ``sqrt(2)``).
 
@@ -177,8 +178,10 @@ class AgentNet(CachedParamLists):
         encoder: str = "auto",
         out_gain: float = 1.0,
         hidden_gain: float = HIDDEN_GAIN,
+        input_scale: float = 255.0,
     ):
         super().__init__()
+        self.input_scale = float(input_scale)
         if n_agents < 1 or out_dim < 1:
             raise ValueError(f"n_agents and out_dim must be >= 1, got n_agents={n_agents}, out_dim={out_dim}")
         self.in_shape = tuple(int(d) for d in in_shape)
@@ -280,8 +283,9 @@ class AgentNet(CachedParamLists):
         return x, lead
 
     def _image_input(self, x: Tensor) -> Tensor:
-        """``[N, A, H, W, C]`` pixels -> ``[N, A, C (+A id planes), H, W]`` scaled to [0, 1]."""
-        x = x.permute(0, 1, 4, 2, 3) / 255.0
+        """``[N, A, H, W, C]`` -> ``[N, A, C (+A id planes), H, W]`` divided by :attr:`input_scale` (pixels to
+        [0, 1])."""
+        x = x.permute(0, 1, 4, 2, 3) / self.input_scale
         if not self.uses_agent_id:
             return x
         n, a, _, height, width = x.shape

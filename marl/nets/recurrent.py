@@ -277,6 +277,7 @@ class RecurrentAgentNet(nn.Module):
         agent_id: one-hot ids where a set serves several agents.
         strategy: the encoder's and head's forward strategy (the core is always batched).
         encoder: ``auto | mlp | cnn``.
+        input_scale: the CNN divides its input by this (see :class:`~marl.nets.AgentNet`).
         out_gain: orthogonal gain of the head.
         hidden_gain: orthogonal gain of the encoder layers.
 
@@ -306,6 +307,7 @@ class RecurrentAgentNet(nn.Module):
         encoder: str = "auto",
         out_gain: float = 1.0,
         hidden_gain: float = HIDDEN_GAIN,
+        input_scale: float = 255.0,
     ) -> None:
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
@@ -313,7 +315,7 @@ class RecurrentAgentNet(nn.Module):
             raise ValueError("a recurrent network needs at least one encoder width in hidden (e.g. [64])")
         self.encoder = AgentNet(in_shape, hidden[-1], n_agents, hidden=hidden[:-1], activation=activation,
                                 param_sets=param_sets, agent_id=agent_id, strategy=strategy, encoder=encoder,
-                                out_gain=hidden_gain, hidden_gain=hidden_gain)
+                                out_gain=hidden_gain, hidden_gain=hidden_gain, input_scale=input_scale)
         self.activation = check_activation(activation or self.encoder.activation)
         sets = self.encoder.param_sets
         self.id_dim = n_agents if self.encoder.uses_agent_id else 0

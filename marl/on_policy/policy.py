@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from marl.config import Config, ModelConfig
-from marl.multi_agent.groups import critic_input_shape, group_sharing, is_image, param_sets_for
+from marl.multi_agent.groups import critic_input_shape, group_sharing, is_image, obs_encoder, param_sets_for
 from marl.nets import AgentNet, DiagGaussian, MaskedCategorical, scale_action
 from marl.nets.recurrent import RecurrentAgentNet, scan_together
 from marl.nets.twin import TwinMLP
@@ -74,8 +74,8 @@ class GroupActorCritic(nn.Module):
         self.param_sets = param_sets_for(sharing, group.agents)
         n_out = int(group.action_space.n) if group.discrete else int(np.prod(group.action_space.shape))
         obs_shape = tuple(group.obs_space.shape)
-        # Only uint8 [H, W, C] observations are pixels (CNN, /255); other multi-dim inputs (board planes) are flattened.
-        actor_enc = "cnn" if is_image(obs_shape, group.obs_space.dtype) else "mlp"
+        # The one encoder rule of every algorithm (model.encoder): CNN for uint8 pixels (/255) and for board planes.
+        actor_enc, scale = obs_encoder(obs_shape, group.obs_space.dtype, model.encoder)
         self.recurrent = model.recurrent != "none"
         self.uses_twin = critic_reads_obs and actor_enc == "mlp" and max(self.param_sets) == 0 and not self.recurrent
         if self.recurrent:
@@ -83,8 +83,10 @@ class GroupActorCritic(nn.Module):
                           hidden=tuple(model.hidden), activation=model.activation, param_sets=self.param_sets,
                           agent_id=model.agent_id, strategy=model.strategy)
             critic_enc = actor_enc if tuple(critic_in_shape) == obs_shape else "mlp"
-            self.actor = RecurrentAgentNet(obs_shape, n_out, out_gain=0.01, encoder=actor_enc, **common)
-            self.critic = RecurrentAgentNet(tuple(critic_in_shape), 1, out_gain=1.0, encoder=critic_enc, **common)
+            self.actor = RecurrentAgentNet(obs_shape, n_out, out_gain=0.01, encoder=actor_enc, input_scale=scale,
+                                           **common)
+            self.critic = RecurrentAgentNet(tuple(critic_in_shape), 1, out_gain=1.0, encoder=critic_enc,
+                                            input_scale=scale, **common)
         elif self.uses_twin:
             self.twin = TwinMLP(obs_shape, (n_out, 1), group.n_agents, hidden=tuple(model.hidden),
                                 activation=model.activation, agent_id=model.agent_id, out_gains=(0.01, 1.0))
@@ -98,8 +100,9 @@ class GroupActorCritic(nn.Module):
                 strategy=model.strategy,
             )
             critic_enc = actor_enc if tuple(critic_in_shape) == obs_shape else "mlp"
-            self.actor = AgentNet(obs_shape, n_out, out_gain=0.01, encoder=actor_enc, **common)
-            self.critic = AgentNet(tuple(critic_in_shape), 1, out_gain=1.0, encoder=critic_enc, **common)
+            self.actor = AgentNet(obs_shape, n_out, out_gain=0.01, encoder=actor_enc, input_scale=scale, **common)
+            self.critic = AgentNet(tuple(critic_in_shape), 1, out_gain=1.0, encoder=critic_enc, input_scale=scale,
+                                   **common)
         if not group.discrete:
             n_sets = max(self.param_sets) + 1
             self.log_std = nn.Parameter(torch.full((n_sets, n_out), float(model.init_log_std)))

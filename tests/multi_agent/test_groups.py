@@ -18,21 +18,25 @@ def board_spec(dtype) -> EnvSpec:
     return EnvSpec(group.agents, (group,))
 
 
-@pytest.mark.parametrize("dtype, encoder", [(np.int8, "mlp"), (np.float32, "mlp"), (np.uint8, "cnn")])
-def test_every_algorithm_treats_only_uint8_hwc_as_pixels(dtype, encoder):
-    """int8 / float board planes are features (MLP, standardized); only uint8 [H, W, C] is an image (CNN, /255).
-    DQN, SAC and TD3 build their networks through group_net, PPO through its actor-critic: same rule."""
+@pytest.mark.parametrize("dtype, scale", [(np.int8, 1.0), (np.float32, 1.0), (np.uint8, 255.0)])
+def test_every_algorithm_follows_one_encoder_rule(dtype, scale):
+    """6x7 board planes (int8 / float) and uint8 [H, W, C] images both go to a CNN; only the images are pixels
+    (/255, never standardized); planes are standardized features. DQN, SAC and TD3 build their networks through
+    group_net, PPO through its actor-critic: the same rule, and model.encoder=mlp flattens the planes."""
     spec = board_spec(dtype)
     group = spec.groups[0]
     model = load_config(None, ["model.hidden=[16]"]).model
-    assert is_image(group.obs_space.shape, group.obs_space.dtype) == (encoder == "cnn")
-    assert group_net(group, model, tuple(group.obs_space.shape), 7, out_gain=1.0).encoder == encoder
-    assert QPolicyNet(spec, model, dueling=False)["player"].net.encoder == encoder
+    assert is_image(group.obs_space.shape, group.obs_space.dtype) == (scale == 255.0)
+    net = group_net(group, model, tuple(group.obs_space.shape), 7, out_gain=1.0)
+    assert (net.encoder, net.input_scale) == ("cnn", scale)
+    assert QPolicyNet(spec, model, dueling=False)["player"].net.encoder == "cnn"
     ppo = ActorCriticPolicy(spec, load_config(None, ["model.hidden=[16]", "model.critic=local"]))
-    net = ppo.net["player"]
-    assert (net.actor.encoder if not net.uses_twin else "mlp") == encoder
-    # Images are never standardized, features are (norm.obs defaults to true).
-    assert ("player" in ppo.obs_norm) == (encoder == "mlp")
+    actor = ppo.net["player"].actor
+    assert (actor.encoder, actor.input_scale) == ("cnn", scale)
+    assert ("player" in ppo.obs_norm) == (scale == 1.0)  # images are never standardized, features are
+    if scale == 1.0:
+        flat = load_config(None, ["model.hidden=[16]", "model.encoder=mlp"]).model
+        assert group_net(group, flat, tuple(group.obs_space.shape), 7, out_gain=1.0).encoder == "mlp"
 
 
 def test_q_input_of_observation_plus_action_is_never_a_cnn():
@@ -40,3 +44,46 @@ def test_q_input_of_observation_plus_action_is_never_a_cnn():
     group = board_spec(np.uint8).groups[0]
     model = load_config(None, ["model.hidden=[16]"]).model
     assert group_net(group, model, (6 * 7 * 2 + 7,), 1, out_gain=1.0).encoder == "mlp"
+
+
+def test_one_encoder_rule_for_every_observation_kind():
+    from marl.config import ConfigError
+    from marl.multi_agent.groups import obs_encoder
+
+    assert obs_encoder((84, 84, 3), np.dtype(np.uint8)) == ("cnn", 255.0)  # pixels
+    assert obs_encoder((8, 8, 111), np.dtype(bool)) == ("cnn", 1.0)  # chess planes
+    assert obs_encoder((6, 7, 2), np.dtype(np.float32)) == ("cnn", 1.0)  # connect four
+    assert obs_encoder((3, 3, 2), np.dtype(np.float32)) == ("mlp", 1.0)  # tic-tac-toe: too small to convolve
+    assert obs_encoder((3, 3, 2), np.dtype(np.float32), "cnn") == ("cnn", 1.0)
+    assert obs_encoder((8, 8, 111), np.dtype(bool), "mlp") == ("mlp", 1.0)
+    assert obs_encoder((18,), np.dtype(np.float32)) == ("mlp", 1.0)
+    with pytest.raises(ConfigError, match="model.encoder=cnn needs"):
+        obs_encoder((18,), np.dtype(np.float32), "cnn")
+    with pytest.raises(ConfigError, match="model.encoder=mlp.*uint8 images"):
+        obs_encoder((84, 84, 3), np.dtype(np.uint8), "mlp")
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn", "sac"])
+def test_board_planes_get_a_cnn_in_every_algorithm(make_config, algo):
+    """Chess (8x8x111 boolean planes): a CNN by default, several times smaller than the flattening MLP of the
+    same widths (its input layers alone: 7104 x 64 weights); model.encoder=mlp brings the MLP back."""
+    from marl.api import train_config  # noqa: F401 (config loading)
+    from marl.env.make import env_spec
+    from marl.registry import algorithm
+
+    base = {"ppo": "configs/tictactoe_ppo.yaml", "dqn": "configs/tictactoe_dqn.yaml",
+            "sac": "configs/pendulum_sac.yaml"}[algo]
+    sizes = {}
+    for encoder in ("auto", "mlp"):
+        cfg = make_config(base, "env.id=pettingzoo.classic.chess_v6", "env.kwargs={}", f"model.encoder={encoder}",
+                          "model.hidden=[64, 64]", *([] if algo == "ppo" else ["algo.target_update_interval=1"]))
+        policy = algorithm(algo).build_acting_policy(env_spec(cfg), cfg)
+        net = policy.net
+        encoders = {m.encoder for m in net.modules() if hasattr(m, "encoder") and isinstance(m.encoder, str)}
+        if encoder == "auto":
+            assert encoders == {"cnn"}, (algo, encoders)
+        else:  # MLPs (PPO's shared actor and critic are one TwinMLP, which has no encoder attribute)
+            assert "cnn" not in encoders, (algo, encoders)
+        n_actions = env_spec(cfg).groups[0].action_space.n  # the 4672-action head is the same in both: left out
+        sizes[encoder] = sum(p.numel() for p in net.parameters() if n_actions not in p.shape)
+    assert sizes["mlp"] > 2.5 * sizes["auto"], sizes
