@@ -113,6 +113,14 @@ def test_qmix_mixer_is_monotonic_in_every_agents_q(layers):
             assert torch.all(mixer(q.clone().index_fill_(1, torch.tensor([a]), -50.0), state) <= base + 1e-5)
 
 
+def test_a_fresh_qmix_mixer_starts_close_to_a_sum():
+    """Initial ``dQ_tot / dQ_a`` of order 1 on unit-scale states (a gain of about 6 made Q_tot drift on spread)."""
+    torch.manual_seed(0)
+    q = torch.randn(512, 3).requires_grad_(True)
+    (grad,) = torch.autograd.grad(QMixer(3, 54)(q, torch.randn(512, 54)).sum(), q)
+    assert 0.05 < float(grad.mean()) < 2.0
+
+
 def test_vdn_mixer_sums_the_alive_agents():
     q = torch.tensor([[1.0, 2.0, 4.0], [3.0, -1.0, 5.0]])
     alive = torch.tensor([[True, True, False], [True, False, True]])
@@ -226,24 +234,33 @@ def test_coordination_game_reaches_the_optimum_and_never_plays_masked_actions(ma
     assert trainer.actor.act(obs, deterministic=True).action["agent"].tolist() == [[0, 0]]
 
 
-def test_checkpoint_round_trip_gives_the_same_greedy_actions_and_learner(make_config):
-    cfg = game_config(make_config, "qmix", "total_env_steps=800", "algo.save_replay=true")
-    trainer = TeamTrainer(cfg)
-    trainer.train()
-    policy, loaded_cfg, state = load_policy(trainer.ckpt_dir / "latest.pt")
-    assert loaded_cfg.algo.name == "qmix" and state["learner"]["grad_steps"] == trainer.learner.grad_steps > 0
+def test_checkpoint_round_trip_and_exact_resume(make_config):
+    """``load_policy`` acts greedily like the trainer; 800 steps in one go == resumed from the checkpoint at 400
+    (agents, mixer, targets, optimizer, team replays, PER priorities of the team TD errors)."""
+    common = ("total_env_steps=800", "algo.save_replay=true", "algo.per=true", "norm.obs=true",
+              "checkpoint.interval=400", "checkpoint.keep_last=2")
+    full = TeamTrainer(game_config(make_config, "qmix", *common, run="full"))
+    full.train()
+    policy, loaded_cfg, state = load_policy(full.ckpt_dir / "latest.pt")
+    assert loaded_cfg.algo.name == "qmix" and state["learner"]["grad_steps"] == full.learner.grad_steps > 0
     rng = np.random.default_rng(0)
     mask = np.ones((64, 2, 3), bool)
     mask[:, 1, 2] = False
     obs = {"agent": GroupObs(rng.normal(size=(64, 2, 2)).astype(np.float32), np.ones((64, 2), bool), mask)}
-    a = trainer.actor.act(obs, deterministic=True).action["agent"]
+    a = full.actor.act(obs, deterministic=True).action["agent"]
     b = policy.act(obs, deterministic=True).action["agent"]
     assert torch.equal(a, b) and not torch.any(b[:, 1] == 2)
-    resumed = TeamTrainer(game_config(make_config, "qmix", "total_env_steps=800", "algo.save_replay=true",
-                                      f"resume={trainer.ckpt_dir / 'latest.pt'}", run="resumed"))
-    for p, r in zip(trainer.learner.mixer.parameters(), resumed.learner.mixer.parameters()):
-        torch.testing.assert_close(p, r)
-    assert len(resumed.replay["agent"]) == 800
+    resumed = TeamTrainer(game_config(make_config, "qmix", *common, f"resume={full.ckpt_dir / 'step_400.pt'}",
+                                      run="resumed"))
+    assert resumed.env_steps == 400 and len(resumed.replay["agent"]) == 400
+    resumed.train()
+    parts = ("q", "mixer", "target", "target_mixer")
+    for part in parts:
+        for p, r in zip(getattr(full.learner, part).parameters(), getattr(resumed.learner, part).parameters()):
+            assert torch.equal(p, r), part
+    np.testing.assert_array_equal(full.replay["agent"].sampler.tree.leaves, resumed.replay["agent"].sampler.tree.leaves)
+    assert full.replay["agent"].sampler.tree.leaves.std() > 0  # the priorities did change
+    assert full.learner.grad_steps == resumed.learner.grad_steps
 
 
 @pytest.mark.parametrize("algo, extra", [("vdn", ()), ("qmix", ("algo.per=true", "algo.n_step=3"))])
@@ -260,6 +277,25 @@ def test_spread_trains_and_evaluates_through_the_cli(tmp_path, capsys, quiet, al
     assert main(["eval", str(run), "--json", "--episodes", "2"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["episodes"] == 2 and result["ep_length"] == 25
+
+
+def test_two_groups_form_one_team(make_config):
+    """speaker_listener: a speaker (3 features, 3 actions) and a listener (11 features, 5 actions) are mixed as one
+    team of two; both replays hold the same env steps and both groups' networks learn from the team loss."""
+    speaker_listener = ("env.id=mpe2.simple_speaker_listener_v4", "env.kwargs={continuous_actions: false}",
+                        "algo.name=qmix", "total_env_steps=480", "env.num_envs=4", "algo.learning_starts=240",
+                        "algo.batch_size=16", "model.hidden=[16]", "norm.reward=false", "eval.interval=0",
+                        "eval.episodes=1", "eval.num_envs=1", "log.interval=1000")
+    trainer = TeamTrainer(make_config(None, *speaker_listener))
+    assert [g.name for g in trainer.spec.groups] == ["speaker", "listener"]
+    assert trainer.learner.mixer.n_agents == 2 and trainer.spec.state_shape == (14,)
+    before = {g: [p.detach().clone() for p in trainer.actor.net[g].parameters()] for g in ("speaker", "listener")}
+    trainer.train()
+    assert len(trainer.replay["speaker"]) == len(trainer.replay["listener"]) == 480
+    for g, params in before.items():
+        assert any(not torch.equal(p0, p) for p0, p in zip(params, trainer.actor.net[g].parameters())), g
+    with pytest.raises(ConfigError, match="algo.n_step=3: qmix with several groups"):
+        TeamTrainer(make_config(None, *speaker_listener, "algo.n_step=3", run="nstep"))
 
 
 def test_unsupported_combinations_are_one_line_errors(make_config):
