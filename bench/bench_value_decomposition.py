@@ -17,6 +17,7 @@ interleaved; prints microseconds of CPU per sample (row) and the ratio QMIX / VD
 
     .venv/bin/python bench/bench_value_decomposition.py [--seeds 0,1] [--steps 40000] [--workers 2]
     .venv/bin/python bench/bench_value_decomposition.py --update-only [--batch 128] [--repeats 5]
+    .venv/bin/python bench/bench_value_decomposition.py --learning-only --algos qmix --override algo.state=obs
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def run_one(algo: str, seed: int, args: argparse.Namespace) -> dict:
         f"seed={seed}", f"total_env_steps={args.steps}", "eval.interval=0", f"eval.episodes={args.episodes}",
         f"algo.learning_starts={args.learning_starts}", f"algo.buffer_size={args.steps}",
         f"env.backend={args.backend}", f"run_dir={run_dir}", "log.tensorboard=false", "log.progress=false",
-        "checkpoint.interval=0"])
+        "checkpoint.interval=0", *args.override])
     cpu = time.process_time()
     with open(run_dir / "train.log", "w") as log, contextlib.redirect_stdout(log):
         summary = train(cfg)
@@ -125,11 +126,14 @@ def main() -> None:
     parser.add_argument("--backend", default="batched")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/bench/value_decomposition")
+    parser.add_argument("--override", nargs="*", default=[], help="key=value overrides for every run")
     parser.add_argument("--update-only", action="store_true", help="only the update cost")
+    parser.add_argument("--learning-only", action="store_true", help="skip the update cost")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    update_cost(args)
+    if not args.learning_only:
+        update_cost(args)
     if not args.update_only:
         learning(args)
 
