@@ -154,8 +154,8 @@ class DQNConfig(OffPolicyConfig):
 class VDNConfig(DQNConfig):
     """Value-Decomposition Networks (Sunehag et al. 2018) on the DQN core: per-agent Q networks whose
     values are summed into one team value ``Q_tot``, trained on joint transitions with the team reward
-    (the sum of every agent's reward) through one optimizer. Every group with Discrete actions is in the
-    one team; rows of the replay are env steps of the whole team."""
+    (the sum of every agent's reward) through one optimizer. Every agent of every group (all with Discrete
+    actions) is in the one team; a replay row is one env step of the whole team."""
 
     name: Literal["vdn"] = _f("vdn", "algorithm name")
     lr: float = _f(5e-4, "Adam learning rate of the agents' Q networks (and of the mixer)")

@@ -138,7 +138,7 @@ def team_agents(spec: EnvSpec, algo: VDNConfig) -> int:
     for g in spec.groups:
         if not g.discrete:
             raise ConfigError(f"algo.name={algo.name} needs Discrete actions for every agent of the team; group "
-                              f"{g.name!r} has {g.action_space}. Use algo.name=sac or td3 (or maddpg-style critics)")
+                              f"{g.name!r} has {g.action_space}. Use algo.name=sac or td3")
     return sum(g.n_agents for g in spec.groups)
 
 
