@@ -39,9 +39,11 @@ from marl.schemas import (  # noqa: F401 - the schemas are part of this module's
     NormConfig,
     OffPolicyConfig,
     PPOConfig,
+    QMIXConfig,
     RayConfig,
     SACConfig,
     TD3Config,
+    VDNConfig,
 )
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
@@ -372,6 +374,13 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
         for key in ("epsilon_start", "epsilon_final"):
             value = getattr(algo, key)
             _require(0 <= value <= 1, f"algo.{key}", f"a probability in [0, 1], got {value}")
+    if isinstance(algo, VDNConfig):
+        _require(not algo.her, "algo.her", f"{algo.name} learns a team value, not goal-conditioned agents; "
+                 "set algo.her=false")
+    if isinstance(algo, QMIXConfig):
+        _require(algo.mixer_embed >= 1, "algo.mixer_embed", "must be >= 1")
+        _require(algo.hypernet_layers in (1, 2), "algo.hypernet_layers", f"must be 1 or 2, got {algo.hypernet_layers}")
+        _require(algo.hypernet_embed >= 1, "algo.hypernet_embed", "must be >= 1")
     if isinstance(algo, SACConfig):
         _require(algo.ent_coef > 0, "algo.ent_coef", f"must be > 0, got {algo.ent_coef}")
         _require(0 < algo.target_entropy_scale <= 1, "algo.target_entropy_scale", "must be in (0, 1]")

@@ -18,8 +18,11 @@ train/entropy               policy entropy in nats (PPO; SAC: -E[log pi], exact 
 train/approx_kl             PPO: E[(r-1) - log r]
 train/clip_fraction         PPO: fraction of ratios outside [1-eps, 1+eps]
 train/explained_variance    PPO: 1 - Var(R - V) / Var(R)
-train/q_loss                off-policy critic loss: DQN Huber(Q, y); SAC/TD3 0.5 sum_i (Q_i - y)^2
-train/q_mean                mean Q of the replayed actions (SAC/TD3: of (Q_1 + Q_2) / 2)
+train/q_loss                off-policy critic loss: DQN Huber(Q, y); SAC/TD3 0.5 sum_i (Q_i - y)^2;
+                            VDN/QMIX (Q_tot - y)^2 (algo.td_loss)
+train/q_mean                mean Q of the replayed actions (SAC/TD3: of (Q_1 + Q_2) / 2; VDN/QMIX: of Q_tot)
+train/q_agent_mean          VDN/QMIX: mean per-agent Q of the replayed actions (alive agents)
+train/team_reward           VDN/QMIX: mean n-step team reward (sum over alive agents) of the replayed rows
 train/actor_loss            SAC: E[alpha log pi - min Q]; TD3: -Q_1(s, mu(s)) (its delayed steps)
 train/actor_grad_norm       SAC/TD3: the actor's gradient norm before clipping
 train/ent_coef              SAC: entropy coefficient alpha = exp(log_alpha)

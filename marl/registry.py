@@ -67,6 +67,10 @@ ALGORITHMS: dict[str, Algorithm] = {
         _entry("dqn", "off_policy", "DQNConfig", "deep Q-learning (double Q, dueling, PER, n-step, HER)"),
         _entry("sac", "off_policy", "SACConfig", "soft actor-critic (continuous and discrete actions)"),
         _entry("td3", "off_policy", "TD3Config", "twin delayed DDPG (continuous actions)"),
+        Algorithm("vdn", "off_policy", "marl.schemas:VDNConfig", "marl.off_policy.team:TeamTrainer",
+                  "marl.off_policy.actor:build_actor", "value decomposition: summed per-agent Q (team reward)"),
+        Algorithm("qmix", "off_policy", "marl.schemas:QMIXConfig", "marl.off_policy.team:TeamTrainer",
+                  "marl.off_policy.actor:build_actor", "QMIX: per-agent Q mixed monotonically by a state hypernetwork"),
     )
 }
 

@@ -163,6 +163,40 @@ class DQNConfig(OffPolicyConfig):
 
 
 @dataclass
+class VDNConfig(DQNConfig):
+    """Value-Decomposition Networks (Sunehag et al. 2018) on the DQN core: per-agent Q networks whose
+    values are summed into one team value ``Q_tot``, trained on joint transitions with the team reward
+    (the sum of every agent's reward) through one optimizer. Every agent of every group (all with Discrete
+    actions) is in the one team; a replay row is one env step of the whole team."""
+
+    name: Literal["vdn"] = _f("vdn", "algorithm name")
+    lr: float = _f(5e-4, "Adam learning rate of the agents' Q networks (and of the mixer)")
+    batch_size: int = _f(128, "team rows (env steps of all agents) per gradient step (B)")
+    buffer_size: int = _f(100_000, "replay capacity in team rows; rounded down to a multiple of env.num_envs")
+    td_loss: Literal["mse", "huber"] = _f("mse", "loss of the team TD error: mse (as in the VDN and QMIX papers) "
+                                                 "or huber (threshold 1)")
+
+
+@dataclass
+class QMIXConfig(VDNConfig):
+    """QMIX (Rashid et al. 2018): as VDN, with a monotonic mixing network whose non-negative weights come
+    from hypernetworks of the global state, so the agents' greedy actions are greedy for Q_tot."""
+
+    name: Literal["qmix"] = _f("qmix", "algorithm name")
+    mixer_embed: int = _f(32, "width of the mixing network's hidden layer")
+    hypernet_layers: int = _f(2, "layers of the hypernetworks producing the mixing weights: 1 or 2")
+    hypernet_embed: int = _f(64, "hidden width of two-layer hypernetworks")
+    state: Literal["env", "obs"] = _f("env", "the mixer's global state: env = the env's state() where it has one "
+                                             "(else obs); obs = every agent's observation concatenated")
+
+
+def reads_env_state(cfg: Config) -> bool:
+    """Whether the env's global ``state()`` is read each step: for a central critic, or a QMIX mixer
+    conditioned on the env state (it can be costly: pistonball renders the screen for it)."""
+    return cfg.model.critic == "central" or (isinstance(cfg.algo, QMIXConfig) and cfg.algo.state == "env")
+
+
+@dataclass
 class SACConfig(OffPolicyConfig):
     """Soft Actor-Critic (Haarnoja et al. 2018) with twin Q, automatic entropy tuning; tanh-Gaussian
     policy for Box groups, categorical policy with exact expectations for Discrete groups (Christodoulou 2019)."""

@@ -47,6 +47,7 @@ from marl.env.batched import BatchedVectorEnv, batched_factory
 from marl.env.vector import VectorEnv, make_vector_env
 from marl.env.wrappers import Preprocess, apply_preprocess
 from marl.multi_agent.groups import ONE_GROUP
+from marl.schemas import reads_env_state
 from marl.types import EnvSpec
 
 __all__ = [
@@ -446,15 +447,16 @@ def preprocess_of(env: EnvConfig) -> Preprocess:
 def env_factory(cfg: Config, render_mode: str | None = None) -> Callable[[], Adapter]:
     """The picklable adapter factory of a config: its env id, kwargs, groups and preprocessing.
 
-    The env's global ``state()`` is read only for a central critic (it can be costly:
-    pistonball renders the screen for it). An ``unimportable:`` id registered in this process
-    passes its callable by value (:class:`EnvCallable`), so worker processes can build it.
+    The env's global ``state()`` is read only when :func:`marl.schemas.reads_env_state` (a central
+    critic, or QMIX on the env state: it can be costly, pistonball renders the screen for it). An
+    ``unimportable:`` id registered in this process passes its callable by value
+    (:class:`EnvCallable`), so worker processes can build it.
     """
     env: str | EnvCallable = cfg.env.id
     if env in _CALLABLES:
         env = EnvCallable(_CALLABLES[env])
     return adapter_factory(env, cfg.env.kwargs, groups_of(cfg.env), render_mode,
-                           preprocess_of(cfg.env), use_state=cfg.model.critic == "central")
+                           preprocess_of(cfg.env), use_state=reads_env_state(cfg))
 
 
 def groups_of(env: EnvConfig) -> dict[str, list[str]] | str | None:
@@ -499,7 +501,7 @@ def check_batched(cfg: Config) -> None:
 def batched_vector_env(cfg: Config, num_envs: int) -> BatchedVectorEnv:
     """``num_envs`` copies of the config's env as one batched simulation (:mod:`marl.env.batched`)."""
     return BatchedVectorEnv(batched_factory(cfg.env.id, cfg.env.kwargs)(num_envs),
-                            use_state=cfg.model.critic == "central")
+                            use_state=reads_env_state(cfg))
 
 
 def eval_backend(cfg: Config) -> str:

@@ -1,0 +1,243 @@
+"""Value decomposition on the DQN core: VDN (Sunehag et al. 2018) and QMIX (Rashid et al. 2018).
+
+Every agent of every group (all with Discrete actions) forms one **team**. Each agent has a Q
+network (:class:`marl.algos.dqn.QPolicyNet`, in any sharing mode: shared with one-hot ids,
+independent, or a map; run batched over the agent axis) and acts greedily on it; a mixer
+(:mod:`marl.nets.mixers`) combines the Q values of the actions taken into one team value
+``Q_tot``, which is trained on joint transitions (one replay row per env step holding every
+agent) towards the team's TD target. Gradients flow through the mixer into every agent's network;
+one optimizer holds the agents' and the mixer's parameters, each once.
+
+Conventions (all rows ``B``, team agents ``A`` in group order):
+
+* team reward ``r_tot = sum_a alive_a * r_a`` (the sum of the agents' rewards of the window; an
+  env with a common reward gives every agent the same ``r``, so ``r_tot = A_alive * r``);
+* the team is terminated at the window end when every agent alive at the row is terminated;
+  a time limit (truncation) is bootstrapped from the real final observations and state;
+* an agent enters the mix of ``Q_tot(s)`` only where it acted (``alive``) and the mix of the
+  bootstrap state only where it is alive there and not terminated (``next_alive_n & ~terminated_n``);
+  others enter as ``Q_a = 0`` (:func:`marl.nets.mixers.masked_q`);
+* double Q (van Hasselt et al. 2016): the online agents pick the argmax over the *allowed*
+  actions of the next state, the target agents value it, the target mixer mixes::
+
+      a*_a = argmax_{u allowed} Q_a(o'_a, u)                  (online agents)
+      y    = r_tot + gamma^n' (1 - terminated_team) Q_tot'(s', [Q'_a(o'_a, a*_a)]_a)   (targets)
+      loss = mean_B w_b * l(Q_tot(s, [Q_a(o_a, u_a)]_a) - y)   l = squared error (or Huber)
+
+  with ``w`` the PER importance weights (ones without PER). The TD error of a row is the team's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from marl.algos.dqn import QPolicyNet, double_q_next_value
+from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, gradient_step, learner_out
+from marl.algos.targets import make_target, soft_update
+from marl.config import ConfigError, QMIXConfig, VDNConfig
+from marl.nets.mixers import QMixer, VDNMixer
+from marl.types import EnvSpec
+
+
+class GroupRows(NamedTuple):
+    """One group's part of sampled team rows, as tensors (``B`` rows, ``A_g`` agents of the group).
+
+    Attributes:
+        obs: ``[B, A_g, *obs_shape]`` normalized observations.
+        action: ``[B, A_g]`` int64 actions taken.
+        reward_n: ``[B, A_g]`` n-step discounted reward sums of each agent.
+        next_obs_n: ``[B, A_g, *obs_shape]`` normalized observations after the window (real final ones at a limit).
+        terminated_n: ``[B, A_g]`` bool, the agent's window ended in a terminal state.
+        alive: ``[B, A_g]`` bool, the agent acted at the row.
+        next_alive_n: ``[B, A_g]`` bool, the agent is alive after the window.
+        action_mask: ``[B, A_g, n]`` bool allowed actions, or ``None``.
+        next_action_mask_n: ``[B, A_g, n]`` bool allowed actions after the window, or ``None``.
+    """
+
+    obs: Tensor
+    action: Tensor
+    reward_n: Tensor
+    next_obs_n: Tensor
+    terminated_n: Tensor
+    alive: Tensor
+    next_alive_n: Tensor
+    action_mask: Tensor | None = None
+    next_action_mask_n: Tensor | None = None
+
+
+class TeamBatch(NamedTuple):
+    """Sampled team rows: every group's agents at the same env steps.
+
+    Attributes:
+        groups: group -> :class:`GroupRows`, in the team's group order.
+        discount_n: ``[B]`` ``gamma ** n'`` of each row's window.
+        weights: ``[B]`` PER importance weights (ones without PER).
+        state: ``[B, S]`` global state at the row (the env's ``state()``), or ``None`` (then a mixer that
+            needs a state gets every agent's observation concatenated, :func:`obs_state`).
+        next_state_n: ``[B, S]`` global state after the window (the final state at an episode end), or ``None``.
+    """
+
+    groups: dict[str, GroupRows]
+    discount_n: Tensor
+    weights: Tensor
+    state: Tensor | None = None
+    next_state_n: Tensor | None = None
+
+
+def cat_agents(tensors: list[Tensor]) -> Tensor:
+    """Groups' ``[B, A_g, ...]`` tensors joined on the agent axis: ``[B, A, ...]``."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=1)
+
+
+def obs_state(obs: list[Tensor]) -> Tensor:
+    """The global state as every agent's observation concatenated: groups' ``[B, A_g, *obs_shape]`` -> ``[B, S]``."""
+    return torch.cat([o.reshape(o.shape[0], -1).float() for o in obs], dim=1)
+
+
+def team_reward(reward_n: Tensor, alive: Tensor) -> Tensor:
+    """``r_tot [B] = sum_a alive_a * reward_n_a`` of ``reward_n [B, A]`` and ``alive [B, A]`` bool."""
+    return (reward_n * alive.to(reward_n.dtype)).sum(dim=-1)
+
+
+def team_terminated(terminated_n: Tensor, alive: Tensor) -> Tensor:
+    """``[B]`` bool: every agent that acted at the row (``alive [B, A]``) is terminated at the window end
+    (``terminated_n [B, A]``); a row where no agent acted counts as terminated."""
+    return (terminated_n | ~alive).all(dim=-1)
+
+
+def bootstrap_alive(next_alive_n: Tensor, terminated_n: Tensor) -> Tensor:
+    """``[B, A]`` bool: the agents that enter the mix of the bootstrap state (alive there, not terminated)."""
+    return next_alive_n & ~terminated_n
+
+
+def team_td_target(reward: Tensor, discount_n: Tensor, terminated: Tensor, next_q_tot: Tensor) -> Tensor:
+    """``y [B] = reward + discount_n * (1 - terminated) * next_q_tot`` (all ``[B]``, ``next_q_tot`` detached)."""
+    return reward + discount_n * (~terminated).to(next_q_tot.dtype) * next_q_tot
+
+
+def td_loss(q_tot: Tensor, y: Tensor, kind: str) -> Tensor:
+    """Elementwise loss ``[B]``: ``(q_tot - y)^2`` (``mse``) or Huber with threshold 1 (``huber``)."""
+    if kind == "mse":
+        return (q_tot - y).square()
+    return F.smooth_l1_loss(q_tot, y, reduction="none", beta=1.0)
+
+
+def weighted_row_mean(x: Tensor, valid: Tensor, weights: Tensor) -> Tensor:
+    """``sum_b w_b x_b valid_b / sum_b valid_b`` of ``[B]`` tensors (0 when no row is valid)."""
+    m = valid.to(x.dtype)
+    return (x * weights.to(x.dtype) * m).sum() / m.sum().clamp_min(1.0)
+
+
+def team_agents(spec: EnvSpec, algo: VDNConfig) -> int:
+    """The team's agent count ``A``; every group must have Discrete actions (else a one-line ConfigError)."""
+    for g in spec.groups:
+        if not g.discrete:
+            raise ConfigError(f"algo.name={algo.name} needs Discrete actions for every agent of the team; group "
+                              f"{g.name!r} has {g.action_space}. Use algo.name=sac or td3")
+    return sum(g.n_agents for g in spec.groups)
+
+
+def build_mixer(spec: EnvSpec, algo: VDNConfig, state_dim: int) -> nn.Module:
+    """:class:`VDNMixer` for ``vdn``, :class:`QMixer` over all team agents for ``qmix`` (state width ``state_dim``)."""
+    n_agents = team_agents(spec, algo)
+    if isinstance(algo, QMIXConfig):
+        return QMixer(n_agents, state_dim, algo.mixer_embed, algo.hypernet_layers, algo.hypernet_embed)
+    return VDNMixer()
+
+
+class ValueDecompositionLearner:
+    """Updates per-agent Q networks and a mixer from team rows (VDN or QMIX).
+
+    Args:
+        q: the online agent networks (also the acting networks; greedy per agent).
+        mixer: :class:`VDNMixer` or :class:`QMixer`.
+        cfg: lr, adam_eps, tau, target_update_interval, max_grad_norm, double_q, td_loss are read;
+            gamma enters through the rows' ``discount_n``.
+
+    Attributes:
+        target, target_mixer: target copies (no gradients), moved towards the online ones every
+            ``target_update_interval`` steps by ``tau``.
+        optimizer: one Adam over the agents' and the mixer's parameters, each once.
+        grad_steps: gradient steps taken.
+    """
+
+    def __init__(self, q: QPolicyNet, mixer: nn.Module, cfg: VDNConfig) -> None:
+        self.q, self.mixer, self.cfg = q, mixer, cfg
+        self.target = make_target(q)
+        self.target_mixer = make_target(mixer)
+        self.optimizer = adam(self.trainable(), cfg.lr, cfg.adam_eps)
+        self.grad_steps = 0
+
+    def agent_values(self, b: TeamBatch) -> tuple[Tensor, Tensor]:
+        """``(Q of the actions taken [B, A], next-state values [B, A])``, the latter without gradients
+        (double Q: online argmax over allowed next actions, valued by the target agents)."""
+        taken, nxt = [], []
+        for name, g in b.groups.items():
+            q = self.q[name](g.obs, g.action_mask)
+            taken.append(q.gather(-1, g.action.long().unsqueeze(-1)).squeeze(-1))
+            with torch.no_grad():
+                next_target = self.target[name](g.next_obs_n, g.next_action_mask_n)
+                next_online = self.q[name](g.next_obs_n, g.next_action_mask_n) if self.cfg.double_q else None
+                nxt.append(double_q_next_value(next_target, next_online, g.next_action_mask_n))
+        return cat_agents(taken), cat_agents(nxt)
+
+    def losses(self, b: TeamBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The team TD loss, the team TD errors ``Q_tot - y`` ``[B]`` (detached) and metrics (0-dim tensors)."""
+        rows = list(b.groups.values())
+        alive = cat_agents([g.alive for g in rows])
+        terminated_n = cat_agents([g.terminated_n for g in rows])
+        state, next_state = b.state, b.next_state_n
+        if state is None and isinstance(self.mixer, QMixer):
+            state, next_state = obs_state([g.obs for g in rows]), obs_state([g.next_obs_n for g in rows])
+        q_taken, next_q = self.agent_values(b)
+        q_tot = self.mixer(q_taken, state, alive)
+        with torch.no_grad():
+            next_alive = bootstrap_alive(cat_agents([g.next_alive_n for g in rows]), terminated_n)
+            next_q_tot = self.target_mixer(next_q, next_state, next_alive)
+            reward = team_reward(cat_agents([g.reward_n for g in rows]), alive)
+            y = team_td_target(reward, b.discount_n, team_terminated(terminated_n, alive), next_q_tot)
+        valid = alive.any(dim=-1)
+        loss = weighted_row_mean(td_loss(q_tot, y, self.cfg.td_loss), valid, b.weights)
+        td = (q_tot.detach() - y) * valid.to(y.dtype)
+        n_alive = alive.sum().clamp_min(1).to(q_taken.dtype)
+        metrics = {"q_loss": loss.detach(), "q_mean": weighted_row_mean(q_tot.detach(), valid, torch.ones_like(y)),
+                   "q_agent_mean": (q_taken.detach() * alive.to(q_taken.dtype)).sum() / n_alive,
+                   "team_reward": weighted_row_mean(reward, valid, torch.ones_like(y))}
+        return loss, td, metrics
+
+    def update(self, b: TeamBatch) -> LearnerOut:
+        """One gradient step of agents and mixer together; target update every ``target_update_interval`` steps.
+
+        ``LearnerOut.td_error`` holds the team TD errors ``[B]`` under the team's first group (the
+        replay that samples the rows and keeps their priorities)."""
+        loss, td, metrics = self.losses(b)
+        cfg = self.cfg
+        metrics["grad_norm"] = gradient_step(self.optimizer, loss, self.trainable(), cfg.max_grad_norm)
+        self.grad_steps += 1
+        if self.grad_steps % cfg.target_update_interval == 0:
+            soft_update(self.target, self.q, cfg.tau)
+            soft_update(self.target_mixer, self.mixer, cfg.tau)
+        first = next(iter(b.groups))
+        return learner_out(metrics, {first: td}, [])
+
+    def trainable(self) -> list[nn.Parameter]:
+        """Every trained parameter: the agents' networks, then the mixer's."""
+        return [*self.q.parameters(), *self.mixer.parameters()]
+
+    def checkpoint_parts(self) -> CheckpointParts:
+        """The checkpointed parts by entry name (the agents' online networks live in the policy entry)."""
+        return CheckpointParts({"mixer": self.mixer, "target": self.target, "target_mixer": self.target_mixer,
+                                "optimizer": self.optimizer})
+
+    def state_dict(self) -> dict:
+        """Mixer, target networks, optimizer and counter."""
+        return {**self.checkpoint_parts().state_dict(), "grad_steps": self.grad_steps}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.checkpoint_parts().load_state_dict(state)
+        self.grad_steps = int(state["grad_steps"])

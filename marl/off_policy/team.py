@@ -1,0 +1,191 @@
+"""Joint (team) transitions for value decomposition (VDN, QMIX): replay, batches and the trainer.
+
+A **team row** is one env step of one env copy holding every agent of every group: the rows of
+the groups' replays (:func:`marl.off_policy.replay.replay_rows`, ``[A_g, ...]`` each) written in
+lockstep, so the same flat index names the same env step in every group's replay. The first
+group's replay also stores the global state ``state, next_state [S]`` (the env's ``state()``;
+``next_state`` is the final state where the episode ended) when the mixer reads it, samples the
+rows (uniform or prioritized, n-step windows) and keeps the PER priorities of the team's TD
+errors; the other groups' rows are gathered at the same indices.
+
+Several groups form **one team** (e.g. a speaker and a listener): their agents are mixed
+together in group order. An n-step window is cut where an agent of the sampling group ends,
+so with several groups ``algo.n_step`` must be 1 (a window could run past another group's end).
+
+:class:`TeamTrainer` is :class:`marl.off_policy.OffPolicyTrainer` with team rows: acting,
+exploration (per-agent epsilon-greedy over allowed actions), evaluation, checkpoints, resume
+(with ``algo.save_replay``, the groups' replays) and logging are those of DQN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from marl.algos.value_decomposition import GroupRows, TeamBatch, ValueDecompositionLearner, build_mixer, team_agents
+from marl.config import Config, ConfigError, QMIXConfig, VDNConfig
+from marl.data import PrioritizedReplayBuffer, ReplayBuffer, ReplaySample, per_beta_at, replay_schema
+from marl.multi_agent.groups import is_image
+from marl.normalization import ObsNormalizer
+from marl.off_policy.actor import build_actor
+from marl.off_policy.replay import replay_rows
+from marl.off_policy.trainer import MetricWindow, OffPolicyTrainer
+from marl.types import ActOutput, EnvSpec, EpisodeStats, GroupObs, GroupTransition
+
+
+def stores_state(spec: EnvSpec, algo: VDNConfig) -> bool:
+    """Whether team rows carry the env's global state: QMIX on the env state, for an env that has one."""
+    return isinstance(algo, QMIXConfig) and algo.state == "env" and spec.state_shape is not None
+
+
+def mixer_state_dim(spec: EnvSpec, algo: VDNConfig) -> int:
+    """Width ``S`` of the mixer's state: the env's state, or every agent's observation concatenated.
+
+    Raises:
+        ConfigError: QMIX without an env state on image observations (too wide to concatenate).
+    """
+    if stores_state(spec, algo):
+        return int(np.prod(spec.state_shape))
+    total = 0
+    for g in spec.groups:
+        if isinstance(algo, QMIXConfig) and is_image(g.obs_space.shape, g.obs_space.dtype):
+            raise ConfigError(f"algo.state: QMIX needs a global state; this env has none and group {g.name!r} sees "
+                              "images (too wide to concatenate). Use algo.name=vdn")
+        total += g.n_agents * int(np.prod(g.obs_space.shape))
+    return total
+
+
+def build_team_replays(spec: EnvSpec, cfg: Config) -> dict[str, ReplayBuffer]:
+    """One replay per group, written in lockstep; the first samples (uniform or PER, n-step) and holds the state."""
+    algo: VDNConfig = cfg.algo
+    if len(spec.groups) > 1 and algo.n_step > 1:
+        raise ConfigError(f"algo.n_step={algo.n_step}: {algo.name} with several groups "
+                          f"({[g.name for g in spec.groups]}) needs one-step targets; set algo.n_step=1")
+    n_envs = cfg.env.num_envs
+    capacity = algo.buffer_size - algo.buffer_size % n_envs
+    out: dict[str, ReplayBuffer] = {}
+    for k, g in enumerate(spec.groups):
+        if k > 0:
+            out[g.name] = ReplayBuffer(replay_schema(g), capacity, n_envs, n_step=1, gamma=algo.gamma)
+            continue
+        schema = replay_schema(g, tuple(spec.state_shape) if stores_state(spec, algo) else None)
+        if algo.per:
+            out[g.name] = PrioritizedReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma,
+                                                  per_alpha=algo.per_alpha, per_eps=algo.per_eps,
+                                                  per_beta=algo.per_beta)
+        else:
+            out[g.name] = ReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma)
+    return out
+
+
+def episode_ended(before: Mapping[str, GroupObs], transition: Mapping[str, GroupTransition]) -> np.ndarray:
+    """``[E]`` bool: the env copy's episode ended at this step (every agent that acted ended; others were gone)."""
+    parts = [(tr.terminated | tr.truncated | ~before[g].alive).all(axis=-1) for g, tr in transition.items()]
+    return np.logical_and.reduce(parts)
+
+
+def team_samples(replays: Mapping[str, ReplayBuffer], batch_size: int, rng: np.random.Generator,
+                 beta: float | None) -> tuple[ReplaySample, dict[str, dict[str, np.ndarray]]]:
+    """Sample B team rows: the first group's :class:`ReplaySample` and every group's fields at those rows.
+
+    Returns:
+        ``(first, rows)``: ``rows[g]`` maps ``obs, action, reward_n, next_obs_n, terminated_n, alive,
+        next_alive_n`` (and the masks when stored) to ``[B, A_g, ...]`` arrays.
+    """
+    names = list(replays)
+    first = replays[names[0]].sample(batch_size, rng, beta)
+    rows = {names[0]: {k: getattr(first, k) for k in GroupRows._fields}}
+    for g in names[1:]:  # one-step rows (n_step is 1 with several groups)
+        d = replays[g].storage.gather_all(first.indices)
+        rows[g] = {"obs": d["obs"], "action": d["action"], "reward_n": d["reward"], "next_obs_n": d["next_obs"],
+                   "terminated_n": d["terminated"], "alive": d["alive"], "next_alive_n": d["next_alive"],
+                   "action_mask": d.get("action_mask"), "next_action_mask_n": d.get("next_action_mask")}
+    return first, rows
+
+
+def to_team_batch(first: ReplaySample, rows: Mapping[str, Mapping[str, np.ndarray | None]],
+                  norms: Mapping[str, ObsNormalizer], device: torch.device) -> TeamBatch:
+    """Team rows as tensors on ``device``, observations normalized with the groups' frozen statistics."""
+
+    def t(x: np.ndarray | None) -> Tensor | None:
+        return None if x is None else torch.as_tensor(x, device=device)
+
+    groups = {}
+    for g, d in rows.items():
+        norm = norms.get(g)
+        obs = {k: d[k] if norm is None else norm.normalize(d[k]) for k in ("obs", "next_obs_n")}
+        groups[g] = GroupRows(**{k: t(obs[k]) if k in obs else t(d[k]) for k in GroupRows._fields})
+    return TeamBatch(groups, t(first.discount_n), t(first.weights), t(first.state), t(first.next_state_n))
+
+
+class TeamTrainer(OffPolicyTrainer):
+    """Trains VDN or QMIX: per-agent Q networks (the acting policy, greedy per agent), a mixer, team rows.
+
+    The loop, counters, checkpoints and reports are :class:`OffPolicyTrainer`'s; what differs is
+    what is stored (team rows with the global state, :func:`build_team_replays`), what is sampled
+    (the same rows of every group, :func:`team_samples`) and the learner
+    (:class:`marl.algos.value_decomposition.ValueDecompositionLearner`). The health monitor bounds
+    ``train/q_mean`` (here the team value) by the largest team reward seen (key ``team``).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        if not isinstance(cfg.algo, VDNConfig):
+            raise ValueError(f"TeamTrainer runs vdn or qmix, not {cfg.algo.name!r}")
+        super().__init__(cfg)
+
+    def build(self) -> None:
+        cfg = self.cfg
+        team_agents(self.spec, cfg.algo)  # Box groups refused before any network is built
+        self.actor = build_actor(self.spec, cfg, self.device)
+        mixer = build_mixer(self.spec, cfg.algo, mixer_state_dim(self.spec, cfg.algo)).to(self.device)
+        self.learner = ValueDecompositionLearner(self.actor.net, mixer, cfg.algo)
+        self.goal_env = None
+        self.replay = build_team_replays(self.spec, cfg)
+        self.with_state = stores_state(self.spec, cfg.algo)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.since_train = 0
+        self.window = MetricWindow()
+
+    def collect(self, epsilon: float) -> list[EpisodeStats]:
+        """One vector step of every env copy: act, step, store one team row per env copy (every group's rows
+        at the same index; the state and the next state, final where the episode ended, with the first)."""
+        acted: list[np.ndarray | None] = []
+
+        def act(obs: dict[str, GroupObs], state: np.ndarray | None) -> ActOutput:
+            acted.append(state)
+            return self.actor.act(obs, state, deterministic=False, update_stats=True, with_value=False,
+                                  epsilon=epsilon)
+
+        obs, out, step = self.loop.step(act)
+        rows = {g: replay_rows(obs[g], out.action[g].cpu().numpy(), step.transition[g], step.obs[g], None, None)
+                for g in self.replay}
+        if self.with_state:
+            ended = episode_ended(obs, step.transition)[:, None]
+            first = rows[next(iter(rows))]
+            first["state"], first["next_state"] = acted[0], np.where(ended, step.final_state, step.state)
+        team_reward = 0.0
+        for g, buf in self.replay.items():
+            buf.add(rows[g])
+            team_reward = team_reward + (step.transition[g].reward * obs[g].alive).sum(axis=-1)
+            self.agent_steps += int(obs[g].alive.sum())
+        self.health.note_rewards("team", team_reward)
+        self.env_steps += self.env.num_envs
+        return step.episodes
+
+    def train_step(self) -> dict[str, float]:
+        """One gradient step on B team rows; the team TD errors become the sampling replay's priorities."""
+        algo = self.cfg.algo
+        beta = per_beta_at(self.env_steps / self.cfg.total_env_steps, algo.per_beta)
+        first, rows = team_samples(self.replay, algo.batch_size, self.rng, beta)
+        out = self.learner.update(to_team_batch(first, rows, self.actor.obs_norm, self.device))
+        if algo.per:
+            if not all(math.isfinite(v) for v in out.metrics.values()):
+                self._raise_nonfinite(out.metrics, self.learner.grad_steps)
+            name = next(iter(self.replay))
+            self.replay[name].update_priorities(first.indices, out.td_error[name])
+            out.metrics["per_beta"] = beta
+        return out.metrics
