@@ -34,7 +34,7 @@ from marl.normalization import ObsNormalizer
 from marl.off_policy.actor import build_actor
 from marl.off_policy.replay import replay_rows
 from marl.off_policy.trainer import MetricWindow, OffPolicyTrainer
-from marl.types import ActOutput, EnvSpec, EpisodeStats, GroupObs, GroupTransition
+from marl.types import ActOutput, EnvSpec, GroupObs, GroupTransition, VecStep
 
 
 def stores_state(spec: EnvSpec, algo: VDNConfig) -> bool:
@@ -132,6 +132,9 @@ class TeamTrainer(OffPolicyTrainer):
     ``train/q_mean`` (here the team value) by the largest team reward seen (key ``team``).
     """
 
+    supports_distributed = False  # the team replays and the mixer's all-reduce are not built for torchrun yet
+    turns = None  # turn-based games are refused (value decomposition is for cooperative teams)
+
     def __init__(self, cfg: Config) -> None:
         if not isinstance(cfg.algo, VDNConfig):
             raise ValueError(f"TeamTrainer runs vdn or qmix, not {cfg.algo.name!r}")
@@ -150,31 +153,22 @@ class TeamTrainer(OffPolicyTrainer):
         self.since_train = 0
         self.window = MetricWindow()
 
-    def collect(self, epsilon: float) -> list[EpisodeStats]:
-        """One vector step of every env copy: act, step, store one team row per env copy (every group's rows
-        at the same index; the state and the next state, final where the episode ended, with the first)."""
-        acted: list[np.ndarray | None] = []
-
-        def act(obs: dict[str, GroupObs], state: np.ndarray | None) -> ActOutput:
-            acted.append(state)
-            return self.actor.act(obs, state, deterministic=False, update_stats=True, with_value=False,
-                                  epsilon=epsilon)
-
-        obs, out, step = self.loop.step(act)
+    def store(self, obs: dict[str, GroupObs], out: ActOutput, step: VecStep, state: np.ndarray | None) -> int:
+        """One team row per env copy (every group's rows at the same index; the state and the next state, final
+        where the episode ended, with the first group's); returns the agent decisions taken."""
         rows = {g: replay_rows(obs[g], out.action[g].cpu().numpy(), step.transition[g], step.obs[g], None, None)
                 for g in self.replay}
         if self.with_state:
             ended = episode_ended(obs, step.transition)[:, None]
             first = rows[next(iter(rows))]
-            first["state"], first["next_state"] = acted[0], np.where(ended, step.final_state, step.state)
-        team_reward = 0.0
+            first["state"], first["next_state"] = state, np.where(ended, step.final_state, step.state)
+        team_reward, agent_steps = 0.0, 0
         for g, buf in self.replay.items():
             buf.add(rows[g])
             team_reward = team_reward + (step.transition[g].reward * obs[g].alive).sum(axis=-1)
-            self.agent_steps += int(obs[g].alive.sum())
+            agent_steps += int(obs[g].alive.sum())
         self.health.note_rewards("team", team_reward)
-        self.env_steps += self.env.num_envs
-        return step.episodes
+        return agent_steps
 
     def train_step(self) -> dict[str, float]:
         """One gradient step on B team rows; the team TD errors become the sampling replay's priorities."""

@@ -28,7 +28,7 @@ from marl.off_policy.replay import (
 )
 from marl.off_policy.turns import TurnRows
 from marl.run import Report, TrainingRun
-from marl.types import ActOutput, EpisodeStats, GroupObs
+from marl.types import ActOutput, EpisodeStats, GroupObs, VecStep
 
 
 class MetricWindow:
@@ -181,7 +181,10 @@ class OffPolicyTrainer(TrainingRun):
         With HER the achieved goals come with the observations (``GroupObs.achieved_goal``) and
         the final observations (``GroupTransition.final_achieved_goal``)."""
 
+        acted: list[np.ndarray | None] = []  # the global state the actions were chosen on
+
         def act(obs: dict[str, GroupObs], state: np.ndarray | None) -> ActOutput:
+            acted.append(state)
             return self.actor.act(obs, state, deterministic=False, update_stats=True, with_value=False,
                                   epsilon=epsilon)
 
@@ -195,6 +198,23 @@ class OffPolicyTrainer(TrainingRun):
                 if turns.pending is not None:
                     turns.pending[:] = False
             return []
+        agent_steps = self.store(obs, out, step, acted[0])
+        counts = [self.env.num_envs, agent_steps, len(step.episodes)]
+        if self.dist is not None:  # every rank's steps (episode metrics are this rank's)
+            counts = self.dist.sum_ints(counts)
+        self.env_steps += counts[0]
+        self.agent_steps += counts[1]
+        self.episodes += counts[2]
+        return step.episodes
+
+    def store(self, obs: dict[str, GroupObs], out: ActOutput, step: VecStep, state: np.ndarray | None) -> int:
+        """Write one vector step's rows into the replays (and note the rewards for the health monitor); return
+        the number of agent decisions taken (alive agents).
+
+        Args:
+            obs: the observations acted on; out: the actor's output; step: what the env did.
+            state: the global state the actions were chosen on (``None`` when the env reports none).
+        """
         agent_steps = 0
         for g, buf in self.replay.items():
             o, tr = obs[g], step.transition[g]
@@ -209,13 +229,7 @@ class OffPolicyTrainer(TrainingRun):
                 buf.add(replay_rows(o, action, tr, step.obs[g], o.achieved_goal, next_achieved))
             self.health.note_rewards(g, tr.reward)
             agent_steps += int(o.alive.sum())
-        counts = [self.env.num_envs, agent_steps, len(step.episodes)]
-        if self.dist is not None:  # every rank's steps (episode metrics are this rank's)
-            counts = self.dist.sum_ints(counts)
-        self.env_steps += counts[0]
-        self.agent_steps += counts[1]
-        self.episodes += counts[2]
-        return step.episodes
+        return agent_steps
 
     def train_step(self) -> dict[str, float]:
         """One gradient step: sample every group's replay, update, feed PER priorities back."""
