@@ -9,6 +9,10 @@ An env id is one of:
   ``env(**kwargs)`` (a PettingZoo AEC env or a Gymnasium env):
   ``"mpe2.simple_spread_v3"``, ``"pettingzoo.butterfly.pistonball_v6"``,
   ``"pettingzoo.classic.connect_four_v3"``, ``"envs.grid_nav"``;
+* ``"lbforaging:<Gymnasium id>"`` / ``"rware:<Gymnasium id>"``: level-based foraging and the
+  multi-robot warehouse, Gymnasium multi-agent envs seen as parallel envs
+  (:mod:`marl.env.gym_multiagent`): ``"lbforaging:Foraging-8x8-2p-2f-coop-v3"``,
+  ``"rware:rware-tiny-2ag-v2"``;
 * ``"module:attr"`` where ``attr`` (a dotted qualname such as ``Outer.MyEnv`` is
   followed) is a callable returning a ``ParallelEnv``, an ``AECEnv`` or a ``gymnasium.Env``;
 * ``"unimportable:module:qualname"``: a callable given to ``marl.train(env=...)`` that no
@@ -43,6 +47,7 @@ from pettingzoo.env_registry.exceptions import FailedToImport
 
 from marl.config import Config, ConfigError, EnvConfig
 from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
+from marl.env import gym_multiagent
 from marl.env.batched import BatchedVectorEnv, batched_factory
 from marl.env.vector import VectorEnv, make_vector_env
 from marl.env.wrappers import Preprocess, apply_preprocess
@@ -81,18 +86,23 @@ _INSTALL = {
 _ID_HELP = (
     "Env ids are a Gymnasium registry id ('CartPole-v1'), a PettingZoo registry id "
     "('butterfly/pistonball_v6'), a module path whose module has parallel_env() or "
-    "env() ('mpe2.simple_spread_v3', 'pettingzoo.classic.connect_four_v3', 'envs.grid_nav'), or "
+    "env() ('mpe2.simple_spread_v3', 'pettingzoo.classic.connect_four_v3', 'envs.grid_nav'), "
+    "'lbforaging:<id>' / 'rware:<id>' ('lbforaging:Foraging-8x8-2p-2f-coop-v3', 'rware:rware-tiny-2ag-v2'), or "
     "'module:callable' returning a ParallelEnv, AECEnv or gymnasium.Env."
 )
 
 
 @functools.cache
 def known_env_ids() -> tuple[str, ...]:
-    """Gymnasium registry ids plus the env modules of the PettingZoo / mpe2 / ``envs`` packages.
+    """Gymnasium registry ids plus the env modules of the PettingZoo / mpe2 / ``envs`` packages, and
+    the ``lbforaging:`` / ``rware:`` ids when those packages are installed.
 
     Modules are listed with ``pkgutil`` from their package folders, without importing them.
     """
-    ids = list(gymnasium.registry) + sorted(set(pettingzoo.aec_registry) | set(pettingzoo.parallel_registry))
+    family = [i for prefix in gym_multiagent.FAMILIES for i in gym_multiagent.family_ids(prefix)]
+    bare = {i.split(":", 1)[1] for i in family}
+    ids = [i for i in gymnasium.registry if i not in bare] + family
+    ids += sorted(set(pettingzoo.aec_registry) | set(pettingzoo.parallel_registry))
     for package in _ENV_PACKAGES:
         try:
             spec = importlib.util.find_spec(package)
@@ -314,6 +324,9 @@ def make_raw_env(
         return _CALLABLES[env_id](**kwargs)
     if env_id.startswith(UNIMPORTABLE):
         raise _unregistered(env_id)
+    multi_agent_gym = gym_multiagent.make(env_id, kwargs)  # lbforaging:..., rware:...
+    if multi_agent_gym is not None:
+        return multi_agent_gym
     if render_mode is None and "render_mode" not in kwargs and env_id.startswith(RENDER_FOR_OBSERVATIONS):
         kwargs["render_mode"] = "rgb_array"
     if env_id.startswith("ALE/") and env_id not in gymnasium.registry:
