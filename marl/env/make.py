@@ -46,8 +46,8 @@ from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.env_registry.exceptions import FailedToImport
 
 from marl.config import Config, ConfigError, EnvConfig
-from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
 from marl.env import gym_multiagent
+from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
 from marl.env.batched import BatchedVectorEnv, batched_factory
 from marl.env.vector import VectorEnv, make_vector_env
 from marl.env.wrappers import Preprocess, apply_preprocess

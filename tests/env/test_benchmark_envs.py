@@ -49,6 +49,7 @@ def test_pettingzoo_api_and_seed_tests_pass(env_id):
 def test_a_seeded_reset_repeats_and_another_seed_differs(env_id):
     a, b = make_adapter(env_id, use_state=True), make_adapter(env_id, use_state=True)
     (obs1, state1), (obs2, state2) = a.reset(3), b.reset(3)
+    np.testing.assert_array_equal(state1, state2)
     np.testing.assert_array_equal(obs1["agent"].obs, obs2["agent"].obs)
     np.testing.assert_array_equal(state1, np.concatenate(obs1["agent"].obs))
     other = [b.reset(seed)[0]["agent"].obs for seed in (4, 5, 6)]
