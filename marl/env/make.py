@@ -494,7 +494,19 @@ def env_spec(cfg: Config) -> EnvSpec:
         raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
     except (ValueError, TypeError, KeyError) as exc:
         key = "env.groups" if "group" in str(exc) else ("env.kwargs" if isinstance(exc, TypeError) else "env.id")
-        raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}") from exc
+        raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}"
+                          + _default_kwargs_hint(cfg)) from exc
+
+
+def _default_kwargs_hint(cfg: Config) -> str:
+    """The fix when ``env.id`` was changed but ``env.kwargs`` are still the embedded default's (simple_spread's)."""
+    from marl.config import DEFAULT_CONFIG, read_yaml
+
+    default = read_yaml(DEFAULT_CONFIG).get("env", {})
+    if cfg.env.id != default.get("id") and dict(cfg.env.kwargs) == dict(default.get("kwargs") or {}):
+        return (f". env.kwargs are the embedded default's (for {default.get('id')}), kept when only env.id changes: "
+                "add env.kwargs={} (or the new env's own keywords)")
+    return ""
 
 
 def check_batched(cfg: Config) -> None:

@@ -184,3 +184,12 @@ def test_a_missing_package_is_one_line_naming_the_extra(package, env_id, monkeyp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"pip install 'marl[{package}]'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_changing_only_the_env_id_names_the_leftover_default_kwargs():
+    """`marl train env.id=...` keeps the embedded default's simple_spread kwargs: the error says to reset them."""
+    from marl.config import DEFAULT_CONFIG
+
+    with pytest.raises(ConfigError, match=r"env.kwargs=\{\}"):
+        env_spec(load_config(DEFAULT_CONFIG, [f"env.id={LBF}"]))
+    env_spec(load_config(DEFAULT_CONFIG, [f"env.id={LBF}", "env.kwargs={}"]))
