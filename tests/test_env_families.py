@@ -89,3 +89,21 @@ def test_each_family_config_trains_one_iteration(config, make_config, monkeypatc
             "eval.episodes=1", "eval.num_envs=1", "checkpoint.interval=0", *SHORTER.get(config, [])]
     result = train(make_config(config, *tiny))
     assert result["env_steps"] == 32 and math.isfinite(result["final_eval"]["ep_return"])
+
+
+def test_screen_sized_images_warn_with_the_resize_fix():
+    """cooperative_pong's 280x480x3 frames with the default PPO rollout hold 1.2 GiB: a first try ran out of
+    memory-bound time (10 GB resident); the warning names env.resize. A resized config is quiet."""
+    import warnings
+
+    from marl.config import DEFAULT_CONFIG, load_config
+    from marl.env.make import env_spec, warn_if_large_images
+
+    base = ["env.id=pettingzoo.butterfly.cooperative_pong_v6", "env.kwargs={}", "env.backend=sync"]
+    cfg = load_config(DEFAULT_CONFIG, base)
+    with pytest.warns(UserWarning, match=r"280x480x3 images \(one rollout holds 1.2 GiB.*env.resize: \[84, 84\]"):
+        assert warn_if_large_images(cfg, env_spec(cfg)) == ["paddle"]
+    small = load_config(DEFAULT_CONFIG, [*base, "env.resize=[84,84]"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_large_images(small, env_spec(small)) == []

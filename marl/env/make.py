@@ -548,10 +548,32 @@ def vector_env(cfg: Config, num_envs: int, backend: str | None = None) -> Vector
     return make_vector_env(env_factory(cfg), num_envs, backend=backend, num_workers=workers)
 
 
+LARGE_IMAGE_PIXELS = 128 * 128
+"""Image observations with more pixels per frame than this (after ``env.resize``) get a warning: a screen-sized
+frame (cooperative_pong: 280x480x3) makes every rollout gigabytes large and every CNN pass slow."""
+
+
+def warn_if_large_images(cfg: Config, spec: EnvSpec) -> list[str]:
+    """Warn (and return the groups) when image observations are larger than :data:`LARGE_IMAGE_PIXELS` pixels."""
+    large = [g for g in spec.groups
+             if len(g.obs_space.shape) == 3 and g.obs_space.shape[0] * g.obs_space.shape[1] > LARGE_IMAGE_PIXELS]
+    for g in large:
+        size = "x".join(map(str, g.obs_space.shape))
+        held = ""
+        if cfg.algo.name == "ppo":  # a rollout holds num_envs x num_steps observations per agent
+            gib = cfg.env.num_envs * cfg.algo.num_steps * g.n_agents * np.prod(g.obs_space.shape) / 2**30
+            held = f" (one rollout holds {gib:.1f} GiB of them)"
+        warnings.warn(f"group {g.name!r} observes {size} images{held}: training on full frames is slow and "
+                      "memory-hungry; set env.resize: [84, 84] (and env.grayscale: true)", stacklevel=2)
+    return [g.name for g in large]
+
+
 def warn_if_frozen(cfg: Config) -> list[str]:
-    """Warn (and return the groups) when a config's image observations stay frozen (:func:`frozen_image_groups`)."""
+    """Warn (and return the groups) when a config's image observations stay frozen (:func:`frozen_image_groups`);
+    also warn about screen-sized images (:func:`warn_if_large_images`)."""
     if cfg.env.backend == "batched":
         return []
+    warn_if_large_images(cfg, probe_spec(env_factory(cfg)))
     frozen = frozen_image_groups(env_factory(cfg))
     if frozen:
         warnings.warn(f"the image observations of groups {frozen} did not change over 8 random steps: the env may "
