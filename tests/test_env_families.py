@@ -107,3 +107,13 @@ def test_screen_sized_images_warn_with_the_resize_fix():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_if_large_images(small, env_spec(small)) == []
+
+
+def test_a_vmas_id_without_the_batched_backend_is_one_plain_line():
+    pytest.importorskip("vmas")
+    from marl.config import ConfigError, load_config
+    from marl.env.make import env_spec
+
+    with pytest.raises(ConfigError) as err:
+        env_spec(load_config(None, ["env.id=vmas:navigation"]))
+    assert str(err.value) == "env.id='vmas:navigation': VMAS envs are batched simulations; set env.backend=batched"

@@ -492,6 +492,8 @@ def env_spec(cfg: Config) -> EnvSpec:
         return probe_spec(env_factory(cfg))
     except ImportError as exc:
         raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
+    except ConfigError:
+        raise  # already one line naming its key
     except (ValueError, TypeError, KeyError) as exc:
         key = "env.groups" if "group" in str(exc) else ("env.kwargs" if isinstance(exc, TypeError) else "env.id")
         raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}"
