@@ -93,12 +93,13 @@ def _family_of_entry_point(gym_id: str) -> str | None:
 def resolve(env_id: str) -> tuple[Family, str] | None:
     """``(family, Gymnasium id)`` for an id of a family in :data:`FAMILIES`, else ``None``.
 
-    Accepts ``<prefix>:<Gymnasium id>``, and a bare Gymnasium id that a family's package registered
-    (``Foraging-8x8-2p-2f-coop-v3`` once ``lbforaging`` is imported).
+    Accepts ``<prefix>:<Gymnasium id>``.
 
     Raises:
         ImportError: the family's package is not installed (names the pip command).
-        ValueError: the package has no such id (names close ones).
+        ValueError: the package has no such id (names close ones), or a bare id that a family's package
+            registered (``Foraging-8x8-2p-2f-coop-v3``, known once ``lbforaging`` is imported): only the
+            prefixed id makes worker processes import the package.
     """
     prefix, sep, gym_id = env_id.partition(":")
     if sep and prefix in FAMILIES:
@@ -110,9 +111,10 @@ def resolve(env_id: str) -> tuple[Family, str] | None:
             raise ValueError(f"unknown env id {env_id!r}: package {prefix!r} registers no Gymnasium id "
                              f"{gym_id!r}.{hint}")
         return family, gym_id
-    if not sep and env_id in gymnasium.registry:
+    if not sep and env_id in gymnasium.registry and _family_of_entry_point(env_id):
         prefix = _family_of_entry_point(env_id)
-        return (FAMILIES[prefix], env_id) if prefix else None
+        raise ValueError(f"env id {env_id!r} is registered by the package {prefix!r}: use {prefix}:{env_id} (the "
+                         f"prefix makes every process, env workers included, import {prefix!r} first)")
     return None
 
 

@@ -171,6 +171,8 @@ def test_unknown_ids_name_close_ones():
         make_raw_env("lbforaging:Foraging-8x8-2p-2f-coop-v2")
     with pytest.raises(ConfigError, match="env.id"):
         env_spec(load_config(None, ["env.id=rware:rware-tiny-2ag-v1", "env.kwargs={}"]))
+    with pytest.raises(ValueError, match="use lbforaging:Foraging-8x8-2p-2f-coop-v3"):
+        make_raw_env("Foraging-8x8-2p-2f-coop-v3")  # registered (the package is imported here), but unprefixed
 
 
 @pytest.mark.parametrize("package, env_id", [("lbforaging", LBF), ("rware", RWARE)])
