@@ -195,3 +195,13 @@ def test_changing_only_the_env_id_names_the_leftover_default_kwargs():
     with pytest.raises(ConfigError, match=r"env.kwargs=\{\}"):
         env_spec(load_config(DEFAULT_CONFIG, [f"env.id={LBF}"]))
     env_spec(load_config(DEFAULT_CONFIG, [f"env.id={LBF}", "env.kwargs={}"]))
+
+
+def test_rendering_without_a_display_is_refused_with_the_fix():
+    env = make_raw_env(LBF, render_mode="rgb_array")
+    env.reset(seed=0)
+    if os.environ.get("DISPLAY"):
+        assert env.render().ndim == 3
+    else:
+        with pytest.raises(RuntimeError, match="needs a display.*xvfb-run"):
+            env.render()
