@@ -205,3 +205,26 @@ def test_rendering_without_a_display_is_refused_with_the_fix():
     else:
         with pytest.raises(RuntimeError, match="needs a display.*xvfb-run"):
             env.render()
+
+
+@pytest.mark.parametrize("env_id", [LBF, RWARE])
+def test_resume_mid_episode_equals_the_uninterrupted_run(env_id, make_config, tmp_path):
+    """3 iterations of 30 steps per copy (episodes of 50 / 40 steps: copies are mid-episode at every checkpoint)
+    == 2 iterations, then a resume for 1 more: same parameters (the env copies are rebuilt from snapshots)."""
+    import torch
+
+    from marl import checkpoint as ckpt
+    from marl.api import train
+
+    config = "configs/lbf_8x8_2p_2f_coop_mappo.yaml"
+    common = ["env.num_envs=2", "algo.num_steps=30", "model.hidden=[16]", "eval.interval=0", "eval.episodes=1",
+              "eval.num_envs=1", "checkpoint.interval=0", f"env.id={env_id}",
+              "env.kwargs={max_steps: 40}" if env_id == RWARE else "env.kwargs={}"]
+    train(make_config(config, *common, "total_env_steps=180", run="full"))
+    train(make_config(config, *common, "total_env_steps=120", run="split"))
+    train(make_config(config, *common, "total_env_steps=180", f"resume={tmp_path / 'split'}", run="split"))
+    a = ckpt.load(tmp_path / "full" / "checkpoints" / "latest.pt")
+    b = ckpt.load(tmp_path / "split" / "checkpoints" / "latest.pt")
+    assert a["counters"]["env_steps"] == b["counters"]["env_steps"] == 180
+    for k, v in a["policy"]["net"].items():
+        torch.testing.assert_close(b["policy"]["net"][k], v, rtol=0, atol=0, msg=f"parameter {k}")
