@@ -45,7 +45,7 @@ import pettingzoo
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.env_registry.exceptions import FailedToImport
 
-from marl.config import Config, ConfigError, EnvConfig
+from marl.config import DEFAULT_CONFIG, Config, ConfigError, EnvConfig, read_yaml
 from marl.env import gym_multiagent
 from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
 from marl.env.batched import BatchedVectorEnv, batched_factory
@@ -502,8 +502,6 @@ def env_spec(cfg: Config) -> EnvSpec:
 
 def _default_kwargs_hint(cfg: Config) -> str:
     """The fix when ``env.id`` was changed but ``env.kwargs`` are still the embedded default's (simple_spread's)."""
-    from marl.config import DEFAULT_CONFIG, read_yaml
-
     default = read_yaml(DEFAULT_CONFIG).get("env", {})
     if cfg.env.id != default.get("id") and dict(cfg.env.kwargs) == dict(default.get("kwargs") or {}):
         return (f". env.kwargs are the embedded default's (for {default.get('id')}), kept when only env.id changes: "
