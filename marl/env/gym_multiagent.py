@@ -47,6 +47,14 @@ def _lbf_task_over(env: gymnasium.Env) -> bool:
     return not np.asarray(env.unwrapped.field).any()
 
 
+def _lbf_forget_positions(env: gymnasium.Env) -> None:
+    """Clear the players' positions before a reset: lbforaging 2.0 places each player on a cell that is free of
+    the others' positions, including the stale ones of the previous episode, so without this a seeded reset
+    depended on the episode before it (two envs reset with one seed started differently)."""
+    for player in env.unwrapped.players:
+        player.position = None
+
+
 def _rware_task_over(env: gymnasium.Env) -> bool:
     """The warehouse never finishes its task: it ends only at ``max_steps`` or ``max_inactivity_steps``."""
     return False
@@ -60,15 +68,18 @@ class Family(NamedTuple):
         extra: the ``marl`` extra that installs it (``pip install 'marl[<extra>]'``).
         task_over: whether an ended episode ended because the task is finished (terminated)
             rather than by a time limit (truncated); read right after the final step.
+        before_reset: called on the env before each reset, or ``None``; it makes a seeded reset
+            depend on the seed alone where the package lets the previous episode leak into it.
     """
 
     package: str
     extra: str
     task_over: Callable[[gymnasium.Env], bool]
+    before_reset: Callable[[gymnasium.Env], None] | None = None
 
 
 FAMILIES: dict[str, Family] = {
-    "lbforaging": Family("lbforaging", "lbforaging", _lbf_task_over),
+    "lbforaging": Family("lbforaging", "lbforaging", _lbf_task_over, _lbf_forget_positions),
     "rware": Family("rware", "rware", _rware_task_over),
 }
 """Id prefix -> family."""
@@ -137,7 +148,8 @@ def make(env_id: str, kwargs: Mapping[str, Any] | None = None) -> GymMultiAgentP
     family, gym_id = resolved
     # The passive checker warns at every step that a list of rewards is not a float: by design here.
     env = gymnasium.make(gym_id, disable_env_checker=True, **dict(kwargs or {}))
-    return GymMultiAgentParallel(env, family.task_over, name=f"{family.package}:{gym_id}")
+    return GymMultiAgentParallel(env, family.task_over, name=f"{family.package}:{gym_id}",
+                                 before_reset=family.before_reset)
 
 
 class GymMultiAgentParallel(ParallelEnv):
@@ -151,17 +163,18 @@ class GymMultiAgentParallel(ParallelEnv):
             (all agents terminated), ``False`` for a time limit (all agents truncated). ``None``:
             the env's own flags decide (terminated when every agent is, else truncated).
         name: ``metadata["name"]``.
+        before_reset: called on ``env`` before each of its resets, or ``None`` (see :attr:`Family.before_reset`).
     """
 
     def __init__(self, env: gymnasium.Env, task_over: Callable[[gymnasium.Env], bool] | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, before_reset: Callable[[gymnasium.Env], None] | None = None) -> None:
         obs_space, act_space = env.observation_space, env.action_space
         if not isinstance(obs_space, spaces.Tuple) or not isinstance(act_space, spaces.Tuple):
             raise ValueError(f"a multi-agent Gymnasium env needs Tuple observation and action spaces (one entry per "
                              f"agent), got {obs_space} and {act_space}")
         if len(obs_space) != len(act_space):
             raise ValueError(f"{len(obs_space)} observation spaces but {len(act_space)} action spaces")
-        self.env, self.task_over = env, task_over
+        self.env, self.task_over, self.before_reset = env, task_over, before_reset
         self.possible_agents = [f"agent_{i}" for i in range(len(obs_space))]
         self.agents: list[str] = []
         # One space object per agent: the packages reuse one object for all, and seeding one would seed all.
@@ -185,6 +198,8 @@ class GymMultiAgentParallel(ParallelEnv):
         return self.action_spaces[agent]
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        if self.before_reset is not None:
+            self.before_reset(self.env)
         obs, info = self.env.reset(seed=seed, options=options)
         self.agents = list(self.possible_agents)
         self._obs = tuple(obs)
