@@ -27,11 +27,13 @@ NONE, LOAD = 0, 5  # lbforaging.foraging.environment.Action
 NOOP, FORWARD = 0, 1  # rware.warehouse.Action
 
 
-@pytest.mark.parametrize("env_id, obs_dim, n_actions", [(LBF, 12, 6), (RWARE, 71, 5),
-                                                          ("lbforaging:Foraging-15x15-3p-4f-v3", 21, 6)])
-def test_spaces_agents_and_state(env_id, obs_dim, n_actions):
+@pytest.mark.parametrize("env_id, kwargs, obs_dim, n_actions", [
+    (LBF, {}, 12, 6), (RWARE, {}, 71, 5), ("lbforaging:Foraging-15x15-3p-4f-v3", {}, 21, 6),
+    ("lbforaging:Foraging-15x15-3p-4f-v3", {"max_num_food": 5}, 24, 6),  # the paper's 15x15-3p-5f
+])
+def test_spaces_agents_and_state(env_id, kwargs, obs_dim, n_actions):
     # LBF obs: (row, col, level) per food, then per agent (self first); RWARE: its flattened 71-vector
-    spec = make_adapter(env_id).spec
+    spec = make_adapter(env_id, kwargs).spec
     n = len(spec.agents)
     assert spec.agents == tuple(f"agent_{i}" for i in range(n)) and [g.name for g in spec.groups] == ["agent"]
     group = spec.groups[0]
