@@ -9,6 +9,10 @@ An env id is one of:
   ``env(**kwargs)`` (a PettingZoo AEC env or a Gymnasium env):
   ``"mpe2.simple_spread_v3"``, ``"pettingzoo.butterfly.pistonball_v6"``,
   ``"pettingzoo.classic.connect_four_v3"``, ``"envs.grid_nav"``;
+* ``"lbforaging:<Gymnasium id>"`` / ``"rware:<Gymnasium id>"``: level-based foraging and the
+  multi-robot warehouse, Gymnasium multi-agent envs seen as parallel envs
+  (:mod:`marl.env.gym_multiagent`): ``"lbforaging:Foraging-8x8-2p-2f-coop-v3"``,
+  ``"rware:rware-tiny-2ag-v2"``;
 * ``"module:attr"`` where ``attr`` (a dotted qualname such as ``Outer.MyEnv`` is
   followed) is a callable returning a ``ParallelEnv``, an ``AECEnv`` or a ``gymnasium.Env``;
 * ``"unimportable:module:qualname"``: a callable given to ``marl.train(env=...)`` that no
@@ -41,7 +45,8 @@ import pettingzoo
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.env_registry.exceptions import FailedToImport
 
-from marl.config import Config, ConfigError, EnvConfig
+from marl.config import DEFAULT_CONFIG, Config, ConfigError, EnvConfig, read_yaml
+from marl.env import gym_multiagent
 from marl.env.adapters import Adapter, AECAdapter, GymAdapter, ParallelAdapter
 from marl.env.batched import BatchedVectorEnv, batched_factory
 from marl.env.vector import VectorEnv, make_vector_env
@@ -82,18 +87,23 @@ _INSTALL = {
 _ID_HELP = (
     "Env ids are a Gymnasium registry id ('CartPole-v1'), a PettingZoo registry id "
     "('butterfly/pistonball_v6'), a module path whose module has parallel_env() or "
-    "env() ('mpe2.simple_spread_v3', 'pettingzoo.classic.connect_four_v3', 'envs.grid_nav'), or "
+    "env() ('mpe2.simple_spread_v3', 'pettingzoo.classic.connect_four_v3', 'envs.grid_nav'), "
+    "'lbforaging:<id>' / 'rware:<id>' ('lbforaging:Foraging-8x8-2p-2f-coop-v3', 'rware:rware-tiny-2ag-v2'), or "
     "'module:callable' returning a ParallelEnv, AECEnv or gymnasium.Env."
 )
 
 
 @functools.cache
 def known_env_ids() -> tuple[str, ...]:
-    """Gymnasium registry ids plus the env modules of the PettingZoo / mpe2 / ``envs`` packages.
+    """Gymnasium registry ids plus the env modules of the PettingZoo / mpe2 / ``envs`` packages, and
+    the ``lbforaging:`` / ``rware:`` ids when those packages are installed.
 
     Modules are listed with ``pkgutil`` from their package folders, without importing them.
     """
-    ids = list(gymnasium.registry) + sorted(set(pettingzoo.aec_registry) | set(pettingzoo.parallel_registry))
+    family = [i for prefix in gym_multiagent.FAMILIES for i in gym_multiagent.family_ids(prefix)]
+    bare = {i.split(":", 1)[1] for i in family}
+    ids = [i for i in gymnasium.registry if i not in bare] + family
+    ids += sorted(set(pettingzoo.aec_registry) | set(pettingzoo.parallel_registry))
     for package in _ENV_PACKAGES:
         try:
             spec = importlib.util.find_spec(package)
@@ -315,6 +325,9 @@ def make_raw_env(
         return _CALLABLES[env_id](**kwargs)
     if env_id.startswith(UNIMPORTABLE):
         raise _unregistered(env_id)
+    multi_agent_gym = gym_multiagent.make(env_id, kwargs)  # lbforaging:..., rware:...
+    if multi_agent_gym is not None:
+        return multi_agent_gym
     if render_mode is None and "render_mode" not in kwargs and env_id.startswith(RENDER_FOR_OBSERVATIONS):
         kwargs["render_mode"] = "rgb_array"
     if env_id.startswith("ALE/") and env_id not in gymnasium.registry:
@@ -481,9 +494,21 @@ def env_spec(cfg: Config) -> EnvSpec:
         return probe_spec(env_factory(cfg))
     except ImportError as exc:
         raise ConfigError(f"env.id={cfg.env.id!r}: {exc}") from exc
+    except ConfigError:
+        raise  # already one line naming its key
     except (ValueError, TypeError, KeyError) as exc:
         key = "env.groups" if "group" in str(exc) else ("env.kwargs" if isinstance(exc, TypeError) else "env.id")
-        raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}") from exc
+        raise ConfigError(f"{key}: cannot build env {cfg.env.id!r} with kwargs {dict(cfg.env.kwargs)}: {exc}"
+                          + _default_kwargs_hint(cfg)) from exc
+
+
+def _default_kwargs_hint(cfg: Config) -> str:
+    """The fix when ``env.id`` was changed but ``env.kwargs`` are still the embedded default's (simple_spread's)."""
+    default = read_yaml(DEFAULT_CONFIG).get("env", {})
+    if cfg.env.id != default.get("id") and dict(cfg.env.kwargs) == dict(default.get("kwargs") or {}):
+        return (f". env.kwargs are the embedded default's (for {default.get('id')}), kept when only env.id changes: "
+                "add env.kwargs={} (or the new env's own keywords)")
+    return ""
 
 
 def check_batched(cfg: Config) -> None:
@@ -548,10 +573,32 @@ def ray_vector_env(cfg: Config, num_envs: int) -> VectorEnv:
         raise
 
 
+LARGE_IMAGE_PIXELS = 128 * 128
+"""Image observations with more pixels per frame than this (after ``env.resize``) get a warning: a screen-sized
+frame (cooperative_pong: 280x480x3) makes every rollout gigabytes large and every CNN pass slow."""
+
+
+def warn_if_large_images(cfg: Config, spec: EnvSpec) -> list[str]:
+    """Warn (and return the groups) when image observations are larger than :data:`LARGE_IMAGE_PIXELS` pixels."""
+    large = [g for g in spec.groups
+             if len(g.obs_space.shape) == 3 and g.obs_space.shape[0] * g.obs_space.shape[1] > LARGE_IMAGE_PIXELS]
+    for g in large:
+        size = "x".join(map(str, g.obs_space.shape))
+        held = ""
+        if cfg.algo.name == "ppo":  # a rollout holds num_envs x num_steps observations per agent
+            gib = cfg.env.num_envs * cfg.algo.num_steps * g.n_agents * np.prod(g.obs_space.shape) / 2**30
+            held = f" (one rollout holds {gib:.1f} GiB of them)"
+        warnings.warn(f"group {g.name!r} observes {size} images{held}: training on full frames is slow and "
+                      "memory-hungry; set env.resize: [84, 84] (and env.grayscale: true)", stacklevel=2)
+    return [g.name for g in large]
+
+
 def warn_if_frozen(cfg: Config) -> list[str]:
-    """Warn (and return the groups) when a config's image observations stay frozen (:func:`frozen_image_groups`)."""
+    """Warn (and return the groups) when a config's image observations stay frozen (:func:`frozen_image_groups`);
+    also warn about screen-sized images (:func:`warn_if_large_images`)."""
     if cfg.env.backend == "batched":
         return []
+    warn_if_large_images(cfg, probe_spec(env_factory(cfg)))
     frozen = frozen_image_groups(env_factory(cfg))
     if frozen:
         warnings.warn(f"the image observations of groups {frozen} did not change over 8 random steps: the env may "
