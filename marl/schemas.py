@@ -96,6 +96,19 @@ class PPOConfig:
 
 
 @dataclass
+class APPOConfig(PPOConfig):
+    """Asynchronous PPO (IMPALA-style collection, Espeholt et al. 2018): ``env.num_workers`` worker processes
+    collect ``num_steps``-step rollouts with the parameters they have; the learner updates on whichever
+    rollout is ready first, its policy lag corrected by V-trace (``gae_lambda`` is V-trace's lambda)."""
+
+    name: Literal["appo"] = _f("appo", "algorithm name")
+    rho_bar: float = _f(1.0, "V-trace: clip of the importance ratio pi/mu in the TD errors and advantages")
+    c_bar: float = _f(1.0, "V-trace: clip of the importance ratio pi/mu in the trace (<= rho_bar)")
+    max_lag: int = _f(32, "drop rollouts collected more than this many learner updates ago; -1 = never")
+    worker_timeout_s: float = _f(300.0, "seconds the learner waits for any rollout before it stops with an error")
+
+
+@dataclass
 class OffPolicyConfig:
     """Fields every off-policy algorithm shares: replay, training cadence, targets, PER, HER.
 
