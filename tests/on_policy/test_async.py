@@ -39,12 +39,24 @@ def scalars(run: Path, tag: str) -> list[float]:
     return [e.value for e in acc.Scalars(tag)]
 
 
-@pytest.mark.parametrize("lam, bootstrap", [(1.0, True), (0.95, False)])
-def test_without_lag_the_vtrace_batch_is_the_ppo_batch(one_torch_thread, lam, bootstrap):
+CASES = {
+    "lambda 1, bootstrap at time limits": (1.0, True, []),
+    "lambda 0.95, time limit terminal": (0.95, False, []),
+    "central critic": (1.0, True, ["model.critic=central"]),
+    "independent parameters": (1.0, True, ["model.sharing=independent"]),
+    # turn-based: one seat waits every other step (alive masks, pending rewards), illegal moves masked
+    "tictactoe (AEC, masks)": (1.0, True, ["env.id=pettingzoo.classic.tictactoe_v3", "env.kwargs={}",
+                                           "norm.obs=false", "env.single_group=true"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_without_lag_the_vtrace_batch_is_the_ppo_batch(one_torch_thread, case):
     """One worker, its parameters equal to the learner's (lag 0): the V-trace targets are the GAE returns of a
     synchronous collector on the same env copies and actions, the advantages too for lambda = 1."""
+    lam, bootstrap, extra = CASES[case]
     cfg = load_config(CONFIG, ["env.num_envs=2", "env.num_workers=1", "algo.num_steps=30", f"algo.gae_lambda={lam}",
-                               f"algo.bootstrap_on_truncation={bootstrap}"])  # 30 steps: one 25-step time limit
+                               f"algo.bootstrap_on_truncation={bootstrap}", *extra])  # 30 steps: a 25-step limit
     env = vector_env(cfg, 2, backend="sync")
     try:
         torch.manual_seed(0)
@@ -66,19 +78,21 @@ def test_without_lag_the_vtrace_batch_is_the_ppo_batch(one_torch_thread, lam, bo
         msg = worker.collect()
     finally:
         worker.close()
-    (name, buf), = rollout.groups.items()
-    assert buf.truncated.any()
-    buf.finish(rollout.last_value[name], cfg.algo.gamma, lam, bootstrap)
+    assert msg.env_steps == 60 and msg.version == 0
+    for name, buf in rollout.groups.items():
+        assert (buf.truncated | buf.terminated).any()
+        buf.finish(rollout.last_value[name], cfg.algo.gamma, lam, bootstrap)
     batches, stats = vtrace_batches(learner, msg, gamma=cfg.algo.gamma, lam=lam, rho_bar=1.0, c_bar=1.0,
                                     bootstrap_on_truncation=bootstrap)
-    batch = batches[name]
-    assert torch.equal(batch.obs, buf.obs.flatten(0, 1)) and torch.equal(batch.action, buf.action.flatten(0, 1))
-    torch.testing.assert_close(batch.ret, buf.ret.flatten(0, 1), rtol=1e-5, atol=1e-5)
-    if lam == 1.0:
-        torch.testing.assert_close(batch.advantage, buf.advantage.flatten(0, 1), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(batch.log_prob, buf.log_prob.flatten(0, 1), rtol=1e-5, atol=1e-5)
     assert stats["vtrace/rho_mean"] == pytest.approx(1.0, abs=1e-5)
-    assert msg.env_steps == 60 and msg.version == 0
+    for name, buf in rollout.groups.items():
+        batch, alive = batches[name], buf.alive.flatten(0, 1)
+        assert torch.equal(batch.obs, buf.obs.flatten(0, 1)) and torch.equal(batch.action, buf.action.flatten(0, 1))
+        assert torch.equal(batch.alive, alive)
+        torch.testing.assert_close(batch.ret, buf.ret.flatten(0, 1), rtol=1e-5, atol=1e-5)
+        if lam == 1.0:
+            torch.testing.assert_close(batch.advantage, buf.advantage.flatten(0, 1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch.log_prob[alive], buf.log_prob.flatten(0, 1)[alive], rtol=1e-5, atol=1e-5)
 
 
 def test_worker_obs_moments_merge_to_the_statistics_of_all_the_data(one_torch_thread):
@@ -189,7 +203,8 @@ def test_sigint_writes_the_checkpoint_and_leaves_no_process(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "marl", "train", CONFIG, *SMALL, f"run_dir={run}",
                              "total_env_steps=10000000", "eval.interval=0", "log.tensorboard=false",
-                             "log.progress=true"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "log.progress=true"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, deadline = [], time.time() + 60
     while sum(" it " in x for x in lines) < 2 and time.time() < deadline:
         line = proc.stdout.readline()
