@@ -65,8 +65,8 @@ def vtrace_batches(
     (:func:`marl.returns.compute_vtrace`, ``log_rho = log pi - log mu``).
 
     Returns:
-        group -> :class:`GroupBatch` ``[T*E_w, A, ...]``, and ``vtrace/rho_mean`` (mean clipped ratio
-        over alive agents) and ``vtrace/ratio_max``.
+        group -> :class:`GroupBatch` ``[T*E_w, A, ...]``, and ``vtrace_rho_mean`` (mean clipped ratio
+        over alive agents) and ``vtrace_ratio_max``.
     """
     device = policy.device
     batches: dict[str, GroupBatch] = {}
@@ -95,7 +95,7 @@ def vtrace_batches(
             ratio_max = max(ratio_max, float(log_rho[alive].exp().max()))
         batches[name] = GroupBatch(obs, critic_in, action, log_prob, value, out.advantage.flatten(0, 1),
                                    out.target.flatten(0, 1), alive.flatten(0, 1), mask)
-    return batches, {"vtrace/rho_mean": rho_sum / max(alive_sum, 1), "vtrace/ratio_max": ratio_max}
+    return batches, {"vtrace_rho_mean": rho_sum / max(alive_sum, 1), "vtrace_ratio_max": ratio_max}
 
 
 class AsyncPPOTrainer(TrainingRun):

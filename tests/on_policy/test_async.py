@@ -84,7 +84,7 @@ def test_without_lag_the_vtrace_batch_is_the_ppo_batch(one_torch_thread, case):
         buf.finish(rollout.last_value[name], cfg.algo.gamma, lam, bootstrap)
     batches, stats = vtrace_batches(learner, msg, gamma=cfg.algo.gamma, lam=lam, rho_bar=1.0, c_bar=1.0,
                                     bootstrap_on_truncation=bootstrap)
-    assert stats["vtrace/rho_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert stats["vtrace_rho_mean"] == pytest.approx(1.0, abs=1e-5)
     for name, buf in rollout.groups.items():
         batch, alive = batches[name], buf.alive.flatten(0, 1)
         assert torch.equal(batch.obs, buf.obs.flatten(0, 1)) and torch.equal(batch.action, buf.action.flatten(0, 1))
