@@ -102,6 +102,9 @@ class APPOConfig(PPOConfig):
     rollout is ready first, its policy lag corrected by V-trace (``gae_lambda`` is V-trace's lambda)."""
 
     name: Literal["appo"] = _f("appo", "algorithm name")
+    num_steps: int = _f(128, "rollout length per env copy (T); each worker sends T x num_envs/num_workers rows")
+    num_minibatches: int = _f(4, "minibatches per epoch of one worker's rollout; its rows (T*E/W) must divide evenly")
+    gae_lambda: float = _f(0.95, "V-trace lambda, in [0, 1]: trace coefficients c_s = lambda * min(c_bar, pi/mu)")
     rho_bar: float = _f(1.0, "V-trace: clip of the importance ratio pi/mu in the TD errors and advantages")
     c_bar: float = _f(1.0, "V-trace: clip of the importance ratio pi/mu in the trace (<= rho_bar)")
     max_lag: int = _f(32, "drop rollouts collected more than this many learner updates ago; -1 = never")

@@ -47,7 +47,7 @@ from marl.env.make import vector_env
 from marl.env.vector import VectorEnv
 from marl.logger import episode_metrics
 from marl.on_policy.policy import ActorCriticPolicy
-from marl.on_policy.trainer import torch_threads, update_threads
+from marl.on_policy.trainer import torch_threads
 from marl.on_policy.workers import RolloutMessage, WorkerPool, resolve_workers, to_numpy, to_torch
 from marl.returns import compute_vtrace
 from marl.run import Report, TrainingRun
@@ -127,7 +127,8 @@ class AsyncPPOTrainer(TrainingRun):
         self.restarts_before = 0  # replacements in the resumed parts of the run
         self.reward_state: list[dict | None] = [None] * self.num_workers
         self.lags: list[int] = []
-        self.update_threads = update_threads(cfg, self.num_workers, self.device.type == "cpu")
+        # The workers keep collecting during the update: no cores to borrow (update_threads' auto mode does so).
+        self.update_threads = cfg.update_threads if cfg.update_threads > 0 else cfg.torch_threads
 
     def _copy_seeds(self, worker: int, generation: int) -> list[int]:
         """Reset seeds of a worker's copies: the sync run's on the first start of a run, then derived from
