@@ -173,7 +173,8 @@ class VTrace(NamedTuple):
 
     Attributes:
         target: ``v_s``, the V-trace value target.
-        advantage: ``rho_s (r_s + gamma v_{s+1} - V(x_s))``, the policy-gradient advantage.
+        advantage: ``rho_s (r_s + gamma ((1 - lam) V(x_{s+1}) + lam v_{s+1}) - V(x_s))``, the policy-gradient
+            advantage (the paper's ``rho_s (r_s + gamma v_{s+1} - V(x_s))`` for ``lam = 1``).
         rho: ``min(rho_bar, pi / mu)``, the clipped importance ratio of each step.
     """
 
@@ -205,9 +206,9 @@ def compute_vtrace(
     ``v_s - V(x_s) = rho_s delta_s + gamma c_s (v_{s+1} - V(x_{s+1}))``. The sum stops at an episode end:
     ``V(x_{t+1})`` and ``v_{t+1}`` are 0 after a terminal step and ``V(final obs)`` after a truncated one
     (``final_value``). Alive masks, pending rewards of waiting agents and episode ends while waiting are
-    handled as in :func:`compute_gae`. With ``pi = mu`` (``log_rho = 0``) the targets are
-    :func:`compute_gae`'s returns for ``gae_lambda = lam``, and for ``lam = 1`` the advantages are its
-    advantages.
+    handled as in :func:`compute_gae`. The advantage bootstraps from ``(1 - lam) V(x_{s+1}) + lam v_{s+1}``
+    (the paper's ``v_{s+1}`` for ``lam = 1``), so that with ``pi = mu`` (``log_rho = 0``) the targets and the
+    advantages are exactly :func:`compute_gae`'s returns and advantages for ``gae_lambda = lam``.
 
     Args:
         reward: ``[T, ...]`` reward received during step ``t``.
@@ -246,7 +247,8 @@ def compute_vtrace(
         acc = rho[t] * (r + gamma * (~term) * boot_value - value[t]) + gamma * c[t] * (~done) * next_acc
         v = value[t] + acc
         target[t] = torch.where(is_alive, v, zero)
-        advantage[t] = torch.where(is_alive, rho[t] * (r + gamma * (~term) * boot_target - value[t]), zero)
+        boot_q = boot_target if lam == 1.0 else (1.0 - lam) * boot_value + lam * boot_target
+        advantage[t] = torch.where(is_alive, rho[t] * (r + gamma * (~term) * boot_q - value[t]), zero)
         next_acc = torch.where(is_alive, acc, next_acc)
         next_value = torch.where(is_alive, value[t], next_value)
         next_target = torch.where(is_alive, v, next_target)

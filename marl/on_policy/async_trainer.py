@@ -126,7 +126,7 @@ class AsyncPPOTrainer(TrainingRun):
         self.dropped = 0
         self.restarts_before = 0  # replacements in the resumed parts of the run
         self.reward_state: list[dict | None] = [None] * self.num_workers
-        self.lags: list[int] = []
+        self.lags: list[np.ndarray] = []
         # The workers keep collecting during the update: no cores to borrow (update_threads' auto mode does so).
         self.update_threads = cfg.update_threads if cfg.update_threads > 0 else cfg.torch_threads
 
@@ -191,7 +191,7 @@ class AsyncPPOTrainer(TrainingRun):
         if self.pool is None:
             self._start_workers()
         msg = self.pool.next_rollout()
-        lag = self.version - msg.version
+        lag = self.version - msg.step_versions  # [T]
         for name, (mean, var, count) in msg.obs_moments.items():
             self.policy.obs_norm[name].rms.merge(mean, var, count)
         self.iteration += 1
@@ -200,7 +200,7 @@ class AsyncPPOTrainer(TrainingRun):
         self.episodes += len(msg.episodes)
         self.lags.append(lag)
         row = episode_metrics(msg.episodes, self.spec)
-        if 0 <= algo.max_lag < lag:
+        if 0 <= algo.max_lag < int(lag.max()):
             self.dropped += 1
         else:
             progress = min(1.0, self.env_steps / cfg.total_env_steps)
@@ -216,11 +216,11 @@ class AsyncPPOTrainer(TrainingRun):
                                               norm_advantage=cfg.norm.advantage, generator=self.generator)
             self.version += 1
             row.update({f"train/{k}": v for k, v in {**metrics, **stats}.items()})
-        self.pool.send_weights(msg.worker, self.weights(), self.version)
+            self.pool.broadcast(self.weights(), self.version)
         log = self.iteration % cfg.log.interval == 0
         if log:
-            row["async/policy_lag_mean"] = float(np.mean(self.lags))
-            row["async/policy_lag_max"] = float(max(self.lags))
+            row["async/policy_lag_mean"] = float(np.concatenate(self.lags).mean())
+            row["async/policy_lag_max"] = float(np.concatenate(self.lags).max())
             self.lags = []
         row["async/dropped_rollouts"] = float(self.dropped)
         row["async/worker_restarts"] = float(self.restarts())

@@ -4,9 +4,11 @@
   ``collect() -> RolloutMessage`` and ``close()``: it knows nothing of processes or pipes, so
   any host can run it (here a worker process, :func:`serve`; a Ray actor would hold it unchanged).
 * :func:`serve` hosts one worker in a process: it waits for the first weights, then collects
-  rollout after rollout with the newest weights it has received, sending each as soon as it is
-  complete. A reader thread takes weights off the pipe while the worker collects, so a rollout
-  and a weights message can cross without either side blocking the other.
+  rollout after rollout, sending each as soon as it is complete. A reader thread takes weights off
+  the pipe while the worker collects; the worker acts at every step with the newest weights it has
+  received (the parameters may change within a rollout: each step's behaviour log-probability is
+  stored, and each step's version travels with the rollout). A rollout and a weights message can
+  cross without either side blocking the other.
 * :class:`WorkerPool` is the learner's side: it starts the processes, hands out whichever rollout
   is ready first, sends weights, replaces a worker that died (fresh env copies, a warning; what
   it was collecting is lost, never half-used) and stops every process on ``close``.
@@ -57,7 +59,8 @@ class RolloutMessage(NamedTuple):
 
     Attributes:
         worker: index of the worker that collected it.
-        version: learner version of the parameters that acted (the behaviour policy ``mu``).
+        version: learner version of the oldest parameters that acted in it (the behaviour policy ``mu``).
+        step_versions: ``[T]`` the version that acted at each step.
         groups: group -> storage field -> ``[T, E_w, A, ...]`` array (see :data:`FIELDS`).
         last_critic_in: group -> critic input ``[E_w, A, ...]`` of the observations after the last step.
         episodes: episodes that finished, ``env_index`` counted over the run's copies.
@@ -68,6 +71,7 @@ class RolloutMessage(NamedTuple):
 
     worker: int
     version: int
+    step_versions: np.ndarray
     groups: dict[str, dict[str, np.ndarray]]
     last_critic_in: dict[str, np.ndarray]
     episodes: list[EpisodeStats]
@@ -108,6 +112,33 @@ def resolve_workers(cfg: Config) -> int:
     return max(d for d in range(1, cfg.env.num_envs + 1) if cfg.env.num_envs % d == 0 and d <= cpus)
 
 
+class RefreshingPolicy(ActorCriticPolicy):
+    """The acting policy of a worker: before each step it takes the newest weights ``poll`` returns
+    (``(state, version)`` or ``None``) and records the version that acts.
+
+    Attributes:
+        version: the learner version of the current parameters (-1 before the first weights).
+        step_versions: the version of every ``act`` since the list was last cleared.
+    """
+
+    def __init__(self, spec: Any, cfg: Config, poll: Callable[[], tuple[Any, int] | None] | None = None) -> None:
+        super().__init__(spec, cfg, "cpu")
+        self.poll = poll
+        self.version = -1
+        self.step_versions: list[int] = []
+
+    def set_weights(self, state: Mapping[str, Any], version: int) -> None:
+        self.load_state_dict(to_torch(state))
+        self.version = version
+
+    def act(self, *args: Any, **kwargs: Any) -> Any:
+        newest = self.poll() if self.poll is not None else None
+        if newest is not None:
+            self.set_weights(*newest)
+        self.step_versions.append(self.version)
+        return super().act(*args, **kwargs)
+
+
 class RolloutWorker:
     """Env copies ``copies`` of the run in this process, a CPU copy of the acting policy, a collector.
 
@@ -121,23 +152,25 @@ class RolloutWorker:
         copies: the run's env copies this worker owns (a contiguous range).
         seeds: reset seeds of those copies.
         torch_seed: seed of the action sampling.
+        poll: called before every step; newer weights ``(state, version)`` it returns act from that step on
+            (``None``: the parameters change only through :meth:`set_weights`).
     """
 
-    def __init__(self, cfg: Config, index: int, copies: range, seeds: Sequence[int], torch_seed: int) -> None:
+    def __init__(self, cfg: Config, index: int, copies: range, seeds: Sequence[int], torch_seed: int,
+                 poll: Callable[[], tuple[Any, int] | None] | None = None) -> None:
         self.index, self.first_copy = index, copies.start
         seed_everything(torch_seed)
         self.env = SyncVectorEnv(env_factory(cfg), len(copies))
         try:
             self.loop = EnvLoop(self.env, check_inputs=cfg.health.check_inputs)
             self.loop.reset(list(seeds))
-            self.policy = ActorCriticPolicy(self.env.spec, cfg, "cpu")
+            self.policy = RefreshingPolicy(self.env.spec, cfg, poll)
             self.collector = RolloutCollector(self.loop, self.policy, num_steps=cfg.algo.num_steps,
                                               reward_norm=cfg.norm.reward, reward_clip=cfg.norm.reward_clip,
                                               gamma=cfg.algo.gamma)
         except BaseException:
             self.env.close()
             raise
-        self.version = -1
         self._added: dict[str, RunningMeanStd] = {}
         for name, norm in self.policy.obs_norm.items():
             self._added[name] = RunningMeanStd(norm.rms.mean.shape, epsilon=0.0)
@@ -153,16 +186,17 @@ class RolloutWorker:
 
     def set_weights(self, state: Mapping[str, Any], version: int) -> None:
         """Act with the learner's parameters and normalizer statistics (``policy.state_dict()``, numpy or torch)."""
-        self.policy.load_state_dict(to_torch(state))
-        self.version = version
+        self.policy.set_weights(state, version)
 
     def load_reward_state(self, state: Mapping[str, Any]) -> None:
         """Continue the reward scalers of a checkpoint (``RolloutMessage.reward_norm``)."""
         self.collector.load_state_dict(to_torch(state))
 
     def collect(self) -> RolloutMessage:
-        """One rollout of ``T`` steps with the current parameters."""
+        """One rollout of ``T`` steps with the current parameters (and newer ones ``poll`` hands over)."""
+        self.policy.step_versions = []
         r = self.collector.collect()
+        versions = np.asarray(self.policy.step_versions, np.int64)
         _, critic_in = self.policy.inputs(self.loop.obs, self.loop.state, update=False)
         groups = {g: {k: getattr(buf, k).numpy().copy() for k in FIELDS if getattr(buf, k) is not None}
                   for g, buf in r.groups.items()}
@@ -171,8 +205,9 @@ class RolloutWorker:
         for name, rms in self._added.items():
             self._added[name] = RunningMeanStd(rms.mean.shape, epsilon=0.0)
         episodes = [ep._replace(env_index=ep.env_index + self.first_copy) for ep in r.episodes]
-        return RolloutMessage(self.index, self.version, groups, {g: to_numpy(c) for g, c in critic_in.items()},
-                              episodes, r.env_steps, r.agent_steps, moments, to_numpy(self.collector.state_dict()))
+        return RolloutMessage(self.index, int(versions.min()), versions, groups,
+                              {g: to_numpy(c) for g, c in critic_in.items()}, episodes, r.env_steps, r.agent_steps,
+                              moments, to_numpy(self.collector.state_dict()))
 
     def close(self) -> None:
         self.env.close()
@@ -230,18 +265,14 @@ def serve(conn: Connection, cfg: Config, index: int, copies: range, seeds: Seque
     torch.set_num_threads(1)
     worker = None
     try:
-        worker = RolloutWorker(cfg, index, copies, seeds, torch_seed)
+        inbox = _Inbox(conn)
+        worker = RolloutWorker(cfg, index, copies, seeds, torch_seed, poll=lambda: inbox.take(block=False))
         if reward_state:
             worker.load_reward_state(reward_state)
-        inbox = _Inbox(conn)
-        block = True  # the first rollout waits for the learner's parameters
-        while True:
-            weights = inbox.take(block)
-            if inbox.closed:
-                break
-            if weights is not None:
-                worker.set_weights(*weights)
-            block = False
+        first = inbox.take(block=True)  # the first rollout waits for the learner's parameters
+        if first is not None:
+            worker.set_weights(*first)
+        while not inbox.closed:
             conn.send(("rollout", worker.collect()))
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the learner is gone
         pass
