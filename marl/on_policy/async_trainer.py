@@ -2,24 +2,26 @@
 
 The IMPALA shape (Espeholt et al. 2018) on one machine::
 
-    worker w (process):  loop { take the newest weights received; rollout = collect T steps; send rollout }
+    worker w (process):  loop { collect T steps, each with the newest weights received; send the rollout }
     learner:             loop { msg = the first rollout any worker has ready
-                                lag = version - msg.version            (learner updates since mu acted)
-                                drop it if lag > algo.max_lag, else:
+                                lag = version - msg.step_versions      (learner updates since mu acted, [T])
+                                drop it if max(lag) > algo.max_lag, else:
                                   pi, V = the learner's networks on msg's observations
                                   v_s, A_s = V-trace(r, V, log pi - log mu)      (marl.returns.compute_vtrace)
                                   PPO update on (A_s, v_s); version += 1
-                                send the weights and merged normalizer statistics back to worker w }
+                                  send the weights and merged normalizer statistics to every worker }
 
-A worker never waits for the learner between rollouts (only for its first weights), so collection
-and learning overlap and each rollout is a few updates old (its *policy lag*, logged as
-``async/policy_lag_mean`` / ``async/policy_lag_max`` since the last logged iteration).
+A worker never waits for the learner (only for its first weights): collection and learning
+overlap, and each step is a few updates old when the learner uses it (its *policy lag*, logged as
+``async/policy_lag_mean`` / ``async/policy_lag_max`` over the steps since the last logged
+iteration). Taking new weights within a rollout rather than only between rollouts cut the lag on
+simple_spread with 2 workers from about 3 updates to about 1-2 (see docs/async.md).
 
 The PPO update is :class:`marl.algos.ppo.PPOLearner`'s, unchanged: its "old" log-probabilities and
 values are the learner's own at the start of the update, and the importance weights of the behaviour
 policy enter through V-trace's clipped ``rho_s`` in the advantages (the decoupled PPO objective:
 clipping around the proximal policy, correction for the behaviour policy). With no lag the targets
-are PPO's GAE returns (``gae_lambda`` is V-trace's lambda) and, for ``gae_lambda = 1``, the advantages too.
+and the advantages are PPO's GAE returns and advantages (``gae_lambda`` is V-trace's lambda).
 
 Normalization: observation statistics update in each worker on its own data; every rollout carries
 the moments it added, which the learner merges (:meth:`RunningMeanStd.merge`) and sends back with
@@ -61,8 +63,7 @@ def vtrace_batches(
     """The rows of one rollout ready for :meth:`PPOLearner.update`, with V-trace advantages and targets.
 
     ``log_prob`` and ``value`` of the batches are the learner's (``policy``) on the stored inputs, the
-    advantages ``rho_s (r_s + gamma v_{s+1} - V(x_s))`` and the returns ``v_s``
-    (:func:`marl.returns.compute_vtrace`, ``log_rho = log pi - log mu``).
+    advantages and returns V-trace's (:func:`marl.returns.compute_vtrace`, ``log_rho = log pi - log mu``).
 
     Returns:
         group -> :class:`GroupBatch` ``[T*E_w, A, ...]``, and ``vtrace_rho_mean`` (mean clipped ratio
@@ -186,7 +187,7 @@ class AsyncPPOTrainer(TrainingRun):
 
     def advance(self) -> list[Report]:
         """One rollout received: merge its statistics, drop it if too stale, else V-trace and one PPO update;
-        send the new weights to its worker."""
+        send the new weights to every worker."""
         cfg, algo = self.cfg, self.cfg.algo
         if self.pool is None:
             self._start_workers()
