@@ -15,7 +15,7 @@ A worker never waits for the learner (only for its first weights): collection an
 overlap, and each step is a few updates old when the learner uses it (its *policy lag*, logged as
 ``async/policy_lag_mean`` / ``async/policy_lag_max`` over the steps since the last logged
 iteration). Taking new weights within a rollout rather than only between rollouts cut the lag on
-simple_spread with 2 workers from about 3 updates to about 1-2 (see docs/async.md).
+simple_spread with 2 workers from 3 updates to 1.0-1.6 on average (see docs/async.md).
 
 The PPO update is :class:`marl.algos.ppo.PPOLearner`'s, unchanged: its "old" log-probabilities and
 values are the learner's own at the start of the update, and the importance weights of the behaviour
