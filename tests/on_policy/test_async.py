@@ -113,6 +113,34 @@ def test_worker_obs_moments_merge_to_the_statistics_of_all_the_data(one_torch_th
     torch.testing.assert_close(torch.from_numpy(rms.var), torch.from_numpy(seen.var))
 
 
+def test_weights_handed_over_within_a_rollout_act_from_the_next_step(one_torch_thread):
+    """The behaviour log-probabilities stored are those of the parameters that acted at each step, and each
+    step's version travels with the rollout (V-trace then corrects each step for its own lag)."""
+    cfg = load_config(CONFIG, ["env.num_envs=2", "env.num_workers=1", "algo.num_steps=10", "norm.obs=false"])
+    torch.manual_seed(0)
+    worker = RolloutWorker(cfg, 0, range(2), seeds_for(cfg.seed, 2), torch_seed=1)
+    try:
+        old, new = ActorCriticPolicy(worker.env.spec, cfg), ActorCriticPolicy(worker.env.spec, cfg)
+        calls = []
+
+        def poll():
+            calls.append(1)
+            return (to_numpy(new.state_dict()), 7) if len(calls) == 4 else None
+
+        worker.set_weights(to_numpy(old.state_dict()), version=6)
+        worker.policy.poll = poll
+        msg = worker.collect()
+    finally:
+        worker.close()
+    assert msg.step_versions.tolist() == [6, 6, 6] + [7] * 7 and msg.version == 6
+    (name, f), = msg.groups.items()
+    obs, action = torch.from_numpy(f["obs"]), torch.from_numpy(f["action"])
+    for policy, steps in ((old, slice(0, 3)), (new, slice(3, 10))):
+        with torch.no_grad():
+            expected = policy.net[name].dist(obs[steps]).log_prob(action[steps])
+        torch.testing.assert_close(torch.from_numpy(f["log_prob"][steps]), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_worker_split_is_a_config_error():
     with pytest.raises(ConfigError, match="env.num_workers"):
         load_config(CONFIG, ["env.num_envs=5", "env.num_workers=2"])
