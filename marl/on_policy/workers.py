@@ -44,7 +44,7 @@ from marl.normalization import RunningMeanStd
 from marl.on_policy.collector import RolloutCollector
 from marl.on_policy.policy import ActorCriticPolicy
 from marl.seeding import seed_everything
-from marl.types import EpisodeStats
+from marl.types import ActOutput, EnvSpec, EpisodeStats, GroupObs
 
 FIELDS = ("obs", "critic_in", "action", "log_prob", "value", "reward", "terminated", "truncated", "alive",
           "action_mask", "final_value")
@@ -121,7 +121,7 @@ class RefreshingPolicy(ActorCriticPolicy):
         step_versions: the version of every ``act`` since the list was last cleared.
     """
 
-    def __init__(self, spec: Any, cfg: Config, poll: Callable[[], tuple[Any, int] | None] | None = None) -> None:
+    def __init__(self, spec: EnvSpec, cfg: Config, poll: Callable[[], tuple[Any, int] | None] | None = None) -> None:
         super().__init__(spec, cfg, "cpu")
         self.poll = poll
         self.version = -1
@@ -131,12 +131,20 @@ class RefreshingPolicy(ActorCriticPolicy):
         self.load_state_dict(to_torch(state))
         self.version = version
 
-    def act(self, *args: Any, **kwargs: Any) -> Any:
+    def act(
+        self,
+        obs: Mapping[str, GroupObs],
+        state: np.ndarray | None = None,
+        deterministic: bool = False,
+        update_stats: bool = False,
+        with_value: bool = True,
+    ) -> ActOutput:
+        """:meth:`ActorCriticPolicy.act` with the newest weights ``poll`` has; the acting version is recorded."""
         newest = self.poll() if self.poll is not None else None
         if newest is not None:
             self.set_weights(*newest)
         self.step_versions.append(self.version)
-        return super().act(*args, **kwargs)
+        return super().act(obs, state, deterministic, update_stats, with_value)
 
 
 class RolloutWorker:
