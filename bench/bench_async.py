@@ -1,9 +1,8 @@
 """Asynchronous PPO (appo, V-trace) against synchronous PPO on simple_spread: same env steps, several seeds.
 
 Both use the shipped configs (``configs/simple_spread_ppo.yaml``: 16 copies on 2 subprocess workers,
-overlapped; ``configs/simple_spread_appo.yaml``: the same 16 copies on 2 appo workers) with the same
-gradient work per env step (minibatches of 400 rows, 10 epochs: PPO 1 update x 4 minibatches per 1,600
-rows, appo 2 updates x 2 minibatches). Per seed the two run one after the other; intermediate evaluations
+overlapped, 100-step rollouts; ``configs/simple_spread_appo.yaml``: the same 16 copies on 2 appo workers,
+200-step rollouts of 8 copies) with the same updates: 1,600 rows in 4 minibatches of 400, 10 epochs. Per seed the two run one after the other; intermediate evaluations
 and checkpoints are off, the final evaluation has ``--episodes`` episodes. Printed per seed and on
 average: the final eval return and ``summary.json``'s env steps/s, then the ratios appo / PPO. The load
 average before and after is printed too: on a shared machine it moves the throughput more than anything::
