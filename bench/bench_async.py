@@ -2,8 +2,9 @@
 
 Both use the shipped configs (``configs/simple_spread_ppo.yaml``: 16 copies on 2 subprocess workers,
 overlapped, 100-step rollouts; ``configs/simple_spread_appo.yaml``: the same 16 copies on 2 appo workers,
-200-step rollouts of 8 copies) with the same updates: 1,600 rows in 4 minibatches of 400, 10 epochs. Per seed the two run one after the other; intermediate evaluations
-and checkpoints are off, the final evaluation has ``--episodes`` episodes. Printed per seed and on
+200-step rollouts of 8 copies) with the same updates: 1,600 rows in 4 minibatches of 400, 10 epochs.
+Per seed the two run one after the other; intermediate evaluations and checkpoints are off, the final
+evaluation has ``--episodes`` episodes. Printed per seed and on
 average: the final eval return and ``summary.json``'s env steps/s, then the ratios appo / PPO. The load
 average before and after is printed too: on a shared machine it moves the throughput more than anything::
 
