@@ -107,7 +107,7 @@ class APPOConfig(PPOConfig):
     gae_lambda: float = _f(0.95, "V-trace lambda, in [0, 1]: trace coefficients c_s = lambda * min(c_bar, pi/mu)")
     rho_bar: float = _f(1.0, "V-trace: clip of the importance ratio pi/mu in the TD errors and advantages")
     c_bar: float = _f(1.0, "V-trace: clip of the importance ratio pi/mu in the trace (<= rho_bar)")
-    max_lag: int = _f(32, "drop rollouts collected more than this many learner updates ago; -1 = never")
+    max_lag: int = _f(32, "drop rollouts whose oldest step is more than this many learner updates old; -1 = never")
     worker_timeout_s: float = _f(300.0, "seconds the learner waits for any rollout before it stops with an error")
 
 
