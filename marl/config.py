@@ -28,6 +28,7 @@ import yaml
 from marl.registry import ALGORITHMS, UnknownAlgorithm, algorithm
 from marl.schemas import (  # noqa: F401 - the schemas are part of this module's interface
     SECTIONS,
+    APPOConfig,
     CheckpointConfig,
     Config,
     DQNConfig,
@@ -273,6 +274,8 @@ def validate(cfg: Config) -> None:
         "must be shared, independent, or a mapping {agent_or_glob: parameter_set}",
     )
     algo = cfg.algo
+    if isinstance(algo, APPOConfig):
+        _validate_appo(cfg, algo)
     if isinstance(algo, PPOConfig):
         _require(algo.lr > 0, "algo.lr", f"learning rate must be > 0, got {algo.lr}")
         _require(0 < algo.gamma <= 1, "algo.gamma", f"must be in (0, 1], got {algo.gamma}")
@@ -337,6 +340,34 @@ def _validate_recurrent_ppo(cfg: Config, algo: PPOConfig) -> None:
     _require(cfg.model.rnn_hidden >= 1, "model.rnn_hidden", "must be >= 1")
     _require(len(cfg.model.hidden) >= 1, "model.hidden",
              "a recurrent model needs at least one encoder width before its core, e.g. [64]")
+
+
+def _validate_appo(cfg: Config, algo: APPOConfig) -> None:
+    """What asynchronous PPO needs beyond PPO: V-trace clips, the lag bound, equal worker rollouts."""
+    _require(algo.c_bar > 0, "algo.c_bar", f"must be > 0, got {algo.c_bar}")
+    _require(algo.rho_bar >= algo.c_bar, "algo.rho_bar", f"must be >= algo.c_bar ({algo.c_bar}), got {algo.rho_bar}")
+    _require(algo.max_lag >= -1, "algo.max_lag", f"must be >= 0, or -1 = never drop, got {algo.max_lag}")
+    _require(algo.worker_timeout_s > 0, "algo.worker_timeout_s", "must be > 0")
+    _require(cfg.env.backend != "batched", "env.backend",
+             "appo steps its env copies inside its worker processes; use env.backend=sync or subprocess")
+    _require(cfg.model.recurrent == "none", "model.recurrent",
+             "appo's workers carry no hidden states yet; use algo.name=ppo for recurrent policies (or "
+             "model.recurrent=none)")
+    _require(cfg.runtime == "local", "runtime",
+             "appo's asynchronous workers are local processes; runtime=ray runs the synchronous algorithms "
+             "(use algo.name=ppo with runtime=ray, or runtime=local)")
+    workers = cfg.env.num_workers
+    if workers > 0:
+        _require(workers <= cfg.env.num_envs and cfg.env.num_envs % workers == 0, "env.num_workers",
+                 f"appo splits env.num_envs={cfg.env.num_envs} copies evenly over its workers; "
+                 f"{workers} workers do not divide them")
+        rows = algo.num_steps * cfg.env.num_envs // workers
+        _require(rows % algo.num_minibatches == 0, "algo.num_minibatches",
+                 f"a worker's rollout has num_steps*num_envs/num_workers = {rows} rows, not divisible by "
+                 f"{algo.num_minibatches} minibatches; change algo.num_minibatches, algo.num_steps or env.num_envs")
+        _require(not (cfg.norm.advantage and rows // algo.num_minibatches < 2), "algo.num_minibatches",
+                 f"minibatches of {rows // algo.num_minibatches} row cannot be advantage-normalized; "
+                 "use fewer minibatches or set norm.advantage=false")
 
 
 def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:

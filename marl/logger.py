@@ -32,6 +32,12 @@ train/per_beta              PER: importance-sampling exponent (annealed to 1)
 train/grad_norm             gradient norm before clipping (PPO: all networks; off-policy: the Q nets)
 train/lr                    PPO: learning rate
 train/epochs                PPO: epochs run in the update (fewer with algo.target_kl)
+train/vtrace_rho_mean       appo: mean clipped importance ratio min(rho_bar, pi/mu) over alive agents
+train/vtrace_ratio_max      appo: largest pi/mu in the rollout of the update
+async/policy_lag_mean       appo: learner updates since each step's parameters acted, mean since the last log
+async/policy_lag_max        appo: the same, largest since the last log
+async/dropped_rollouts      appo: rollouts dropped so far, their lag above algo.max_lag
+async/worker_restarts       appo: worker processes replaced so far after they died
 time/sps                    env steps per second (summed over env copies)
 time/agent_sps              agent decisions per second
 time/env_frames             env frames so far (env steps x env.action_repeat)

@@ -64,6 +64,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in (
         _entry("ppo", "on_policy", "PPOConfig", "proximal policy optimization (clipped surrogate, GAE)"),
+        Algorithm("appo", "on_policy", "marl.schemas:APPOConfig", "marl.on_policy.async_trainer:AsyncPPOTrainer",
+                  "marl.on_policy.policy:ActorCriticPolicy",
+                  "asynchronous PPO: worker processes collect, the learner corrects the policy lag with V-trace"),
         _entry("dqn", "off_policy", "DQNConfig", "deep Q-learning (double Q, dueling, PER, n-step, HER)"),
         _entry("sac", "off_policy", "SACConfig", "soft actor-critic (continuous and discrete actions)"),
         _entry("td3", "off_policy", "TD3Config", "twin delayed DDPG (continuous actions)"),

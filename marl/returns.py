@@ -19,6 +19,8 @@ alive step. With every agent alive at every step this is the ordinary GAE.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -164,3 +166,98 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
     if var.item() == 0:
         return float("nan")
     return float(1 - (target - pred).var(unbiased=False) / var)
+
+
+class VTrace(NamedTuple):
+    """What :func:`compute_vtrace` returns; every field ``[T, ...]`` float32, 0 where the agent is not alive.
+
+    Attributes:
+        target: ``v_s``, the V-trace value target.
+        advantage: ``rho_s (r_s + gamma ((1 - lam) V(x_{s+1}) + lam v_{s+1}) - V(x_s))``, the policy-gradient
+            advantage (the paper's ``rho_s (r_s + gamma v_{s+1} - V(x_s))`` for ``lam = 1``).
+        rho: ``min(rho_bar, pi / mu)``, the clipped importance ratio of each step.
+    """
+
+    target: Tensor
+    advantage: Tensor
+    rho: Tensor
+
+
+def compute_vtrace(
+    reward: Tensor,
+    value: Tensor,
+    log_rho: Tensor,
+    *,
+    terminated: Tensor,
+    truncated: Tensor,
+    alive: Tensor,
+    final_value: Tensor,
+    last_value: Tensor,
+    gamma: float,
+    lam: float = 1.0,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+) -> VTrace:
+    """V-trace targets and advantages (Espeholt et al. 2018, eq. 1 and section 4.2) with alive masks.
+
+    ``v_s = V(x_s) + sum_{t >= s} gamma^(t-s) (prod_{i=s}^{t-1} c_i) rho_t delta_t``, with
+    ``delta_t = r_t + gamma V(x_{t+1}) - V(x_t)``, ``rho_t = min(rho_bar, pi/mu)`` and
+    ``c_i = lam * min(c_bar, pi/mu)`` (the paper's lambda variant), computed backwards as
+    ``v_s - V(x_s) = rho_s delta_s + gamma c_s (v_{s+1} - V(x_{s+1}))``. The sum stops at an episode end:
+    ``V(x_{t+1})`` and ``v_{t+1}`` are 0 after a terminal step and ``V(final obs)`` after a truncated one
+    (``final_value``). Alive masks, pending rewards of waiting agents and episode ends while waiting are
+    handled as in :func:`compute_gae`. The advantage bootstraps from ``(1 - lam) V(x_{s+1}) + lam v_{s+1}``
+    (the paper's ``v_{s+1}`` for ``lam = 1``), so that with ``pi = mu`` (``log_rho = 0``) the targets and the
+    advantages are exactly :func:`compute_gae`'s returns and advantages for ``gae_lambda = lam``.
+
+    Args:
+        reward: ``[T, ...]`` reward received during step ``t``.
+        value: ``[T, ...]`` ``V(x_t)`` under the value function being trained (the learner's).
+        log_rho: ``[T, ...]`` ``log pi(a_t|x_t) - log mu(a_t|x_t)``: target minus behaviour log-probability.
+        terminated, truncated, alive: ``[T, ...]`` bool, as in :func:`compute_gae`.
+        final_value: ``[T, ...]`` ``V(final_obs_t)``, read only where ``truncated``.
+        last_value: ``[...]`` ``V(x_T)``, the value after the last step.
+        gamma: discount factor in (0, 1].
+        lam: trace-cutting lambda in [0, 1] (``c_i`` is multiplied by it); 1 is the paper's plain V-trace.
+        rho_bar: clip of the importance ratio in the TD errors and the advantage (``rho_bar >= c_bar``).
+        c_bar: clip of the importance ratio in the trace.
+    """
+    ratio = log_rho.float().exp()
+    rho = ratio.clamp(max=rho_bar)
+    c = lam * ratio.clamp(max=c_bar)
+    value = value.float()
+    zero = torch.zeros_like(last_value, dtype=torch.float32)
+    next_value = last_value.float().clone()  # V of the agent's next alive step
+    next_target = next_value.clone()  # v of the agent's next alive step (v_T = V(x_T))
+    next_acc = zero.clone()  # v - V of the agent's next alive step
+    pending_reward = zero.clone()
+    pending_term = torch.zeros_like(zero, dtype=torch.bool)
+    pending_done = torch.zeros_like(zero, dtype=torch.bool)
+    target, advantage = torch.zeros_like(value), torch.zeros_like(value)
+    for t in reversed(range(reward.shape[0])):
+        is_alive, waiting = alive[t], ~alive[t]
+        ended = terminated[t] | truncated[t]
+        keep = ~ended  # what reached the agent while it waited belongs to this move, unless its episode ended here
+        r = reward[t] + torch.where(keep, pending_reward, zero)
+        term = terminated[t] | (keep & pending_term)
+        trunc = truncated[t] & ~terminated[t]
+        done = ended | (keep & pending_done)
+        boot_value = torch.where(trunc, final_value[t].float(), next_value)
+        boot_target = torch.where(trunc, final_value[t].float(), next_target)
+        acc = rho[t] * (r + gamma * (~term) * boot_value - value[t]) + gamma * c[t] * (~done) * next_acc
+        v = value[t] + acc
+        target[t] = torch.where(is_alive, v, zero)
+        boot_q = boot_target if lam == 1.0 else (1.0 - lam) * boot_value + lam * boot_target
+        advantage[t] = torch.where(is_alive, rho[t] * (r + gamma * (~term) * boot_q - value[t]), zero)
+        next_acc = torch.where(is_alive, acc, next_acc)
+        next_value = torch.where(is_alive, value[t], next_value)
+        next_target = torch.where(is_alive, v, next_target)
+        ended_waiting = ended & waiting
+        pending_reward = torch.where(is_alive, zero, torch.where(ended_waiting, reward[t], pending_reward + reward[t]))
+        pending_term = torch.where(ended_waiting, terminated[t], pending_term & waiting)
+        pending_done = torch.where(ended_waiting, torch.ones_like(pending_done), pending_done & waiting)
+        cut = ended_waiting & truncated[t] & ~terminated[t]
+        next_value = torch.where(cut, final_value[t].float(), next_value)
+        next_target = torch.where(cut, final_value[t].float(), next_target)
+        next_acc = torch.where(ended_waiting, zero, next_acc)
+    return VTrace(target, advantage, torch.where(alive, rho, torch.zeros_like(rho)))

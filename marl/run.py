@@ -212,7 +212,7 @@ class TrainingRun(ABC):
         spec = env_spec(cfg)  # a bad env id / kwargs / groups: one line naming the key, before any worker starts
         if self.is_main and any(len(g.obs_space.shape) == 3 for g in spec.groups):
             warn_if_frozen(cfg)  # screen-cut observations that never change: the env needs a render mode
-        self.env: VectorEnv = vector_env(cfg, len(self.copies))
+        self.env: VectorEnv = self.make_env()
         self.spec: EnvSpec = self.env.spec
         self.loop = EnvLoop(self.env, overlap=cfg.env.overlap, check_inputs=cfg.health.check_inputs)
         self.env_steps = self.agent_steps = self.iteration = self.episodes = 0
@@ -260,6 +260,11 @@ class TrainingRun(ABC):
     @abstractmethod
     def build(self) -> None:
         """Create the algorithm's parts (networks, :attr:`learner`, collector or replay) for :attr:`env`."""
+
+    def make_env(self) -> VectorEnv:
+        """The env copies this process steps: :attr:`copies` of the config's (a trainer whose copies live in its
+        own workers returns a one-copy stand-in for the spec and the checkpoint)."""
+        return vector_env(self.cfg, len(self.copies))
 
     @abstractmethod
     def advance(self) -> list[Report]:

@@ -108,6 +108,22 @@ class PPOConfig:
 
 
 @dataclass
+class APPOConfig(PPOConfig):
+    """Asynchronous PPO (IMPALA-style collection, Espeholt et al. 2018): ``env.num_workers`` worker processes
+    collect ``num_steps``-step rollouts with the parameters they have; the learner updates on whichever
+    rollout is ready first, its policy lag corrected by V-trace (``gae_lambda`` is V-trace's lambda)."""
+
+    name: Literal["appo"] = _f("appo", "algorithm name")
+    num_steps: int = _f(128, "rollout length per env copy (T); each worker sends T x num_envs/num_workers rows")
+    num_minibatches: int = _f(4, "minibatches per epoch of one worker's rollout; its rows (T*E/W) must divide evenly")
+    gae_lambda: float = _f(0.95, "V-trace lambda, in [0, 1]: trace coefficients c_s = lambda * min(c_bar, pi/mu)")
+    rho_bar: float = _f(1.0, "V-trace: clip of the importance ratio pi/mu in the TD errors and advantages")
+    c_bar: float = _f(1.0, "V-trace: clip of the importance ratio pi/mu in the trace (<= rho_bar)")
+    max_lag: int = _f(32, "drop rollouts whose oldest step is more than this many learner updates old; -1 = never")
+    worker_timeout_s: float = _f(300.0, "seconds the learner waits for any rollout before it stops with an error")
+
+
+@dataclass
 class OffPolicyConfig:
     """Fields every off-policy algorithm shares: replay, training cadence, targets, PER, HER.
 
