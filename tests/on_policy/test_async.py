@@ -148,6 +148,10 @@ def test_bad_worker_split_is_a_config_error():
         load_config(CONFIG, ["algo.rho_bar=0.5", "algo.c_bar=1.0"])
     with pytest.raises(ConfigError, match="env.backend"):
         load_config(CONFIG, ["env.backend=batched"])
+    with pytest.raises(ConfigError, match="model.recurrent: appo's workers carry no hidden states"):
+        load_config(CONFIG, ["model.recurrent=gru"])
+    with pytest.raises(ConfigError, match="runtime: appo's asynchronous workers are local processes"):
+        load_config(CONFIG, ["runtime=ray"])
 
 
 def test_two_workers_log_the_lag_checkpoint_and_resume(tmp_path, one_torch_thread):
