@@ -29,6 +29,7 @@ from marl.data import (
     ReplaySample,
     replay_schema,
 )
+from marl.data.storage import Schema
 from marl.env.make import make_raw_env
 from marl.normalization import ObsNormalizer
 from marl.types import EnvSpec, GroupObs, GroupTransition
@@ -93,13 +94,20 @@ def build_replays(spec: EnvSpec, cfg: Config, goals: GoalFunctions | None, world
                 terminate_on_success=goals.terminate_on_success, success_reward=goals.success_reward,
                 gamma=algo.gamma, sampler=PrioritizedSampler(capacity, per_alpha=algo.per_alpha, per_eps=algo.per_eps,
                                                              per_beta=algo.per_beta) if algo.per else None)
-        elif algo.per:
-            out[g.name] = PrioritizedReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma,
-                                                  per_alpha=algo.per_alpha, per_eps=algo.per_eps,
-                                                  per_beta=algo.per_beta)
         else:
-            out[g.name] = ReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma)
+            out[g.name] = replay_buffer(schema, capacity, n_envs, algo)
     return out
+
+
+def replay_buffer(schema: Schema, capacity: int, n_envs: int, algo: OffPolicyConfig,
+                  n_step: int | None = None) -> ReplayBuffer:
+    """A :class:`PrioritizedReplayBuffer` with ``algo.per``, else a uniform :class:`ReplayBuffer`; ``n_step``
+    defaults to ``algo.n_step``."""
+    n_step = algo.n_step if n_step is None else n_step
+    if algo.per:
+        return PrioritizedReplayBuffer(schema, capacity, n_envs, n_step=n_step, gamma=algo.gamma,
+                                       per_alpha=algo.per_alpha, per_eps=algo.per_eps, per_beta=algo.per_beta)
+    return ReplayBuffer(schema, capacity, n_envs, n_step=n_step, gamma=algo.gamma)
 
 
 def replay_rows(before: GroupObs, action: np.ndarray, tr: GroupTransition, after: GroupObs,

@@ -28,11 +28,11 @@ from torch import Tensor
 
 from marl.algos.value_decomposition import GroupRows, TeamBatch, ValueDecompositionLearner, build_mixer, team_agents
 from marl.config import Config, ConfigError, QMIXConfig, VDNConfig
-from marl.data import PrioritizedReplayBuffer, ReplayBuffer, ReplaySample, per_beta_at, replay_schema
+from marl.data import ReplayBuffer, ReplaySample, per_beta_at, replay_schema
 from marl.multi_agent.groups import is_image
 from marl.normalization import ObsNormalizer
 from marl.off_policy.actor import build_actor
-from marl.off_policy.replay import replay_rows
+from marl.off_policy.replay import replay_buffer, replay_rows
 from marl.off_policy.trainer import MetricWindow, OffPolicyTrainer
 from marl.types import ActOutput, EnvSpec, GroupObs, GroupTransition, VecStep
 
@@ -73,12 +73,7 @@ def build_team_replays(spec: EnvSpec, cfg: Config) -> dict[str, ReplayBuffer]:
             out[g.name] = ReplayBuffer(replay_schema(g), capacity, n_envs, n_step=1, gamma=algo.gamma)
             continue
         schema = replay_schema(g, tuple(spec.state_shape) if stores_state(spec, algo) else None)
-        if algo.per:
-            out[g.name] = PrioritizedReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma,
-                                                  per_alpha=algo.per_alpha, per_eps=algo.per_eps,
-                                                  per_beta=algo.per_beta)
-        else:
-            out[g.name] = ReplayBuffer(schema, capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma)
+        out[g.name] = replay_buffer(schema, capacity, n_envs, algo)
     return out
 
 
