@@ -37,6 +37,7 @@ stops the other ranks. Nothing is saved on that path: the last checkpoint stays 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -196,6 +197,17 @@ class Ranks:
         return box[0]
 
     # ------------------------------------------------------------------ divergence check
+    def finish_line(self) -> FinishLine:
+        """A :class:`FinishLine` shared by every rank (rank 0 serves its store on a free port; a collective)."""
+        port = 0
+        if self.is_main:
+            with socket.socket() as sock:
+                sock.bind(("", 0))
+                port = sock.getsockname()[1]
+        port = self.broadcast_object(port)
+        host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        return FinishLine(dist.TCPStore(host, port, self.world_size, self.is_main, wait_for_workers=False))
+
     def check_in_sync(self, named_params: Iterable[tuple[str, Tensor]]) -> None:
         """Compare a checksum of every parameter across ranks; raise naming the first that differs.
 
@@ -235,3 +247,23 @@ def rank_seed(seed: int, rank: int, env_steps: int) -> int:
     """The seed of rank ``rank``'s own RNGs (action sampling) from ``env_steps`` on: distinct per rank and per
     resume, so ranks > 0 never repeat rank 0's action noise (rank 0 keeps the run's own RNG stream)."""
     return int(np.random.SeedSequence([seed, rank, env_steps]).generate_state(1)[0])
+
+
+class FinishLine:
+    """How many ranks have finished the rollout of each iteration: a counter per iteration in a key-value store
+    that every rank reads without waiting for the others (DD-PPO's preemption; ``distributed.preempt_fraction``).
+
+    Args:
+        store: a store every rank reaches (:meth:`Ranks.finish_line` makes one).
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def arrive(self, iteration: int) -> None:
+        """This rank collected its whole rollout of ``iteration``."""
+        self.store.add(f"done/{iteration}", 1)
+
+    def count(self, iteration: int) -> int:
+        """Ranks that have finished the rollout of ``iteration`` so far."""
+        return int(self.store.add(f"done/{iteration}", 0))

@@ -37,6 +37,11 @@ class RunningMeanStd:
         self.sync: Callable[[np.ndarray, np.ndarray, float], list[tuple[np.ndarray, np.ndarray, float]]] | None = None
         """Data-parallel runs: maps this process's batch moments ``(mean, var, count)`` to every
         rank's, in rank order (:meth:`marl.distributed.Ranks.gather_moments`); ``None`` = one process."""
+        self.deferred = False
+        """With :attr:`sync`: fold batches in locally and merge every rank's at :meth:`flush` only (no collective
+        per update, so ranks do not step in lockstep: DD-PPO's preemption needs that)."""
+        self._base: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._pending: list[tuple[np.ndarray, np.ndarray, float]] = []
 
     def update(self, x: np.ndarray) -> None:
         """Fold a batch ``[N, *shape]`` into the statistics (no-op for ``N == 0``).
@@ -46,6 +51,14 @@ class RunningMeanStd:
         makes it, even with ``N == 0``).
         """
         x = np.asarray(x, np.float64)
+        if self.sync is not None and self.deferred:
+            if self._base is None:
+                self._base = (self.mean.copy(), self.var.copy(), self.count)
+            if x.shape[0]:
+                moments = (x.mean(axis=0), x.var(axis=0), float(x.shape[0]))
+                self._pending.append(moments)
+                self.merge(*moments)
+            return
         if self.sync is not None:
             n = x.shape[0]
             zeros = np.zeros(self.mean.shape, np.float64)
@@ -57,6 +70,24 @@ class RunningMeanStd:
         if x.shape[0] == 0:
             return
         self.merge(x.mean(axis=0), x.var(axis=0), x.shape[0])
+
+    def flush(self) -> None:
+        """Deferred data-parallel statistics (:attr:`deferred`): merge every rank's batches since the last flush,
+        in rank order, onto the statistics all ranks held then; every rank ends with the same numbers (a
+        collective). A no-op otherwise."""
+        if self.sync is None or not self.deferred:
+            return
+        base = self._base if self._base is not None else (self.mean.copy(), self.var.copy(), self.count)
+        mine = RunningMeanStd(self.mean.shape, epsilon=0.0)
+        for moments in self._pending:
+            mine.merge(*moments)
+        zeros = np.zeros(self.mean.shape, np.float64)
+        gathered = self.sync(mine.mean if mine.count else zeros, mine.var if mine.count else zeros, mine.count)
+        self.mean, self.var, self.count = base[0].copy(), base[1].copy(), base[2]
+        for mean, var, count in gathered:
+            if count > 0:
+                self.merge(mean, var, count)
+        self._base, self._pending = (self.mean.copy(), self.var.copy(), self.count), []
 
     def merge(self, mean: np.ndarray, var: np.ndarray, count: float) -> None:
         """Combine with the statistics of another sample (Chan et al. parallel update)."""
@@ -84,6 +115,7 @@ class RunningMeanStd:
         self.mean = mean.astype(np.float64).copy()
         self.var = state["var"].numpy().astype(np.float64).copy()
         self.count = float(state["count"])
+        self._base, self._pending = None, []
 
 
 class ObsNormalizer:

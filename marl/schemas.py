@@ -352,11 +352,16 @@ class DistributedConfig:
     timeout_s: float = _f(300.0, "seconds a collective waits for the other ranks before the job stops with an error; "
                                  "above rank 0's longest evaluation (the others wait for it)")
     check_interval: int = _f(50, "compare a parameter checksum across ranks every this many updates; 0 = never")
+    preempt_fraction: float = _f(0.0, "PPO: end every rank's rollout once this fraction of the ranks has collected "
+                                      "all algo.num_steps steps (DD-PPO's straggler preemption); 0 = off")
+    preempt_min_steps: float = _f(0.25, "a preempted rollout still holds at least this fraction of algo.num_steps")
 
     def problems(self) -> list[tuple[str, str]]:
         """``(key, message)`` for every value out of range; empty when the config is usable."""
         rules = [(self.timeout_s > 0, "timeout_s", "must be > 0"),
-                 (self.check_interval >= 0, "check_interval", "must be >= 0")]
+                 (self.check_interval >= 0, "check_interval", "must be >= 0"),
+                 (0 <= self.preempt_fraction <= 1, "preempt_fraction", "must be in [0, 1] (0 = off)"),
+                 (0 < self.preempt_min_steps <= 1, "preempt_min_steps", "must be in (0, 1]")]
         return [(key, f"{msg}, got {getattr(self, key)!r}") for ok, key, msg in rules if not ok]
 
 

@@ -106,6 +106,15 @@ def _worker(rank: int, port: int, data_path: str, out_dir: str) -> None:
     for n in (5, 0 if rank == 1 else 4, 7):
         rms.update(rng.normal(rank, 1.0 + rank, size=(n, 3)))
     out["rms"] = (rms.mean, rms.var, rms.count)
+    # Deferred (preemption): local updates, one merge at flush; the same batches -> the union's statistics.
+    rng = np.random.default_rng(rank)
+    late = RunningMeanStd((3,))
+    late.sync, late.deferred = ranks.gather_moments, True
+    for n in (5, 0 if rank == 1 else 4, 7):
+        late.update(rng.normal(rank, 1.0 + rank, size=(n, 3)))
+    out["local_count"] = late.count  # before the flush: this rank's rows only
+    late.flush()
+    out["rms_deferred"] = (late.mean, late.var, late.count)
     out["sum"] = ranks.sum_ints([rank + 1, 10])
     out["any"] = (ranks.any_(rank == 1), ranks.any_(False))
     # The divergence check: passes on equal tensors, names the first one perturbed on rank 1.
@@ -203,6 +212,19 @@ def test_normalizer_statistics_merge_exactly_across_ranks(spawned):
         assert count == pytest.approx(union.count)
     np.testing.assert_array_equal(ranks[0]["rms"][0], ranks[1]["rms"][0])  # bit-identical on every rank
     np.testing.assert_array_equal(ranks[0]["rms"][1], ranks[1]["rms"][1])
+
+
+def test_deferred_statistics_merge_once_at_flush(spawned):
+    """Deferred normalizers (DD-PPO preemption): each rank sees only its rows until flush(), then every rank holds
+    the union's statistics, bit-identical across ranks."""
+    _, ranks = spawned
+    assert ranks[0]["local_count"] == pytest.approx(1e-4 + 16) and ranks[1]["local_count"] == pytest.approx(1e-4 + 12)
+    for out in ranks:
+        mean, var, count = out["rms_deferred"]
+        np.testing.assert_allclose(mean, out["rms"][0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(var, out["rms"][1], rtol=1e-12)
+        assert count == pytest.approx(out["rms"][2])
+    np.testing.assert_array_equal(ranks[0]["rms_deferred"][0], ranks[1]["rms_deferred"][0])
 
 
 def test_counters_and_stop_flag_agree(spawned):
@@ -350,3 +372,25 @@ def test_ctrl_c_checkpoints_and_every_process_exits(tmp_path):
     assert "SIGINT: stopped at" in out, out[-3000:]
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
     assert ckpt.load(latest)["counters"]["env_steps"] > 0
+
+
+def test_preemption_ends_the_stragglers_rollouts_early(tmp_path):
+    """DD-PPO preemption with a deterministic straggler (rank 1's env steps sleep 10 ms): once rank 0 has its
+    whole rollout, rank 1 stops at >= 25% of it, so the run needs more, shorter iterations than the 10 full ones
+    (40 steps x 4 copies each for 1600 env steps), and the counters still sum every step taken."""
+    import json
+
+    run = tmp_path / "run"
+    proc = torchrun(2, ["configs/simple_spread_ppo.yaml", f"run_dir={run}", "env.id=tests.slow_rank_env:make",
+                        "env.kwargs={N: 3, max_cycles: 25, continuous_actions: false}", "env.backend=sync",
+                        "env.num_envs=4", "algo.num_steps=40", "algo.num_minibatches=4", "algo.update_epochs=1",
+                        "total_env_steps=1600", "eval.interval=0", "eval.episodes=1", "eval.num_envs=1",
+                        "eval.stochastic_check=false", "log.tensorboard=false", "log.progress=false",
+                        "distributed.preempt_fraction=0.5", "distributed.check_interval=1", "torch_threads=1"])
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, out[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] > 10, summary["iterations"]
+    # every iteration: rank 0's 40 x 2 steps plus rank 1's 10..40 x 2
+    assert 1600 <= summary["env_steps"] <= 1600 + 160
+    assert summary["env_steps"] % 2 == 0 and summary["env_steps"] < summary["iterations"] * 160

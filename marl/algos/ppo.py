@@ -169,7 +169,6 @@ class PPOLearner:
         first = next(iter(batches.values()))
         sequences = first.hidden is not None
         n_rows = first.obs.shape[1] if sequences else first.obs.shape[0]  # chunks, or rows
-        mb_size = n_rows // num_minibatches
         keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
         # Per update, not per step: groups with every agent alive skip the masks (same values, fewer
         # ops); with one minibatch the per-minibatch advantage normalization is the same every epoch.
@@ -189,15 +188,18 @@ class PPOLearner:
         epochs_done = 0
         for _epoch in range(cfg.update_epochs):
             perm = None if num_minibatches == 1 else torch.randperm(n_rows, generator=generator).to(first.obs.device)
+            # num_minibatches parts (as equal as the rows allow): the same number of steps on every rank even when
+            # their rollouts differ in length (distributed.preempt_fraction)
+            parts = [None] if perm is None else perm.tensor_split(num_minibatches)
             stop = False
-            for start in range(0, n_rows, mb_size):
+            for part in parts:
                 total = None
                 kls = []
                 for name, full in batches.items():
                     if sequences:
-                        mb = full if perm is None else full.index_chunks(perm[start:start + mb_size])
+                        mb = full if part is None else full.index_chunks(part)
                     else:
-                        mb = full if perm is None else full.index(perm[start:start + mb_size])
+                        mb = full if part is None else full.index(part)
                     mask = None if all_alive[name] else mb.alive
                     if sequences:
                         dist, value = net[name].sequence_dist_and_value(mb.obs, mb.critic_in, mb.action_mask,

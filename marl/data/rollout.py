@@ -127,19 +127,25 @@ class GroupRollout:
             self.reset = torch.zeros(lead, dtype=torch.bool, **z)
 
     def finish(
-        self, last_value: Tensor, gamma: float, gae_lambda: float, bootstrap_on_truncation: bool = True
+        self, last_value: Tensor, gamma: float, gae_lambda: float, bootstrap_on_truncation: bool = True,
+        steps: int | None = None,
     ) -> None:
-        """Compute advantages and returns with GAE (``last_value``: ``V(obs_T)`` ``[E, A]``)."""
+        """Compute advantages and returns with GAE (``last_value``: ``V(obs_T')`` ``[E, A]``) over the first
+        ``steps`` rows (``T'``; default all ``T``: a rollout ended early holds fewer)."""
+        n = self.reward.shape[0] if steps is None else steps
         terminated = self.terminated if bootstrap_on_truncation else self.terminated | self.truncated
         self.advantage, self.ret = compute_gae(
-            self.reward, self.value, terminated=terminated, truncated=self.truncated, alive=self.alive,
-            final_value=self.final_value, last_value=last_value, gamma=gamma, gae_lambda=gae_lambda,
+            self.reward[:n], self.value[:n], terminated=terminated[:n], truncated=self.truncated[:n],
+            alive=self.alive[:n], final_value=self.final_value[:n], last_value=last_value, gamma=gamma,
+            gae_lambda=gae_lambda,
         )
 
-    def flat(self) -> GroupBatch:
-        """All rows as one :class:`GroupBatch` ``[T*E, A, ...]``."""
+    def flat(self, steps: int | None = None) -> GroupBatch:
+        """The first ``steps`` rows (default all ``T``) as one :class:`GroupBatch` ``[T'*E, A, ...]``."""
+        n = self.reward.shape[0] if steps is None else steps
+
         def f(x: Tensor | None) -> Tensor | None:
-            return None if x is None else x.flatten(0, 1)
+            return None if x is None else x[:n].flatten(0, 1)
 
         return GroupBatch(
             f(self.obs), f(self.critic_in if self.critic_in is not None else self.obs), f(self.action),

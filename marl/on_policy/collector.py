@@ -22,6 +22,7 @@ observations (truncation) and of the last observations read the state they follo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -46,8 +47,10 @@ class RolloutResult(NamedTuple):
         groups: group -> filled storage (advantages not yet computed).
         last_value: group -> ``V(obs_T)`` ``[E, A]`` for bootstrapping.
         episodes: episodes that finished during the rollout.
-        env_steps: vector env steps taken, summed over env copies (``T * E``).
+        env_steps: vector env steps taken, summed over env copies (``T' * E``).
         agent_steps: agent decisions taken (alive agents over all steps).
+        steps: ``T'``, the steps per copy the storage holds (its first ``T'`` rows): ``T`` unless a ``stop``
+            ended the rollout early.
     """
 
     groups: dict[str, GroupRollout]
@@ -55,6 +58,7 @@ class RolloutResult(NamedTuple):
     episodes: list[EpisodeStats]
     env_steps: int
     agent_steps: int
+    steps: int
 
 
 class RolloutCollector:
@@ -135,27 +139,37 @@ class RolloutCollector:
         self.loop.send(u, out.env_action)
         return {"out": out, "obs": obs, "hidden": hidden}
 
-    def collect(self) -> RolloutResult:
-        """Run ``T`` steps on every env copy; return the filled storage."""
+    def collect(self, stop: Callable[[int], bool] | None = None) -> RolloutResult:
+        """Run ``T`` steps on every env copy; return the filled storage.
+
+        Args:
+            stop: asked once per step with the number of steps the rollout will hold after it; true makes that
+                step the last (its rows are the storage's first ``T'``; no action is sent beyond it). ``None``:
+                always ``T`` steps.
+        """
         T, loop = self.num_steps, self.loop
         units = range(len(loop.units))
         pending = [self._act_and_send(u) for u in units]
         episodes: list[EpisodeStats] = []
         agent_steps = 0
         for t in range(T):
+            last = t == T - 1 or (stop is not None and stop(t + 1))
             for u in units:
                 step = loop.recv(u)
                 agent_steps += self._store(t, loop.unit_slices[u], pending[u], step)  # before advance: reads the inputs
                 episodes.extend(step.episodes)
                 loop.advance(u, step)
-                if t < T - 1:
+                if not last:
                     pending[u] = self._act_and_send(u)
+            if last:
+                break
+        steps = t + 1
         last_obs = {g: o.obs for g, o in loop.obs.items()}
         if self.hidden is None:
             last_value = self.policy.values(last_obs, loop.state)
         else:
             last_value = self.policy.values(last_obs, loop.state, hidden=self.hidden)
-        return RolloutResult(self.storage, last_value, episodes, T * self.num_envs, agent_steps)
+        return RolloutResult(self.storage, last_value, episodes, steps * self.num_envs, agent_steps, steps)
 
     def _store(self, t: int, sl: slice, prev: dict, step) -> int:
         out = prev["out"]

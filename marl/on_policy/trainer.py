@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from marl.algos.ppo import PPOLearner, linear_schedule
-from marl.config import Config
+from marl.config import Config, ConfigError
 from marl.env.ray_env import WorkerLost
 from marl.env.vector import SubprocVectorEnv, chunk_slices
 from marl.logger import episode_metrics
@@ -103,10 +105,18 @@ class OnPolicyTrainer(TrainingRun):
                                           reward_norm=cfg.norm.reward, reward_clip=cfg.norm.reward_clip,
                                           gamma=cfg.algo.gamma, bptt_len=cfg.algo.bptt_len)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.finish_line = None  # DD-PPO preemption (distributed.preempt_fraction): the ranks' finished rollouts
+        if self.dist is not None and cfg.distributed.preempt_fraction > 0:
+            if self.policy.recurrent:
+                raise ConfigError("distributed.preempt_fraction: recurrent policies train on whole BPTT chunks; "
+                                  "set distributed.preempt_fraction=0 (or model.recurrent=none)")
+            self.finish_line = self.dist.finish_line()
         if self.dist is not None:
             self.learner.grad_sync = self.dist.average_grads
             for norm in [*self.policy.obs_norm.values(), *self.collector.reward_scalers.values()]:
                 norm.rms.sync = self.dist.gather_moments
+                # with preemption the ranks must not step in lockstep: statistics merged once per rollout
+                norm.rms.deferred = self.finish_line is not None
         workers = self.env.num_chunks if isinstance(self.env, SubprocVectorEnv) else 0
         self.update_threads = update_threads(cfg, workers, self.device.type == "cpu")
 
@@ -147,6 +157,17 @@ class OnPolicyTrainer(TrainingRun):
         return [*self.policy.net.named_parameters(),
                 *((f"{name}.{key}", t) for name, rms in norms for key, t in rms.state_dict().items())]
 
+    def preemption(self) -> Callable[[int], bool] | None:
+        """DD-PPO's straggler preemption (``distributed.preempt_fraction``): the ``stop`` of this iteration's
+        rollout, true once that fraction of the ranks has collected all ``num_steps`` steps and this rank holds at
+        least ``preempt_min_steps`` of them; ``None`` when off (or one process)."""
+        if self.finish_line is None:
+            return None
+        d, line, iteration = self.cfg.distributed, self.finish_line, self.iteration
+        need = max(1, math.ceil(d.preempt_fraction * self.dist.world_size))
+        least = max(1, math.ceil(d.preempt_min_steps * self.cfg.algo.num_steps))
+        return lambda steps: steps >= least and line.count(iteration) >= need
+
     def collect_whole(self) -> RolloutResult:
         """A rollout; one during which a Ray worker was lost (:class:`WorkerLost`, ``runtime=ray``) is
         discarded, normalizer statistics included, and collected again from the copies' current observations."""
@@ -154,7 +175,10 @@ class OnPolicyTrainer(TrainingRun):
             norms = self.policy.obs_norm
             before = copy.deepcopy((self.collector.state_dict(), {k: n.state_dict() for k, n in norms.items()}))
             try:
-                return self.collector.collect()
+                rollout = self.collector.collect(self.preemption())
+                if self.finish_line is not None and rollout.steps == self.cfg.algo.num_steps:
+                    self.finish_line.arrive(self.iteration)
+                return rollout
             except WorkerLost as lost:
                 hidden = self.collector.state_dict().get("hidden")  # recurrent: the states at the loss
                 self.loop.set_obs(lost.obs, lost.state)
@@ -180,14 +204,18 @@ class OnPolicyTrainer(TrainingRun):
         if algo.anneal_clip:
             self.learner.clip_coef = linear_schedule(algo.clip_coef, progress)
         rollout = self.collect_whole()
+        for norm in [*self.policy.obs_norm.values(), *self.collector.reward_scalers.values()]:
+            norm.rms.flush()  # deferred data-parallel statistics (preemption): every rank's rollout merged
         for name, buf in rollout.groups.items():
-            buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation)
+            buf.finish(rollout.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation,
+                       steps=rollout.steps)
         recurrent = self.policy.recurrent  # sequence batches of whole BPTT chunks
-        batches = {name: buf.sequences() if recurrent else buf.flat() for name, buf in rollout.groups.items()}
+        batches = {name: buf.sequences() if recurrent else buf.flat(rollout.steps)
+                   for name, buf in rollout.groups.items()}
         with torch_threads(self.update_threads):
             metrics = self.learner.update(batches, num_minibatches=algo.num_minibatches,
                                           norm_advantage=cfg.norm.advantage, generator=self.generator)
-        counts = [rollout.env_steps, rollout.agent_steps, len(rollout.episodes)]
+        counts = [rollout.env_steps, rollout.agent_steps, len(rollout.episodes), int(rollout.steps < algo.num_steps)]
         if self.dist is not None:  # the counters count every rank's steps (episode metrics are this rank's)
             counts = self.dist.sum_ints(counts)
         self.iteration += 1
@@ -195,5 +223,7 @@ class OnPolicyTrainer(TrainingRun):
         self.agent_steps += counts[1]
         self.episodes += counts[2]
         row = {f"train/{k}": v for k, v in metrics.items()}
+        if self.finish_line is not None:
+            row["dist/preempted_ranks"] = counts[3]
         row.update(episode_metrics(rollout.episodes, self.spec))
         return [Report(row, log=self.iteration % cfg.log.interval == 0)]

@@ -166,3 +166,37 @@ def test_reward_scaling_restarts_the_running_return_at_episode_ends():
     # The oracle can tell: a running return that never restarts scales the later rewards differently.
     never_reset = hand_scaled_rewards(raw, np.zeros_like(done), cfg.algo.gamma, cfg.norm.reward_clip)
     assert np.abs(never_reset[7:] - expected[7:]).max() > 1e-2
+
+
+@pytest.mark.parametrize("backend, overlap", [("sync", False), ("subprocess", True)])
+def test_a_rollout_stopped_early_is_the_start_of_the_full_one_and_the_next_goes_on(backend, overlap):
+    """collect(stop) (DD-PPO preemption): a rollout ended after 7 steps holds the full rollout's first 7 rows,
+    nothing is left in flight (with overlapped workers too), and the next rollout continues the same stream:
+    7 + 33 rows = the 40 rows of one uninterrupted rollout; its bootstrap value is the critic's at step 7."""
+    overrides = [*CARTPOLE, "norm.obs=false", "norm.reward=false"]
+
+    def run(stops):
+        cfg = load_config(None, [f"env.backend={backend}", "env.num_workers=2", f"env.overlap={overlap}",
+                                 "env.num_envs=4", f"seed={SEED}", *overrides])
+        env = vector_env(cfg, cfg.env.num_envs)
+        try:
+            loop = EnvLoop(env, overlap=cfg.env.overlap)
+            loop.reset(cfg.seed)
+            torch.manual_seed(0)
+            policy = ActorCriticPolicy(env.spec, cfg)
+            collector = RolloutCollector(loop, policy, num_steps=40, reward_norm=False, reward_clip=0.0, gamma=0.99)
+            out = []
+            for stop in stops:
+                r = collector.collect(stop)
+                buf = r.groups["agent"]
+                out.append(({k: getattr(buf, k)[:r.steps].clone() for k in FIELDS}, r))
+            return out
+        finally:
+            env.close()
+
+    (full, whole), = run([None])
+    (first, early), (second, _) = run([lambda n: n >= 7, None])
+    assert early.steps == 7 and early.env_steps == 7 * 4 and whole.steps == 40
+    for k in ("obs", "action", "alive", "reward", "terminated", "truncated"):
+        assert torch.equal(torch.cat([first[k], second[k][:33]]), full[k]), k
+    torch.testing.assert_close(early.last_value["agent"], full["value"][7], rtol=1e-6, atol=1e-6)
