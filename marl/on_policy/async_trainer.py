@@ -31,8 +31,10 @@ come from the behaviour critic; V(x_s) and V(x_T) from the learner's.
 
 Counters: every env step a worker delivered counts, dropped rollouts too (``async/dropped_rollouts``);
 an iteration is one rollout received. A worker that dies is replaced on fresh env copies with a
-warning (``async/worker_restarts``). The learner holds a one-copy env only for the spec and the
-checkpoint format; a resumed run starts fresh episodes in its workers (the reward scalers continue).
+warning (``async/worker_restarts``). With ``runtime=ray`` the workers are Ray actors
+(:mod:`marl.on_policy.ray_workers`), which take new weights between rollouts. The learner holds a
+one-copy env only for the spec and the checkpoint format; a resumed run starts fresh episodes in its
+workers (the reward scalers continue).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ class AsyncPPOTrainer(TrainingRun):
     ``rng.generator`` (minibatch shuffling).
     """
 
-    pool: WorkerPool | None = None
+    pool: Any = None  # a WorkerPool (runtime=local) or a marl.on_policy.ray_workers.RayWorkerPool (runtime=ray)
 
     def make_env(self) -> VectorEnv:
         return vector_env(self.cfg, 1, backend="sync")  # the copies live in the workers
@@ -142,7 +144,12 @@ class AsyncPPOTrainer(TrainingRun):
 
     def _start_workers(self) -> None:
         algo = self.cfg.algo
-        self.pool = WorkerPool(self.cfg, self.num_workers, self._copy_seeds, timeout=algo.worker_timeout_s)
+        pool_class: type = WorkerPool
+        if self.cfg.runtime == "ray":  # actors on a Ray cluster; the same methods as the process pool
+            from marl.on_policy.ray_workers import RayWorkerPool
+
+            pool_class = RayWorkerPool
+        self.pool = pool_class(self.cfg, self.num_workers, self._copy_seeds, timeout=algo.worker_timeout_s)
         self.pool.latest = (self.weights(), self.version)
         self.pool.start(self.reward_state)
 
