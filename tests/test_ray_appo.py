@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +119,6 @@ def running(pid: int) -> bool:
 
 
 def wait_gone(pids, timeout_s: float = 15.0) -> list[int]:
-    import time
-
     deadline = time.monotonic() + timeout_s
     alive = list(pids)
     while alive and time.monotonic() < deadline:
@@ -280,3 +281,51 @@ def test_max_restarts_bounds_the_rebuilds(cluster, tmp_path, one_torch_thread):
     finally:
         trainer.close()
     assert wait_gone(pids) == []
+
+
+def test_sigterm_saves_and_leaves_no_process(tmp_path):
+    """``marl train`` on a local Ray instance started for the run: SIGTERM writes the checkpoint, stops every
+    actor and the instance (ray.init's own SIGTERM handler must not pre-empt the run's)."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "marl", "train", CONFIG, *SMALL, "runtime=ray", "ray.num_workers=2",
+                             "ray.cpus_per_worker=0.5", "total_env_steps=10000000", "log.tensorboard=false",
+                             f"run_dir={run}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 90
+    while not (run / "config.yaml").exists() or not any("RolloutActor" in title(p) for p in seen):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        seen |= descendants(proc.pid)
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few rollouts
+    seen |= descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert f"Resume with: marl train resume={run}" in out
+    assert ckpt.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] > 0
+    assert wait_gone(seen) == [], [title(p) for p in seen if running(p)]
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out

@@ -54,6 +54,14 @@ def writable(tree: Any) -> Any:
     return tree
 
 
+def connect(cfg: Config, num_workers: int) -> Any:
+    """The run's :class:`marl.ray_runtime.RayConnection` as ``ray.address`` says, offering the actors' CPUs."""
+    from marl.ray_runtime import RayConnection
+
+    r = cfg.ray
+    return RayConnection(r.address, r.connect_timeout_s, num_workers * r.cpus_per_worker)
+
+
 class RolloutActor:
     """A :class:`RolloutWorker` in a Ray actor; every failure comes back as an ``("error", ...)`` reply.
 
@@ -139,7 +147,7 @@ class RayWorkerPool:
 
     def __init__(self, cfg: Config, num_workers: int, seeds: Callable[[int, int], list[int]],
                  timeout: float = 300.0, connection: Any = None) -> None:
-        from marl.ray_runtime import RayConnection, import_ray
+        from marl.ray_runtime import import_ray
 
         self._ray = import_ray()
         self.cfg, self.seeds, self.timeout = cfg, seeds, timeout
@@ -154,9 +162,7 @@ class RayWorkerPool:
         self._sent = [-1] * num_workers  # the version each actor holds
         self._next = 0
         self._died = (self._ray.exceptions.RayActorError, self._ray.exceptions.ObjectLostError)
-        r = cfg.ray
-        self.connection = connection if connection is not None else \
-            RayConnection(r.address, r.connect_timeout_s, num_workers * r.cpus_per_worker)
+        self.connection = connection if connection is not None else connect(cfg, num_workers)
 
     @property
     def num_workers(self) -> int:
