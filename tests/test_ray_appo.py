@@ -7,6 +7,7 @@ started once for this module. The cluster's processes get this module's faulty e
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -263,6 +264,8 @@ def test_env_error_names_worker_and_copy(cluster, env_folder, tmp_path, monkeypa
                                              r"node \w+, env copy [0-3]\)") as info:
         trainer.train()
     assert "ray_appo_faulty_env.py" in info.value.worker_traceback and "raise ValueError" in info.value.worker_traceback
+    worker = int(re.search(r"appo ray worker (\d)", str(info.value)).group(1))
+    assert info.value.env_index == 2 * worker  # every copy breaks at step 30: the worker's first copy, run-wide index
     assert trainer.pool.actors == [None, None]  # closed: every actor killed
 
 

@@ -191,7 +191,7 @@ class RayWorkerPool:
         sl, r = self.slices[w], self.cfg.ray
         torch_seed = int(np.random.SeedSequence([self.cfg.seed, w, self.generation[w]]).generate_state(1)[0])
         actor = _actor_class().options(num_cpus=r.cpus_per_worker, scheduling_strategy="SPREAD", max_restarts=0,
-                                       max_task_retries=0, name=None).remote()
+                                       max_task_retries=0).remote()
         self.actors[w], self.pending[w], self._sent[w] = actor, None, -1
         return actor.build.remote(self.cfg, w, range(sl.start, sl.stop), self.seeds(w, self.generation[w]),
                                   torch_seed, self.reward_state[w])
