@@ -353,12 +353,12 @@ def _validate_appo(cfg: Config, algo: APPOConfig) -> None:
     _require(cfg.model.recurrent == "none", "model.recurrent",
              "appo's workers carry no hidden states yet; use algo.name=ppo for recurrent policies (or "
              "model.recurrent=none)")
-    _require(cfg.runtime == "local", "runtime",
-             "appo's asynchronous workers are local processes; runtime=ray runs the synchronous algorithms "
-             "(use algo.name=ppo with runtime=ray, or runtime=local)")
-    workers = cfg.env.num_workers
+    if cfg.runtime == "ray":  # the split over actors is checked by _validate_ray
+        key, workers = "ray.num_workers", cfg.ray.num_workers or cfg.env.num_envs // max(cfg.ray.envs_per_worker, 1)
+    else:
+        key, workers = "env.num_workers", cfg.env.num_workers
     if workers > 0:
-        _require(workers <= cfg.env.num_envs and cfg.env.num_envs % workers == 0, "env.num_workers",
+        _require(workers <= cfg.env.num_envs and cfg.env.num_envs % workers == 0, key,
                  f"appo splits env.num_envs={cfg.env.num_envs} copies evenly over its workers; "
                  f"{workers} workers do not divide them")
         rows = algo.num_steps * cfg.env.num_envs // workers

@@ -31,8 +31,10 @@ come from the behaviour critic; V(x_s) and V(x_T) from the learner's.
 
 Counters: every env step a worker delivered counts, dropped rollouts too (``async/dropped_rollouts``);
 an iteration is one rollout received. A worker that dies is replaced on fresh env copies with a
-warning (``async/worker_restarts``). The learner holds a one-copy env only for the spec and the
-checkpoint format; a resumed run starts fresh episodes in its workers (the reward scalers continue).
+warning (``async/worker_restarts``). With ``runtime=ray`` the workers are Ray actors
+(:mod:`marl.on_policy.ray_workers`), which take new weights between rollouts. The learner holds a
+one-copy env only for the spec and the checkpoint format; a resumed run starts fresh episodes in its
+workers (the reward scalers continue).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from marl.env.make import vector_env
 from marl.env.vector import VectorEnv
 from marl.logger import episode_metrics
 from marl.on_policy.policy import ActorCriticPolicy
+from marl.on_policy.ray_workers import RayWorkerPool, connect
 from marl.on_policy.trainer import torch_threads
 from marl.on_policy.workers import RolloutMessage, WorkerPool, resolve_workers, to_numpy, to_torch
 from marl.returns import compute_vtrace
@@ -107,7 +110,7 @@ class AsyncPPOTrainer(TrainingRun):
     ``rng.generator`` (minibatch shuffling).
     """
 
-    pool: WorkerPool | None = None
+    pool: Any = None  # a WorkerPool (runtime=local) or a marl.on_policy.ray_workers.RayWorkerPool (runtime=ray)
 
     def make_env(self) -> VectorEnv:
         return vector_env(self.cfg, 1, backend="sync")  # the copies live in the workers
@@ -130,6 +133,8 @@ class AsyncPPOTrainer(TrainingRun):
         self.lags: list[np.ndarray] = []
         # The workers keep collecting during the update: no cores to borrow (update_threads' auto mode does so).
         self.update_threads = cfg.update_threads if cfg.update_threads > 0 else cfg.torch_threads
+        # runtime=ray: connect now, before train() installs its stop-signal handlers (ray.init installs its own)
+        self.ray_connection = connect(cfg, self.num_workers) if cfg.runtime == "ray" else None
 
     def _copy_seeds(self, worker: int, generation: int) -> list[int]:
         """Reset seeds of a worker's copies: the sync run's on the first start of a run, then derived from
@@ -142,7 +147,11 @@ class AsyncPPOTrainer(TrainingRun):
 
     def _start_workers(self) -> None:
         algo = self.cfg.algo
-        self.pool = WorkerPool(self.cfg, self.num_workers, self._copy_seeds, timeout=algo.worker_timeout_s)
+        if self.cfg.runtime == "ray":  # actors on a Ray cluster; the same methods as the process pool
+            self.pool = RayWorkerPool(self.cfg, self.num_workers, self._copy_seeds, timeout=algo.worker_timeout_s,
+                                      connection=self.ray_connection)
+        else:
+            self.pool = WorkerPool(self.cfg, self.num_workers, self._copy_seeds, timeout=algo.worker_timeout_s)
         self.pool.latest = (self.weights(), self.version)
         self.pool.start(self.reward_state)
 
@@ -182,6 +191,8 @@ class AsyncPPOTrainer(TrainingRun):
         try:
             if self.pool is not None:
                 self.pool.close()
+            if getattr(self, "ray_connection", None) is not None:  # idempotent; the pool may have closed it
+                self.ray_connection.close()
         finally:
             super().close()
 

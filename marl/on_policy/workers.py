@@ -104,8 +104,11 @@ def to_torch(tree: Any) -> Any:
 
 
 def resolve_workers(cfg: Config) -> int:
-    """Worker processes of an appo run: ``env.num_workers``, or for 0 the largest divisor of
-    ``env.num_envs`` not above the CPU count (every worker gets the same number of copies)."""
+    """Workers of an appo run: with ``runtime=ray`` its actors (``ray.num_workers``, or ``env.num_envs /
+    ray.envs_per_worker``); else ``env.num_workers``, or for 0 the largest divisor of ``env.num_envs`` not
+    above the CPU count (every worker gets the same number of copies)."""
+    if cfg.runtime == "ray":
+        return cfg.ray.num_workers or cfg.env.num_envs // cfg.ray.envs_per_worker
     if cfg.env.num_workers > 0:
         return cfg.env.num_workers
     cpus = os.cpu_count() or 1
