@@ -376,7 +376,9 @@ class RayConfig:
     address: str = _f("", "empty = start a local Ray instance for the run (stopped at its end); auto, host:port "
                           "or ray://host:port = join that running cluster (left running)")
     mode: Literal["sync", "async"] = _f("sync", "sync: every env copy steps once per vector step, actions from "
-                                                "the learner's current policy (async is reserved, not available)")
+                                                "the learner's current policy; asynchronous collection is "
+                                                "algo.name=appo (its workers are Ray actors under runtime=ray); "
+                                                "async is reserved")
     num_workers: int = _f(2, "rollout workers (Ray actors), each stepping a contiguous chunk of the env copies; "
                              "0 = env.num_envs / ray.envs_per_worker")
     envs_per_worker: int = _f(0, "env copies per worker; 0 = env.num_envs / ray.num_workers (must divide)")
