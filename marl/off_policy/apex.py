@@ -291,6 +291,7 @@ class ApexTrainer(OffPolicyTrainer):
         try:
             if self.pool is not None:
                 self.pool.close()
+                self.restarts_before += self.pool.restarts
                 self.pool = None
         finally:
             super().close()
