@@ -68,7 +68,7 @@ def apex_epsilon(i: int, n: int, base: float = 0.4, alpha: float = 7.0) -> float
     """Ape-X exploration of actor ``i`` of ``n``: ``base ** (1 + alpha * i / (n - 1))`` (``base`` when ``n == 1``).
 
     >>> [round(apex_epsilon(i, 3), 5) for i in range(3)]
-    [0.4, 0.01024, 0.00026]
+    [0.4, 0.01619, 0.00066]
     """
     return float(base ** (1.0 + alpha * i / (n - 1))) if n > 1 else float(base)
 
