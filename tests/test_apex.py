@@ -162,3 +162,16 @@ def test_sigint_writes_the_checkpoint_and_leaves_no_process(tmp_path):
     assert ckpt.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] > 0
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"orphan processes: {alive}"
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_sac_and_td3_actors_explore_with_their_policy_noise(tmp_path, algo, one_torch_thread):
+    over = ["algo.num_actors=2", "env.num_envs=2", "total_env_steps=480", "algo.learning_starts=160",
+            "algo.batch_size=64", "algo.buffer_size=10000", "algo.actor_batch=8", "model.hidden=[16]",
+            "eval.interval=0", "eval.episodes=1", "log.tensorboard=false", "log.progress=false",
+            f"run_dir={tmp_path / 'run'}"]
+    cfg = load_config(str(ROOT / "configs" / f"pendulum_{algo}.yaml"), over)
+    trainer = algorithm(algo).trainer_class(cfg)(cfg)
+    assert isinstance(trainer, ApexTrainer) and trainer.epsilons == [0.0, 0.0]
+    summary = trainer.train()
+    assert summary["env_steps"] >= 480 and summary["grad_steps"] > 0 and trainer.weight_version >= 0
