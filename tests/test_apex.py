@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from marl import checkpoint as ckpt
 from marl.config import ConfigError, load_config
+from marl.env.chunks import EnvWorkerError
 from marl.off_policy.apex import ApexActor, ApexTrainer, apex_epsilon
 from marl.off_policy.trainer import OffPolicyTrainer
 from marl.registry import algorithm
@@ -175,3 +176,37 @@ def test_sac_and_td3_actors_explore_with_their_policy_noise(tmp_path, algo, one_
     assert isinstance(trainer, ApexTrainer) and trainer.epsilons == [0.0, 0.0]
     summary = trainer.train()
     assert summary["env_steps"] >= 480 and summary["grad_steps"] > 0 and trainer.weight_version >= 0
+
+
+FAULTY = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Faulty(gym.Env):
+    """Raises at its 30th step."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t == 30:
+            raise ValueError("the faulty env broke")
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+'''
+
+
+def test_an_env_error_names_the_actor_and_carries_the_env_traceback(tmp_path, monkeypatch, one_torch_thread):
+    (tmp_path / "apex_faulty_env.py").write_text(FAULTY)
+    monkeypatch.syspath_prepend(str(tmp_path))  # actor processes get this process's sys.path
+    cfg = load_config(CONFIG, [*SMALL, f"run_dir={tmp_path / 'run'}", "env.id=apex_faulty_env:Faulty",
+                               "total_env_steps=100000", "eval.interval=0", "log.tensorboard=false"])
+    with pytest.raises(EnvWorkerError, match=r"the faulty env broke \(in apex actor [01] \(env copies .*\), env copy "
+                                             r"[0-3]\)") as info:
+        ApexTrainer(cfg).train()
+    assert "apex_faulty_env.py" in info.value.worker_traceback

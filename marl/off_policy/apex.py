@@ -222,6 +222,14 @@ class ActorPool(WorkerPool):
         sl = self.slices[w]
         return f"apex actor {w} (env copies {sl.start}..{sl.stop - 1})"
 
+    def next_rollout(self) -> RowBatch:
+        """The first batch any actor has ready (:meth:`WorkerPool.next_rollout`); an env error names the actor."""
+        try:
+            return super().next_rollout()
+        except EnvWorkerError as err:
+            raise EnvWorkerError(str(err).replace("(in appo apex actor", "(in apex actor", 1), err.env_index,
+                                 err.worker_traceback) from None
+
     def _replace(self, w: int) -> None:
         """Actor ``w`` died: drop its batch in progress, start a new one on fresh env copies, warn."""
         proc, conn = self.procs[w], self.conns[w]
