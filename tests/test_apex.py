@@ -73,6 +73,7 @@ def test_rows_from_two_actors_land_in_their_lanes_and_equal_a_synchronous_collec
         apex.store_batch(b1)
         apex.store_batch(b0)
     assert apex.env_steps == 2 * 5 * 8 * 2
+    assert all(any(b.episodes for b in batches[i]) for i in range(2))  # episode ends (final obs, n-step cuts) too
     sync = OffPolicyTrainer(load_config(CONFIG, [*over, "algo.num_actors=0", f"run_dir={tmp_path / 'sync'}"]))
     actions = {g: np.concatenate([np.concatenate([b.rows[g]["action"] for b in batches[i]]) for i in range(2)], 1)
                for g in batches[0][0].rows}  # [T, 4, A]
