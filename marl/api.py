@@ -79,7 +79,7 @@ def train(cfg: Config) -> dict[str, Any]:
     The trainer is the registry's for ``cfg.algo.name``: :class:`marl.on_policy.OnPolicyTrainer`
     (PPO) or :class:`marl.off_policy.OffPolicyTrainer` (DQN, SAC, TD3).
     """
-    return algorithm(cfg.algo.name).trainer_class()(cfg).train()
+    return algorithm(cfg.algo.name).trainer_class(cfg)(cfg).train()
 
 
 def load_policy(
@@ -256,7 +256,7 @@ def train_run(
             cannot be built; one line naming the key and the fix.
     """
     cfg = build_config(config, env=env, overrides=overrides, **kwargs)
-    trainer = algorithm(cfg.algo.name).trainer_class()(cfg)
+    trainer = algorithm(cfg.algo.name).trainer_class(cfg)(cfg)
     unimportable = trainer.cfg.env.id.startswith(UNIMPORTABLE)
     if unimportable:
         path = trainer.run_dir / "config.yaml"

@@ -400,6 +400,7 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
              f"{algo.name} critics see each agent's own observation; set model.critic=local")
     _require(cfg.model.recurrent == "none", "model.recurrent",
              f"{algo.name} has no recurrent networks; set model.recurrent=none (recurrent models train with algo ppo)")
+    _validate_apex(cfg, algo)
     if isinstance(algo, DQNConfig):
         _require(0 < algo.exploration_fraction <= 1, "algo.exploration_fraction", "must be in (0, 1]")
         for key in ("epsilon_start", "epsilon_final"):
@@ -419,6 +420,27 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
         for key in ("exploration_noise", "policy_noise", "noise_clip"):
             _require(getattr(algo, key) >= 0, f"algo.{key}", "must be >= 0")
         _require(algo.policy_delay >= 1, "algo.policy_delay", "must be >= 1")
+
+
+def _validate_apex(cfg: Config, algo: OffPolicyConfig) -> None:
+    """``algo.num_actors > 0`` (Ape-X actor processes): what the asynchronous off-policy trainer supports."""
+    _require(algo.num_actors >= 0, "algo.num_actors", "must be >= 0 (0 = the synchronous loop)")
+    _require(algo.actor_batch >= 1, "algo.actor_batch", "must be >= 1")
+    _require(algo.weight_sync_interval >= 1, "algo.weight_sync_interval", "must be >= 1")
+    if isinstance(algo, DQNConfig):
+        _require(0 < algo.apex_epsilon_base <= 1, "algo.apex_epsilon_base", "a probability in (0, 1]")
+        _require(algo.apex_epsilon_alpha >= 0, "algo.apex_epsilon_alpha", "must be >= 0")
+    if algo.num_actors == 0:
+        return
+    _require(algo.name in ("dqn", "sac", "td3"), "algo.num_actors",
+             f"Ape-X actors run dqn, sac and td3, not {algo.name}; set algo.num_actors=0")
+    _require(cfg.env.num_envs % algo.num_actors == 0, "algo.num_actors",
+             f"{algo.num_actors} actors must split env.num_envs={cfg.env.num_envs} evenly; "
+             "set env.num_envs to a multiple of algo.num_actors")
+    _require(not algo.her, "algo.her", "hindsight relabelling is not available with Ape-X actors; "
+             "set algo.her=false or algo.num_actors=0")
+    _require(cfg.runtime != "ray", "runtime",
+             "Ape-X actors are local processes; set runtime=local or algo.num_actors=0")
 
 
 def to_dict(cfg: Any) -> dict:

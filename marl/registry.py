@@ -45,7 +45,10 @@ class Algorithm(NamedTuple):
     def config_class(self) -> type:
         return resolve(self.config)
 
-    def trainer_class(self) -> type:
+    def trainer_class(self, cfg: Any = None) -> type:
+        """The trainer; for dqn, sac and td3 with ``algo.num_actors > 0`` (given ``cfg``) the Ape-X one."""
+        if cfg is not None and self.name in ("dqn", "sac", "td3") and getattr(cfg.algo, "num_actors", 0) > 0:
+            return resolve("marl.off_policy.apex:ApexTrainer")
         return resolve(self.trainer)
 
     def build_acting_policy(self, spec: Any, cfg: Any, device: Any = "cpu") -> Any:

@@ -156,6 +156,10 @@ class OffPolicyConfig:
     n_sampled_goal: int = _f(4, "relabelled goals per real transition: a fraction k/(k+1) of each batch")
     save_replay: bool = _f(False, "also write the replay into latest.pt and step_*.pt "
                                   "(bytes: replay/bytes_per_row x buffer_size)")
+    num_actors: int = _f(0, "Ape-X: actor processes stepping env.num_envs / num_actors env copies each and "
+                            "streaming rows to the learner; 0 = the synchronous loop (dqn, sac, td3)")
+    actor_batch: int = _f(16, "Ape-X: vector steps an actor collects before sending them as one message")
+    weight_sync_interval: int = _f(50, "Ape-X: gradient steps between weight (and obs statistics) sends to the actors")
 
 
 @dataclass
@@ -176,6 +180,9 @@ class DQNConfig(OffPolicyConfig):
     epsilon_final: float = _f(0.05, "epsilon after the decay (also the epsilon of stochastic evaluation)")
     double_q: bool = _f(True, "double DQN: the online network picks the next action, the target network values it")
     dueling: bool = _f(False, "dueling head Q = V + A - mean(A)")
+    apex_epsilon_base: float = _f(0.4, "Ape-X actor i's epsilon is base ** (1 + alpha * i / (N - 1)) "
+                                       "(replaces the linear schedule when algo.num_actors > 0)")
+    apex_epsilon_alpha: float = _f(7.0, "Ape-X epsilon spread exponent alpha (see apex_epsilon_base)")
 
 
 @dataclass

@@ -212,7 +212,7 @@ def reporting_trainer(base: type[TrainingRun], hook: EvalHook) -> type[TrainingR
 
 def train_reporting(cfg: Config, hook: EvalHook) -> dict[str, Any]:
     """Train ``cfg`` with its registry trainer, passing every evaluation to ``hook`` (may raise :class:`Pruned`)."""
-    return reporting_trainer(algorithm(cfg.algo.name).trainer_class(), hook)(cfg).train()
+    return reporting_trainer(algorithm(cfg.algo.name).trainer_class(cfg), hook)(cfg).train()
 
 
 def run_trial(trial: Any, base: dict, params: Sequence[Param], seeds: Sequence[int], out: Path,
