@@ -89,8 +89,8 @@ def test_sigint_arriving_inside_the_checkpoint_write_is_absorbed(tmp_path, monke
 
     original_collect = trainer.collector.collect
 
-    def collect_then_interrupt():
-        out = original_collect()
+    def collect_then_interrupt(stop=None):
+        out = original_collect(stop)
         os.kill(os.getpid(), signal.SIGINT)  # the user's first Ctrl-C
         return out
 
@@ -132,7 +132,7 @@ def test_no_children_after_a_normal_run_or_an_exception(tmp_path):
         "algo.num_minibatches=2", "log.progress=false", "env.backend=subprocess", "env.num_workers=2",
     ]))
 
-    def boom():
+    def boom(stop=None):
         raise RuntimeError("learner exploded")
 
     trainer.collector.collect = boom

@@ -38,8 +38,8 @@ def interrupt_after(trainer: OnPolicyTrainer, iterations: int) -> None:
     real = trainer.collector.collect
     count = [0]
 
-    def collect():
-        out = real()
+    def collect(stop=None):
+        out = real(stop)
         count[0] += 1
         if count[0] == iterations:
             os.kill(os.getpid(), signal.SIGINT)
