@@ -53,7 +53,7 @@ import torch
 from marl import checkpoint as ckpt
 from marl.config import Config, ConfigError, dump_yaml, to_dict
 from marl.distributed import Ranks, SilentLogger, rank_seed
-from marl.env.make import env_spec, eval_backend, vector_env, warn_if_frozen
+from marl.env.make import env_spec, eval_backend, vector_env, warn_if_default_horizon, warn_if_frozen
 from marl.env.vector import VectorEnv
 from marl.evaluation import EvaluationStopped, evaluate
 from marl.health import REMEDIES, HealthMonitor, NonFiniteError, entropy_action_dims
@@ -212,6 +212,8 @@ class TrainingRun(ABC):
         spec = env_spec(cfg)  # a bad env id / kwargs / groups: one line naming the key, before any worker starts
         if self.is_main and any(len(g.obs_space.shape) == 3 for g in spec.groups):
             warn_if_frozen(cfg)  # screen-cut observations that never change: the env needs a render mode
+        if self.is_main:
+            warn_if_default_horizon(cfg)  # only env.id changed: simple_spread's horizon settings on another env
         self.env: VectorEnv = self.make_env()
         self.spec: EnvSpec = self.env.spec
         self.loop = EnvLoop(self.env, overlap=cfg.env.overlap, check_inputs=cfg.health.check_inputs)

@@ -502,6 +502,24 @@ def env_spec(cfg: Config) -> EnvSpec:
                           + _default_kwargs_hint(cfg)) from exc
 
 
+def warn_if_default_horizon(cfg: Config) -> bool:
+    """Warn when another env trains with the embedded default's PPO horizon settings (``gamma`` 0.95 and time
+    limits treated as terminal: right for the MPE tasks, defined by their 25 steps, wrong for most time-limited
+    envs), e.g. when only ``env.id`` was changed from ``marl train``'s default. Returns whether it warned."""
+    default = read_yaml(DEFAULT_CONFIG)
+    algo = default.get("algo", {})
+    if (cfg.env.id.startswith("mpe2.") or cfg.algo.name != algo.get("name")
+            or cfg.algo.gamma != algo.get("gamma")
+            or cfg.algo.bootstrap_on_truncation != algo.get("bootstrap_on_truncation")):
+        return False
+    warnings.warn(f"{cfg.env.id} trains with the embedded default's algo.gamma={cfg.algo.gamma} and "
+                  "algo.bootstrap_on_truncation=false, tuned for simple_spread's 25-step episodes (the time limit "
+                  "ends the task); for an env whose time limit only cuts episodes set algo.gamma=0.99 "
+                  "algo.bootstrap_on_truncation=true, or start from a config in configs/ (docs/envs.md)",
+                  stacklevel=2)
+    return True
+
+
 def _default_kwargs_hint(cfg: Config) -> str:
     """The fix when ``env.id`` was changed but ``env.kwargs`` are still the embedded default's (simple_spread's)."""
     default = read_yaml(DEFAULT_CONFIG).get("env", {})

@@ -204,3 +204,21 @@ def test_frozen_screen_observations_are_caught_and_cooperative_pong_gets_a_rende
     forced = load_config(None, [*base, "env.kwargs={render_mode: null}"])
     with pytest.warns(UserWarning, match="render_mode=rgb_array"):
         assert warn_if_frozen(forced) == ["paddle"]
+
+
+def test_only_changing_env_id_warns_about_the_default_horizon():
+    """The embedded default (simple_spread: gamma 0.95, time limits terminal) on a time-limited Gymnasium env
+    warns with the fix; MPE tasks and a config written for the env do not."""
+    import warnings
+
+    from marl.config import DEFAULT_CONFIG, load_config
+    from marl.env.make import warn_if_default_horizon
+
+    with pytest.warns(UserWarning, match="algo.gamma=0.99 algo.bootstrap_on_truncation=true"):
+        assert warn_if_default_horizon(load_config(str(DEFAULT_CONFIG), ["env.id=CartPole-v1", "env.kwargs={}"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_default_horizon(load_config(str(DEFAULT_CONFIG), []))
+        assert not warn_if_default_horizon(load_config(str(DEFAULT_CONFIG), ["env.id=mpe2.simple_tag_v3",
+                                                                             "env.kwargs={}"]))
+        assert not warn_if_default_horizon(load_config("configs/cartpole_ppo.yaml", []))
