@@ -36,21 +36,17 @@ receive, replacement, clean close), given another process body (:func:`serve_act
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 
 from marl.config import Config, ConfigError, DQNConfig
 from marl.env.chunks import EnvWorkerError
 from marl.env.make import env_factory, vector_env
-from marl.env.subproc import _leave_to_main, _stop_signals_blocked
+from marl.env.subproc import _stop_signals_blocked
 from marl.env.sync import SyncVectorEnv
 from marl.env.vector import VectorEnv
 from marl.logger import episode_metrics
@@ -58,7 +54,7 @@ from marl.loop import EnvLoop
 from marl.off_policy.actor import OffPolicyActor, build_actor
 from marl.off_policy.replay import replay_rows
 from marl.off_policy.trainer import MetricWindow, OffPolicyTrainer
-from marl.on_policy.workers import WorkerPool, _Inbox, to_numpy, to_torch
+from marl.on_policy.workers import WorkerPool, serve_loop, to_numpy, to_torch
 from marl.run import Report
 from marl.seeding import seed_everything, seeds_for
 from marl.types import EpisodeStats, GroupObs
@@ -171,28 +167,8 @@ def serve_actor(conn: Connection, cfg: Config, index: int, copies: range, seeds:
     exits when the learner's end of the pipe closes. An exception goes back as ``("error", env_index,
     message, traceback)``.
     """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _leave_to_main)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    torch.set_num_threads(1)
-    actor = None
-    try:
-        inbox = _Inbox(conn)
-        actor = ApexActor(cfg, index, copies, seeds, torch_seed, epsilon, poll=lambda: inbox.take(block=False))
-        while not inbox.closed:
-            conn.send(("rollout", actor.collect()))
-    except (EOFError, BrokenPipeError, ConnectionResetError):  # the learner is gone
-        pass
-    except BaseException as err:  # noqa: BLE001 - every failure is reported to the learner
-        env_index = err.env_index + copies.start if isinstance(err, EnvWorkerError) and err.env_index is not None \
-            else None
-        with contextlib.suppress(OSError, ValueError):
-            conn.send(("error", env_index, f"{type(err).__name__}: {err}", traceback.format_exc()))
-    finally:
-        if actor is not None:
-            with contextlib.suppress(Exception):
-                actor.close()
-        conn.close()
+    serve_loop(conn, copies, lambda inbox: ApexActor(cfg, index, copies, seeds, torch_seed, epsilon,
+                                                     poll=lambda: inbox.take(block=False)))
 
 
 class ActorPool(WorkerPool):

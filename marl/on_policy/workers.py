@@ -270,6 +270,27 @@ def serve(conn: Connection, cfg: Config, index: int, copies: range, seeds: Seque
     the worker also exits when the learner's end of the pipe closes, so it is never orphaned. An
     exception is sent as ``("error", env_index, message, traceback)``.
     """
+    def build(inbox: _Inbox) -> RolloutWorker:
+        return RolloutWorker(cfg, index, copies, seeds, torch_seed, poll=lambda: inbox.take(block=False))
+
+    def start(worker: RolloutWorker, inbox: _Inbox) -> None:
+        if reward_state:
+            worker.load_reward_state(reward_state)
+        first = inbox.take(block=True)  # the first rollout waits for the learner's parameters
+        if first is not None:
+            worker.set_weights(*first)
+
+    serve_loop(conn, copies, build, start)
+
+
+def serve_loop(conn: Connection, copies: range, build: Callable[[_Inbox], Any],
+               start: Callable[[Any, _Inbox], None] | None = None) -> None:
+    """The body of a collecting process (appo's workers, Ape-X's actors): ``build(inbox)`` the collector, ``start``
+    it, then send ``("rollout", collector.collect())`` until the learner closes the inbox.
+
+    SIGINT / SIGTERM are left to the learner; a closed pipe ends the process quietly; any other exception is
+    sent as ``("error", env_index, message, traceback)`` (``env_index`` run-wide, from ``copies``).
+    """
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _leave_to_main)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -277,12 +298,9 @@ def serve(conn: Connection, cfg: Config, index: int, copies: range, seeds: Seque
     worker = None
     try:
         inbox = _Inbox(conn)
-        worker = RolloutWorker(cfg, index, copies, seeds, torch_seed, poll=lambda: inbox.take(block=False))
-        if reward_state:
-            worker.load_reward_state(reward_state)
-        first = inbox.take(block=True)  # the first rollout waits for the learner's parameters
-        if first is not None:
-            worker.set_weights(*first)
+        worker = build(inbox)
+        if start is not None:
+            start(worker, inbox)
         while not inbox.closed:
             conn.send(("rollout", worker.collect()))
     except (EOFError, BrokenPipeError, ConnectionResetError):  # the learner is gone
