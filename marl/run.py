@@ -498,11 +498,16 @@ class TrainingRun(ABC):
                 self.save()
                 self.rotate()
                 next_ckpt = next_multiple(self.env_steps, cfg.checkpoint.interval)
-        return self._stop_agreed(stop)
+        return self._stop_agreed(stop, final=True)
 
-    def _stop_agreed(self, stop: StopSignals) -> bool:
-        """Whether a stop signal arrived; in a distributed run at any rank (a collective: all ranks agree)."""
-        return stop.signum is not None if self.dist is None else self.dist.any_(stop.signum is not None)
+    def _stop_agreed(self, stop: StopSignals, final: bool = False) -> bool:
+        """Whether a stop signal arrived; in a distributed run at any rank (:meth:`agree_stop`)."""
+        return stop.signum is not None if self.dist is None else self.agree_stop(stop.signum is not None, final)
+
+    def agree_stop(self, flag: bool, final: bool) -> bool:
+        """Whether ``flag`` is set at any rank: a collective every rank makes at the same loop iteration (``final``:
+        the loop's last check). Trainers whose iterations are short may agree every few iterations only."""
+        return self.dist.any_(flag)
 
     def _report(self, logger: Logger, report: Report, rate: tuple[float, int, int]) -> None:
         """Add ``time/*`` to a report's metrics, watch them for warning signs, and log them when due."""

@@ -362,13 +362,17 @@ class DistributedConfig:
     preempt_fraction: float = _f(0.0, "PPO: end every rank's rollout once this fraction of the ranks has collected "
                                       "all algo.num_steps steps (DD-PPO's straggler preemption); 0 = off")
     preempt_min_steps: float = _f(0.25, "a preempted rollout still holds at least this fraction of algo.num_steps")
+    sync_interval: int = _f(16, "dqn/sac/td3: vector steps between the collectives that sum every rank's agent-step "
+                                "and episode counters, merge the observation statistics and agree on a stop signal "
+                                "(env steps need none); 1 = every step")
 
     def problems(self) -> list[tuple[str, str]]:
         """``(key, message)`` for every value out of range; empty when the config is usable."""
         rules = [(self.timeout_s > 0, "timeout_s", "must be > 0"),
                  (self.check_interval >= 0, "check_interval", "must be >= 0"),
                  (0 <= self.preempt_fraction <= 1, "preempt_fraction", "must be in [0, 1] (0 = off)"),
-                 (0 < self.preempt_min_steps <= 1, "preempt_min_steps", "must be in (0, 1]")]
+                 (0 < self.preempt_min_steps <= 1, "preempt_min_steps", "must be in (0, 1]"),
+                 (self.sync_interval >= 1, "sync_interval", "must be >= 1 (1 = every vector step)")]
         return [(key, f"{msg}, got {getattr(self, key)!r}") for ok, key, msg in rules if not ok]
 
 

@@ -10,6 +10,7 @@ TD3 without target smoothing noise), so the two sides see the same numbers.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -152,13 +153,14 @@ def test_torchrun_dqn_trains_in_sync_counts_every_rank_and_resumes(tmp_path):
     run = tmp_path / "run"
     common = ["env.backend=sync", "env.num_envs=4", "algo.learning_starts=100", "algo.batch_size=32",
               "algo.train_freq=8", "model.hidden=[32]", "eval.episodes=1", "eval.num_envs=1", "eval.interval=0",
-              "log.tensorboard=false", "log.progress=false", "log.interval=1", "distributed.check_interval=1",
-              "torch_threads=1"]
+              "log.tensorboard=false", "log.progress=false", "log.interval=5", "distributed.check_interval=3",
+              "distributed.sync_interval=7", "torch_threads=1"]
     out = _run(2, ["configs/spread_dqn.yaml", f"run_dir={run}", "total_env_steps=400", *common])
     assert out.count("done:") == 1, out[-2000:]
     state = ckpt.load(run / "checkpoints/latest.pt")
-    assert state["counters"]["env_steps"] == 400  # 50 vector steps of 2 copies on each of 2 ranks
+    assert state["counters"]["env_steps"] == 400  # 100 vector steps of 2 copies on each of 2 ranks
     assert state["counters"]["agent_steps"] == 400 * 3  # every agent of both ranks' copies
+    assert state["counters"]["episodes"] == 4 * 4  # 100 steps per copy, 25 per episode (summed at the end)
     # (400 - 100 warm-up env steps) / train_freq 8 = 37 training phases (plus the one at the boundary)
     assert state["learner"]["grad_steps"] in (37, 38)
     assert len(state["env"]) == 4
@@ -175,3 +177,32 @@ def test_save_replay_is_refused_under_torchrun(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode != 0
     assert "algo.save_replay: not available under torchrun" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_at_one_rank_stops_both_at_the_next_sync_step(tmp_path):
+    """SIGTERM to rank 1 alone: both ranks stop at the next ``distributed.sync_interval`` vector step (the only
+    steps where they agree), write one checkpoint whose counters are exact, and every process exits."""
+    from marl import checkpoint as ckpt
+    from tests.test_distributed import _rank_pid, _wait_for, torchrun
+
+    run = tmp_path / "run"
+    proc = torchrun(2, ["configs/spread_dqn.yaml", f"run_dir={run}", "total_env_steps=10000000", "env.backend=sync",
+                        "env.num_envs=4", "algo.learning_starts=100", "algo.batch_size=32", "model.hidden=[32]",
+                        "eval.interval=0", "checkpoint.interval=400", "log.tensorboard=false", "log.progress=false",
+                        "distributed.sync_interval=7", "torch_threads=1"])
+    latest = run / "checkpoints/latest.pt"
+    try:
+        _wait_for(latest, proc, timeout=180)
+        pid = _rank_pid(proc.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "SIGTERM: stopped at" in out, out[-3000:]
+    counters = ckpt.load(latest)["counters"]
+    assert counters["env_steps"] % (7 * 4) == 0  # a sync step: 7 vector steps of 4 copies (both ranks)
+    assert counters["agent_steps"] == 3 * counters["env_steps"]
+    assert counters["episodes"] == 4 * (counters["env_steps"] // 4 // 25)  # 4 copies, 25 steps per episode

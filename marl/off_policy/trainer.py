@@ -117,9 +117,12 @@ class OffPolicyTrainer(TrainingRun):
                 raise ConfigError("algo.save_replay: not available under torchrun (each rank holds its own replay); "
                                   "set algo.save_replay=false (a resumed run refills the replays)")
             self.learner.grad_sync = self.dist.average_grads
-            for norm in self.actor.obs_norm.values():
+            for norm in self.actor.obs_norm.values():  # merged at sync_counts, not at every step
                 norm.rms.sync = self.dist.gather_moments
+                norm.rms.deferred = True
             self.rank_streams()
+        self.vector_steps = 0  # of this process since it started (torchrun: equal at every rank)
+        self.unsynced = [0, 0]  # torchrun: this rank's agent steps and episodes not yet in the counters
 
     def rank_streams(self) -> None:
         """Give a rank other than 0 its own exploration and replay-sampling streams (rank 0 keeps the
@@ -145,6 +148,8 @@ class OffPolicyTrainer(TrainingRun):
     def checkpoint_state(self, name: str) -> dict[str, Any]:
         """Adds the replay-sampling and exploration RNGs, ``since_train`` and, with
         ``algo.save_replay``, the replays (not in ``best.pt``)."""
+        if self.dist is not None:  # every rank saves at the same step: exact counters and statistics
+            self.sync_counts()
         state = super().checkpoint_state(name)
         state["counters"]["since_train"] = self.since_train
         state["rng"].update(replay=ckpt.generator_state(self.rng), actor=self.actor.generator.get_state())
@@ -199,13 +204,37 @@ class OffPolicyTrainer(TrainingRun):
                     turns.pending[:] = False
             return []
         agent_steps = self.store(obs, out, step, acted[0])
-        counts = [self.env.num_envs, agent_steps, len(step.episodes)]
-        if self.dist is not None:  # every rank's steps (episode metrics are this rank's)
-            counts = self.dist.sum_ints(counts)
-        self.env_steps += counts[0]
-        self.agent_steps += counts[1]
-        self.episodes += counts[2]
+        self.vector_steps += 1
+        if self.dist is None:
+            self.env_steps += self.env.num_envs
+            self.agent_steps += agent_steps
+            self.episodes += len(step.episodes)
+        else:  # every rank steps as many copies; the other counters are summed at sync_counts
+            self.env_steps += self.env.num_envs * self.dist.world_size
+            self.unsynced[0] += agent_steps
+            self.unsynced[1] += len(step.episodes)
         return step.episodes
+
+    def sync_counts(self, stop: bool = False) -> bool:
+        """torchrun: add every rank's agent steps and episodes since the last call to the counters, merge the
+        observation statistics gathered since then, and say whether ``stop`` is set at any rank. A collective:
+        every rank calls it at the same vector step (every ``distributed.sync_interval`` of them, before a report,
+        a divergence check and in every checkpoint). Between calls each rank folds its own observations into its
+        statistics (acting and its minibatches use them; the parameters stay equal, the gradients are averaged)."""
+        summed = self.dist.sum_ints([*self.unsynced, int(stop)])
+        self.agent_steps += summed[0]
+        self.episodes += summed[1]
+        self.unsynced = [0, 0]
+        for norm in self.actor.obs_norm.values():
+            norm.rms.flush()
+        return summed[2] > 0
+
+    def agree_stop(self, flag: bool, final: bool) -> bool:
+        """An iteration is one vector step here, so the ranks agree only every ``distributed.sync_interval`` of
+        them (and at the loop's end), folding in :meth:`sync_counts`: a signal stops the run at the next such step."""
+        if not final and self.vector_steps % self.cfg.distributed.sync_interval:
+            return False
+        return self.sync_counts(flag)
 
     def store(self, obs: dict[str, GroupObs], out: ActOutput, step: VecStep, state: np.ndarray | None) -> int:
         """Write one vector step's rows into the replays (and note the rewards for the health monitor); return
@@ -264,11 +293,14 @@ class OffPolicyTrainer(TrainingRun):
         while ready and self.since_train >= algo.train_freq:
             self.since_train -= algo.train_freq
             if self.dist is not None and interval and self.iteration % interval == 0:
+                self.sync_counts()  # the statistics compared are the merged ones
                 self.dist.check_in_sync(self.synced_tensors())
             for _ in range(algo.gradient_steps):
                 self.window.add(self.train_step())
             self.iteration += 1
             if self.iteration % cfg.log.interval == 0:
+                if self.dist is not None:  # the report's counters count every rank's steps
+                    self.sync_counts()
                 self.check_finite()
                 row = self.window.means()
                 if isinstance(algo, DQNConfig):
