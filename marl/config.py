@@ -313,6 +313,8 @@ def _validate_ray(cfg: Config) -> None:
     _require(cfg.env.backend != "batched", "env.backend",
              "batched is one simulation in one process; runtime=ray steps env copies on workers: "
              "use env.backend=sync (or runtime=local)")
+    if getattr(cfg.algo, "num_actors", 0) > 0:  # Ape-X: the actors split the copies (checked with algo)
+        return
     n, workers, per = cfg.env.num_envs, cfg.ray.num_workers, cfg.ray.envs_per_worker
     if workers and per:
         _require(workers * per == n, "ray.envs_per_worker",
@@ -439,8 +441,6 @@ def _validate_apex(cfg: Config, algo: OffPolicyConfig) -> None:
              "set env.num_envs to a multiple of algo.num_actors")
     _require(not algo.her, "algo.her", "hindsight relabelling is not available with Ape-X actors; "
              "set algo.her=false or algo.num_actors=0")
-    _require(cfg.runtime != "ray", "runtime",
-             "Ape-X actors are local processes; set runtime=local or algo.num_actors=0")
 
 
 def to_dict(cfg: Any) -> dict:

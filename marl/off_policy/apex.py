@@ -31,11 +31,17 @@ only for the spec and the checkpoint format; a resumed run starts fresh episodes
 replay comes back only with ``algo.save_replay``).
 
 The process layer is :class:`marl.on_policy.workers.WorkerPool` (forkserver start, first-ready
-receive, replacement, clean close), given another process body (:func:`serve_actor`).
+receive, replacement, clean close), given another process body (:func:`serve_actor`). With
+``runtime=ray`` the actors are Ray actors instead (:class:`marl.on_policy.ray_workers.RayWorkerPool`
+hosting an :class:`ApexActor` each, placed anywhere in the cluster, rebuilt at most ``ray.max_restarts``
+times): they take new weights between batches (a Ray actor runs one call at a time), so a batch acts
+with one weight version; ``ray.num_workers`` and ``ray.envs_per_worker`` are not used (the actors are
+``algo.num_actors``).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
@@ -54,6 +60,7 @@ from marl.loop import EnvLoop
 from marl.off_policy.actor import OffPolicyActor, build_actor
 from marl.off_policy.replay import replay_rows
 from marl.off_policy.trainer import MetricWindow, OffPolicyTrainer
+from marl.on_policy.ray_workers import RayWorkerPool, connect
 from marl.on_policy.workers import WorkerPool, serve_loop, to_numpy, to_torch
 from marl.run import Report
 from marl.seeding import seed_everything, seeds_for
@@ -225,7 +232,8 @@ class ApexTrainer(OffPolicyTrainer):
     Checkpoint entries added to :class:`OffPolicyTrainer`'s: ``apex`` (``weight_version``, ``actor_restarts``).
     """
 
-    pool: ActorPool | None = None
+    pool: ActorPool | RayWorkerPool | None = None
+    ray_connection: Any = None
     supports_distributed = False
 
     def make_env(self) -> VectorEnv:
@@ -243,6 +251,8 @@ class ApexTrainer(OffPolicyTrainer):
         self.weight_version = -1  # learner grad steps when the actors' weights were last sent (-1: none yet)
         self.restarts_before = 0
         self.lags: list[np.ndarray] = []
+        # runtime=ray: connect now, before train() installs its stop-signal handlers (ray.init installs its own)
+        self.ray_connection = connect(self.cfg, self.num_actors) if self.cfg.runtime == "ray" else None
 
     def _copy_seeds(self, actor: int, generation: int) -> list[int]:
         """The synchronous run's reset seeds on a run's first start; then derived from the env steps, the actor and
@@ -258,11 +268,19 @@ class ApexTrainer(OffPolicyTrainer):
         return to_numpy(self.actor.state_dict())
 
     def start_actors(self) -> None:
-        self.pool = ActorPool(self.cfg, self.num_actors, self._copy_seeds, self.epsilons)
+        if self.cfg.runtime == "ray":
+            self.pool = RayWorkerPool(self.cfg, self.num_actors, self._copy_seeds, connection=self.ray_connection,
+                                      make_worker=self._ray_actor, label="apex")
+        else:
+            self.pool = ActorPool(self.cfg, self.num_actors, self._copy_seeds, self.epsilons)
         if self.env_steps >= self.cfg.algo.learning_starts:  # a resumed run: act with the policy at once
             self.weight_version = self.learner.grad_steps
             self.pool.latest = (self.weights(), self.weight_version)
         self.pool.start()
+
+    def _ray_actor(self, actor: int) -> Callable[..., ApexActor]:
+        """What Ray actor ``actor`` hosts: an :class:`ApexActor` with its epsilon (picklable: sent to the cluster)."""
+        return functools.partial(ApexActor, epsilon=self.epsilons[actor])
 
     def sync_weights(self) -> None:
         self.weight_version = self.learner.grad_steps
@@ -277,6 +295,8 @@ class ApexTrainer(OffPolicyTrainer):
                 self.pool.close()
                 self.restarts_before += self.pool.restarts
                 self.pool = None
+            if self.ray_connection is not None:  # idempotent; the pool may have closed it
+                self.ray_connection.close()
         finally:
             super().close()
 

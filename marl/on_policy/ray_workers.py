@@ -1,9 +1,12 @@
-"""Rollout workers of asynchronous PPO on a Ray cluster (``algo.name=appo runtime=ray``).
+"""Rollout workers of asynchronous PPO (``algo.name=appo runtime=ray``) and Ape-X actors (``algo.num_actors > 0
+runtime=ray``) on a Ray cluster.
 
 Each worker is a Ray actor hosting one :class:`marl.on_policy.workers.RolloutWorker` (its share of
-the env copies, a CPU copy of the acting policy, a collector). :class:`RayWorkerPool` is the
-learner's side, with the methods of :class:`marl.on_policy.workers.WorkerPool`, so
-:class:`marl.on_policy.async_trainer.AsyncPPOTrainer` runs either unchanged::
+the env copies, a CPU copy of the acting policy, a collector), or what ``make_worker`` builds with the same
+``set_weights`` / ``collect`` methods (an :class:`marl.off_policy.apex.ApexActor`). :class:`RayWorkerPool` is
+the learner's side, with the methods of :class:`marl.on_policy.workers.WorkerPool`, so
+:class:`marl.on_policy.async_trainer.AsyncPPOTrainer` and :class:`marl.off_policy.apex.ApexTrainer` run either
+unchanged::
 
     learner:  every idle actor gets  collect(weights_ref, version)   (weights put once per version)
               msg = the rollout of whichever actor finishes first   (ray.wait on the outstanding calls)
@@ -92,14 +95,15 @@ class RolloutActor:
             return ("error", index, f"{type(err).__name__}: {err}", tb)
 
     def build(self, cfg: Config, index: int, copies: range, seeds: Sequence[int], torch_seed: int,
-              reward_state: Mapping[str, Any] | None) -> Reply:
+              reward_state: Mapping[str, Any] | None, make_worker: Callable[..., Any] | None = None) -> Reply:
+        """Build the worker: ``make_worker(cfg, index, copies, seeds, torch_seed)`` (default :class:`RolloutWorker`)."""
         import torch
 
         torch.set_num_threads(1)
         self.first_copy = copies.start
 
         def make() -> None:
-            self.worker = RolloutWorker(cfg, index, copies, seeds, torch_seed)
+            self.worker = (make_worker or RolloutWorker)(cfg, index, copies, seeds, torch_seed)
             if reward_state:
                 self.worker.load_reward_state(reward_state)
 
@@ -140,17 +144,22 @@ class RayWorkerPool:
         timeout: seconds :meth:`next_rollout` waits for any rollout before raising.
         connection: a :class:`marl.ray_runtime.RayConnection` closed with the pool; ``None`` opens one as
             ``ray.address`` says.
+        make_worker: ``worker -> factory`` of what actor ``worker`` hosts (see :meth:`RolloutActor.build`);
+            ``None``: a :class:`RolloutWorker` each. Until :attr:`latest` weights exist, workers collect without.
+        label: what messages call the workers' owner (``appo``, ``apex``).
 
     Attributes:
         restarts: actors rebuilt after they died (all workers together).
     """
 
     def __init__(self, cfg: Config, num_workers: int, seeds: Callable[[int, int], list[int]],
-                 timeout: float = 300.0, connection: Any = None) -> None:
+                 timeout: float = 300.0, connection: Any = None,
+                 make_worker: Callable[[int], Callable[..., Any]] | None = None, label: str = "appo") -> None:
         from marl.ray_runtime import import_ray
 
         self._ray = import_ray()
         self.cfg, self.seeds, self.timeout = cfg, seeds, timeout
+        self.make_worker, self.label = make_worker, label
         self.slices = chunk_slices(cfg.env.num_envs, num_workers)
         self.actors: list[Any] = [None] * num_workers
         self.pending: list[Any] = [None] * num_workers  # the outstanding collect call of each actor
@@ -194,7 +203,8 @@ class RayWorkerPool:
                                        max_task_retries=0).remote()
         self.actors[w], self.pending[w], self._sent[w] = actor, None, -1
         return actor.build.remote(self.cfg, w, range(sl.start, sl.stop), self.seeds(w, self.generation[w]),
-                                  torch_seed, self.reward_state[w])
+                                  torch_seed, self.reward_state[w],
+                                  None if self.make_worker is None else self.make_worker(w))
 
     def _built(self, workers: list[int], refs: list[Any]) -> None:
         ray, limit = self._ray, self.cfg.ray.start_timeout_s
@@ -215,7 +225,7 @@ class RayWorkerPool:
             where = f"{self.describe(w)} on node {self._node(w)}" + ("" if env_index is None else
                                                                     f", env copy {env_index}")
             self.close()
-            raise EnvWorkerError(f"{message} (in appo {where})\n--- worker traceback ---\n{tb}", env_index, tb)
+            raise EnvWorkerError(f"{message} (in {self.label} {where})\n--- worker traceback ---\n{tb}", env_index, tb)
         return reply[1]
 
     def _node(self, w: int) -> str:
@@ -224,8 +234,12 @@ class RayWorkerPool:
         return "?"
 
     def _launch(self, w: int) -> None:
-        """Worker ``w`` (idle) collects its next rollout, with the latest weights if it does not hold them."""
-        if self.pending[w] is not None or self.latest is None:
+        """Worker ``w`` (idle) collects its next rollout, with the latest weights if it does not hold them (none
+        exist yet: Ape-X's warm-up, where actors act uniformly at random)."""
+        if self.pending[w] is not None:
+            return
+        if self.latest is None:
+            self.pending[w] = self.actors[w].collect.remote(None, -1)
             return
         state, version = self.latest
         if self._ref is None or self._ref[1] != version:
@@ -272,14 +286,14 @@ class RayWorkerPool:
                     continue
                 except ray.exceptions.RayTaskError as err:  # a failure outside the guarded methods
                     self.close()
-                    raise EnvWorkerError(f"appo {self.describe(w)} failed: {err}") from None
+                    raise EnvWorkerError(f"{self.label} {self.describe(w)} failed: {err}") from None
                 msg: RolloutMessage = writable(self._value(w, reply))
                 self._next = (w + 1) % self.num_workers
                 self.reward_state[w] = msg.reward_norm
                 return msg
             if time.monotonic() > deadline:
                 self.close()
-                raise TimeoutError(f"no appo ray worker delivered a rollout in {self.timeout:.0f}s "
+                raise TimeoutError(f"no {self.label} ray worker delivered a rollout in {self.timeout:.0f}s "
                                    "(algo.worker_timeout_s); is an env stuck?")
 
     def _rebuild(self, w: int, cause: BaseException) -> None:
@@ -291,8 +305,8 @@ class RayWorkerPool:
             self.restarts += 1
             if self.generation[w] > limit:
                 self.close()
-                raise EnvWorkerError(f"appo {self.describe(w)} died {self.generation[w]} times (ray.max_restarts="
-                                     f"{limit}); last: {first}")
+                raise EnvWorkerError(f"{self.label} {self.describe(w)} died {self.generation[w]} times "
+                                     f"(ray.max_restarts={limit}); last: {first}")
             with contextlib.suppress(Exception):
                 self._ray.kill(self.actors[w], no_restart=True)
             state = self.reward_state[w]
@@ -305,7 +319,7 @@ class RayWorkerPool:
                 break
             except self._died as err:  # the new one died too (its node is going away)
                 first = str(err).strip().splitlines()[0]
-        warnings.warn(f"appo {self.describe(w)} was lost ({first}); rebuilt it on a new process (restart "
+        warnings.warn(f"{self.label} {self.describe(w)} was lost ({first}); rebuilt it on a new process (restart "
                       f"{self.generation[w]} of ray.max_restarts={limit}); its rollout in progress is discarded "
                       "and its env copies start new episodes", RuntimeWarning, stacklevel=3)
         self._launch(w)
