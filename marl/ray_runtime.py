@@ -66,6 +66,18 @@ def check_reachable(address: str, timeout_s: float) -> None:
                           "or fix ray.address (empty = a local instance for this run)") from None
 
 
+def join_hint() -> str:
+    """What to check when joining a running cluster fails: the cluster, the address, and token authentication
+    (on by default for clusters started on one machine since Ray 2.59; a driver that joins by address sends its
+    token only with ``RAY_AUTH_MODE=token``)."""
+    hint = "start one (ray start --head) or fix ray.address (empty = a local instance for this run)"
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        hint += ("; if the cluster uses token authentication (ray start's default since Ray 2.59), run with "
+                 "RAY_AUTH_MODE=token and the head's token (ray get-auth-token there; RAY_AUTH_TOKEN or "
+                 "~/.ray/auth_token)")
+    return hint
+
+
 class RayConnection:
     """This process's connection to Ray for one run; :meth:`close` undoes what the constructor did.
 
@@ -96,8 +108,8 @@ class RayConnection:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"ray.address={address!r}: cannot join the Ray cluster ({first}); start one "
-                              "(ray start --head) or fix ray.address (empty = a local instance for this run)") from None
+            raise ConfigError(f"ray.address={address!r}: cannot join the Ray cluster ({first}); "
+                              f"{join_hint()}") from None
         self.joined = True
 
     def close(self) -> None:
