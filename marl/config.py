@@ -423,10 +423,13 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
 
 
 def _validate_recurrent_dqn(cfg: Config, algo: OffPolicyConfig) -> None:
-    """Sequence replay checks of recurrent DQN (``model.recurrent`` set): the only off-policy algorithm with a core."""
-    _require(type(algo) is DQNConfig, "model.recurrent",
+    """Sequence replay checks of recurrent DQN, VDN and QMIX (``model.recurrent`` set)."""
+    _require(isinstance(algo, DQNConfig), "model.recurrent",
              f"{algo.name} has no recurrent networks; set model.recurrent=none (recurrent models train with algo "
-             "ppo or dqn)")
+             "ppo, dqn, vdn or qmix)")
+    if isinstance(algo, VDNConfig):
+        _require(algo.n_step == 1, "algo.n_step",
+                 f"recurrent {algo.name} trains one-step team targets on sequences; set algo.n_step=1")
     _require(cfg.model.rnn_hidden >= 1, "model.rnn_hidden", "must be >= 1")
     _require(len(cfg.model.hidden) >= 1, "model.hidden",
              "a recurrent model needs at least one encoder width before its core, e.g. [64]")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import marl
+import marl.registry
 from marl import checkpoint as ckpt
 from marl.config import ConfigError, load_config
 from marl.data.sequences import SequenceReplay
@@ -20,6 +21,11 @@ GATHER = ["env.id=envs.coop_gather", "env.kwargs={n_agents: 3, size: 6, n_hazard
 CONFIG = "configs/memory_gru_dqn.yaml"
 SMALL = ["algo.name=dqn", "model.recurrent=gru", "model.rnn_hidden=8", "model.hidden=[16]", "norm.reward=false",
          "env.backend=sync", "eval.episodes=2", "eval.num_envs=1", "log.tensorboard=false", "log.progress=false"]
+
+
+def load_trainer(cfg):
+    """The trainer the registry picks for ``cfg`` (recurrent dqn, or recurrent vdn / qmix)."""
+    return marl.registry.algorithm(cfg.algo.name).trainer_class(cfg)(cfg)
 
 
 def merged(*overrides: str) -> list[str]:
@@ -80,7 +86,8 @@ def test_acting_states_reset_at_exactly_the_step_and_the_sequences_reproduce_the
     (["algo.per_eta=1.5"], "algo.per_eta"),
     (["algo.buffer_size=100", "algo.seq_len=20", "algo.burn_in=10", "algo.batch_size=32"], "algo.buffer_size"),
     (["algo.num_actors=2"], "algo.num_actors"),
-    (["algo.name=vdn"], "model.recurrent"),
+    (["algo.name=sac"], "model.recurrent"),
+    (["algo.name=qmix", "algo.n_step=3"], "algo.n_step"),
     (["model.hidden=[]"], "model.hidden"),
 ])
 def test_bad_recurrent_dqn_configs_are_one_line_errors(overrides, key) -> None:
@@ -93,7 +100,9 @@ def test_bad_recurrent_dqn_configs_are_one_line_errors(overrides, key) -> None:
     ["model.sharing=shared", "algo.per=true"],
     ["model.sharing=independent", "model.recurrent=lstm", "algo.n_step=2"],
     ["model.sharing={agent_0: a, agent_1: b, agent_2: a}", "algo.dueling=true"],
-], ids=["gru-shared-per", "lstm-independent-nstep", "grouped-dueling"])
+    ["algo.name=qmix", "model.sharing=independent", "algo.per=true"],
+    ["algo.name=vdn", "model.recurrent=lstm"],
+], ids=["gru-shared-per", "lstm-independent-nstep", "grouped-dueling", "qmix-independent-per", "vdn-lstm"])
 def test_short_runs_train_evaluate_and_reload(tmp_path, model) -> None:
     run = marl.train(CONFIG, overrides=merged(*SMALL, *CUE, "env.kwargs={n_agents: 3, n_cues: 3, delay: 3}",
                                               "env.num_envs=2",
@@ -132,6 +141,39 @@ def test_resume_with_the_replay_equals_an_uninterrupted_run(make_config) -> None
     torch.testing.assert_close(resumed.hidden["agent"], full.hidden["agent"], rtol=0, atol=0)
     assert full.learner.grad_steps == resumed.learner.grad_steps > 0
     assert (a.fields["burn_in"][:len(a)] > 0).any() and (full.hidden["agent"] != 0).any()  # continued sequences
+
+
+@pytest.mark.parametrize("algo", ["vdn", "qmix"])
+def test_team_sequences_stay_in_lockstep_across_groups(tmp_path, algo) -> None:
+    """Two groups in one team: the same slot of each group's replay holds the same env steps (cue_recall's
+    global state is every agent's observation, stored with the first group: it must match both groups' obs)."""
+    cfg = load_config(CONFIG, merged(
+        *SMALL, f"algo.name={algo}", *CUE, "env.kwargs={n_agents: 3, n_cues: 3, delay: 5}",
+        "env.groups={a: [agent_0, agent_2], b: [agent_1]}", "env.num_envs=3", "algo.seq_len=4", "algo.burn_in=1",
+        "algo.learning_starts=30", "algo.batch_size=4", "algo.buffer_size=300", "algo.per=true", "norm.obs=false",
+        f"run_dir={tmp_path}"))
+    trainer = load_trainer(cfg)
+    try:
+        assert type(trainer).__name__ == "RecurrentTeamTrainer"
+        for _ in range(30):
+            trainer.advance()
+        a, b = trainer.replay["a"], trainer.replay["b"]
+        n = len(a)
+        assert n == len(b) > 4 and trainer.learner.grad_steps > 0
+        for key in ("valid", "burn_in"):
+            np.testing.assert_array_equal(a.fields[key][:n], b.fields[key][:n])
+        obs = np.concatenate([a.fields["obs"][:n, :, [0]], b.fields["obs"][:n], a.fields["obs"][:n, :, [1]]], 2)
+        if algo == "qmix":  # the mixer's env state is stored with the first group
+            np.testing.assert_array_equal(a.fields["state"][:n], obs.reshape(n, 5, -1))
+        # every agent of both groups sees its cue at a fresh sequence's first step (only there), and the query
+        # flag at the same positions
+        fresh, cue = a.fields["burn_in"][:n] == 0, obs[:, 0, :, :3].sum(-1)
+        assert (cue[fresh] == 1).all() and (cue[~fresh] == 0).all() and fresh.any() and (~fresh).any()
+        assert (obs[..., 3] == obs[..., :1, 3]).all() and obs[..., 3].any()
+        assert (a.fields["burn_in"][:n] == 1).any()  # 6-step episodes: continued sequences
+        assert a.sampler.prioritized and not b.sampler.prioritized
+    finally:
+        trainer.close()
 
 
 MARGIN = 0.8

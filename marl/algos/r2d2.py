@@ -39,9 +39,20 @@ from torch import Tensor, nn
 
 from marl.algos.dqn import DQNLearner, huber, masked_argmax
 from marl.algos.targets import masked_mean
+from marl.algos.value_decomposition import (
+    ValueDecompositionLearner,
+    bootstrap_alive,
+    obs_state,
+    td_loss,
+    team_reward,
+    team_td_target,
+    team_terminated,
+    weighted_row_mean,
+)
 from marl.config import ConfigError, ModelConfig
 from marl.multi_agent.groups import group_sharing, obs_encoder, param_sets_for
 from marl.nets import dueling_q
+from marl.nets.mixers import QMixer
 from marl.nets.recurrent import RecurrentAgentNet
 from marl.types import GroupSpec
 
@@ -231,3 +242,71 @@ class RecurrentDQNLearner(DQNLearner):
             metrics[f"q_loss/{name}"] = loss.detach()
             metrics[f"q_mean/{name}"] = masked_mean(q_taken.detach(), mask)
         return torch.stack(group_losses).sum(), priority, metrics
+
+
+class TeamSequenceBatch(NamedTuple):
+    """Sampled team sequences for value decomposition: every group's agents over the same env steps.
+
+    Attributes:
+        groups: group -> :class:`SequenceBatch` (``valid``, ``burn_in`` and ``weights`` are the same in each).
+        state: ``[P, B, S]`` global state of each position (the final state after an episode's last step), or
+            ``None`` (a QMIX mixer then reads every agent's observation concatenated).
+    """
+
+    groups: dict[str, SequenceBatch]
+    state: Tensor | None = None
+
+
+class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
+    """VDN / QMIX (:class:`marl.algos.value_decomposition.ValueDecompositionLearner`) on team sequences: every
+    group's agent networks unrolled over the sequence as :class:`RecurrentDQNLearner` does, then at each step
+    ``t`` the one-step team target of the feed-forward learner::
+
+        y_t = r_tot_t + gamma (1 - terminated_team_t) Q_tot_target(p_{t+1}, [Q'_a(p_{t+1}, a*_a)]_a)
+
+    over the steps ``valid & t >= burn_in`` where some agent acts; ``td_error`` holds the ``[B]`` sequence
+    priorities (``eta * max + (1 - eta) * mean`` of ``|Q_tot - y|``) under the first group."""
+
+    def losses(self, b: TeamSequenceBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The team loss, the ``[B]`` sequence priorities and metrics (0-dim tensors; no step)."""
+        cfg = self.cfg
+        first = next(iter(b.groups.values()))
+        taken, nxt = [], []
+        for name, g in b.groups.items():
+            reset = reset_mask(g.ended, g.valid)
+            q_all = self.q[name].unroll(g.obs, g.hidden, g.alive, reset, g.action_mask, cfg.burn_in, g.burn_in > 0)
+            taken.append(q_all[:-1].gather(-1, g.action.long().unsqueeze(-1)).squeeze(-1))  # [L, B, A_g]
+            with torch.no_grad():
+                q_target = self.target[name].unroll(g.obs, g.hidden, g.alive, reset, g.action_mask)
+                best = masked_argmax(q_all.detach() if cfg.double_q else q_target, g.action_mask)
+                nxt.append(q_target.gather(-1, best.unsqueeze(-1)).squeeze(-1)[1:])  # value of position t + 1
+        n_steps, batch = first.valid.shape
+
+        def rows(parts: list[Tensor]) -> Tensor:
+            """Groups' ``[L, B, A_g]`` -> ``[L * B, A]``."""
+            return torch.cat(parts, -1).reshape(n_steps * batch, -1)
+
+        groups = list(b.groups.values())
+        alive, terminated = rows([g.alive[:-1] for g in groups]), rows([g.terminated for g in groups])
+        state = b.state
+        if state is None and isinstance(self.mixer, QMixer):
+            obs = [g.obs.reshape(-1, *g.obs.shape[2:]) for g in groups]  # [P * B, A_g, ...]
+            state = obs_state(obs).view(n_steps + 1, batch, -1)
+        flat = None if state is None else (state[:-1].reshape(n_steps * batch, -1),
+                                           state[1:].reshape(n_steps * batch, -1))
+        q_tot = self.mixer(rows(taken), None if flat is None else flat[0], alive)
+        with torch.no_grad():
+            next_alive = bootstrap_alive(rows([g.alive[1:] for g in groups]), terminated)
+            next_q_tot = self.target_mixer(rows(nxt), None if flat is None else flat[1], next_alive)
+            reward = team_reward(rows([g.reward for g in groups]), alive)
+            discount = torch.full_like(reward, cfg.gamma)
+            y = team_td_target(reward, discount, team_terminated(terminated, alive), next_q_tot)
+        mask = loss_mask(first.valid, alive.view(n_steps, batch, -1).any(-1, keepdim=True), first.burn_in)[..., 0]
+        weights = first.weights.expand(n_steps, batch).reshape(-1)
+        loss = weighted_row_mean(td_loss(q_tot, y, cfg.td_loss), mask.reshape(-1), weights)
+        td = (q_tot.detach() - y).abs().view(n_steps, batch, 1)
+        priority = sequence_priority(td, mask.unsqueeze(-1), cfg.per_eta)
+        ones = torch.ones_like(y)
+        metrics = {"q_loss": loss.detach(), "q_mean": weighted_row_mean(q_tot.detach(), mask.reshape(-1), ones),
+                   "team_reward": weighted_row_mean(reward, mask.reshape(-1), ones)}
+        return loss, priority, metrics

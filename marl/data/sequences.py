@@ -12,6 +12,7 @@ episode with a fresh sequence. Fields of a stored sequence (``L = seq_len``, ``P
                                 where the episode ended (never the next episode's first)
     alive        [P, A]         position `length`: the agents' next_alive
     action_mask  [P, A, n]      when the group has masks (position `length`: next_action_mask)
+    state        [P, S_env]     when the schema has the global state (position `length`: next_state)
     action, reward, terminated, ended (terminated | truncated)   [L, A]
     valid        [L]            real steps (padding after the episode's end is False)
     hidden       [A, S]         the actor's state before step 0
@@ -33,7 +34,7 @@ from marl.data.replay import Sampler, UniformSampler
 
 STEP_FIELDS = ("action", "reward", "terminated", "ended")
 """Fields with one entry per step ``[L, A]``."""
-POSITION_FIELDS = ("obs", "alive", "action_mask")
+POSITION_FIELDS = ("obs", "alive", "action_mask", "state")
 """Fields with one entry per position ``[P, A, ...]`` (the step's input, and after the last step the next one)."""
 
 
@@ -87,9 +88,10 @@ class SequenceReplay:
             "ended": ((length, *n_agents), np.dtype(bool)), "valid": ((length,), np.dtype(bool)),
             "hidden": ((*n_agents, hidden_size), np.dtype(np.float32)), "burn_in": ((), np.dtype(np.int64)),
         }
-        if "action_mask" in schema:
-            shape, dtype = schema["action_mask"]
-            self.layout["action_mask"] = ((pos, *shape), np.dtype(dtype))
+        for key in ("action_mask", "state"):  # optional position fields
+            if key in schema:
+                shape, dtype = schema[key]
+                self.layout[key] = ((pos, *shape), np.dtype(dtype))
         self.fields = {k: np.zeros((self.capacity, *shape), dtype) for k, (shape, dtype) in self.layout.items()}
         # the sequences under construction, one per copy; their hidden holds the state of every step
         self.pending = {k: np.zeros((self.n_envs, *shape), dtype) for k, (shape, dtype) in self.layout.items()
@@ -112,8 +114,9 @@ class SequenceReplay:
         p = self.pending
         p["obs"][e, n], p["obs"][e, n + 1] = rows["obs"], rows["next_obs"]
         p["alive"][e, n], p["alive"][e, n + 1] = rows["alive"], rows["next_alive"]
-        if "action_mask" in p:
-            p["action_mask"][e, n], p["action_mask"][e, n + 1] = rows["action_mask"], rows["next_action_mask"]
+        for key in ("action_mask", "state"):
+            if key in p:
+                p[key][e, n], p[key][e, n + 1] = rows[key], rows["next_" + key]
         p["action"][e, n], p["reward"][e, n] = rows["action"], rows["reward"]
         p["terminated"][e, n] = rows["terminated"]
         p["ended"][e, n] = np.asarray(rows["terminated"]) | np.asarray(rows["truncated"])
@@ -168,7 +171,12 @@ class SequenceReplay:
         if self.size == 0:
             raise ValueError("cannot sample from an empty sequence replay")
         indices, weights = self.sampler.sample(np.array([self.size]), 1, batch_size, rng, beta)
-        return indices, weights, {k: v[indices] for k, v in self.fields.items()}
+        return indices, weights, self.gather(indices)
+
+    def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Every field of the stored sequences ``indices [B]``: ``[B, ...]`` copies (the same slots of replays
+        written in lockstep hold the same env steps, as value decomposition's per-group replays)."""
+        return {k: v[indices] for k, v in self.fields.items()}
 
     def update_priorities(self, indices: np.ndarray, priority: Any) -> None:
         """New priorities (``[B]`` sequence ``|TD|`` summaries) of sequences ``indices``; a no-op when uniform."""
