@@ -14,6 +14,7 @@ per vector step of 8 copies), one torch thread.
 Run from the repository root::
 
     .venv/bin/python -m bench.bench_recurrent_dqn --seeds 0 1 2
+    .venv/bin/python -m bench.bench_recurrent_dqn --seeds 0 1 2 --algo qmix   # recurrent QMIX, same settings
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ MARGIN = 0.8
 QUIET = ["log.tensorboard=false", "log.progress=false", "checkpoint.interval=0", "torch_threads=1"]
 
 
-def memory_runs(seeds: list[int], budget: int, root: Path) -> dict[str, dict[str, list[float]]]:
-    """Final eval team returns and env steps/s per arm (``gru``, ``none``) and seed."""
+def memory_runs(seeds: list[int], budget: int, root: Path, algo: str = "dqn") -> dict[str, dict[str, list[float]]]:
+    """Final eval team returns and env steps/s per arm (``gru``, ``none``) and seed (``algo``: dqn, vdn or qmix)."""
     out: dict[str, dict[str, list[float]]] = {arm: {"final": [], "sps": []} for arm in ("gru", "none")}
     for seed in seeds:
         for arm, res in out.items():
             extra = [f"total_env_steps={budget}"] if budget else []
-            run = marl.train(CONFIG, overrides=[*QUIET, f"seed={seed}", f"model.recurrent={arm}", "eval.interval=0",
+            run = marl.train(CONFIG, overrides=[*QUIET, f"algo.name={algo}", f"seed={seed}", f"model.recurrent={arm}",
+                                                "eval.interval=0",
                                                 *extra, f"run_dir={root / f'{arm}-{seed}'}"])
             res["final"].append(float(run.summary["final_eval"]["ep_return"]))
             res["sps"].append(float(run.summary["sps"]))
@@ -53,12 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=0, help="budget per run (0 = the config's)")
+    parser.add_argument("--algo", choices=["dqn", "vdn", "qmix"], default="dqn",
+                        help="the config's DQN, or value decomposition on the same settings")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        res = memory_runs(args.seeds, args.steps, args.out or Path(tmp))
+        res = memory_runs(args.seeds, args.steps, args.out or Path(tmp), args.algo)
     gru, ff = np.array(res["gru"]["final"]), np.array(res["none"]["final"])
-    print("\nmemory task (cue_recall, 2 agents, 4 cues, delay 4): final eval team return "
+    print(f"\n{args.algo}, memory task (cue_recall, 2 agents, 4 cues, delay 4): final eval team return "
           "(chance 0.5 = the feed-forward bound, max 2.0)")
     print(f"{'seed':>6} {'gru':>7} {'ff':>7} {'gru-ff':>7}")
     for seed, g, f in zip(args.seeds, gru, ff):
