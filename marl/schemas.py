@@ -71,8 +71,9 @@ class ModelConfig:
                                                 "(uint8 images, pixels / 255; other planes of 36+ cells, e.g. board "
                                                 "games, as they are), MLP otherwise; mlp / cnn force one")
     init_log_std: float = _f(0.0, "initial log std of Gaussian policies")
-    recurrent: Literal["none", "gru", "lstm"] = _f("none", "recurrent core between encoder and head (ppo, dqn, vdn, qmix): "
-                                                           "none = feed-forward; gru | lstm, one per parameter set")
+    recurrent: Literal["none", "gru", "lstm"] = _f("none", "recurrent core between encoder and head (ppo, dqn, vdn, "
+                                                           "qmix): none = feed-forward; gru | lstm, one per parameter "
+                                                           "set")
     rnn_hidden: int = _f(64, "width of the recurrent core (state size: rnn_hidden for gru, 2x for lstm)")
 
 
