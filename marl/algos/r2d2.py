@@ -200,7 +200,7 @@ class RecurrentGroupQ(nn.Module):
         positions is detached for the rows ``stale [B]`` (their burn-in then gives no gradient).
         """
         feats = self.net.features(obs)
-        if burn_in and stale is not None and bool(stale.any()):
+        if burn_in and stale is not None:  # no data-dependent branch: no device sync
             warm, hidden = self.net.core(feats[:burn_in], hidden, alive[:burn_in], reset[:burn_in])
             hidden = torch.where(stale.view(-1, 1, 1), hidden.detach(), hidden)
             rest, _ = self.net.core(feats[burn_in:], hidden, alive[burn_in:], reset[burn_in:])

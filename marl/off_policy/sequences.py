@@ -36,7 +36,7 @@ from marl.data import PrioritizedSampler, per_beta_at, replay_schema
 from marl.data.sequences import SequenceReplay
 from marl.loop import episode_ends, reset_hidden
 from marl.normalization import ObsNormalizer
-from marl.off_policy.actor import build_actor
+from marl.off_policy.actor import build_actor, build_learner
 from marl.off_policy.replay import replay_rows
 from marl.off_policy.team import TeamTrainer, episode_ended, mixer_state_dim, stores_state
 from marl.off_policy.trainer import MetricWindow, OffPolicyTrainer
@@ -130,14 +130,22 @@ class RecurrentDQNTrainer(CarriesHidden, OffPolicyTrainer):
 
     supports_distributed = False  # each rank would need its own pending sequences; not built yet
 
+    turns = None  # turn-based games are refused in build
+
     def build(self) -> None:
-        super().build()
-        if self.turns is not None:
+        cfg = self.cfg
+        if self.spec.turn_based:
             raise ConfigError("model.recurrent: turn-based (AEC) games are not supported by recurrent dqn; "
                               "set model.recurrent=none")
+        self.actor = build_actor(self.spec, cfg, self.device)
+        self.learner = build_learner(self.actor, cfg)
+        self.goal_env = None  # HER is refused with recurrent models (marl.config)
         sizes = {g: self.actor.net[g].state_size for g in self.actor.groups}
-        self.replay = build_sequence_replays(self.spec, self.cfg, sizes)
-        self.hidden = self.actor.initial_hidden(self.cfg.env.num_envs)
+        self.replay = build_sequence_replays(self.spec, cfg, sizes)
+        self.hidden = self.actor.initial_hidden(cfg.env.num_envs)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.since_train = 0
+        self.window = MetricWindow()
 
     def store(self, obs: dict[str, GroupObs], out: ActOutput, step: VecStep, state: np.ndarray | None) -> int:
         """Each group's rows go into its pending sequences with the state they were acted on; the acting states
