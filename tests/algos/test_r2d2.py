@@ -279,3 +279,30 @@ def test_team_learner_loss_equals_a_naive_loop(algo, discrete_spec) -> None:
     want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6)
     assert abs(loss.item() - want_loss) < 1e-5
     torch.testing.assert_close(priority, want_priority.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.5])
+def test_recurrent_acting_respects_masks_and_carries_the_state(epsilon, learner_config, discrete_spec) -> None:
+    import numpy as np
+
+    from marl.off_policy import build_actor
+    from marl.types import GroupObs
+
+    spec = discrete_spec(n_agents=2, obs_dim=3, n_actions=5, mask=True)
+    actor = build_actor(spec, learner_config("dqn", "model.recurrent=lstm", "model.rnn_hidden=8", "model.hidden=[16]"))
+    rng = np.random.default_rng(0)
+    hidden = actor.initial_hidden(64)
+    for _ in range(4):
+        mask = rng.random((64, 2, 5)) < 0.5
+        mask[np.arange(64), 0, rng.integers(0, 5, 64)] = True
+        alive = rng.random((64, 2)) < 0.8
+        obs = {"agent": GroupObs(rng.standard_normal((64, 2, 3)).astype(np.float32), alive, mask)}
+        out = actor.act(obs, epsilon=epsilon, hidden=hidden)
+        action = out.action["agent"].numpy()
+        allowed = np.take_along_axis(mask, action[..., None], -1)[..., 0]
+        assert allowed[mask.any(-1)].all()
+        # an agent that does not act keeps its state; the others' states move
+        acted = torch.as_tensor(alive)
+        torch.testing.assert_close(out.hidden["agent"][~acted], hidden["agent"][~acted], rtol=0, atol=0)
+        assert (out.hidden["agent"][acted] != hidden["agent"][acted]).any()
+        hidden = out.hidden
