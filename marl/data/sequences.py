@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 from marl.data.replay import Sampler, UniformSampler
 
@@ -178,9 +179,9 @@ class SequenceReplay:
         written in lockstep hold the same env steps, as value decomposition's per-group replays)."""
         return {k: v[indices] for k, v in self.fields.items()}
 
-    def update_priorities(self, indices: np.ndarray, priority: Any) -> None:
+    def update_priorities(self, indices: np.ndarray, priority: np.ndarray | torch.Tensor) -> None:
         """New priorities (``[B]`` sequence ``|TD|`` summaries) of sequences ``indices``; a no-op when uniform."""
-        if hasattr(priority, "detach"):
+        if isinstance(priority, torch.Tensor):
             priority = priority.detach().cpu().numpy()
         self.sampler.update_priorities(np.asarray(indices), np.asarray(priority, np.float64))
 
