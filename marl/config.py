@@ -400,8 +400,8 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
              f"{algo.name} stores raw rewards in the replay (HER recomputes them); set norm.reward=false")
     _require(cfg.model.critic == "local", "model.critic",
              f"{algo.name} critics see each agent's own observation; set model.critic=local")
-    _require(cfg.model.recurrent == "none", "model.recurrent",
-             f"{algo.name} has no recurrent networks; set model.recurrent=none (recurrent models train with algo ppo)")
+    if cfg.model.recurrent != "none":
+        _validate_recurrent_dqn(cfg, algo)
     _validate_apex(cfg, algo)
     if isinstance(algo, DQNConfig):
         _require(0 < algo.exploration_fraction <= 1, "algo.exploration_fraction", "must be in (0, 1]")
@@ -422,6 +422,36 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
         for key in ("exploration_noise", "policy_noise", "noise_clip"):
             _require(getattr(algo, key) >= 0, f"algo.{key}", "must be >= 0")
         _require(algo.policy_delay >= 1, "algo.policy_delay", "must be >= 1")
+
+
+def _validate_recurrent_dqn(cfg: Config, algo: OffPolicyConfig) -> None:
+    """Sequence replay checks of recurrent DQN, VDN and QMIX (``model.recurrent`` set)."""
+    _require(isinstance(algo, DQNConfig), "model.recurrent",
+             f"{algo.name} has no recurrent networks; set model.recurrent=none (recurrent models train with algo "
+             "ppo, dqn, vdn or qmix)")
+    if isinstance(algo, VDNConfig):
+        _require(algo.n_step == 1, "algo.n_step",
+                 f"recurrent {algo.name} trains one-step team targets on sequences; set algo.n_step=1")
+    _require(cfg.model.rnn_hidden >= 1, "model.rnn_hidden", "must be >= 1")
+    _require(len(cfg.model.hidden) >= 1, "model.hidden",
+             "a recurrent model needs at least one encoder width before its core, e.g. [64]")
+    _require(algo.seq_len >= 1, "algo.seq_len", f"must be >= 1, got {algo.seq_len}")
+    _require(algo.burn_in >= 0, "algo.burn_in", f"must be >= 0, got {algo.burn_in}")
+    _require(algo.burn_in < algo.seq_len, "algo.burn_in",
+             f"burn_in={algo.burn_in} leaves no trained step in a sequence of seq_len={algo.seq_len}; "
+             f"lower algo.burn_in or raise algo.seq_len above it")
+    _require(algo.n_step <= algo.seq_len - algo.burn_in, "algo.n_step",
+             f"n-step windows stay inside one sequence: n_step={algo.n_step} must be <= seq_len - burn_in = "
+             f"{algo.seq_len - algo.burn_in}; lower algo.n_step or raise algo.seq_len")
+    _require(0 <= algo.per_eta <= 1, "algo.per_eta", f"must be in [0, 1], got {algo.per_eta}")
+    _require(algo.buffer_size // (algo.seq_len - algo.burn_in) >= algo.batch_size, "algo.buffer_size",
+             f"the replay holds buffer_size / (seq_len - burn_in) = {algo.buffer_size // (algo.seq_len - algo.burn_in)}"
+             f" sequences, fewer than algo.batch_size={algo.batch_size}; raise algo.buffer_size or lower "
+             "algo.batch_size")
+    _require(not algo.her, "algo.her", "recurrent dqn stores sequences, which hindsight relabelling does not "
+             "handle; set algo.her=false or model.recurrent=none")
+    _require(algo.num_actors == 0, "algo.num_actors", "Ape-X actors carry no hidden states; set algo.num_actors=0 "
+             "or model.recurrent=none")
 
 
 def _validate_apex(cfg: Config, algo: OffPolicyConfig) -> None:

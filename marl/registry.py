@@ -46,9 +46,13 @@ class Algorithm(NamedTuple):
         return resolve(self.config)
 
     def trainer_class(self, cfg: Any = None) -> type:
-        """The trainer; for dqn, sac and td3 with ``algo.num_actors > 0`` (given ``cfg``) the Ape-X one."""
+        """The trainer; for dqn, sac and td3 with ``algo.num_actors > 0`` (given ``cfg``) the Ape-X one, for dqn,
+        vdn and qmix with ``model.recurrent`` the sequence-replay ones."""
         if cfg is not None and self.name in ("dqn", "sac", "td3") and getattr(cfg.algo, "num_actors", 0) > 0:
             return resolve("marl.off_policy.apex:ApexTrainer")
+        if cfg is not None and self.name in ("dqn", "vdn", "qmix") and cfg.model.recurrent != "none":
+            team = self.name != "dqn"
+            return resolve(f"marl.off_policy.sequences:{'RecurrentTeamTrainer' if team else 'RecurrentDQNTrainer'}")
         return resolve(self.trainer)
 
     def build_acting_policy(self, spec: Any, cfg: Any, device: Any = "cpu") -> Any:

@@ -71,8 +71,9 @@ class ModelConfig:
                                                 "(uint8 images, pixels / 255; other planes of 36+ cells, e.g. board "
                                                 "games, as they are), MLP otherwise; mlp / cnn force one")
     init_log_std: float = _f(0.0, "initial log std of Gaussian policies")
-    recurrent: Literal["none", "gru", "lstm"] = _f("none", "recurrent core between encoder and head (PPO): "
-                                                           "none = feed-forward; gru | lstm, one per parameter set")
+    recurrent: Literal["none", "gru", "lstm"] = _f("none", "recurrent core between encoder and head (ppo, dqn, vdn, "
+                                                           "qmix): none = feed-forward; gru | lstm, one per parameter "
+                                                           "set")
     rnn_hidden: int = _f(64, "width of the recurrent core (state size: rnn_hidden for gru, 2x for lstm)")
 
 
@@ -183,6 +184,13 @@ class DQNConfig(OffPolicyConfig):
     apex_epsilon_base: float = _f(0.4, "Ape-X actor i's epsilon is base ** (1 + alpha * i / (N - 1)) "
                                        "(replaces the linear schedule when algo.num_actors > 0)")
     apex_epsilon_alpha: float = _f(7.0, "Ape-X epsilon spread exponent alpha (see apex_epsilon_base)")
+    seq_len: int = _f(20, "recurrent models: env steps per stored sequence, burn-in included; a sequence ends "
+                          "early (padded, masked) at its episode's end")
+    burn_in: int = _f(5, "recurrent models: first steps of a sequence that continues an episode, which only warm "
+                         "the stored hidden state (no gradient, not in the loss); consecutive sequences of an "
+                         "episode overlap by this many steps, so each step is in the loss once")
+    per_eta: float = _f(0.9, "recurrent models with PER: a sequence's priority is eta * max|TD error| + "
+                             "(1 - eta) * mean|TD error| over its loss steps")
 
 
 @dataclass

@@ -336,6 +336,28 @@ def test_dqn_drops_the_lost_step_and_goes_on(cluster, make_config, recwarn):
         trainer.close()
 
 
+def test_recurrent_dqn_ends_its_sequences_and_states_at_a_lost_step(cluster, make_config, recwarn):
+    cfg = make_config(*DQN, *ray_args(cluster), "total_env_steps=100000", "model.recurrent=gru",
+                      "model.rnn_hidden=8", "algo.seq_len=8", "algo.burn_in=2", "algo.batch_size=4")
+    trainer = algorithm("dqn").trainer_class(cfg)(cfg)
+    try:
+        for _ in range(3):
+            trainer.advance()
+        buf = trainer.replay["agent"]
+        assert len(buf) == 0 and buf.count.tolist() == [3, 3] and (trainer.hidden["agent"] != 0).any()
+        os.kill(trainer.env.worker_pids()[1], signal.SIGKILL)
+        trainer.advance()
+        # the copies' pending 3-step sequences are stored as they stand; acting and sequences restart fresh
+        assert len(buf) == 2 and buf.fields["valid"][:2].sum(1).tolist() == [3, 3]
+        assert not buf.fields["ended"][:2].any() and buf.count.tolist() == [0, 0] and buf.fresh.all()
+        assert (trainer.hidden["agent"] == 0).all()
+        trainer.advance()
+        assert buf.count.tolist() == [1, 1] and (trainer.hidden["agent"] != 0).any()
+        assert any("ray worker 1 (env copies 1..1) was lost" in str(w.message) for w in recwarn)
+    finally:
+        trainer.close()
+
+
 def _marl_train(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "marl", "train", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)

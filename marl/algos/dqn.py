@@ -101,13 +101,26 @@ class QPolicyNet(nn.ModuleDict):
     """
 
     def __init__(self, spec: EnvSpec, model: ModelConfig, dueling: bool) -> None:
-        super().__init__({g.name: GroupQ(g, model, dueling) for g in spec.groups})
+        from marl.algos.r2d2 import RecurrentGroupQ  # builds on this module
+
+        recurrent = model.recurrent != "none"
+        make = RecurrentGroupQ if recurrent else GroupQ
+        super().__init__({g.name: make(g, model, dueling) for g in spec.groups})
+        self.recurrent = recurrent
+        """Each group's network is a :class:`marl.algos.r2d2.RecurrentGroupQ` (act with :meth:`act_recurrent`)."""
 
     def act(self, name: str, obs: Tensor, mask: Tensor | None, deterministic: bool,
             generator: torch.Generator) -> Tensor:
         """``[E, A]`` greedy allowed actions of group ``name`` (exploration is added by the caller)."""
         del deterministic, generator  # greedy either way
         return masked_argmax(self[name](obs, mask), mask)
+
+    def act_recurrent(self, name: str, obs: Tensor, mask: Tensor | None, hidden: Tensor, alive: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+        """Recurrent networks: ``([E, A] greedy allowed actions, [E, A, S] next state)`` of group ``name`` from
+        its state ``hidden [E, A, S]`` (agents not ``alive [E, A]`` keep theirs)."""
+        q, hidden = self[name].step(obs, hidden, alive, mask)
+        return masked_argmax(q, mask), hidden
 
     def env_action(self, name: str, action: Tensor) -> Tensor:
         """Discrete actions go to the env unchanged."""

@@ -7,6 +7,9 @@
   :meth:`marl.data.ReplayBuffer.state_dict`).
 * :mod:`marl.off_policy.trainer`: :class:`OffPolicyTrainer`, the loop body (act, store, learn) inside
   the run scaffolding every trainer shares (:class:`marl.run.TrainingRun`).
+* :mod:`marl.off_policy.sequences`: recurrent DQN (``model.recurrent``): acting hidden states carried per
+  env copy and agent, sequence replay (:class:`marl.data.sequences.SequenceReplay`),
+  :class:`~marl.off_policy.sequences.RecurrentDQNTrainer`.
 * :mod:`marl.off_policy.team`: value decomposition (VDN, QMIX): team rows (every group's rows of
   one env step at one index, with the global state), :class:`~marl.off_policy.team.TeamTrainer`.
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from marl.algos.dqn import DQNLearner, QPolicyNet
+from marl.algos.r2d2 import RecurrentDQNLearner
 from marl.algos.sac import SACLearner, SACPolicyNet
 from marl.algos.td3 import TD3Learner, TD3PolicyNet
 from marl.config import Config, DQNConfig, NormConfig, SACConfig, TD3Config
@@ -50,6 +51,7 @@ class OffPolicyActor:
         self.device = torch.device(device)
         self.net = net.to(self.device)
         self.epsilon = float(epsilon)
+        self.recurrent = isinstance(net, QPolicyNet) and net.recurrent
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.obs_norm: dict[str, ObsNormalizer] = {}
         if norm.obs:
@@ -83,6 +85,7 @@ class OffPolicyActor:
         with_value: bool = True,
         *,
         epsilon: float | None = None,
+        hidden: Mapping[str, Tensor] | None = None,
     ) -> ActOutput:
         """Actions for one step of ``E`` env copies.
 
@@ -95,20 +98,30 @@ class OffPolicyActor:
             epsilon: per agent, the probability of a uniformly random action instead
                 (``1`` = all random, the warm-up); ``None`` = :attr:`epsilon`. Ignored
                 when ``deterministic``.
+            hidden: recurrent Q networks: group -> ``[E, A, S]`` state before this step (``None`` = zeros);
+                the network runs even on random steps, so the state follows every observation.
 
         Returns:
             ``ActOutput`` with ``action`` (replay form: discrete ids, or boxes in
-            ``[-1, 1]``), ``env_action`` (numpy, scaled to the bounds) and ``obs``.
+            ``[-1, 1]``), ``env_action`` (numpy, scaled to the bounds), ``obs`` and, for recurrent
+            networks, ``hidden`` (the state after this step; zeroing at episode ends is the caller's).
         """
         del state, with_value
         eps = 0.0 if deterministic else (self.epsilon if epsilon is None else float(epsilon))
-        out = ActOutput({}, {}, {}, {}, {}, {})
+        out = ActOutput({}, {}, {}, {}, {}, {}, {} if self.recurrent else None)
         for name, o in obs.items():
             group = self.groups[name]
             x = self.normalize(name, o.obs, o.alive, update_stats)
             mask = None if o.action_mask is None else torch.as_tensor(o.action_mask, device=self.device).bool()
             lead = tuple(o.alive.shape)
-            if eps >= 1.0:
+            if self.recurrent:
+                h = self.net[name].zero_state(lead[0]) if hidden is None else hidden[name]
+                alive = torch.as_tensor(o.alive, device=self.device)
+                action, out.hidden[name] = self.net.act_recurrent(name, x, mask, h, alive)
+                if eps > 0.0:
+                    explore = torch.rand(lead, generator=self.generator, device=self.device) < eps
+                    action = torch.where(explore, self.random_action(group, lead, mask), action)
+            elif eps >= 1.0:
                 action = self.random_action(group, lead, mask)
             else:
                 action = self.net.act(name, x, mask, deterministic, self.generator)
@@ -120,6 +133,12 @@ class OffPolicyActor:
             out.env_action[name] = self.net.env_action(name, action).cpu().numpy()
             out.obs[name] = x
         return out
+
+    def initial_hidden(self, num_envs: int) -> dict[str, Tensor] | None:
+        """Recurrent Q networks: zero states group -> ``[E, A, S]`` for ``num_envs`` copies; else ``None``."""
+        if not self.recurrent:
+            return None
+        return {g: self.net[g].zero_state(num_envs) for g in self.groups}
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "obs_norm": {k: n.state_dict() for k, n in self.obs_norm.items()}}
@@ -151,7 +170,7 @@ def build_learner(actor: OffPolicyActor, cfg: Config) -> Learner:
     """The learner that trains ``actor.net`` (and owns critics, targets, optimizers)."""
     algo, seed = cfg.algo, cfg.seed + 1  # a stream apart from the actor's
     if isinstance(algo, DQNConfig):
-        return DQNLearner(actor.net, algo)
+        return RecurrentDQNLearner(actor.net, algo) if actor.recurrent else DQNLearner(actor.net, algo)
     if isinstance(algo, SACConfig):
         return SACLearner(actor.net, actor.spec, cfg.model, algo, seed)
     return TD3Learner(actor.net, actor.spec, cfg.model, algo, seed)

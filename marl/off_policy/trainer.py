@@ -190,18 +190,13 @@ class OffPolicyTrainer(TrainingRun):
 
         def act(obs: dict[str, GroupObs], state: np.ndarray | None) -> ActOutput:
             acted.append(state)
-            return self.actor.act(obs, state, deterministic=False, update_stats=True, with_value=False,
-                                  epsilon=epsilon)
+            return self.act_step(obs, state, epsilon)
 
         try:
             obs, out, step = self.loop.step(act)
         except WorkerLost as lost:  # runtime=ray: a worker died mid-step; that step is not stored
             self.loop.set_obs(lost.obs, lost.state)
-            for buf in self.replay.values():  # the step is missing from every copy: no trajectory spans it
-                buf.cut(np.arange(self.env.num_envs))
-            for turns in (self.turns or {}).values():  # moves in flight give no row (as after a resume)
-                if turns.pending is not None:
-                    turns.pending[:] = False
+            self.drop_in_flight()
             return []
         agent_steps = self.store(obs, out, step, acted[0])
         self.vector_steps += 1
@@ -235,6 +230,18 @@ class OffPolicyTrainer(TrainingRun):
         if not final and self.vector_steps % self.cfg.distributed.sync_interval:
             return False
         return self.sync_counts(flag)
+
+    def drop_in_flight(self) -> None:
+        """A vector step was lost (a Ray worker died): no stored trajectory may span it."""
+        for buf in self.replay.values():  # the step is missing from every copy: no trajectory spans it
+            buf.cut(np.arange(self.env.num_envs))
+        for turns in (self.turns or {}).values():  # moves in flight give no row (as after a resume)
+            if turns.pending is not None:
+                turns.pending[:] = False
+
+    def act_step(self, obs: dict[str, GroupObs], state: np.ndarray | None, epsilon: float) -> ActOutput:
+        """The collecting actor's actions for one vector step (normalizer statistics updated)."""
+        return self.actor.act(obs, state, deterministic=False, update_stats=True, with_value=False, epsilon=epsilon)
 
     def store(self, obs: dict[str, GroupObs], out: ActOutput, step: VecStep, state: np.ndarray | None) -> int:
         """Write one vector step's rows into the replays (and note the rewards for the health monitor); return
@@ -284,9 +291,7 @@ class OffPolicyTrainer(TrainingRun):
         before = self.env_steps
         finished = self.collect(epsilon)
         self.window.episodes.extend(finished)
-        first = next(iter(self.replay.values()))
-        world = 1 if self.dist is None else self.dist.world_size  # learning_starts counts every rank's rows
-        ready = len(first) >= min(first.capacity, max(-(-algo.learning_starts // world), algo.batch_size))
+        ready = self.replay_ready()
         self.since_train += self.env_steps - before if ready else 0
         reports = []
         interval = cfg.distributed.check_interval
@@ -309,6 +314,12 @@ class OffPolicyTrainer(TrainingRun):
                 reports.append(Report(row, log=True))
                 self.window = MetricWindow(self.learner.grad_steps)
         return reports
+
+    def replay_ready(self) -> bool:
+        """Training may start: the replays hold ``max(learning_starts, batch_size)`` rows (or are full)."""
+        algo, first = self.cfg.algo, next(iter(self.replay.values()))
+        world = 1 if self.dist is None else self.dist.world_size  # learning_starts counts every rank's rows
+        return len(first) >= min(first.capacity, max(-(-algo.learning_starts // world), algo.batch_size))
 
     def synced_tensors(self) -> list[tuple[str, Any]]:
         """What every rank must hold identically: the trained parameters, then the observation normalizers'

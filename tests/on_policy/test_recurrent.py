@@ -157,7 +157,7 @@ def test_short_recurrent_ppo_run_on_simple_spread(tmp_path, model) -> None:
 @pytest.mark.parametrize("overrides, key", [
     (["algo.num_steps=100", "algo.bptt_len=30"], "algo.bptt_len"),
     (["algo.num_steps=100", "algo.bptt_len=50", "env.num_envs=3", "algo.num_minibatches=4"], "algo.num_minibatches"),
-    (["algo.name=dqn", "norm.reward=false"], "model.recurrent"),
+    (["algo.name=sac", "norm.reward=false"], "model.recurrent"),
     (["model.hidden=[]"], "model.hidden"),
 ])
 def test_bad_recurrent_configs_are_one_line_errors(overrides, key) -> None:
