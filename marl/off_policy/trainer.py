@@ -92,6 +92,8 @@ class OffPolicyTrainer(TrainingRun):
         if not isinstance(cfg.algo, OffPolicyConfig):
             raise ValueError(f"OffPolicyTrainer runs dqn, sac or td3, not {cfg.algo.name!r}")
         self.goal_env: Any = None  # HER's goal env, once built (closed with the training envs)
+        self.vector_steps = 0  # of this process since it started (torchrun: equal at every rank)
+        self.unsynced = [0, 0]  # torchrun: this rank's agent steps and episodes not yet in the counters
         super().__init__(cfg)
 
     def build(self) -> None:
@@ -121,8 +123,6 @@ class OffPolicyTrainer(TrainingRun):
                 norm.rms.sync = self.dist.gather_moments
                 norm.rms.deferred = True
             self.rank_streams()
-        self.vector_steps = 0  # of this process since it started (torchrun: equal at every rank)
-        self.unsynced = [0, 0]  # torchrun: this rank's agent steps and episodes not yet in the counters
 
     def rank_streams(self) -> None:
         """Give a rank other than 0 its own exploration and replay-sampling streams (rank 0 keeps the
