@@ -1,4 +1,4 @@
-"""Ape-X DQN (2 actor processes) vs DQN on CartPole-v1 at equal env steps: eval return and env steps/s.
+"""Ape-X DQN (2 actor processes) vs DQN on CartPole-v1 (or ``--config``) at equal env steps: eval return, env steps/s.
 
 Both start from ``configs/cartpole_dqn.yaml`` (same replay ratio: 128 gradient steps per 256 env steps,
 same networks and learning rate). DQN runs as configured (one env copy, epsilon 1 -> 0.04 over 16%
@@ -9,6 +9,10 @@ steps on 10 greedy episodes; one process at a time, one torch thread for the lea
 per run (final and best eval return, env steps/s, wall seconds) and the means per variant.
 
     .venv/bin/python bench/bench_apex.py [--seeds 0,1] [--steps 30000] [--eval-interval 5000] [--sync 50]
+    .venv/bin/python bench/bench_apex.py --config configs/spread_dqn.yaml --steps 100000 --eval-interval 25000
+
+With ``--config`` both variants keep the config's ``env.num_envs`` (Ape-X splits them over its 2 actors) and
+its evaluation episodes; everything else is the config's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 CONFIG = "configs/cartpole_dqn.yaml"
 
 
-def run(variant: str, seed: int, steps: int, eval_interval: int, sync: int, out: str) -> dict:
+def run(variant: str, seed: int, steps: int, eval_interval: int, sync: int, out: str, config: str = CONFIG) -> dict:
     """Train one variant for one seed (stdout to ``<run>/train.log``); return its summary."""
     from marl.api import train
     from marl.config import load_config
@@ -31,8 +35,9 @@ def run(variant: str, seed: int, steps: int, eval_interval: int, sync: int, out:
     over = [f"seed={seed}", f"total_env_steps={steps}", f"eval.interval={eval_interval}", f"run_dir={run_dir}",
             "log.tensorboard=false", "log.progress=false", "torch_threads=1"]
     if variant == "apex":
-        over += ["algo.num_actors=2", "env.num_envs=2", f"algo.weight_sync_interval={sync}"]
-    cfg = load_config(CONFIG, over)
+        over += ["algo.num_actors=2", f"algo.weight_sync_interval={sync}"] + (["env.num_envs=2"] if config == CONFIG
+                                                                              else [])
+    cfg = load_config(config, over)
     with open(run_dir / "train.log", "w") as log, contextlib.redirect_stdout(log):
         return train(cfg)
 
@@ -44,15 +49,16 @@ def main() -> None:
     parser.add_argument("--eval-interval", type=int, default=5_000)
     parser.add_argument("--sync", type=int, default=50)
     parser.add_argument("--out", default="runs/bench/apex_cartpole")
+    parser.add_argument("--config", default=CONFIG, help="the DQN config both variants start from")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows: dict[str, list[dict]] = {"dqn": [], "apex": []}
-    print(f"CartPole-v1, {args.steps:,} env steps per run, eval every {args.eval_interval:,} (10 episodes, greedy)")
+    print(f"{args.config}, {args.steps:,} env steps per run, eval every {args.eval_interval:,} (greedy)")
     print(f"{'variant':8} {'seed':>4} {'final':>8} {'best':>8} {'env steps/s':>12} {'wall s':>8}")
     for seed in seeds:
         for variant in rows:
             start = time.time()
-            s = run(variant, seed, args.steps, args.eval_interval, args.sync, args.out)
+            s = run(variant, seed, args.steps, args.eval_interval, args.sync, args.out, args.config)
             r = {"final": s["final_eval"]["ep_return"], "best": s["best_eval"]["ep_return"], "sps": s["sps"],
                  "wall": time.time() - start}
             rows[variant].append(r)
