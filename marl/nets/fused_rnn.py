@@ -1,0 +1,198 @@
+"""The recurrent time loop as one fused autograd node with a hand-written BPTT backward.
+
+:func:`fused_scan` computes what :func:`marl.nets.recurrent.scan_rows` computes (the GRU or
+LSTM step of :mod:`marl.nets.recurrent` over ``L`` steps, with its carry rules: the state kept
+where an agent is not alive, zeroed where it resets), but as a single
+:class:`torch.autograd.Function`: the forward runs the same operations without recording a
+graph and saves the gate activations of every step; the backward walks the steps in reverse
+with the derivatives written out, collects the hidden-gate gradients of all steps and forms the
+weight gradient ``dW_hh`` as one batched matmul over all ``L`` steps at the end.
+
+Why: in a recurrent update the loop over ``L`` steps records about 10 autograd nodes per step
+and replays them in the backward; for the project's small cores (64 wide, a few hundred rows)
+the bookkeeping of those nodes, not the arithmetic, is most of the loop's cost. Measured numbers
+are in ``bench/README.md`` (``bench/bench_rnn_scan.py``).
+
+Numerics: the forward performs the same float32 operations in the same order as the plain loop
+(equal outputs); the backward sums some terms in another order (e.g. ``dW_hh`` over all steps in
+one matmul instead of step by step), so gradients agree with autograd's to float32 rounding
+(``tests/nets/test_fused_rnn.py`` checks both against the plain loop). The node is differentiable
+once (no double backward).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+_sigmoid_backward = torch.ops.aten.sigmoid_backward
+_tanh_backward = torch.ops.aten.tanh_backward
+
+
+def _gru_forward(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: Tensor | None,
+                 keep: Tensor | None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """GRU loop: the same operations as :func:`marl.nets.recurrent.gru_update` per step.
+    Returns ``(out [G, L, R, H], state [G, R, H], saved)`` with ``saved`` the per-step tensors of the backward."""
+    width = h.shape[-1]
+    b = b_hh.unsqueeze(1)
+    hs, rzs, ns, ghns, outs = [], [], [], [], []
+    for t, gi_t in enumerate(gi.unbind(1)):
+        gh = torch.baddbmm(b, h, w_hh)
+        gi_rz, gi_n = gi_t.split((2 * width, width), -1)
+        gh_rz, gh_n = gh.split((2 * width, width), -1)
+        rz = torch.sigmoid(gi_rz + gh_rz)
+        r, z = rz.chunk(2, -1)
+        n = torch.tanh(torch.addcmul(gi_n, r, gh_n))
+        new = torch.lerp(n, h, z)
+        hs.append(h)
+        rzs.append(rz)
+        ns.append(n)
+        ghns.append(gh_n)
+        outs.append(new)
+        h = new if keep_alive is None else torch.where(keep_alive[:, t], new, h)
+        if keep is not None:
+            h = h * keep[:, t]
+    return torch.stack(outs, 1), h, [torch.stack(s, 1) for s in (hs, rzs, ns, ghns)]
+
+
+def _lstm_forward(gi: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: Tensor | None,
+                  keep: Tensor | None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """LSTM loop: the same operations as :func:`marl.nets.recurrent.lstm_update` per step."""
+    b = b_hh.unsqueeze(1)
+    states, sigs, tgs, tcs, outs = [], [], [], [], []
+    for t, gi_t in enumerate(gi.unbind(1)):
+        h, c = state.chunk(2, -1)
+        gates = gi_t + torch.baddbmm(b, h, w_hh)
+        g = gates.chunk(4, -1)[2]
+        sig = torch.sigmoid(gates)
+        s_i, s_f, _, s_o = sig.chunk(4, -1)
+        tg = torch.tanh(g)
+        c2 = torch.addcmul(s_f * c, s_i, tg)
+        tc = torch.tanh(c2)
+        h2 = s_o * tc
+        new = torch.cat([h2, c2], -1)
+        states.append(state)
+        sigs.append(sig)
+        tgs.append(tg)
+        tcs.append(tc)
+        outs.append(h2)
+        state = new if keep_alive is None else torch.where(keep_alive[:, t], new, state)
+        if keep is not None:
+            state = state * keep[:, t]
+    return torch.stack(outs, 1), state, [torch.stack(s, 1) for s in (states, sigs, tgs, tcs)]
+
+
+def _carry_backward(dstate: Tensor, t: int, keep_alive: Tensor | None, keep: Tensor | None
+                    ) -> tuple[Tensor, Tensor | None]:
+    """Gradient at the state leaving step ``t`` -> ``(d new state of the cell, d kept old state or None)``."""
+    if keep is not None:
+        dstate = dstate * keep[:, t]
+    if keep_alive is None:
+        return dstate, None
+    d_new = torch.where(keep_alive[:, t], dstate, 0.0)
+    return d_new, dstate - d_new
+
+
+def _gru_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[Tensor],
+                  keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> ``(d gi [G, L, R, 3H], d h0 [G, R, H], d w_hh [G, H, 3H], d b_hh [G, 3H])``."""
+    hs, rzs, ns, ghns = saved
+    g, n_steps, rows, width = hs.shape
+    w_t = w_hh.transpose(1, 2)
+    dgh = hs.new_empty(g, n_steps, rows, 3 * width)  # d (h W_hh + b_hh) per step
+    dgi_n = hs.new_empty(g, n_steps, rows, width)    # d i_n per step (d i_rz = d h_rz)
+    dstate = grad_state
+    for t in range(n_steps - 1, -1, -1):
+        d_new, carried = _carry_backward(dstate, t, keep_alive, keep)
+        d_new = d_new + grad_out[:, t]
+        rz, n, h = rzs[:, t], ns[:, t], hs[:, t]
+        r, z = rz.chunk(2, -1)
+        # new = n + z (h - n)
+        d_h = d_new * z
+        d_an = _tanh_backward(d_new - d_h, n)  # d (i_n + r h_n)
+        d_arz = _sigmoid_backward(torch.cat([d_an * ghns[:, t], d_new * (h - n)], -1), rz)
+        dgh_t = torch.cat([d_arz, d_an * r], -1)
+        dgh[:, t] = dgh_t
+        dgi_n[:, t] = d_an
+        dstate = torch.baddbmm(d_h, dgh_t, w_t)
+        if carried is not None:
+            dstate = dstate + carried
+    dgi = torch.cat([dgh[..., :2 * width], dgi_n], -1)
+    dw = torch.bmm(hs.reshape(g, n_steps * rows, width).transpose(1, 2), dgh.view(g, n_steps * rows, -1))
+    return dgi, dstate, dw, dgh.sum((1, 2))
+
+
+def _lstm_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[Tensor],
+                   keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> ``(d gi [G, L, R, 4H], d state0 [G, R, 2H], d w_hh [G, H, 4H], d b_hh [G, 4H])``."""
+    states, sigs, tgs, tcs = saved
+    g, n_steps, rows, s = states.shape
+    width = s // 2
+    w_t = w_hh.transpose(1, 2)
+    dgates = states.new_empty(g, n_steps, rows, 4 * width)
+    dstate = grad_state
+    for t in range(n_steps - 1, -1, -1):
+        d_new, carried = _carry_backward(dstate, t, keep_alive, keep)
+        d_h2, d_c2 = d_new.chunk(2, -1)
+        d_h2 = d_h2 + grad_out[:, t]
+        sig, tg, tc = sigs[:, t], tgs[:, t], tcs[:, t]
+        s_i, s_f, _, s_o = sig.chunk(4, -1)
+        c = states[:, t, :, width:]
+        # h2 = s_o tanh(c2), c2 = s_f c + s_i tanh(g)
+        d_c2 = d_c2 + _tanh_backward(d_h2 * s_o, tc)
+        d_if = _sigmoid_backward(torch.cat([d_c2 * tg, d_c2 * c], -1), sig[..., :2 * width])
+        d_g = _tanh_backward(d_c2 * s_i, tg)
+        d_o = _sigmoid_backward(d_h2 * tc, s_o)
+        dg_t = torch.cat([d_if, d_g, d_o], -1)
+        dgates[:, t] = dg_t
+        dstate = torch.cat([torch.bmm(dg_t, w_t), d_c2 * s_f], -1)
+        if carried is not None:
+            dstate = dstate + carried
+    h_in = states[..., :width].reshape(g, n_steps * rows, width)
+    dw = torch.bmm(h_in.transpose(1, 2), dgates.view(g, n_steps * rows, -1))
+    return dgates, dstate, dw, dgates.sum((1, 2))
+
+
+class _FusedScan(torch.autograd.Function):
+    """The fused node: the forward of the whole loop and its hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, cell: str, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor,  # type: ignore[override]
+                keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+        run = _gru_forward if cell == "gru" else _lstm_forward
+        out, state, saved = run(gi, h, w_hh, b_hh, keep_alive, keep)
+        ctx.cell = cell
+        ctx.has_alive, ctx.has_keep = keep_alive is not None, keep is not None
+        masks = [m for m in (keep_alive, keep) if m is not None]
+        ctx.save_for_backward(w_hh, *masks, *saved)
+        return out, state
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor, grad_state: Tensor):  # type: ignore[override]
+        w_hh, *rest = ctx.saved_tensors
+        keep_alive = rest.pop(0) if ctx.has_alive else None
+        keep = rest.pop(0) if ctx.has_keep else None
+        run = _gru_backward if ctx.cell == "gru" else _lstm_backward
+        dgi, dh, dw, db = run(grad_out.contiguous(), grad_state.contiguous(), w_hh, rest, keep_alive, keep)
+        return None, dgi, dh, dw, db, None, None
+
+
+def fused_scan(cell: str, hidden_size: int, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor,
+               keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The time loop of :func:`marl.nets.recurrent.scan_rows` as one autograd node (same arguments, same result).
+
+    Args:
+        cell: ``gru | lstm``; hidden_size: ``H``.
+        gi: ``[G, L, R, g*H]`` input gates ``x W_ih + b_ih`` of every step.
+        h: ``[G, R, S]`` state before step 0; w_hh: ``[G, H, g*H]``; b_hh: ``[G, g*H]``.
+        keep_alive: ``[G, L, R, 1]`` bool or ``None``; keep: ``[G, L, R, 1]`` float (0 where the state resets) or
+            ``None``.
+
+    Returns:
+        ``(out [G, L, R, H], state [G, R, S])``.
+    """
+    if h.shape[-1] != (2 if cell == "lstm" else 1) * hidden_size:
+        raise ValueError(f"fused_scan: state width {h.shape[-1]} does not fit a {cell} of {hidden_size}")
+    return _FusedScan.apply(cell, gi, h, w_hh, b_hh, keep_alive, keep)
