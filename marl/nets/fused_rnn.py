@@ -31,9 +31,10 @@ _tanh_backward = torch.ops.aten.tanh_backward
 
 
 def _gru_forward(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: Tensor | None,
-                 keep: Tensor | None) -> tuple[Tensor, Tensor, list[Tensor]]:
+                 keep: Tensor | None) -> tuple[Tensor, Tensor, list[list[Tensor]]]:
     """GRU loop: the same operations as :func:`marl.nets.recurrent.gru_update` per step.
-    Returns ``(out [G, L, R, H], state [G, R, H], saved)`` with ``saved`` the per-step tensors of the backward."""
+    Returns ``(out [G, L, R, H], state [G, R, H], saved)``, ``saved`` the per-step tensors the backward reads
+    (lists over steps: input state, ``[r, z]``, ``n``, ``h_n``)."""
     width = h.shape[-1]
     b = b_hh.unsqueeze(1)
     hs, rzs, ns, ghns, outs = [], [], [], [], []
@@ -53,12 +54,13 @@ def _gru_forward(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: 
         h = new if keep_alive is None else torch.where(keep_alive[:, t], new, h)
         if keep is not None:
             h = h * keep[:, t]
-    return torch.stack(outs, 1), h, [torch.stack(s, 1) for s in (hs, rzs, ns, ghns)]
+    return torch.stack(outs, 1), h, [hs, rzs, ns, ghns]
 
 
 def _lstm_forward(gi: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: Tensor | None,
-                  keep: Tensor | None) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """LSTM loop: the same operations as :func:`marl.nets.recurrent.lstm_update` per step."""
+                  keep: Tensor | None) -> tuple[Tensor, Tensor, list[list[Tensor]]]:
+    """LSTM loop: the same operations as :func:`marl.nets.recurrent.lstm_update` per step; ``saved`` holds per
+    step the input state, the sigmoid of all gates, ``tanh(g)`` and ``tanh(c')``."""
     b = b_hh.unsqueeze(1)
     states, sigs, tgs, tcs, outs = [], [], [], [], []
     for t, gi_t in enumerate(gi.unbind(1)):
@@ -80,78 +82,87 @@ def _lstm_forward(gi: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor, keep_al
         state = new if keep_alive is None else torch.where(keep_alive[:, t], new, state)
         if keep is not None:
             state = state * keep[:, t]
-    return torch.stack(outs, 1), state, [torch.stack(s, 1) for s in (states, sigs, tgs, tcs)]
+    return torch.stack(outs, 1), state, [states, sigs, tgs, tcs]
 
 
-def _carry_backward(dstate: Tensor, t: int, keep_alive: Tensor | None, keep: Tensor | None
-                    ) -> tuple[Tensor, Tensor | None]:
-    """Gradient at the state leaving step ``t`` -> ``(d new state of the cell, d kept old state or None)``."""
+def _carry_backward(dstate: Tensor, keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Gradient at the state leaving a step, with that step's masks ``[G, R, 1]``
+    -> ``(d new state of the cell, d kept old state or None)``."""
     if keep is not None:
-        dstate = dstate * keep[:, t]
+        dstate = dstate * keep
     if keep_alive is None:
         return dstate, None
-    d_new = torch.where(keep_alive[:, t], dstate, 0.0)
+    d_new = torch.where(keep_alive, dstate, 0.0)
     return d_new, dstate - d_new
 
 
-def _gru_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[Tensor],
+def _steps(mask: Tensor | None, n_steps: int) -> list[Tensor | None]:
+    """A ``[G, L, R, 1]`` mask as one view per step (``None`` for every step where there is no mask)."""
+    return [None] * n_steps if mask is None else list(mask.unbind(1))
+
+
+def _gru_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[list[Tensor]],
                   keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> ``(d gi [G, L, R, 3H], d h0 [G, R, H], d w_hh [G, H, 3H], d b_hh [G, 3H])``."""
     hs, rzs, ns, ghns = saved
-    g, n_steps, rows, width = hs.shape
+    n_steps = len(hs)
+    g, rows, width = hs[0].shape
     w_t = w_hh.transpose(1, 2)
-    dgh = hs.new_empty(g, n_steps, rows, 3 * width)  # d (h W_hh + b_hh) per step
-    dgi_n = hs.new_empty(g, n_steps, rows, width)    # d i_n per step (d i_rz = d h_rz)
+    dghs: list[Tensor] = [None] * n_steps  # type: ignore[list-item]  # d (h W_hh + b_hh) per step
+    dgis: list[Tensor] = [None] * n_steps  # type: ignore[list-item]  # d (x W_ih + b_ih) per step
     dstate = grad_state
-    for t in range(n_steps - 1, -1, -1):
-        d_new, carried = _carry_backward(dstate, t, keep_alive, keep)
-        d_new = d_new + grad_out[:, t]
-        rz, n, h = rzs[:, t], ns[:, t], hs[:, t]
+    for t, d_out, alive_t, keep_t in zip(range(n_steps - 1, -1, -1), reversed(grad_out.unbind(1)),
+                                         reversed(_steps(keep_alive, n_steps)), reversed(_steps(keep, n_steps))):
+        d_new, carried = _carry_backward(dstate, alive_t, keep_t)
+        d_new = d_new + d_out
+        rz, n, h = rzs[t], ns[t], hs[t]
         r, z = rz.chunk(2, -1)
         # new = n + z (h - n)
         d_h = d_new * z
         d_an = _tanh_backward(d_new - d_h, n)  # d (i_n + r h_n)
-        d_arz = _sigmoid_backward(torch.cat([d_an * ghns[:, t], d_new * (h - n)], -1), rz)
+        d_arz = _sigmoid_backward(torch.cat([d_an * ghns[t], d_new * (h - n)], -1), rz)
         dgh_t = torch.cat([d_arz, d_an * r], -1)
-        dgh[:, t] = dgh_t
-        dgi_n[:, t] = d_an
+        dghs[t] = dgh_t
+        dgis[t] = torch.cat([d_arz, d_an], -1)
         dstate = torch.baddbmm(d_h, dgh_t, w_t)
         if carried is not None:
             dstate = dstate + carried
-    dgi = torch.cat([dgh[..., :2 * width], dgi_n], -1)
-    dw = torch.bmm(hs.reshape(g, n_steps * rows, width).transpose(1, 2), dgh.view(g, n_steps * rows, -1))
-    return dgi, dstate, dw, dgh.sum((1, 2))
+    dgh = torch.cat(dghs, 1)  # [G, L*R, 3H]
+    dw = torch.bmm(torch.cat(hs, 1).transpose(1, 2), dgh)
+    return torch.stack(dgis, 1), dstate, dw, dgh.sum(1)
 
 
-def _lstm_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[Tensor],
+def _lstm_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[list[Tensor]],
                    keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> ``(d gi [G, L, R, 4H], d state0 [G, R, 2H], d w_hh [G, H, 4H], d b_hh [G, 4H])``."""
     states, sigs, tgs, tcs = saved
-    g, n_steps, rows, s = states.shape
-    width = s // 2
+    n_steps = len(states)
+    width = states[0].shape[-1] // 2
     w_t = w_hh.transpose(1, 2)
-    dgates = states.new_empty(g, n_steps, rows, 4 * width)
+    dgates: list[Tensor] = [None] * n_steps  # type: ignore[list-item]
     dstate = grad_state
-    for t in range(n_steps - 1, -1, -1):
-        d_new, carried = _carry_backward(dstate, t, keep_alive, keep)
+    for t, d_out, alive_t, keep_t in zip(range(n_steps - 1, -1, -1), reversed(grad_out.unbind(1)),
+                                         reversed(_steps(keep_alive, n_steps)), reversed(_steps(keep, n_steps))):
+        d_new, carried = _carry_backward(dstate, alive_t, keep_t)
         d_h2, d_c2 = d_new.chunk(2, -1)
-        d_h2 = d_h2 + grad_out[:, t]
-        sig, tg, tc = sigs[:, t], tgs[:, t], tcs[:, t]
+        d_h2 = d_h2 + d_out
+        sig, tg, tc = sigs[t], tgs[t], tcs[t]
         s_i, s_f, _, s_o = sig.chunk(4, -1)
-        c = states[:, t, :, width:]
+        c = states[t][..., width:]
         # h2 = s_o tanh(c2), c2 = s_f c + s_i tanh(g)
         d_c2 = d_c2 + _tanh_backward(d_h2 * s_o, tc)
         d_if = _sigmoid_backward(torch.cat([d_c2 * tg, d_c2 * c], -1), sig[..., :2 * width])
         d_g = _tanh_backward(d_c2 * s_i, tg)
         d_o = _sigmoid_backward(d_h2 * tc, s_o)
         dg_t = torch.cat([d_if, d_g, d_o], -1)
-        dgates[:, t] = dg_t
+        dgates[t] = dg_t
         dstate = torch.cat([torch.bmm(dg_t, w_t), d_c2 * s_f], -1)
         if carried is not None:
             dstate = dstate + carried
-    h_in = states[..., :width].reshape(g, n_steps * rows, width)
-    dw = torch.bmm(h_in.transpose(1, 2), dgates.view(g, n_steps * rows, -1))
-    return dgates, dstate, dw, dgates.sum((1, 2))
+    dg = torch.cat(dgates, 1)  # [G, L*R, 4H]
+    h_in = torch.cat([s[..., :width] for s in states], 1)
+    dw = torch.bmm(h_in.transpose(1, 2), dg)
+    return torch.stack(dgates, 1), dstate, dw, dg.sum(1)
 
 
 class _FusedScan(torch.autograd.Function):
@@ -164,18 +175,19 @@ class _FusedScan(torch.autograd.Function):
         out, state, saved = run(gi, h, w_hh, b_hh, keep_alive, keep)
         ctx.cell = cell
         ctx.has_alive, ctx.has_keep = keep_alive is not None, keep is not None
-        masks = [m for m in (keep_alive, keep) if m is not None]
-        ctx.save_for_backward(w_hh, *masks, *saved)
+        ctx.save_for_backward(w_hh, *(m for m in (keep_alive, keep) if m is not None))
+        ctx.steps = saved  # intermediates (neither inputs nor outputs of the node): held on ctx
         return out, state
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor, grad_state: Tensor):  # type: ignore[override]
-        w_hh, *rest = ctx.saved_tensors
-        keep_alive = rest.pop(0) if ctx.has_alive else None
-        keep = rest.pop(0) if ctx.has_keep else None
+        w_hh, *masks = ctx.saved_tensors
+        keep_alive = masks.pop(0) if ctx.has_alive else None
+        keep = masks.pop(0) if ctx.has_keep else None
         run = _gru_backward if ctx.cell == "gru" else _lstm_backward
-        dgi, dh, dw, db = run(grad_out.contiguous(), grad_state.contiguous(), w_hh, rest, keep_alive, keep)
+        dgi, dh, dw, db = run(grad_out, grad_state, w_hh, ctx.steps, keep_alive, keep)
+        del ctx.steps
         return None, dgi, dh, dw, db, None, None
 
 
