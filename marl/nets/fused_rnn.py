@@ -30,8 +30,18 @@ _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
 
 
-def _gru_forward(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: Tensor | None,
-                 keep: Tensor | None) -> tuple[Tensor, Tensor, list[list[Tensor]]]:
+def step_masks(mask: Tensor | None, n_steps: int, neutral: bool | float) -> list[Tensor | None]:
+    """A ``[G, L, R, 1]`` carry mask as one ``[G, R, 1]`` view per step, ``None`` at the steps where every entry
+    equals ``neutral`` (``True`` for the alive mask, ``1.0`` for the reset keep factor): the loop skips the
+    ``where`` / multiply there (exact: they would change no value). One host sync per call."""
+    if mask is None:
+        return [None] * n_steps
+    active = (mask != neutral).transpose(0, 1).reshape(n_steps, -1).any(1).tolist()
+    return [m if a else None for m, a in zip(mask.unbind(1), active)]
+
+
+def _gru_forward(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: list[Tensor | None],
+                 keep: list[Tensor | None]) -> tuple[Tensor, Tensor, list[list[Tensor]]]:
     """GRU loop: the same operations as :func:`marl.nets.recurrent.gru_update` per step.
     Returns ``(out [G, L, R, H], state [G, R, H], saved)``, ``saved`` the per-step tensors the backward reads
     (lists over steps: input state, ``[r, z]``, ``n``, ``h_n``)."""
@@ -51,14 +61,14 @@ def _gru_forward(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: 
         ns.append(n)
         ghns.append(gh_n)
         outs.append(new)
-        h = new if keep_alive is None else torch.where(keep_alive[:, t], new, h)
-        if keep is not None:
-            h = h * keep[:, t]
+        h = new if keep_alive[t] is None else torch.where(keep_alive[t], new, h)
+        if keep[t] is not None:
+            h = h * keep[t]
     return torch.stack(outs, 1), h, [hs, rzs, ns, ghns]
 
 
-def _lstm_forward(gi: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: Tensor | None,
-                  keep: Tensor | None) -> tuple[Tensor, Tensor, list[list[Tensor]]]:
+def _lstm_forward(gi: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: list[Tensor | None],
+                  keep: list[Tensor | None]) -> tuple[Tensor, Tensor, list[list[Tensor]]]:
     """LSTM loop: the same operations as :func:`marl.nets.recurrent.lstm_update` per step; ``saved`` holds per
     step the input state, the sigmoid of all gates, ``tanh(g)`` and ``tanh(c')``."""
     b = b_hh.unsqueeze(1)
@@ -79,9 +89,9 @@ def _lstm_forward(gi: Tensor, state: Tensor, w_hh: Tensor, b_hh: Tensor, keep_al
         tgs.append(tg)
         tcs.append(tc)
         outs.append(h2)
-        state = new if keep_alive is None else torch.where(keep_alive[:, t], new, state)
-        if keep is not None:
-            state = state * keep[:, t]
+        state = new if keep_alive[t] is None else torch.where(keep_alive[t], new, state)
+        if keep[t] is not None:
+            state = state * keep[t]
     return torch.stack(outs, 1), state, [states, sigs, tgs, tcs]
 
 
@@ -96,13 +106,9 @@ def _carry_backward(dstate: Tensor, keep_alive: Tensor | None, keep: Tensor | No
     return d_new, dstate - d_new
 
 
-def _steps(mask: Tensor | None, n_steps: int) -> list[Tensor | None]:
-    """A ``[G, L, R, 1]`` mask as one view per step (``None`` for every step where there is no mask)."""
-    return [None] * n_steps if mask is None else list(mask.unbind(1))
-
 
 def _gru_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[list[Tensor]],
-                  keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  keep_alive: list[Tensor | None], keep: list[Tensor | None]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> ``(d gi [G, L, R, 3H], d h0 [G, R, H], d w_hh [G, H, 3H], d b_hh [G, 3H])``."""
     hs, rzs, ns, ghns = saved
     n_steps = len(hs)
@@ -112,7 +118,7 @@ def _gru_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: lis
     dgis: list[Tensor] = [None] * n_steps  # type: ignore[list-item]  # d (x W_ih + b_ih) per step
     dstate = grad_state
     for t, d_out, alive_t, keep_t in zip(range(n_steps - 1, -1, -1), reversed(grad_out.unbind(1)),
-                                         reversed(_steps(keep_alive, n_steps)), reversed(_steps(keep, n_steps))):
+                                         reversed(keep_alive), reversed(keep)):
         d_new, carried = _carry_backward(dstate, alive_t, keep_t)
         d_new = d_new + d_out
         rz, n, h = rzs[t], ns[t], hs[t]
@@ -133,7 +139,7 @@ def _gru_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: lis
 
 
 def _lstm_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[list[Tensor]],
-                   keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                   keep_alive: list[Tensor | None], keep: list[Tensor | None]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> ``(d gi [G, L, R, 4H], d state0 [G, R, 2H], d w_hh [G, H, 4H], d b_hh [G, 4H])``."""
     states, sigs, tgs, tcs = saved
     n_steps = len(states)
@@ -142,7 +148,7 @@ def _lstm_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: li
     dgates: list[Tensor] = [None] * n_steps  # type: ignore[list-item]
     dstate = grad_state
     for t, d_out, alive_t, keep_t in zip(range(n_steps - 1, -1, -1), reversed(grad_out.unbind(1)),
-                                         reversed(_steps(keep_alive, n_steps)), reversed(_steps(keep, n_steps))):
+                                         reversed(keep_alive), reversed(keep)):
         d_new, carried = _carry_backward(dstate, alive_t, keep_t)
         d_h2, d_c2 = d_new.chunk(2, -1)
         d_h2 = d_h2 + d_out
@@ -172,22 +178,22 @@ class _FusedScan(torch.autograd.Function):
     def forward(ctx, cell: str, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor,  # type: ignore[override]
                 keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor]:
         run = _gru_forward if cell == "gru" else _lstm_forward
-        out, state, saved = run(gi, h, w_hh, b_hh, keep_alive, keep)
+        n_steps = gi.shape[1]
+        masks = step_masks(keep_alive, n_steps, True), step_masks(keep, n_steps, 1.0)
+        out, state, saved = run(gi, h, w_hh, b_hh, *masks)
         ctx.cell = cell
-        ctx.has_alive, ctx.has_keep = keep_alive is not None, keep is not None
-        ctx.save_for_backward(w_hh, *(m for m in (keep_alive, keep) if m is not None))
-        ctx.steps = saved  # intermediates (neither inputs nor outputs of the node): held on ctx
+        ctx.save_for_backward(w_hh)
+        # per-step intermediates and mask views (none of them needs a gradient): held on ctx
+        ctx.steps, ctx.masks = saved, masks
         return out, state
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor, grad_state: Tensor):  # type: ignore[override]
-        w_hh, *masks = ctx.saved_tensors
-        keep_alive = masks.pop(0) if ctx.has_alive else None
-        keep = masks.pop(0) if ctx.has_keep else None
+        w_hh, = ctx.saved_tensors
         run = _gru_backward if ctx.cell == "gru" else _lstm_backward
-        dgi, dh, dw, db = run(grad_out, grad_state, w_hh, ctx.steps, keep_alive, keep)
-        del ctx.steps
+        dgi, dh, dw, db = run(grad_out, grad_state, w_hh, ctx.steps, *ctx.masks)
+        del ctx.steps, ctx.masks
         return None, dgi, dh, dw, db, None, None
 
 
