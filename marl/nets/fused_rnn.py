@@ -193,7 +193,6 @@ class _FusedScan(torch.autograd.Function):
         w_hh, = ctx.saved_tensors
         run = _gru_backward if ctx.cell == "gru" else _lstm_backward
         dgi, dh, dw, db = run(grad_out, grad_state, w_hh, ctx.steps, *ctx.masks)
-        del ctx.steps, ctx.masks
         return None, dgi, dh, dw, db, None, None
 
 
