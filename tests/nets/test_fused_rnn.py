@@ -69,7 +69,8 @@ def test_fused_scan_gradients_match_finite_differences(cell: str) -> None:
     keep_alive = torch.rand(g, n_steps, rows, 1) > 0.3
     keep = (torch.rand(g, n_steps, rows, 1) > 0.25).double()
     for masks in ((keep_alive, keep), (None, None)):
-        assert torch.autograd.gradcheck(lambda *t: fused_scan(cell, width, *t, *masks), (gi, h, w_hh, b_hh), fast_mode=True)
+        assert torch.autograd.gradcheck(lambda *t: fused_scan(cell, width, *t, *masks), (gi, h, w_hh, b_hh),
+                                        fast_mode=True)
 
 
 def test_masks_that_change_nothing_are_dropped() -> None:
