@@ -115,7 +115,7 @@ def _gru_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: lis
     g, rows, width = hs[0].shape
     w_t = w_hh.transpose(1, 2)
     dghs: list[Tensor] = [None] * n_steps  # type: ignore[list-item]  # d (h W_hh + b_hh) per step
-    dgis: list[Tensor] = [None] * n_steps  # type: ignore[list-item]  # d (x W_ih + b_ih) per step
+    dans: list[Tensor] = [None] * n_steps  # type: ignore[list-item]  # d (i_n + r h_n) per step
     dstate = grad_state
     for t, d_out, alive_t, keep_t in zip(range(n_steps - 1, -1, -1), reversed(grad_out.unbind(1)),
                                          reversed(keep_alive), reversed(keep)):
@@ -129,13 +129,15 @@ def _gru_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: lis
         d_arz = _sigmoid_backward(torch.cat([d_an * ghns[t], d_new * (h - n)], -1), rz)
         dgh_t = torch.cat([d_arz, d_an * r], -1)
         dghs[t] = dgh_t
-        dgis[t] = torch.cat([d_arz, d_an], -1)
+        dans[t] = d_an
         dstate = torch.baddbmm(d_h, dgh_t, w_t)
         if carried is not None:
             dstate = dstate + carried
-    dgh = torch.cat(dghs, 1)  # [G, L*R, 3H]
+    dgh = torch.stack(dghs, 1)  # [G, L, R, 3H]
+    dgi = torch.cat([dgh[..., :2 * width], torch.stack(dans, 1)], -1)  # d i_rz = d h_rz; d i_n from its list
+    dgh = dgh.view(g, n_steps * rows, 3 * width)
     dw = torch.bmm(torch.cat(hs, 1).transpose(1, 2), dgh)
-    return torch.stack(dgis, 1), dstate, dw, dgh.sum(1)
+    return dgi, dstate, dw, dgh.sum(1)
 
 
 def _lstm_backward(grad_out: Tensor, grad_state: Tensor, w_hh: Tensor, saved: list[list[Tensor]],
