@@ -2,9 +2,7 @@
 
 Times :func:`marl.nets.recurrent.scan_together` (input gates of all steps in one matmul, then the
 loop) with the loop as plain autograd operations (``plain``, :func:`marl.nets.recurrent.scan_rows`)
-and as one fused node (``fused``, :func:`marl.nets.fused_rnn.fused_scan`), the plain loop applying
-the carry masks at every step instead of only at the steps where they change something
-(``plain, masks every step``: :func:`marl.nets.fused_rnn.step_masks` switched off), plus, as a reference
+and as one fused node (``fused``, :func:`marl.nets.fused_rnn.fused_scan`), plus, as a reference
 without the carry masks, torch's own RNN kernel (``torch``: ``torch._VF.gru`` / ``lstm`` with the
 weights passed in, one call per parameter set and core). Variants are interleaved in every repeat,
 one torch thread; the median CPU time per call is printed with the ratio to ``plain``.
@@ -32,7 +30,6 @@ import time
 
 import torch
 
-from marl.nets import recurrent
 from marl.nets.recurrent import StackedRNN, scan_together
 
 CASES = {
@@ -66,11 +63,6 @@ def _torch_rnn(rnns: list[StackedRNN], xs: list[torch.Tensor], states: list[torc
     return outs
 
 
-def _every_step(mask: torch.Tensor | None, n_steps: int, neutral: bool | float) -> list[torch.Tensor | None]:
-    """``step_masks`` without its skip: the mask of every step."""
-    return [None] * n_steps if mask is None else list(mask.unbind(1))
-
-
 def run_case(name: str, cell: str, repeats: int) -> dict[str, float]:
     cores, in_dim, hidden, agents, chunks, steps, every = CASES[name]
     torch.manual_seed(0)
@@ -90,18 +82,10 @@ def run_case(name: str, cell: str, repeats: int) -> dict[str, float]:
         outs = scan_together(rnns, xs, states, alive, reset, fused=True)
         sum(o.sum() for o, _ in outs).backward()
 
-    def every_step() -> None:
-        skip = recurrent.step_masks
-        recurrent.step_masks = _every_step
-        try:
-            plain()
-        finally:
-            recurrent.step_masks = skip
-
     def native() -> None:
         sum(o.sum() for o in _torch_rnn(rnns, xs, states)).backward()
 
-    variants = {"plain": plain, "plain, masks every step": every_step, "fused": fused, "torch (no masks)": native}
+    variants = {"plain": plain, "fused": fused, "torch (no masks)": native}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
         fn()

@@ -30,14 +30,9 @@ _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
 
 
-def step_masks(mask: Tensor | None, n_steps: int, neutral: bool | float) -> list[Tensor | None]:
-    """A ``[G, L, R, 1]`` carry mask as one ``[G, R, 1]`` view per step, ``None`` at the steps where every entry
-    equals ``neutral`` (``True`` for the alive mask, ``1.0`` for the reset keep factor): the loop skips the
-    ``where`` / multiply there (exact: they would change no value). One host sync per call."""
-    if mask is None:
-        return [None] * n_steps
-    active = (mask != neutral).transpose(0, 1).reshape(n_steps, -1).any(1).tolist()
-    return [m if a else None for m, a in zip(mask.unbind(1), active)]
+def _step_views(mask: Tensor | None, n_steps: int) -> list[Tensor | None]:
+    """A ``[G, L, R, 1]`` carry mask as one ``[G, R, 1]`` view per step (``None`` at every step without a mask)."""
+    return [None] * n_steps if mask is None else list(mask.unbind(1))
 
 
 def _gru_forward(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor, keep_alive: list[Tensor | None],
@@ -181,7 +176,7 @@ class _FusedScan(torch.autograd.Function):
                 keep_alive: Tensor | None, keep: Tensor | None) -> tuple[Tensor, Tensor]:
         run = _gru_forward if cell == "gru" else _lstm_forward
         n_steps = gi.shape[1]
-        masks = step_masks(keep_alive, n_steps, True), step_masks(keep, n_steps, 1.0)
+        masks = _step_views(keep_alive, n_steps), _step_views(keep, n_steps)
         out, state, saved = run(gi, h, w_hh, b_hh, *masks)
         ctx.cell = cell
         ctx.save_for_backward(w_hh)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from marl.nets.ensemble import AgentNet
-from marl.nets.fused_rnn import fused_scan, step_masks
+from marl.nets.fused_rnn import fused_scan
 from marl.nets.layers import HIDDEN_GAIN, activate, check_activation
 
 CELLS = ("gru", "lstm")
@@ -195,7 +195,6 @@ def scan_rows(
     update = gru_update if cell == "gru" else lstm_update
     lstm = cell == "lstm"
     b_hh = b_hh.unsqueeze(1)
-    keep_alive_t, keep_t = step_masks(keep_alive, gi.shape[1], True), step_masks(keep, gi.shape[1], 1.0)
     outs = []
     # unbind, not gi[:, t]: indexing one step per iteration would zero-fill a gradient of all L steps in each
     # step's backward (quadratic in L; it was more than half of the loop's time at L = 25)
@@ -203,20 +202,10 @@ def scan_rows(
         gh = torch.baddbmm(b_hh, h[..., :hidden_size] if lstm else h, w_hh)
         new = update(gi_t, gh, h)
         outs.append(new[..., :hidden_size] if lstm else new)
-        h = new if keep_alive_t[t] is None else torch.where(keep_alive_t[t], new, h)
-        if keep_t[t] is not None:
-            h = h * keep_t[t]
+        h = new if keep_alive is None else torch.where(keep_alive[:, t], new, h)
+        if keep is not None:
+            h = h * keep[:, t]
     return torch.stack(outs, 1), h
-
-
-def needed_masks(alive: Tensor | None, reset: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-    """``(alive, reset)`` with a mask that changes nothing replaced by ``None`` (all alive; no reset), so the loop
-    skips its per-step ``where`` / multiply. Exact: keeping ``new`` everywhere and multiplying by 1 change no value."""
-    if alive is not None and bool(alive.all()):
-        alive = None
-    if reset is not None and not bool(reset.any()):
-        reset = None
-    return alive, reset
 
 
 def scan_together(
@@ -254,7 +243,6 @@ def scan_together(
             raise ValueError(f"StackedRNN expects input [L, N, A={first.n_agents}, {first.in_dim}], "
                              f"got {tuple(x.shape)}")
     k = len(rnns)
-    alive, reset = needed_masks(alive, reset)
 
     def cat(tensors: list[Tensor]) -> Tensor:
         return tensors[0] if k == 1 else torch.cat(tensors, 0)

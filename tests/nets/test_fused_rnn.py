@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marl.nets.fused_rnn import fused_scan, step_masks
-from marl.nets.recurrent import StackedRNN, needed_masks, scan_together
+from marl.nets.fused_rnn import fused_scan
+from marl.nets.recurrent import StackedRNN, scan_together
 
 SETS = {"shared": (0, 0, 0), "independent": (0, 1, 2), "selective": (1, 0, 1)}
 
 
 def _masks(n_steps: int, n: int, a: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deaths and resets inside the sequence, at some steps only (the others take the per-step skip)."""
+    """Deaths and resets inside the sequence (a death carried over two steps; resets of one copy and of all)."""
     alive = torch.ones(n_steps, n, a, dtype=torch.bool)
     alive[2:4, 0, 1] = False
     alive[5, 1, 0] = False
@@ -71,25 +71,6 @@ def test_fused_scan_gradients_match_finite_differences(cell: str) -> None:
     for masks in ((keep_alive, keep), (None, None)):
         assert torch.autograd.gradcheck(lambda *t: fused_scan(cell, width, *t, *masks), (gi, h, w_hh, b_hh),
                                         fast_mode=True)
-
-
-def test_masks_that_change_nothing_are_dropped() -> None:
-    alive, reset = _masks(8, 3, 3)
-    assert needed_masks(torch.ones_like(alive), torch.zeros_like(reset)) == (None, None)
-    assert needed_masks(alive, reset) == (alive, reset)
-    keep = (~reset).float().movedim(0, 1).unsqueeze(-1)  # [N=G, L, A=R, 1]
-    per_step = step_masks(keep, 8, 1.0)
-    assert [m is not None for m in per_step] == [t in (1, 4, 6) for t in range(8)]
-    assert [m is not None for m in step_masks(alive.movedim(0, 1).unsqueeze(-1), 8, True)] == \
-        [t in (2, 3, 5) for t in range(8)]
-    assert step_masks(None, 3, True) == [None] * 3
-    # all-neutral masks give exactly the values of no masks
-    core = StackedRNN("gru", 5, 7, (0, 1, 2))
-    x, state = torch.randn(8, 3, 3, 5), torch.randn(3, 3, 7)
-    with_neutral = core(x, state, torch.ones_like(alive), torch.zeros_like(reset))
-    without = core(x, state)
-    for a, b in zip(with_neutral, without):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def _graph_nodes(t: torch.Tensor) -> set[str]:
