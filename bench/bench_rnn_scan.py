@@ -16,9 +16,16 @@ Cases (minibatch shapes of one update):
   a reset every 5 steps (episode ends).
 * ``memory_dqn``: ``configs/memory_gru_dqn.yaml``: one Q core, 32 sequences of 6 positions x 2 agents.
 
+``--training``: whole short trainings of the shipped configs (collection + updates, one torch
+thread), the GRU with the fused loop, the GRU with the plain loop (``fused_scan`` swapped for
+``scan_rows`` in :mod:`marl.nets.recurrent`) and the feed-forward model, interleaved ``--rounds``
+times in one process; prints env steps/s (wall) and CPU seconds per run and the GRU/feed-forward
+ratios (CPU seconds are the steadier figure on a loaded machine).
+
 Run from the repository root::
 
     .venv/bin/python -m bench.bench_rnn_scan --repeats 200
+    .venv/bin/python -m bench.bench_rnn_scan --training --rounds 2
 """
 
 from __future__ import annotations
@@ -26,10 +33,14 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+import marl
+from marl.nets import recurrent
 from marl.nets.recurrent import StackedRNN, scan_together
 
 CASES = {
@@ -97,17 +108,64 @@ def run_case(name: str, cell: str, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+TRAININGS = {
+    # name: (config, overrides of the recurrent arm); budget and quiet settings are added
+    "spread_ppo": ("configs/simple_spread_ppo.yaml", ["env.backend=sync", "env.num_envs=8", "algo.bptt_len=25"]),
+    "memory_ppo": ("configs/memory_gru_ppo.yaml", []),
+    "memory_dqn": ("configs/memory_gru_dqn.yaml", []),
+}
+QUIET = ["log.tensorboard=false", "log.progress=false", "checkpoint.interval=0", "torch_threads=1",
+         "eval.interval=0", "eval.episodes=1", "eval.num_envs=1"]
+
+
+def training(name: str, steps: int, rounds: int, root: Path) -> None:
+    """Interleaved whole trainings: GRU fused, GRU plain, feed-forward; medians of env steps/s and CPU s."""
+    config, extra = TRAININGS[name]
+    arms = {"gru fused": ("gru", True), "gru plain": ("gru", False), "feed-forward": ("none", True)}
+    sps: dict[str, list[float]] = {k: [] for k in arms}
+    cpu: dict[str, list[float]] = {k: [] for k in arms}
+    fused = recurrent.fused_scan
+    for r in range(rounds):
+        for arm, (model, use_fused) in arms.items():
+            recurrent.fused_scan = fused if use_fused else recurrent.scan_rows
+            try:
+                start = _cpu()
+                run_dir = root / f"{name}-{arm}-{r}"
+                run = marl.train(config, overrides=[*QUIET, *extra, f"model.recurrent={model}",
+                                                    f"total_env_steps={steps}", f"run_dir={run_dir}"])
+                cpu[arm].append(_cpu() - start)
+            finally:
+                recurrent.fused_scan = fused
+            sps[arm].append(float(run.summary["sps"]))
+    med = {k: (statistics.median(sps[k]), statistics.median(cpu[k])) for k in arms}
+    ff_sps, ff_cpu = med["feed-forward"]
+    cells = "; ".join(f"{k} {v[0]:.0f} env steps/s, {v[1]:.1f} CPU s" for k, v in med.items())
+    ratios = ", ".join(f"{k} {med[k][0] / ff_sps:.2f} (CPU {ff_cpu / med[k][1]:.2f})"
+                       for k in ("gru fused", "gru plain"))
+    print(f"{name}: {cells}\n  ratio to feed-forward, env steps/s (CPU): {ratios}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--cells", nargs="+", choices=["gru", "lstm"], default=["gru", "lstm"])
+    parser.add_argument("--training", action="store_true", help="whole trainings instead of the loop alone")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --training")
+    parser.add_argument("--steps", type=int, default=4000, help="env steps per --training run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     print(f"load average at start: {' '.join(load)}")
+    if args.training:
+        with tempfile.TemporaryDirectory() as tmp:
+            for case in args.cases:
+                training(case, args.steps, args.rounds, Path(tmp))
+        with open("/proc/loadavg") as f:
+            print(f"load average at the end: {' '.join(f.read().split()[:3])} ({time.time() - start:.0f} s)")
+        return
     for case in args.cases:
         for cell in args.cells:
             ms = run_case(case, cell, args.repeats)

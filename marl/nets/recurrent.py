@@ -19,6 +19,10 @@ the state of step ``t + 1`` is::
 
 which is exactly what acting one step at a time does (the collector applies the same two
 rules after each env step), so BPTT over a stored chunk recomputes the collection's outputs.
+
+The input gates of all ``L`` steps are one matmul before the time loop; where gradients are
+needed the loop runs as one fused autograd node with a hand-written backward
+(:mod:`marl.nets.fused_rnn`), elsewhere (acting) as plain operations (:func:`scan_rows`).
 """
 
 from __future__ import annotations
