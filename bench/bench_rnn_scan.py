@@ -20,12 +20,12 @@ Cases (minibatch shapes of one update):
 thread), the GRU with the fused loop, the GRU with the plain loop (``fused_scan`` swapped for
 ``scan_rows`` in :mod:`marl.nets.recurrent`) and the feed-forward model, interleaved ``--rounds``
 times in one process; prints env steps/s (wall) and CPU seconds per run and the GRU/feed-forward
-ratios (CPU seconds are the steadier figure on a loaded machine).
+ratios (CPU seconds are the steadier figure on a loaded machine), after one untimed warm-up run per config.
 
 Run from the repository root::
 
     .venv/bin/python -m bench.bench_rnn_scan --repeats 200
-    .venv/bin/python -m bench.bench_rnn_scan --training --rounds 2
+    .venv/bin/python -m bench.bench_rnn_scan --training --rounds 3 --steps 6000
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ def training(name: str, steps: int, rounds: int, root: Path) -> None:
     sps: dict[str, list[float]] = {k: [] for k in arms}
     cpu: dict[str, list[float]] = {k: [] for k in arms}
     fused = recurrent.fused_scan
+    # one untimed run first: the imports and one-off setup of the env and the config
+    marl.train(config, overrides=[*QUIET, *extra, "model.recurrent=gru", "total_env_steps=800",
+                                  f"run_dir={root / f'{name}-warmup'}"])
     for r in range(rounds):
         for arm, (model, use_fused) in arms.items():
             recurrent.fused_scan = fused if use_fused else recurrent.scan_rows
@@ -151,7 +154,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--cells", nargs="+", choices=["gru", "lstm"], default=["gru", "lstm"])
     parser.add_argument("--training", action="store_true", help="whole trainings instead of the loop alone")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --training")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --training")
     parser.add_argument("--steps", type=int, default=4000, help="env steps per --training run")
     args = parser.parse_args()
     torch.set_num_threads(1)
