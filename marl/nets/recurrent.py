@@ -19,6 +19,10 @@ the state of step ``t + 1`` is::
 
 which is exactly what acting one step at a time does (the collector applies the same two
 rules after each env step), so BPTT over a stored chunk recomputes the collection's outputs.
+
+The input gates of all ``L`` steps are one matmul before the time loop; where gradients are
+needed the loop runs as one fused autograd node with a hand-written backward
+(:mod:`marl.nets.fused_rnn`), elsewhere (acting) as plain operations (:func:`scan_rows`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from marl.nets.ensemble import AgentNet
+from marl.nets.fused_rnn import fused_scan
 from marl.nets.layers import HIDDEN_GAIN, activate, check_activation
 
 CELLS = ("gru", "lstm")
@@ -183,12 +188,14 @@ class StackedRNN(nn.Module):
         return cell
 
 
-def _scan_rows(
+def scan_rows(
     cell: str, hidden_size: int, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor,
     keep_alive: Tensor | None, keep: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """The time loop on the rows layout: ``gi [G, L, R, G*H]`` input gates, ``h [G, R, S]`` state, ``w_hh [G, H, G*H]``,
-    ``b_hh [G, G*H]``, masks ``[G, L, R, 1]`` -> ``(out [G, L, R, H], state [G, R, S])``."""
+    """The plain time loop on the rows layout (autograd records every step): ``gi [G, L, R, G*H]`` input gates,
+    ``h [G, R, S]`` state, ``w_hh [G, H, G*H]``, ``b_hh [G, G*H]``, masks ``[G, L, R, 1]`` (``keep_alive`` bool,
+    ``keep`` float, 0 where the state resets) -> ``(out [G, L, R, H], state [G, R, S])``.
+    :func:`marl.nets.fused_rnn.fused_scan` computes the same as one autograd node."""
     update = gru_update if cell == "gru" else lstm_update
     lstm = cell == "lstm"
     b_hh = b_hh.unsqueeze(1)
@@ -207,7 +214,7 @@ def _scan_rows(
 
 def scan_together(
     rnns: Sequence[StackedRNN], xs: Sequence[Tensor], states: Sequence[Tensor], alive: Tensor | None = None,
-    reset: Tensor | None = None,
+    reset: Tensor | None = None, *, fused: bool | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """Run several :class:`StackedRNN` of one shape over their own inputs with one time loop.
 
@@ -222,6 +229,9 @@ def scan_together(
     Args:
         rnns: the cores; xs: ``[L, N, A, F]`` per core; states: ``[N, A, S]`` per core.
         alive / reset: ``[L, N, A]`` masks shared by all cores (see :meth:`StackedRNN.forward`).
+        fused: run the loop as one autograd node (:func:`marl.nets.fused_rnn.fused_scan`, same values, gradients
+            equal to float32 rounding) or as plain operations (:func:`scan_rows`); ``None`` (default) = fused when
+            gradients are needed (where it pays: ``bench/README.md``), plain otherwise.
 
     Returns:
         ``(out [L, N, A, H], state [N, A, S])`` per core.
@@ -252,7 +262,10 @@ def scan_together(
     h = cat([first._to_rows(st.unsqueeze(0))[:, 0] for st in states])  # [k*G, R, S]
     keep_alive = None if alive is None else cat([first._to_rows(alive.unsqueeze(-1))] * k)
     keep = None if reset is None else cat([first._to_rows((~reset).unsqueeze(-1).to(h.dtype))] * k)
-    out, h = _scan_rows(first.cell, first.hidden_size, gi, h, w_hh, b_hh, keep_alive, keep)
+    if fused is None:
+        fused = torch.is_grad_enabled() and any(t.requires_grad for t in (gi, h, w_hh, b_hh))
+    scan = fused_scan if fused else scan_rows
+    out, h = scan(first.cell, first.hidden_size, gi, h, w_hh, b_hh, keep_alive, keep)
     return [(first._from_rows(o, n), first._from_rows(s.unsqueeze(1), n)[0])
             for o, s in zip(out.chunk(k, 0), h.chunk(k, 0))]
 
