@@ -1,0 +1,108 @@
+"""Where PPO's time goes on a batched env, and what each speed trick of the update gains.
+
+Builds the PPO trainer of ``configs/simple_spread_ppo.yaml`` on ``env.backend=batched`` (``--copies``
+copies of ``envs.batched_mpe``, ``algo.num_steps=25``) and times, per iteration, the three phases
+of the trainer: collection (inference, env step, rollout writes), GAE, and the update (``update_epochs``
+x ``num_minibatches`` gradient steps). The update is then timed with each trick of the stacked MLP
+(:mod:`marl.nets.fused`) switched off and on, alternating ``--repeats`` times on the same rollout
+(the machine is shared: compare the ratios within one run, not the milliseconds across runs):
+
+* ``plain``: every layer as ``baddbmm(b, x, w)`` on the input as given (broadcast over the towers);
+* ``layout``: :func:`~marl.nets.fused.stacked_linear` / :func:`~marl.nets.fused.stacked_weight_grad`
+  (narrow output layers as the transposed product) and :func:`~marl.nets.fused.dense_input`;
+* ``layout+tanh``: and :func:`~marl.nets.fused.linear_tanh` (tanh's ``2x`` folded into the matmul).
+
+::
+
+    python bench/bench_batched_ppo_parts.py                              # 1,024 copies, shipped 10 x 4 update
+    python bench/bench_batched_ppo_parts.py algo.update_epochs=4 algo.num_minibatches=1 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from marl.config import load_config  # noqa: E402
+from marl.nets import fused  # noqa: E402
+from marl.on_policy.trainer import OnPolicyTrainer  # noqa: E402
+
+COMMON = ["eval.interval=0", "checkpoint.interval=0", "log.tensorboard=false", "log.progress=false",
+          "env.backend=batched", "algo.num_steps=25"]
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    """The stacked MLP with the tricks of ``name`` only (module globals restored after)."""
+    saved = (fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL)
+    if name == "plain":
+        fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL = 0, (lambda x: x), False
+    elif name == "layout":
+        fused.TANH_IN_MATMUL = False
+    try:
+        yield
+    finally:
+        fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL = saved
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--copies", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", nargs="+", default=["plain", "layout", "layout+tanh"])
+    p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(ROOT / "configs/simple_spread_ppo.yaml",
+                          [*COMMON, f"env.num_envs={a.copies}", *a.overrides, f"run_dir={tmp}/run"])
+        trainer = OnPolicyTrainer(cfg)
+        algo = cfg.algo
+        print(f"load {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()} (update: "
+              f"{trainer.update_threads}); {a.copies} copies x {algo.num_steps} steps; update {algo.update_epochs} "
+              f"epochs x {algo.num_minibatches} minibatches", flush=True)
+
+        def rollout():
+            t0 = time.perf_counter()
+            r = trainer.collector.collect()
+            t1 = time.perf_counter()
+            for name, buf in r.groups.items():
+                buf.finish(r.last_value[name], algo.gamma, algo.gae_lambda, algo.bootstrap_on_truncation, steps=r.steps)
+            batches = {n: b.flat(r.steps) for n, b in r.groups.items()}
+            return batches, r.env_steps, t1 - t0, time.perf_counter() - t1
+
+        def update(batches) -> float:
+            t0 = time.perf_counter()
+            trainer.learner.update(batches, num_minibatches=algo.num_minibatches, norm_advantage=cfg.norm.advantage,
+                                   generator=trainer.generator)
+            return time.perf_counter() - t0
+
+        batches, steps, t_collect, t_gae = rollout()
+        update(batches)  # warm-up
+        times: dict[str, list[float]] = {v: [] for v in a.variants}
+        for _ in range(a.repeats):
+            for v in a.variants:
+                with variant(v):
+                    times[v].append(update(batches))
+        _, steps, t_collect, t_gae = rollout()
+        base = min(times[a.variants[0]])
+        print(f"per iteration of {steps:,} env steps: collection {t_collect * 1e3:.0f} ms, GAE {t_gae * 1e3:.1f} ms")
+        for v in a.variants:
+            best = min(times[v])
+            print(f"update [{v:12s}] {best * 1e3:7.0f} ms (best of {a.repeats})  x{base / best:.2f} vs "
+                  f"{a.variants[0]}; end-to-end {steps / (best + t_collect + t_gae):,.0f} env steps/s")
+        trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
