@@ -7,10 +7,13 @@ x ``num_minibatches`` gradient steps). The update is then timed with each trick 
 (:mod:`marl.nets.fused`) switched off and on, alternating ``--repeats`` times on the same rollout
 (the machine is shared: compare the ratios within one run, not the milliseconds across runs):
 
-* ``plain``: every layer as ``baddbmm(b, x, w)`` on the input as given (broadcast over the towers);
-* ``layout``: :func:`~marl.nets.fused.stacked_linear` / :func:`~marl.nets.fused.stacked_weight_grad`
+* ``plain``: every layer as ``baddbmm(b, x, w)`` on the input as given (broadcast over the towers),
+  minibatch rows taken by advanced indexing;
+* ``+layout``: :func:`~marl.nets.fused.stacked_linear` / :func:`~marl.nets.fused.stacked_weight_grad`
   (narrow output layers as the transposed product) and :func:`~marl.nets.fused.dense_input`;
-* ``layout+tanh``: and :func:`~marl.nets.fused.linear_tanh` (tanh's ``2x`` folded into the matmul).
+* ``+tanh``: and :func:`~marl.nets.fused.linear_tanh` (tanh's ``2x`` folded into the matmul);
+* ``+rows``: and :func:`~marl.data.rollout.take_rows` (minibatch rows by ``index_select``): all of them,
+  the shipped code.
 
 ::
 
@@ -34,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from marl.config import load_config  # noqa: E402
+from marl.data import rollout  # noqa: E402
 from marl.nets import fused  # noqa: E402
 from marl.on_policy.trainer import OnPolicyTrainer  # noqa: E402
 
@@ -41,25 +45,36 @@ COMMON = ["eval.interval=0", "checkpoint.interval=0", "log.tensorboard=false", "
           "env.backend=batched", "algo.num_steps=25"]
 
 
+VARIANTS = ("plain", "+layout", "+tanh", "+rows")
+"""Cumulative: each variant adds one trick to the previous one."""
+
+
+def _advanced_indexing(x: torch.Tensor, rows: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return x[rows] if dim == 0 else x[:, rows]
+
+
 @contextlib.contextmanager
 def variant(name: str):
-    """The stacked MLP with the tricks of ``name`` only (module globals restored after)."""
-    saved = (fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL)
-    if name == "plain":
-        fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL = 0, (lambda x: x), False
-    elif name == "layout":
+    """The update with the tricks up to ``name`` in :data:`VARIANTS` (module globals restored after)."""
+    saved = (fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL, rollout.take_rows)
+    level = VARIANTS.index(name)
+    if level < 1:
+        fused.NARROW_OUT, fused.dense_input = 0, (lambda x: x)
+    if level < 2:
         fused.TANH_IN_MATMUL = False
+    if level < 3:
+        rollout.take_rows = _advanced_indexing
     try:
         yield
     finally:
-        fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL = saved
+        fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL, rollout.take_rows = saved
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--copies", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--variants", nargs="+", default=["plain", "layout", "layout+tanh"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
