@@ -70,16 +70,49 @@ def variant(name: str):
         fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL, rollout.take_rows = saved
 
 
+VMAS = ["env.id=vmas:simple_spread", "env.kwargs={n_agents: 3, max_steps: 25, continuous_actions: false}"]
+
+
+def collection_paths(cfg, repeats: int) -> None:
+    """Collection of one rollout on VMAS through torch end to end vs through numpy (best of ``repeats``)."""
+    import marl.on_policy.trainer as trainer_module
+
+    native = trainer_module.torch_native
+    best = {}
+    for name in ("torch", "numpy"):
+        trainer_module.torch_native = native if name == "torch" else (lambda *args, **kwargs: False)
+        try:
+            trainer = OnPolicyTrainer(cfg)
+        finally:
+            trainer_module.torch_native = native
+        trainer.collector.collect()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            trainer.collector.collect()
+            times.append(time.perf_counter() - t0)
+        best[name] = min(times)
+        trainer.close()
+    steps = cfg.env.num_envs * cfg.algo.num_steps
+    print(f"VMAS collection of {steps:,} env steps: torch path {best['torch'] * 1e3:.0f} ms, numpy path "
+          f"{best['numpy'] * 1e3:.0f} ms (x{best['numpy'] / best['torch']:.2f})", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--copies", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--vmas", action="store_true", help="VMAS's simple_spread instead of the batched mpe2 simulation; "
+                   "collection timed on the torch path and on the numpy path")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     a = p.parse_args()
+    env = VMAS if a.vmas else []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(ROOT / "configs/simple_spread_ppo.yaml",
-                          [*COMMON, f"env.num_envs={a.copies}", *a.overrides, f"run_dir={tmp}/run"])
+                          [*COMMON, *env, f"env.num_envs={a.copies}", *a.overrides, f"run_dir={tmp}/run"])
+        if a.vmas:
+            collection_paths(cfg, a.repeats)
         trainer = OnPolicyTrainer(cfg)
         algo = cfg.algo
         print(f"load {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()} (update: "

@@ -41,6 +41,29 @@ def _gymnasium_space(space: Any) -> gymnasium.spaces.Space:
                                 dtype=np.float32)
 
 
+def reset_ended(env: Any, done: Any, obs: Sequence[Any]) -> list[Any]:
+    """The per-agent observations ``obs [E, ...]`` after resetting the copies where ``done [E]`` (bool tensor): fresh
+    starts there, ``obs`` elsewhere (new tensors; ``obs`` is not written).
+
+    When every copy ended (a time limit reached by copies that started together: every step of a
+    ``max_steps`` run's episode boundary), one vectorized ``env.reset()`` instead of ``E`` calls of
+    ``env.reset_at(i)``, each of which recomputes every copy's observations: 1,024 copies of
+    simple_spread, 1.9 s -> 0.02 s per boundary on one core (``python bench/bench_batched_ppo_parts.py --vmas``).
+    The new starts are drawn from VMAS's generator in another order than one copy at a time: the
+    same distribution, not the same draws.
+    """
+    if not bool(done.any()):
+        return [o.clone() for o in obs]
+    if bool(done.all()):
+        return list(env.reset(return_observations=True))
+    current = [o.clone() for o in obs]
+    for i in done.nonzero().flatten().tolist():
+        fresh = env.reset_at(int(i), return_observations=True)
+        for k, o in enumerate(fresh):
+            current[k][i] = o[i]
+    return current
+
+
 DEFAULT_MAX_STEPS = 100
 """``max_steps`` when ``env.kwargs`` gives none: most VMAS scenarios never end an episode by themselves, and
 an episode that never ends would hold evaluation forever."""
@@ -126,11 +149,7 @@ class VmasBatched:
         final = [o.numpy() for o in obs]
         terminated, truncated = term.numpy().astype(bool), trunc.numpy().astype(bool)
         done = terminated | truncated
-        current = [o.copy() for o in final]
-        for i in np.flatnonzero(done):
-            fresh = self.env.reset_at(int(i), return_observations=True)
-            for k, o in enumerate(fresh):
-                current[k][i] = o[i].numpy()
+        current = [o.numpy() for o in reset_ended(self.env, term.bool() | trunc.bool(), list(obs))]
         self._obs = current
         per_group = lambda flags: {g: np.repeat(flags[:, None], len(idx), axis=1) for g, idx in self._index.items()}  # noqa: E731
         return BatchedStep(self._group(current), self._group([r.numpy() for r in rews]), per_group(terminated),
@@ -140,11 +159,7 @@ class VmasBatched:
         """:meth:`step`'s result as tensors on the device: the same values as the numpy result."""
         terminated, truncated = term.bool(), trunc.bool()
         done = terminated | truncated
-        current = [o.clone() for o in final]
-        for i in done.nonzero().flatten().tolist():
-            fresh = self.env.reset_at(int(i), return_observations=True)
-            for k, o in enumerate(fresh):
-                current[k][i] = o[i]
+        current = reset_ended(self.env, done, final)
         self._obs = current
         per_group = lambda flags: {g: flags[:, None].expand(-1, len(idx)).clone()  # noqa: E731
                                    for g, idx in self._index.items()}

@@ -143,3 +143,28 @@ def test_the_torch_path_equals_the_numpy_path_on_a_fixed_seed(tmp_path, monkeypa
     np.testing.assert_allclose([e[2] for e in ep_a], [e[2] for e in ep_b], rtol=1e-6)
     for p, q in zip(net_a, net_b):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ended", [[False] * 4, [True, False, True, False], [True] * 4])
+def test_reset_ended_restarts_exactly_the_copies_that_ended(ended):
+    """None ended: the observations unchanged; some: those copies start afresh, the others keep state and
+    observations; all: one vectorized reset. Either way the result is what VMAS now observes."""
+    import torch
+
+    from marl.env.vmas import make, reset_ended
+
+    env = make("simple_spread", 4, tensors=True, n_agents=3, max_steps=50)
+    env.reset(0)
+    for _ in range(3):
+        out = env.step({"agent": torch.randint(0, 5, (4, 3))})
+    before = [o.clone() for o in env._obs]
+    positions = env.env.agents[0].state.pos.clone()
+    done = torch.tensor(ended)
+    obs = reset_ended(env.env, done, before)
+    observed = env.env.get_from_scenario(get_observations=True, get_rewards=False, get_infos=False, get_dones=False)[0]
+    for o, now, old in zip(obs, observed, before):
+        torch.testing.assert_close(o, now)
+        torch.testing.assert_close(o[~done], old[~done])  # the copies that did not end are untouched
+    assert env.env.steps.tolist() == [0.0 if e else 3.0 for e in ended]
+    moved = (env.env.agents[0].state.pos != positions).any(-1)
+    assert moved.tolist() == ended and out.done_envs.sum() == 0
