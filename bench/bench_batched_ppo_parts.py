@@ -78,21 +78,23 @@ def collection_paths(cfg, repeats: int) -> None:
     import marl.on_policy.trainer as trainer_module
 
     native = trainer_module.torch_native
-    best = {}
+    trainers = {}
     for name in ("torch", "numpy"):
         trainer_module.torch_native = native if name == "torch" else (lambda *args, **kwargs: False)
         try:
-            trainer = OnPolicyTrainer(cfg)
+            trainers[name] = OnPolicyTrainer(cfg)
         finally:
             trainer_module.torch_native = native
-        trainer.collector.collect()  # warm-up
-        times = []
-        for _ in range(repeats):
+        trainers[name].collector.collect()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(repeats):  # alternating: the same load for both
+        for name, trainer in trainers.items():
             t0 = time.perf_counter()
             trainer.collector.collect()
-            times.append(time.perf_counter() - t0)
-        best[name] = min(times)
+            times[name].append(time.perf_counter() - t0)
+    for trainer in trainers.values():
         trainer.close()
+    best = {name: min(t) for name, t in times.items()}
     steps = cfg.env.num_envs * cfg.algo.num_steps
     print(f"VMAS collection of {steps:,} env steps: torch path {best['torch'] * 1e3:.0f} ms, numpy path "
           f"{best['numpy'] * 1e3:.0f} ms (x{best['numpy'] / best['torch']:.2f})", flush=True)

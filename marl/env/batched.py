@@ -197,8 +197,7 @@ class BatchedVectorEnv:
                                             _where_ended(ended, out.final_obs[g]))
             self._returns[:, idx] += out.reward[g]
         self._lengths += 1
-        ended_copies = done.nonzero().flatten().tolist() if self.tensors else np.flatnonzero(done).tolist()
-        episodes = [self._episode(int(i), out) for i in ended_copies]
+        episodes = self._episodes(done, out) if done.any() else []
         self._returns[done] = 0.0
         self._lengths[done] = 0
         self._pending = VecStep(self._obs(out.obs), transition, state, final_state, episodes)
@@ -261,11 +260,17 @@ class BatchedVectorEnv:
             return torch.cat(parts, dim=-1)
         return np.concatenate(parts, axis=-1)
 
-    def _episode(self, i: int, out: Any) -> EpisodeStats:
-        truncated = any(bool(out.truncated[g][i].any()) for g in self._agent_index)
-        returns = {a: float(self._returns[i, k]) for k, a in enumerate(self.spec.agents)}
-        return EpisodeStats(env_index=i, returns=returns, length=int(self._lengths[i]),
-                            info={"truncated": float(truncated)})
+    def _episodes(self, done: Any, out: Any) -> list[EpisodeStats]:
+        """The episodes that ended at this step (``done [E]``), read from the bookkeeping in one pass per array."""
+        index = (done.nonzero().flatten() if self.tensors else np.flatnonzero(done)).tolist()
+        returns, lengths = self._returns[done].tolist(), self._lengths[done].tolist()
+        truncated = [False] * len(index)
+        for g in self._agent_index:
+            flags = out.truncated[g][done].any(-1).tolist()
+            truncated = [a or b for a, b in zip(truncated, flags)]
+        agents = self.spec.agents
+        return [EpisodeStats(env_index=i, returns=dict(zip(agents, r)), length=int(n), info={"truncated": float(t)})
+                for i, r, n, t in zip(index, returns, lengths, truncated)]
 
 
 def _copy(x: Any) -> Any:
