@@ -12,8 +12,10 @@ x ``num_minibatches`` gradient steps). The update is then timed with each trick 
 * ``+layout``: :func:`~marl.nets.fused.stacked_linear` / :func:`~marl.nets.fused.stacked_weight_grad`
   (narrow output layers as the transposed product) and :func:`~marl.nets.fused.dense_input`;
 * ``+tanh``: and :func:`~marl.nets.fused.linear_tanh` (tanh's ``2x`` folded into the matmul);
-* ``+rows``: and :func:`~marl.data.rollout.take_rows` (minibatch rows by ``index_select``): all of them,
-  the shipped code.
+* ``+rows``: and :func:`~marl.data.rollout.take_rows` (minibatch rows by ``index_select``);
+* ``+agentnet``: and :class:`~marl.nets.AgentNet` with one parameter set (the separate actor and
+  critic of ``model.critic=central``) through :func:`~marl.nets.fused.stacked_mlp` instead of autograd
+  per layer: all of them, the shipped code.
 
 ::
 
@@ -38,15 +40,25 @@ sys.path.insert(0, str(ROOT))
 
 from marl.config import load_config  # noqa: E402
 from marl.data import rollout  # noqa: E402
-from marl.nets import fused  # noqa: E402
+from marl.nets import ensemble, fused  # noqa: E402
+from marl.nets.layers import activate  # noqa: E402
 from marl.on_policy.trainer import OnPolicyTrainer  # noqa: E402
 
 COMMON = ["eval.interval=0", "checkpoint.interval=0", "log.tensorboard=false", "log.progress=false",
           "env.backend=batched", "algo.num_steps=25"]
 
 
-VARIANTS = ("plain", "+layout", "+tanh", "+rows")
+VARIANTS = ("plain", "+layout", "+tanh", "+rows", "+agentnet")
 """Cumulative: each variant adds one trick to the previous one."""
+
+
+def _autograd_layers(z: torch.Tensor, weights, biases, activation: str) -> torch.Tensor:
+    """AgentNet's layers before :func:`~marl.nets.fused.stacked_mlp`: one ``baddbmm`` and activation each."""
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        z = torch.baddbmm(b.unsqueeze(1), z, w)
+        if i < len(weights) - 1:
+            z = activate(z, activation)
+    return z
 
 
 def _advanced_indexing(x: torch.Tensor, rows: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -56,7 +68,7 @@ def _advanced_indexing(x: torch.Tensor, rows: torch.Tensor, dim: int = 0) -> tor
 @contextlib.contextmanager
 def variant(name: str):
     """The update with the tricks up to ``name`` in :data:`VARIANTS` (module globals restored after)."""
-    saved = (fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL, rollout.take_rows)
+    saved = (fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL, rollout.take_rows, ensemble.stacked_mlp)
     level = VARIANTS.index(name)
     if level < 1:
         fused.NARROW_OUT, fused.dense_input = 0, (lambda x: x)
@@ -64,10 +76,12 @@ def variant(name: str):
         fused.TANH_IN_MATMUL = False
     if level < 3:
         rollout.take_rows = _advanced_indexing
+    if level < 4:
+        ensemble.stacked_mlp = _autograd_layers
     try:
         yield
     finally:
-        fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL, rollout.take_rows = saved
+        fused.NARROW_OUT, fused.dense_input, fused.TANH_IN_MATMUL, rollout.take_rows, ensemble.stacked_mlp = saved
 
 
 VMAS = ["env.id=vmas:simple_spread", "env.kwargs={n_agents: 3, max_steps: 25, continuous_actions: false}"]
