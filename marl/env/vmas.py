@@ -55,7 +55,7 @@ def reset_ended(env: Any, done: Any, obs: Sequence[Any]) -> list[Any]:
     if not bool(done.any()):
         return [o.clone() for o in obs]
     if bool(done.all()):
-        return list(env.reset(return_observations=True))
+        return [o.clone() for o in env.reset(return_observations=True)]  # never a view of the simulation
     current = [o.clone() for o in obs]
     for i in done.nonzero().flatten().tolist():
         fresh = env.reset_at(int(i), return_observations=True)
