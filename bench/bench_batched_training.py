@@ -20,7 +20,11 @@ Update hyperparameters (:data:`CONFIGS`):
   version of those settings costs.
 
 Evaluation and checkpoints are off; env steps/s is measured by the run itself (``summary.json``'s
-``sps``: env steps over training wall time, the final evaluation excluded). The arms alternate
+``sps``: env steps over training wall time, the final evaluation excluded); each arm's env steps per
+CPU second of the main process are printed too (on a loaded machine wall time stretches, the mpe2
+arm's most: each of its steps waits on its worker processes. A step cannot take less wall time than
+its main process's CPU time, so mpe2's figure bounds its idle speed from above, and the batched arms'
+ratio to it is close to a lower bound of the idle ratio; the workers' CPU is not counted). The arms alternate
 ``--repeats`` times in one process (the machine is shared, so the ratio within a run is what counts)::
 
     python bench/bench_batched_training.py                        # shipped and mappo, 3 arms, 1 repeat
@@ -33,6 +37,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +67,16 @@ def arms(copies: int, mpe2_steps: int, batched_steps: int) -> dict[str, list[str
     }
 
 
-def run(overrides: list[str]) -> dict:
+def run(overrides: list[str]) -> tuple[dict, float]:
+    """Train one arm; its summary and the CPU seconds this (main) process spent in it."""
     from marl.api import train
     from marl.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
-        return train(load_config(ROOT / "configs/simple_spread_ppo.yaml", [*COMMON, *overrides, f"run_dir={tmp}/run"]))
+        cfg = load_config(ROOT / "configs/simple_spread_ppo.yaml", [*COMMON, *overrides, f"run_dir={tmp}/run"])
+        cpu = time.process_time()
+        summary = train(cfg)
+        return summary, time.process_time() - cpu
 
 
 def main() -> int:
@@ -81,15 +90,18 @@ def main() -> int:
     args = p.parse_args()
     settings = {k: v for k, v in arms(args.copies, args.mpe2_steps, args.batched_steps).items() if k in args.arms}
     sps: dict[tuple[str, str], list[float]] = {(c, a): [] for c in args.configs for a in settings}
+    per_cpu: dict[tuple[str, str], list[float]] = {(c, a): [] for c in args.configs for a in settings}
     loads = [os.getloadavg()[0]]
     for r in range(args.repeats):
         for c in args.configs:
             for name, overrides in settings.items():
-                summary = run([*CONFIGS[c], *overrides])
+                summary, cpu = run([*CONFIGS[c], *overrides])
                 sps[(c, name)].append(summary["sps"])
+                per_cpu[(c, name)].append(summary["env_steps"] / cpu)
                 loads.append(os.getloadavg()[0])
                 print(f"repeat {r}  {c:8s} {name:8s} {summary['env_steps']:>9,} env steps  {summary['sps']:>10,.0f} "
-                      f"env steps/s  eval {summary['final_eval']['ep_return']:.1f}  load {loads[-1]:.1f}", flush=True)
+                      f"env steps/s  {per_cpu[(c, name)][-1]:>8,.0f} per CPU s of the main process  "
+                      f"eval {summary['final_eval']['ep_return']:.1f}  load {loads[-1]:.1f}", flush=True)
     print(f"\nload average (1 min) during the run: {min(loads):.1f}-{max(loads):.1f}; {args.copies} batched copies")
     print("| config | " + " | ".join(f"{a} env steps/s" for a in settings) +
           "".join(f" | {a} / mpe2" for a in settings if a != "mpe2" and "mpe2" in settings) + " | >= 10x |")
@@ -103,6 +115,14 @@ def main() -> int:
         cells += [", ".join(f"{x:.1f}x" for x in ratios[a]) for a in ratios]
         met = ", ".join(f"{a}: {'yes' if ratios[a].mean() >= 10 else 'no'}" for a in ratios)
         print(f"| {c} | " + " | ".join(cells) + f" | {met or 'n/a'} |")
+    if "mpe2" in settings:  # less sensitive to the load than wall time (the mpe2 arm's workers not counted)
+        print("\nenv steps per CPU second of the main process (a loaded machine stretches wall time, above all the "
+              "mpe2 arm's, whose steps wait on its workers):")
+        for c in args.configs:
+            base = float(np.mean(per_cpu[(c, "mpe2")]))
+            print(f"  {c}: " + ", ".join(f"{a} {np.mean(per_cpu[(c, a)]):,.0f}"
+                                          + (f" ({np.mean(per_cpu[(c, a)]) / base:.1f}x)" if a != "mpe2" else "")
+                                          for a in settings))
     return 0
 
 
