@@ -23,7 +23,7 @@ Evaluation and checkpoints are off; env steps/s is measured by the run itself (`
 ``sps``: env steps over training wall time, the final evaluation excluded); each arm's env steps per
 CPU second of the main process are printed too (on a loaded machine wall time stretches, the mpe2
 arm's most: each of its steps waits on its worker processes. A step cannot take less wall time than
-its main process's CPU time, so mpe2's figure bounds its idle speed from above, and the batched arms'
+its main process's CPU time, so mpe2's figure roughly bounds its idle speed from above, and the batched arms'
 ratio to it is close to a lower bound of the idle ratio; the workers' CPU is not counted). The arms alternate
 ``--repeats`` times in one process (the machine is shared, so the ratio within a run is what counts)::
 
