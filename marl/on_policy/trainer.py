@@ -60,7 +60,9 @@ def update_threads(cfg: Config, workers: int, on_cpu: bool = True) -> int:
     (simple_spread, 2 workers) but ran at 0.16-0.38x of one thread as soon as anything else
     ran there (``python bench/bench_update_threads.py``): a default must not lose 3-6x on a
     shared laptop to win 6% on an idle one. Collection keeps ``torch_threads`` (the workers need
-    the cores then); 0 = leave torch's setting.
+    the cores then); 0 = leave torch's setting. A batched env (``env.backend=batched``) has no workers:
+    auto gives ``torch_threads``; two threads made its update 3.3-4.3x slower on the shared 2-core
+    machine (``bench/README.md``, "Batched environments").
     """
     if cfg.update_threads > 0:
         return cfg.update_threads
