@@ -61,8 +61,13 @@ def reset_hidden(hidden: Mapping[str, Tensor], ended: Mapping[str, np.ndarray]) 
 
 
 def own_obs(obs: Mapping[str, GroupObs]) -> dict[str, GroupObs]:
-    """Copies of every array of ``obs`` (a vector env may hand out views of buffers it rewrites)."""
-    return {g: GroupObs(*(None if a is None else a.copy() for a in o)) for g, o in obs.items()}
+    """Copies of every array of ``obs`` (a vector env may hand out views of buffers it rewrites); numpy arrays or
+    torch tensors (a torch-native batched env, :mod:`marl.env.batched`), each copied as what it is."""
+    return {g: GroupObs(*(None if a is None else _copy(a) for a in o)) for g, o in obs.items()}
+
+
+def _copy(a: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    return a.clone() if isinstance(a, Tensor) else a.copy()
 
 
 def slice_obs(obs: Mapping[str, GroupObs], sl: slice) -> dict[str, GroupObs]:
@@ -107,7 +112,7 @@ class EnvLoop:
         if self.check_inputs:
             health.check_inputs({g: o.obs for g, o in obs.items()}, None, self.agents)
         self.obs = own_obs(obs)
-        self.state = None if state is None else state.copy()
+        self.state = None if state is None else _copy(state)
 
     def unit_inputs(self, u: int) -> tuple[dict[str, GroupObs], np.ndarray | None]:
         """Views of unit ``u``'s current observations and state (valid until :meth:`advance` of ``u``)."""
@@ -149,7 +154,7 @@ class EnvLoop:
             ``(obs, out, step)``: the observations acted on (owned copies), the policy's output,
             and the env's step.
         """
-        obs, state = own_obs(self.obs), None if self.state is None else self.state.copy()
+        obs, state = own_obs(self.obs), None if self.state is None else _copy(self.state)
         out = act(obs, state)
         for u in range(len(self.units)):
             self.send(u, {g: a[self.unit_slices[u]] for g, a in out.env_action.items()})

@@ -22,6 +22,20 @@ import numpy as np
 import torch
 
 
+def batch_moments(x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) variance over the first axis of ``x [N, *shape]``, float64 numpy arrays ``[*shape]``.
+
+    A tensor is reduced where it lives (float64) and only its two ``[*shape]`` moments come to the host (as
+    lists: the rows themselves are never converted to numpy).
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.to(torch.float64)
+        return (np.asarray(x.mean(0).tolist(), np.float64).reshape(x.shape[1:]),
+                np.asarray(x.var(0, unbiased=False).tolist(), np.float64).reshape(x.shape[1:]))
+    x = np.asarray(x, np.float64)
+    return x.mean(axis=0), x.var(axis=0)
+
+
 class RunningMeanStd:
     """Mean and variance of a stream of arrays shaped ``[N, *shape]``.
 
@@ -43,33 +57,35 @@ class RunningMeanStd:
         self._base: tuple[np.ndarray, np.ndarray, float] | None = None
         self._pending: list[tuple[np.ndarray, np.ndarray, float]] = []
 
-    def update(self, x: np.ndarray) -> None:
-        """Fold a batch ``[N, *shape]`` into the statistics (no-op for ``N == 0``).
+    def update(self, x: np.ndarray | torch.Tensor) -> None:
+        """Fold a batch ``[N, *shape]`` (numpy or a tensor, :func:`batch_moments`) into the statistics (no-op for
+        ``N == 0``).
 
         With :attr:`sync` set, every rank's batch is merged, in rank order, so all ranks hold
         the statistics of the union of their batches (the call is then a collective: every rank
         makes it, even with ``N == 0``).
         """
-        x = np.asarray(x, np.float64)
+        if not isinstance(x, torch.Tensor):
+            x = np.asarray(x, np.float64)
+        n = x.shape[0]
         if self.sync is not None and self.deferred:
             if self._base is None:
                 self._base = (self.mean.copy(), self.var.copy(), self.count)
-            if x.shape[0]:
-                moments = (x.mean(axis=0), x.var(axis=0), float(x.shape[0]))
+            if n:
+                moments = (*batch_moments(x), float(n))
                 self._pending.append(moments)
                 self.merge(*moments)
             return
         if self.sync is not None:
-            n = x.shape[0]
             zeros = np.zeros(self.mean.shape, np.float64)
-            moments = (x.mean(axis=0), x.var(axis=0), n) if n else (zeros, zeros, 0)
+            moments = (*batch_moments(x), n) if n else (zeros, zeros, 0)
             for mean, var, count in self.sync(*moments):
                 if count > 0:
                     self.merge(mean, var, count)
             return
-        if x.shape[0] == 0:
+        if n == 0:
             return
-        self.merge(x.mean(axis=0), x.var(axis=0), x.shape[0])
+        self.merge(*batch_moments(x), n)
 
     def flush(self) -> None:
         """Deferred data-parallel statistics (:attr:`deferred`): merge every rank's batches since the last flush,
@@ -145,9 +161,14 @@ class ObsNormalizer:
             self.rms.update(rows)
         return self.normalize(obs)
 
-    def normalize(self, obs: np.ndarray) -> np.ndarray:
-        """Normalize without updating (any mode)."""
-        out = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.epsilon)
+    def normalize(self, obs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Normalize without updating (any mode); a tensor stays a tensor on its device (same float64 arithmetic)."""
+        std = np.sqrt(self.rms.var + self.epsilon)
+        if isinstance(obs, torch.Tensor):
+            mean = torch.as_tensor(self.rms.mean, device=obs.device)
+            out = (obs.to(torch.float64) - mean) / torch.as_tensor(std, device=obs.device)
+            return out.clamp_(-self.clip, self.clip).to(torch.float32)
+        out = (obs - self.rms.mean) / std
         return np.clip(out, -self.clip, self.clip).astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -183,21 +204,30 @@ class RewardScaler:
         ``done`` resets those copies' running returns after the step; entries where
         ``alive`` is False do not enter the statistics.
         """
+        if isinstance(reward, torch.Tensor) and not isinstance(self.ret, torch.Tensor):
+            self.ret = torch.as_tensor(self.ret, device=reward.device)  # torch-native env: the running returns too
         if self.training:
             ret = self.ret[index] * self.gamma + reward
             rows = ret if alive is None else ret[alive]
             self.rms.update(rows.reshape(-1))
-            self.ret[index] = np.where(done, 0.0, ret)
+            if isinstance(ret, torch.Tensor):
+                self.ret[index] = torch.where(done, 0.0, ret)
+            else:
+                self.ret[index] = np.where(done, 0.0, ret)
         return self.scale(reward)
 
-    def scale(self, reward: np.ndarray) -> np.ndarray:
-        out = reward / np.sqrt(self.rms.var + self.epsilon)
+    def scale(self, reward: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        std = np.sqrt(self.rms.var + self.epsilon)
+        if isinstance(reward, torch.Tensor):  # float64 as numpy computes it (a float64 scalar divides float32)
+            out = reward.to(torch.float64) / float(std)
+            return (out if self.clip is None else out.clamp_(-self.clip, self.clip)).to(torch.float32)
+        out = reward / std
         if self.clip is not None:
             out = np.clip(out, -self.clip, self.clip)
         return out.astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.rms.state_dict(), "ret": torch.from_numpy(self.ret.copy())}
+        return {**self.rms.state_dict(), "ret": torch.as_tensor(self.ret).detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.rms.load_state_dict(state)

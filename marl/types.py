@@ -162,7 +162,8 @@ class EpisodeStats(NamedTuple):
 
 
 class VecStep(NamedTuple):
-    """Result of one vector env step.
+    """Result of one vector env step (numpy arrays; torch tensors on the env's device from a torch-native
+    batched env, :mod:`marl.env.batched`).
 
     Attributes:
         obs: group -> observation of the next step (after auto-reset).
@@ -185,7 +186,8 @@ class ActOutput(NamedTuple):
 
     Attributes:
         action: group -> ``[E, A, *action_shape]`` tensor as sampled (stored for log-probs).
-        env_action: group -> numpy ``[E, A, *action_shape]`` for the env (scaled to bounds).
+        env_action: group -> numpy ``[E, A, *action_shape]`` for the env (scaled to bounds); a tensor on the
+            device for a torch-native env (:mod:`marl.env.batched`).
         log_prob: group -> ``[E, A]``.
         value: group -> ``[E, A]``.
         obs: group -> normalized observation tensor actually fed to the actor.

@@ -21,6 +21,13 @@ The batched env object needs: ``num_envs``, ``agents``, ``groups`` (group -> age
 ``state() -> [E, S]``, ``observe()``, and for exact resume ``state_dict()`` / ``load_state_dict()``.
 Every agent of a copy is alive while the copy runs (MPE ends all agents of a copy together);
 episodes are counted here from the rewards.
+
+**Torch end to end.** A batched env with ``tensors = True`` (VMAS built with ``tensors=True``)
+returns torch tensors on its device and takes torch actions; :class:`BatchedVectorEnv` then keeps
+every array of its steps a tensor (observations, rewards, flags, final observations, state), and
+the PPO path (:class:`marl.loop.EnvLoop`, the policy, the rollout collector) keeps them tensors:
+no numpy round trip between the simulation and the networks. :func:`torch_native` says when a
+run takes this path.
 """
 
 from __future__ import annotations
@@ -67,18 +74,29 @@ BATCHED: dict[str, str] = {
 """Env ids with a batched implementation -> its maker ``(scenario, num_envs, **kwargs)``."""
 
 
-def batched_factory(env_id: str, kwargs: Mapping[str, Any]) -> Callable[[int], Any]:
+def torch_native(env_id: str, algo: str, check_inputs: bool = False, recurrent: bool = False) -> bool:
+    """Whether a run keeps its training env's arrays torch tensors end to end: a VMAS env (a torch simulation,
+    then run on the learner's device) trained by PPO, feed-forward, without ``health.check_inputs`` (numpy
+    checks). Evaluation envs stay numpy (not the hot path)."""
+    return env_id.startswith("vmas:") and algo == "ppo" and not check_inputs and not recurrent
+
+
+def batched_factory(env_id: str, kwargs: Mapping[str, Any], tensors: bool = False,
+                    device: str = "cpu") -> Callable[[int], Any]:
     """``num_envs -> batched env`` for ``env_id`` with the env's own ``kwargs``: an id of :data:`BATCHED`, or
-    ``vmas:<scenario>`` (:mod:`marl.env.vmas`).
+    ``vmas:<scenario>`` (:mod:`marl.env.vmas`; with ``tensors``: torch tensors on ``device`` in and out).
 
     Raises:
-        ValueError: no batched implementation of ``env_id`` (the message lists those that exist).
+        ValueError: no batched implementation of ``env_id`` (the message lists those that exist), or
+            ``tensors`` asked of a numpy simulation.
     """
     if env_id.startswith("vmas:"):
         from marl.env.vmas import make as make_vmas
 
         scenario = env_id.split(":", 1)[1]
-        return lambda num_envs: make_vmas(scenario, num_envs, **dict(kwargs))
+        return lambda num_envs: make_vmas(scenario, num_envs, tensors=tensors, device=device, **dict(kwargs))
+    if tensors:
+        raise ValueError(f"{env_id!r}: the batched MPE simulation is numpy; torch tensors come from VMAS ids only")
     if env_id not in BATCHED:
         raise ValueError(f"env.backend=batched: {env_id!r} has no batched implementation; batched ids: "
                          f"{', '.join(sorted(BATCHED))}, vmas:<scenario> (or use env.backend=sync / subprocess)")
@@ -123,10 +141,22 @@ class BatchedVectorEnv:
         self.num_envs = int(env.num_envs)
         self.spec = batched_spec(env, use_state)
         self.use_state = use_state
-        self._returns = np.zeros((self.num_envs, len(self.spec.agents)), np.float64)
-        self._lengths = np.zeros(self.num_envs, np.int64)
+        self.tensors = bool(getattr(env, "tensors", False))
+        """Steps hold torch tensors on the env's device (the env's ``tensors``), else numpy arrays."""
+        n_agents = len(self.spec.agents)
+        if self.tensors:
+            import torch
+
+            dev = env.device
+            self._returns: Any = torch.zeros((self.num_envs, n_agents), dtype=torch.float64, device=dev)
+            self._lengths: Any = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
+            self._alive: dict[str, Any] = {g.name: torch.ones((self.num_envs, g.n_agents), dtype=torch.bool,
+                                                              device=dev) for g in self.spec.groups}
+        else:
+            self._returns = np.zeros((self.num_envs, n_agents), np.float64)
+            self._lengths = np.zeros(self.num_envs, np.int64)
+            self._alive = {g.name: np.ones((self.num_envs, g.n_agents), bool) for g in self.spec.groups}
         self._agent_index = {g.name: [self.spec.agents.index(a) for a in g.agents] for g in self.spec.groups}
-        self._alive = {g.name: np.ones((self.num_envs, g.n_agents), bool) for g in self.spec.groups}
         self._pending: VecStep | None = None
         self._seed = 0
 
@@ -136,8 +166,8 @@ class BatchedVectorEnv:
             raise IndexError(f"chunk {chunk} out of range [0, 1): a batched env is one chunk")
         return slice(0, self.num_envs)
 
-    def _obs(self, obs: Mapping[str, np.ndarray]) -> dict[str, GroupObs]:
-        return {g: GroupObs(obs[g], self._alive[g].copy(), None) for g in self._alive}
+    def _obs(self, obs: Mapping[str, Any]) -> dict[str, GroupObs]:
+        return {g: GroupObs(obs[g], _copy(self._alive[g]), None) for g in self._alive}
 
     def reset(self, seed: int | Sequence[int]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
         self._seed = int(seed) if isinstance(seed, (int, np.integer)) else int(seed[0])
@@ -153,22 +183,21 @@ class BatchedVectorEnv:
             raise RuntimeError("the batched env was sent actions twice; recv(0) its result first")
         check_actions(self.spec, actions, self.num_envs)
         final_state = None
-        out = self.env.step({g: np.asarray(a) for g, a in actions.items()})
+        out = self.env.step(dict(actions) if self.tensors else {g: np.asarray(a) for g, a in actions.items()})
         state = self.env.state() if self.use_state else None
-        done = np.asarray(out.done_envs, bool)
+        done = out.done_envs if self.tensors else np.asarray(out.done_envs, bool)
         if self.use_state:
-            final_state = np.zeros_like(state)
+            final_state = _zeros_like(state)
             if done.any():
                 final_state[done] = self._final_state(out.final_obs)[done]
         transition = {}
         for g, idx in self._agent_index.items():
             ended = out.terminated[g] | out.truncated[g]
-            final_obs = np.where(ended[..., None], out.final_obs[g], 0.0).astype(np.float32)
             transition[g] = GroupTransition(out.reward[g], out.terminated[g], out.truncated[g] & ~out.terminated[g],
-                                            final_obs)
+                                            _where_ended(ended, out.final_obs[g]))
             self._returns[:, idx] += out.reward[g]
         self._lengths += 1
-        episodes = [self._episode(int(i), out) for i in np.flatnonzero(done)]
+        episodes = self._episodes(done, out) if done.any() else []
         self._returns[done] = 0.0
         self._lengths[done] = 0
         self._pending = VecStep(self._obs(out.obs), transition, state, final_state, episodes)
@@ -190,7 +219,7 @@ class BatchedVectorEnv:
             raise RuntimeError("snapshot() with a step in flight; recv it first")
         exact = hasattr(self.env, "state_dict")
         return {"env": copy.deepcopy(self.env.state_dict()) if exact else None, "seed": self._seed,
-                "returns": self._returns.copy(), "lengths": self._lengths.copy()}
+                "returns": _copy(self._returns), "lengths": _copy(self._lengths)}
 
     def restore(self, snapshot: Mapping[str, Any]) -> tuple[dict[str, GroupObs], np.ndarray | None]:
         """Put the copies back in the state of :meth:`snapshot`; return the observations like ``reset``."""
@@ -221,13 +250,42 @@ class BatchedVectorEnv:
         self.close()
 
     # ------------------------------------------------------------------ helpers
-    def _final_state(self, final_obs: Mapping[str, np.ndarray]) -> np.ndarray:
+    def _final_state(self, final_obs: Mapping[str, Any]) -> Any:
         """The global state of the final observations: every agent's observation in agent order."""
         position = {a: (g.name, k) for g in self.spec.groups for k, a in enumerate(g.agents)}
-        return np.concatenate([final_obs[position[a][0]][:, position[a][1]] for a in self.spec.agents], axis=-1)
+        parts = [final_obs[position[a][0]][:, position[a][1]] for a in self.spec.agents]
+        if self.tensors:
+            import torch
 
-    def _episode(self, i: int, out: Any) -> EpisodeStats:
-        truncated = any(bool(out.truncated[g][i].any()) for g in self._agent_index)
-        returns = {a: float(self._returns[i, k]) for k, a in enumerate(self.spec.agents)}
-        return EpisodeStats(env_index=i, returns=returns, length=int(self._lengths[i]),
-                            info={"truncated": float(truncated)})
+            return torch.cat(parts, dim=-1)
+        return np.concatenate(parts, axis=-1)
+
+    def _episodes(self, done: Any, out: Any) -> list[EpisodeStats]:
+        """The episodes that ended at this step (``done [E]``), read from the bookkeeping in one pass per array."""
+        index = (done.nonzero().flatten() if self.tensors else np.flatnonzero(done)).tolist()
+        returns, lengths = self._returns[done].tolist(), self._lengths[done].tolist()
+        truncated = [False] * len(index)
+        for g in self._agent_index:
+            flags = out.truncated[g][done].any(-1).tolist()
+            truncated = [a or b for a, b in zip(truncated, flags)]
+        agents = self.spec.agents
+        return [EpisodeStats(env_index=i, returns=dict(zip(agents, r)), length=int(n), info={"truncated": float(t)})
+                for i, r, n, t in zip(index, returns, lengths, truncated)]
+
+
+def _copy(x: Any) -> Any:
+    """A copy of a numpy array or a torch tensor (same kind, same device)."""
+    return x.copy() if isinstance(x, np.ndarray) else x.clone()
+
+
+def _zeros_like(x: Any) -> Any:
+    return np.zeros_like(x) if isinstance(x, np.ndarray) else x.new_zeros(x.shape)
+
+
+def _where_ended(ended: Any, final_obs: Any) -> Any:
+    """``final_obs [E, A, ...]`` where ``ended [E, A]``, zeros elsewhere, float32 (numpy or torch, as given)."""
+    if isinstance(final_obs, np.ndarray):
+        return np.where(ended[..., None], final_obs, 0.0).astype(np.float32)
+    import torch
+
+    return torch.where(ended[..., None], final_obs, 0.0).to(torch.float32)

@@ -541,10 +541,11 @@ def check_batched(cfg: Config) -> None:
                           "groups agents by name prefix and has no preprocessing); use env.backend=sync or subprocess")
 
 
-def batched_vector_env(cfg: Config, num_envs: int) -> BatchedVectorEnv:
-    """``num_envs`` copies of the config's env as one batched simulation (:mod:`marl.env.batched`)."""
-    return BatchedVectorEnv(batched_factory(cfg.env.id, cfg.env.kwargs)(num_envs),
-                            use_state=reads_env_state(cfg))
+def batched_vector_env(cfg: Config, num_envs: int, device: str | None = None) -> BatchedVectorEnv:
+    """``num_envs`` copies of the config's env as one batched simulation (:mod:`marl.env.batched`); with a
+    ``device``, torch tensors on it end to end (VMAS only; see :func:`marl.env.batched.torch_native`)."""
+    factory = batched_factory(cfg.env.id, cfg.env.kwargs, tensors=device is not None, device=device or "cpu")
+    return BatchedVectorEnv(factory(num_envs), use_state=reads_env_state(cfg))
 
 
 def eval_backend(cfg: Config) -> str:

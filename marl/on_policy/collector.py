@@ -112,8 +112,10 @@ class RolloutCollector:
             )
         # On CPU the storage is written through numpy views of its tensors (a numpy slice
         # assignment costs a fraction of a tensor one; a step writes about ten fields per group).
+        # A torch-native env (marl.env.batched) hands tensors: written as tensors, never through numpy.
+        self.tensors = bool(getattr(loop.env, "tensors", False))
         self._views: dict[str, dict[str, np.ndarray]] | None = None
-        if device.type == "cpu":
+        if device.type == "cpu" and not self.tensors:
             self._views = {
                 g: {k: getattr(buf, k).numpy() for k in _STORED if getattr(buf, k) is not None}
                 for g, buf in self.storage.items()
@@ -188,6 +190,8 @@ class RolloutCollector:
             scaler = self.reward_scalers.get(g)
             if scaler is not None:
                 reward = scaler(reward, tr.terminated | tr.truncated, alive, sl)
+            elif self.reward_clip > 0 and isinstance(reward, torch.Tensor):
+                reward = reward.clamp(-self.reward_clip, self.reward_clip)
             elif self.reward_clip > 0:
                 reward = np.clip(reward, -self.reward_clip, self.reward_clip)
             fields = {
@@ -212,7 +216,7 @@ class RolloutCollector:
             else:  # the final observation follows the state after this step, before its reset
                 vals = self.policy.values(final_obs, final_state, hidden=out.hidden)
             for g, tr in final_obs_needed.items():
-                trunc = torch.from_numpy(tr.truncated)
+                trunc = torch.as_tensor(tr.truncated, device=vals[g].device)
                 self.storage[g].final_value[t, sl] = torch.where(trunc, vals[g], torch.zeros_like(vals[g]))
         else:
             for g in step.transition:

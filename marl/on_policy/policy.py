@@ -8,7 +8,8 @@
 * :class:`ActorCritic` is the ``nn.ModuleDict`` of every group's actor-critic: the
   one module whose ``parameters()`` the common optimizer sees (each tensor once).
 * :class:`ActorCriticPolicy` pairs the networks with the per-group observation normalizers and
-  turns numpy observations ``[E, A, ...]`` into numpy actions; it is what the
+  turns numpy observations ``[E, A, ...]`` into numpy actions (tensors into tensors: a torch-native
+  env, :mod:`marl.env.batched`, keeps its arrays on its device); it is what the
   collector and the evaluator call. Normalizer statistics update only when asked
   (training collection), never in evaluation.
 
@@ -230,12 +231,16 @@ class ActorCriticPolicy:
                 self.obs_norm["__state__"] = ObsNormalizer(tuple(spec.state_shape), clip=cfg.norm.obs_clip)
 
     # ------------------------------------------------------------------ inputs
-    def normalize(self, name: str, x: np.ndarray, alive: np.ndarray | None, update: bool) -> Tensor:
-        """Normalize one group's observations (or the state, ``name='__state__'``) and move to the device."""
+    def normalize(self, name: str, x: np.ndarray | Tensor, alive: np.ndarray | Tensor | None, update: bool) -> Tensor:
+        """Normalize one group's observations (or the state, ``name='__state__'``) and move to the device
+        (numpy arrays, or tensors from a torch-native env, :mod:`marl.env.batched`, normalized where they are)."""
         norm = self.obs_norm.get(name)
         if norm is not None:
             norm.training = update
             x = norm(x, alive)
+        elif isinstance(x, Tensor):
+            if x.dtype != torch.float32 and name not in self.image_groups:
+                x = x.to(torch.float32)
         elif x.dtype != np.float32 and name not in self.image_groups:
             x = x.astype(np.float32)  # e.g. int8 board planes
         return torch.as_tensor(x, device=self.device)
@@ -287,6 +292,7 @@ class ActorCriticPolicy:
         """
         actor_in, critic_in = self.inputs(obs, state, update_stats)
         out = ActOutput({}, {}, {}, {}, actor_in, critic_in)
+        tensors = isinstance(next(iter(obs.values())).obs, Tensor)  # a torch-native env takes tensor actions
         if self.recurrent:
             return self._act_recurrent(obs, out, deterministic, with_value, hidden)
         for name, o in obs.items():
@@ -299,7 +305,7 @@ class ActorCriticPolicy:
             action = dist.mode() if deterministic else dist.sample()
             out.action[name] = action
             out.log_prob[name] = dist.log_prob(action)
-            out.env_action[name] = net.env_action(action).cpu().numpy()
+            out.env_action[name] = net.env_action(action) if tensors else net.env_action(action).cpu().numpy()
         return out
 
     def _act_recurrent(self, obs: Mapping[str, GroupObs], out: ActOutput, deterministic: bool, with_value: bool,

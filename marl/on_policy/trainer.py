@@ -32,8 +32,10 @@ import torch
 
 from marl.algos.ppo import PPOLearner, linear_schedule
 from marl.config import Config, ConfigError
+from marl.env.batched import torch_native
+from marl.env.make import batched_vector_env
 from marl.env.ray_env import WorkerLost
-from marl.env.vector import SubprocVectorEnv, chunk_slices
+from marl.env.vector import SubprocVectorEnv, VectorEnv, chunk_slices
 from marl.logger import episode_metrics
 from marl.on_policy.collector import RolloutCollector, RolloutResult
 from marl.on_policy.policy import ActorCriticPolicy
@@ -58,7 +60,9 @@ def update_threads(cfg: Config, workers: int, on_cpu: bool = True) -> int:
     (simple_spread, 2 workers) but ran at 0.16-0.38x of one thread as soon as anything else
     ran there (``python bench/bench_update_threads.py``): a default must not lose 3-6x on a
     shared laptop to win 6% on an idle one. Collection keeps ``torch_threads`` (the workers need
-    the cores then); 0 = leave torch's setting.
+    the cores then); 0 = leave torch's setting. A batched env (``env.backend=batched``) has no workers:
+    auto gives ``torch_threads``; two threads made its update 3.3-4.3x slower on the shared 2-core
+    machine (``bench/README.md``, "Batched environments").
     """
     if cfg.update_threads > 0:
         return cfg.update_threads
@@ -119,6 +123,15 @@ class OnPolicyTrainer(TrainingRun):
                 norm.rms.deferred = self.finish_line is not None
         workers = self.env.num_chunks if isinstance(self.env, SubprocVectorEnv) else 0
         self.update_threads = update_threads(cfg, workers, self.device.type == "cpu")
+
+    def make_env(self) -> VectorEnv:
+        """The training env; a VMAS env is simulated on the learner's device and stays torch end to end
+        (:func:`marl.env.batched.torch_native`); every other env as :class:`marl.run.TrainingRun` makes it."""
+        cfg = self.cfg
+        if cfg.env.backend == "batched" and cfg.runtime != "ray" and torch_native(
+                cfg.env.id, cfg.algo.name, cfg.health.check_inputs, cfg.model.recurrent != "none"):
+            return batched_vector_env(cfg, len(self.copies), device=str(self.device))
+        return super().make_env()
 
     def acting_policy(self) -> ActorCriticPolicy:
         return self.policy

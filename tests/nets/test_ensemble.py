@@ -232,3 +232,24 @@ def test_every_activation_runs_under_every_strategy_with_equal_outputs_and_gradi
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
         for g, g0 in zip(grads, g_ref):
             torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-5)
+
+
+def test_one_shared_set_runs_as_the_fused_stacked_mlp_and_equals_the_loop_on_a_large_batch(monkeypatch):
+    # One parameter set (MAPPO's shared actor and central critic): the layers run through marl.nets.fused.stacked_mlp
+    # (fused node, narrow head, tanh in its sigmoid form on >= FAST_TANH_MIN_NUMEL elements); the per-set loop
+    # of plain modules is the reference.
+    import marl.nets.ensemble as ensemble
+    from marl.nets.fused import FAST_TANH_MIN_NUMEL
+
+    calls = []
+    fused_mlp = ensemble.stacked_mlp
+    monkeypatch.setattr(ensemble, "stacked_mlp", lambda *a: calls.append(a[0].shape) or fused_mlp(*a))
+    torch.manual_seed(0)
+    net = AgentNet(VEC, 5, 3, hidden=(64, 64))  # 64-wide hidden layers (linear_tanh), a 5-wide head (transposed)
+    x = observations(VEC, 3, lead=(400,))
+    y_ref, g_ref = outputs_and_grads(net, x, "loop")
+    y, grads = outputs_and_grads(net, x, "batched")
+    assert calls == [(1, 1200, 8)] and 1200 * 64 >= FAST_TANH_MIN_NUMEL  # 5 features + 3 agent ids
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for g, g0 in zip(grads, g_ref):
+        torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-4)

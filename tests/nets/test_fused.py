@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marl.nets.fused import FAST_TANH_MIN_NUMEL, fast_tanh, stacked_mlp
+from marl.nets.fused import (
+    FAST_TANH_MIN_NUMEL,
+    NARROW_OUT,
+    dense_input,
+    fast_tanh,
+    linear_tanh,
+    stacked_linear,
+    stacked_mlp,
+    stacked_weight_grad,
+)
 
 
 def _reference(x, weights, biases, activation):
@@ -87,3 +96,70 @@ def test_fast_tanh_is_within_float_precision_of_tanh():
     big = torch.linspace(-3, 3, 2 * FAST_TANH_MIN_NUMEL, requires_grad=True)
     fast_tanh(big).sum().backward()  # with autograd history: torch.tanh, differentiable
     torch.testing.assert_close(big.grad, 1 - torch.tanh(big.detach()) ** 2)
+
+
+@pytest.mark.parametrize("out", [1, 5, NARROW_OUT - 1, NARROW_OUT, 64])  # both layouts, either side of the switch
+def test_stacked_linear_and_weight_grad_equal_the_plain_products(out):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 300, 64, generator=g)
+    w, b = torch.randn(2, 64, out, generator=g), torch.randn(2, out, generator=g)
+    y = stacked_linear(x, w, b)
+    assert y.shape == (2, 300, out) and (y.is_contiguous() or out < NARROW_OUT)  # narrow: a transposed view
+    torch.testing.assert_close(y, torch.baddbmm(b.unsqueeze(1), x, w), rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(2, 300, out, generator=g)
+    gw = stacked_weight_grad(x, grad_out)
+    assert gw.shape == (2, 64, out) and gw.is_contiguous()
+    torch.testing.assert_close(gw, torch.bmm(x.transpose(1, 2), grad_out), rtol=1e-4, atol=1e-4)
+
+
+def test_dense_input_copies_only_a_broadcast_input():
+    x = torch.randn(1, 7, 3)
+    wide = x.expand(2, 7, 3)
+    dense = dense_input(wide)
+    assert dense.is_contiguous() and dense.stride(0) == 21 and torch.equal(dense, wide)
+    own = torch.randn(2, 7, 3)
+    assert dense_input(own) is own and dense_input(x) is x  # already dense, or one tower: no copy
+
+
+def test_a_policy_head_of_5_logits_matches_autograd_on_a_twin_sized_batch():
+    # The layout of a shared simple_spread policy: 2 towers (actor, critic) reading one broadcast input,
+    # 21 -> 64 -> 64 -> 5: the broadcast input is made dense and the head runs as the transposed product.
+    ws, bs = _params([21, 64, 64, 5], 2, torch.float32, 7)
+    x = torch.randn(1, 3000, 21).expand(2, 3000, 21)
+    g = torch.randn(2, 3000, 5)
+    out = stacked_mlp(x, ws, bs, "tanh")
+    grads = torch.autograd.grad(out, [*ws, *bs], g)
+    ref = _reference(x, ws, bs, "tanh")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, torch.autograd.grad(ref, [*ws, *bs], g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-3)  # sums of 3,000 rows in float32
+
+
+def test_linear_tanh_equals_fast_tanh_of_the_layer():
+    g = torch.Generator().manual_seed(8)
+    x, w, b = torch.randn(2, 500, 21, generator=g), torch.randn(2, 21, 64, generator=g), torch.randn(2, 64, generator=g)
+    z = torch.baddbmm(b.unsqueeze(1), x, w)
+    y = linear_tanh(x, w, b)
+    assert z.numel() >= FAST_TANH_MIN_NUMEL
+    torch.testing.assert_close(y, fast_tanh(z), rtol=0, atol=1e-6)  # 2 x inside the matmul: the same sums, scaled
+    assert (y - torch.tanh(z)).abs().max() <= 1e-6
+
+
+def test_the_trick_switches_leave_the_mlp_and_its_gradients_unchanged(monkeypatch):
+    # TANH_IN_MATMUL and NARROW_OUT only choose how the same values are computed.
+    import marl.nets.fused as fused
+
+    ws, bs = _params([21, 64, 64, 5], 2, torch.float32, 9)
+    x = torch.randn(1, 2000, 21).expand(2, 2000, 21)
+    g = torch.randn(2, 2000, 5)
+
+    def run():
+        out = stacked_mlp(x, ws, bs, "tanh")
+        return [out, *torch.autograd.grad(out, [*ws, *bs], g)]
+
+    tricks = run()
+    monkeypatch.setattr(fused, "TANH_IN_MATMUL", False)
+    monkeypatch.setattr(fused, "NARROW_OUT", 0)
+    monkeypatch.setattr(fused, "dense_input", lambda t: t)
+    for a, b in zip(tricks, run()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-3)
