@@ -1,7 +1,8 @@
 """appo on runtime=ray (marl.on_policy.ray_workers) on a real two-node Ray cluster on this machine.
 
-Same cluster as tests/test_ray.py (a head node and a second node, one CPU each; actors at half a CPU),
-started once for this module. The cluster's processes get this module's faulty env on their path.
+The cluster of tests/test_ray.py (the ``cluster`` fixture of tests/conftest.py: a head node and a second node,
+one CPU each, started once per session; actors at half a CPU). This module's faulty env is written into the
+folder that is on the path of the cluster's processes.
 """
 
 from __future__ import annotations
@@ -77,33 +78,10 @@ class Faulty(ParallelEnv):
 
 
 @pytest.fixture(scope="module")
-def env_folder(tmp_path_factory) -> Path:
-    """A folder holding ``ray_appo_faulty_env.py``."""
-    folder = tmp_path_factory.mktemp("envs")
-    (folder / "ray_appo_faulty_env.py").write_text(textwrap.dedent(FAULTY))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def cluster(env_folder):
-    """A head node and a second node, one CPU each; this process is connected to it. Its processes
-    import from ``env_folder`` too."""
-    folder = env_folder
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([old] if old else [])])
-    try:
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-        c.add_node(num_cpus=1)
-        c.wait_for_nodes()
-    finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+def env_folder(ray_env_folder) -> Path:
+    """The cluster's env folder (tests/conftest.py), holding ``ray_appo_faulty_env.py``."""
+    (ray_env_folder / "ray_appo_faulty_env.py").write_text(textwrap.dedent(FAULTY))
+    return ray_env_folder
 
 
 def ray_args(cluster: Cluster) -> tuple[str, ...]:
