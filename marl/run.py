@@ -292,6 +292,9 @@ class TrainingRun(ABC):
         checks each update itself).
         """
 
+    def prepare(self) -> None:
+        """Start-up that waits for the stop signals to be handled (worker processes), before the clock starts."""
+
     def start_metrics(self) -> dict[str, float]:
         """Scalars logged once at env step 0 (e.g. the replay's bytes per row)."""
         return {}
@@ -456,10 +459,11 @@ class TrainingRun(ABC):
                 raise
         else:
             logger = SilentLogger()
-        self._start = time.time()
         with StopSignals() as stop:
             self._stop = stop
             try:
+                self.prepare()
+                self._start = time.time()
                 if self._loop(logger, stop):
                     self.save()
                     raise self._interrupted(logger)

@@ -1,10 +1,14 @@
 """Fixtures shared by the test files: one torch thread, configs in a fresh run directory, tiny budgets,
-and the builders of the off-policy learner tests (specs, configs, learners, batches, a constant-reward env)."""
+the builders of the off-policy learner tests (specs, configs, learners, batches, a constant-reward env),
+and the two-node Ray cluster of the ``runtime=ray`` tests (``cluster``, started once per session)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import numpy as np
@@ -197,3 +201,76 @@ def continuous_bandit_batch() -> Callable[..., OffPolicyBatch]:
                               torch.ones(n_rows, 1, dtype=torch.bool), torch.ones(n_rows))
 
     return batch
+
+
+# ------------------------------------------------------------------ a two-node Ray cluster (runtime=ray tests)
+@pytest.fixture(scope="session")
+def ray_env_folder(tmp_path_factory) -> Path:
+    """A folder on the import path of every process of the test Ray cluster (set before it starts): a test
+    module writes there the env modules that its actors must import."""
+    return tmp_path_factory.mktemp("ray_envs")
+
+
+@contextlib.contextmanager
+def _import_path(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``PYTHONPATH`` in the block: what the Ray processes started in it inherit."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([old] if old else [])])
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture(scope="session")
+def _ray_cluster(ray_env_folder: Path) -> Iterator[Any]:
+    """``ray.cluster_utils.Cluster``: a head node and a second node, one CPU each, started once per session
+    (two raylets take seconds to start); stopped after the last test that uses it (see :func:`cluster`)."""
+    from ray.cluster_utils import Cluster
+
+    with _import_path(ray_env_folder):
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+    yield c
+    _stop_cluster(c)
+
+
+def _stop_cluster(c: Any) -> None:
+    """Disconnect this process and stop every node (idempotent)."""
+    import ray
+
+    ray.shutdown()
+    if c.head_node is not None:
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def _ray_driver(_ray_cluster: Any) -> Iterator[Any]:
+    """This process connected to the session's cluster for one test module (disconnected after it, so that
+    the modules in between start their own Ray instances as a user's run would)."""
+    import ray
+
+    ray.init(address=_ray_cluster.address)
+    yield _ray_cluster
+    ray.shutdown()
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, _ray_driver: Any, ray_env_folder: Path) -> Iterator[Any]:
+    """The session's two-node Ray cluster, this process connected to it, both nodes alive: a node a previous
+    test removed is added back first. After the last test of the session that uses it, the cluster stops."""
+    c = _ray_driver
+    missing = 2 - len(c.list_all_nodes())
+    if missing > 0:
+        with _import_path(ray_env_folder):
+            for _ in range(missing):
+                c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+    yield c
+    users = [item for item in request.session.items if "cluster" in getattr(item, "fixturenames", ())]
+    if users and users[-1] is request.node:
+        _stop_cluster(c)

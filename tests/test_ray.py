@@ -1,7 +1,8 @@
 """runtime=ray (marl.env.ray_env, marl.ray_runtime) on a real two-node Ray cluster on this machine.
 
 ``ray.cluster_utils.Cluster`` starts a head node and a second node (a raylet each, one CPU each) once
-per module; the tests join it with ``ray.address=<its address>``, so every worker is a real actor
+per session (the ``cluster`` fixture of tests/conftest.py, shared with tests/test_ray_appo.py); the tests
+join it with ``ray.address=<its address>``, so every worker is a real actor
 process on a real node. Workers ask for half a CPU so two fit on one node after the other is removed.
 """
 
@@ -25,7 +26,6 @@ if os.environ.get("CI"):
 else:
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e .[ray])")
 
-import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from marl import checkpoint as ckpt  # noqa: E402
@@ -47,18 +47,6 @@ DQN = (str(ROOT / "configs/cartpole_dqn.yaml"), "total_env_steps=240", "env.num_
        "eval.episodes=1", "eval.num_envs=1", "checkpoint.interval=0", "checkpoint.keep_last=0", "torch_threads=1",
        *QUIET)
 ON_CLUSTER = ("runtime=ray", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ray.start_timeout_s=60")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A head node and a second node, one CPU each; this process is connected to it."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
 
 
 def ray_args(cluster: Cluster) -> tuple[str, ...]:
@@ -445,7 +433,7 @@ def _descendants(root: int) -> set[int]:
 
 
 def test_removed_node_leaves_the_run_going(cluster, make_config, recwarn):
-    """Last in the module: the second node does not come back."""
+    """The ``cluster`` fixture adds the removed node back before the next test that uses it."""
     cfg = make_config(*PPO, *ray_args(cluster), "total_env_steps=100000")
     trainer = algorithm("ppo").trainer_class()(cfg)
     try:

@@ -145,14 +145,21 @@ class AsyncPPOTrainer(TrainingRun):
         entropy = np.random.SeedSequence([self.cfg.seed, self.env_steps, worker, generation + 1])
         return seeds_for(int(entropy.generate_state(1)[0]) >> 1, sl.stop - sl.start)
 
+    def prepare(self) -> None:
+        """Start the workers before the run's clock starts, as PPO's env workers do (theirs start with the
+        trainer): start-up is not training time."""
+        if self.pool is None:
+            self._start_workers()
+
     def _start_workers(self) -> None:
+        """Start the workers (after :meth:`restore`: the seeds and reward scalers depend on it); they build their
+        env copies and wait for their first weights, which the first :meth:`advance` sends."""
         algo = self.cfg.algo
         if self.cfg.runtime == "ray":  # actors on a Ray cluster; the same methods as the process pool
             self.pool = RayWorkerPool(self.cfg, self.num_workers, self._copy_seeds, timeout=algo.worker_timeout_s,
                                       connection=self.ray_connection)
         else:
             self.pool = WorkerPool(self.cfg, self.num_workers, self._copy_seeds, timeout=algo.worker_timeout_s)
-        self.pool.latest = (self.weights(), self.version)
         self.pool.start(self.reward_state)
 
     def weights(self) -> dict[str, Any]:
@@ -202,6 +209,8 @@ class AsyncPPOTrainer(TrainingRun):
         cfg, algo = self.cfg, self.cfg.algo
         if self.pool is None:
             self._start_workers()
+        if self.pool.latest is None:  # the first rollouts: no worker collects before the run's clock starts
+            self.pool.broadcast(self.weights(), self.version)
         msg = self.pool.next_rollout()
         lag = self.version - msg.step_versions  # [T]
         for name, (mean, var, count) in msg.obs_moments.items():
