@@ -35,6 +35,7 @@ from marl.env.make import make_adapter  # noqa: E402
 from marl.env.ray_env import RayVectorEnv, WorkerLost, restart_seeds  # noqa: E402
 from marl.env.vector import EnvWorkerError, SyncVectorEnv  # noqa: E402
 from marl.registry import algorithm  # noqa: E402
+from tests.processes import running, wait_gone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPREAD = functools.partial(make_adapter, "mpe2.simple_spread_v3", {"max_cycles": 7})
@@ -51,25 +52,6 @@ ON_CLUSTER = ("runtime=ray", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ra
 
 def ray_args(cluster: Cluster) -> tuple[str, ...]:
     return (*ON_CLUSTER, f"ray.address={cluster.address}")
-
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not exited (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def wait_gone(pids, timeout_s: float = 15.0) -> list[int]:
-    """The processes of ``pids`` still running after up to ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [p for p in alive if running(p)]
-    return alive
 
 
 def policy_tensors(run_dir: Path) -> dict[str, torch.Tensor]:

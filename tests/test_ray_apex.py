@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from marl.on_policy.ray_workers import RayWorkerPool  # noqa: E402
 from marl.on_policy.workers import to_numpy  # noqa: E402
 from marl.registry import algorithm  # noqa: E402
 from marl.seeding import seeds_for  # noqa: E402
+from tests.processes import wait_gone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "cartpole_dqn.yaml")
@@ -51,23 +51,6 @@ def scaled(tree, factor: float = -1.7):
     if isinstance(tree, np.ndarray) and tree.dtype.kind == "f":
         return tree * factor
     return tree
-
-
-def running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def wait_gone(pids, timeout_s: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [p for p in alive if running(p)]
-    return alive
 
 
 def test_apex_on_ray_is_accepted_whatever_the_ray_split():

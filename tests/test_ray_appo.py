@@ -38,6 +38,7 @@ from marl.on_policy.policy import ActorCriticPolicy  # noqa: E402
 from marl.on_policy.ray_workers import RayWorkerPool  # noqa: E402
 from marl.on_policy.workers import RolloutWorker, to_numpy  # noqa: E402
 from marl.seeding import seeds_for  # noqa: E402
+from tests.processes import running, wait_gone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "simple_spread_appo.yaml")
@@ -86,24 +87,6 @@ def env_folder(ray_env_folder) -> Path:
 
 def ray_args(cluster: Cluster) -> tuple[str, ...]:
     return (*ON_CLUSTER, f"ray.address={cluster.address}")
-
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not exited (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def wait_gone(pids, timeout_s: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [p for p in alive if running(p)]
-    return alive
 
 
 def actor_processes() -> set[int]:
