@@ -251,8 +251,10 @@ class TrainingRun(ABC):
             raise ConfigError(f"distributed.{key}: {message}")
         ranks = Ranks.from_env(cfg.device, cfg.distributed.timeout_s)
         if ranks is not None and not self.supports_distributed:
-            raise ConfigError(f"algo.name={cfg.algo.name}: data-parallel training under torchrun is not implemented "
-                              "for it (see docs/distributed.md); run it without torchrun")
+            what = f"algo.name={cfg.algo.name}" + (f" with model.recurrent={cfg.model.recurrent}"
+                                                   if cfg.model.recurrent != "none" else "")
+            raise ConfigError(f"{what}: data-parallel training under torchrun is not implemented for it (see "
+                              "docs/distributed.md); run it without torchrun")
         if ranks is not None and cfg.env.backend == "batched":
             raise ConfigError("env.backend=batched: not supported under torchrun yet (its snapshot is one state for "
                               "all copies); use sync or subprocess")

@@ -101,7 +101,9 @@ class CarriesHidden:
         return done
 
     def drop_in_flight(self) -> None:
-        """A lost step also ends the copies' acting states (their episodes restart)."""
+        """A lost step cuts every copy's sequence in progress, so every copy's acting state restarts from zero too
+        (a stored sequence starts from the state that acted; the copies whose worker survived lose their memory
+        once, mid-episode)."""
         super().drop_in_flight()
         self.hidden = self.actor.initial_hidden(self.cfg.env.num_envs)
 

@@ -321,6 +321,13 @@ class OffPolicyTrainer(TrainingRun):
         world = 1 if self.dist is None else self.dist.world_size  # learning_starts counts every rank's rows
         return len(first) >= min(first.capacity, max(-(-algo.learning_starts // world), algo.batch_size))
 
+    def evaluate_and_keep_best(self, logger: Any) -> dict[str, Any] | None:
+        """torchrun: merge the ranks' statistics first (every rank calls this), so that the policy rank 0 evaluates
+        is the one ``best.pt`` keeps."""
+        if self.dist is not None:
+            self.sync_counts()
+        return super().evaluate_and_keep_best(logger)
+
     def synced_tensors(self) -> list[tuple[str, Any]]:
         """What every rank must hold identically: the trained parameters, then the observation normalizers'
         statistics."""

@@ -293,8 +293,8 @@ class RayWorkerPool:
                 return msg
             if time.monotonic() > deadline:
                 self.close()
-                raise TimeoutError(f"no {self.label} ray worker delivered a rollout in {self.timeout:.0f}s "
-                                   "(algo.worker_timeout_s); is an env stuck?")
+                raise TimeoutError(f"no {self.label} ray worker delivered a rollout in {self.timeout:.0f}s"
+                                   f"{' (algo.worker_timeout_s)' if self.label == 'appo' else ''}; is an env stuck?")
 
     def _rebuild(self, w: int, cause: BaseException) -> None:
         """Actor ``w`` died: drop its rollout in flight, build a new one on fresh env copies, warn."""
