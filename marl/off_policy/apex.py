@@ -278,6 +278,12 @@ class ApexTrainer(OffPolicyTrainer):
             self.pool.latest = (self.weights(), self.weight_version)
         self.pool.start()
 
+    def prepare(self) -> None:
+        """Start the actors before the run's clock starts: their start-up (processes or Ray actors, env copies) is
+        not training time, as for appo's workers."""
+        if self.pool is None:
+            self.start_actors()
+
     def _ray_actor(self, actor: int) -> Callable[..., ApexActor]:
         """What Ray actor ``actor`` hosts: an :class:`ApexActor` with its epsilon (picklable: sent to the cluster)."""
         return functools.partial(ApexActor, epsilon=self.epsilons[actor])
