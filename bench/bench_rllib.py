@@ -28,15 +28,15 @@ of the per-pair ratios RLlib / marl.
 Setup (RLlib pins its own Gymnasium, so it lives in a virtualenv of its own, outside the repository and
 outside marl's dependencies)::
 
-    python3.11 -m venv /work/rllib-venv
-    /work/rllib-venv/bin/pip install torch==2.13.0          # the torch of marl's environment
-    /work/rllib-venv/bin/pip install "ray[rllib]==2.60.0" pettingzoo mpe2
+    python3.11 -m venv ../rllib-venv
+    ../rllib-venv/bin/pip install torch==2.13.0          # the torch of marl's environment
+    ../rllib-venv/bin/pip install "ray[rllib]==2.60.0" pettingzoo mpe2
 
 Run (the orchestrating process needs only the standard library; each side runs under its own Python)::
 
-    python bench/bench_rllib.py --rllib-python /work/rllib-venv/bin/python --marl-python .venv/bin/python
+    python bench/bench_rllib.py --rllib-python ../rllib-venv/bin/python --marl-python .venv/bin/python
     python bench/bench_rllib.py --rllib-python ... --marl-python ... --steps 32000 --repeats 5
-    /work/rllib-venv/bin/python bench/bench_rllib.py --side rllib --steps 16000   # one RLlib run, a JSON line
+    ../rllib-venv/bin/python bench/bench_rllib.py --side rllib --steps 16000   # one RLlib run, a JSON line
 """
 
 from __future__ import annotations
