@@ -206,6 +206,8 @@ class VDNConfig(DQNConfig):
     buffer_size: int = _f(100_000, "replay capacity in team rows; rounded down to a multiple of env.num_envs")
     td_loss: Literal["mse", "huber"] = _f("mse", "loss of the team TD error: mse (as in the VDN and QMIX papers) "
                                                  "or huber (threshold 1)")
+    standardize_rewards: bool = _f(False, "standardize the team rewards of each sampled batch (minus their mean, over "
+                                          "their std) before the TD target, as EPyMARL's standardise_rewards")
 
 
 @dataclass

@@ -11,7 +11,9 @@ one optimizer holds the agents' and the mixer's parameters, each once.
 Conventions (all rows ``B``, team agents ``A`` in group order):
 
 * team reward ``r_tot = sum_a alive_a * r_a`` (the sum of the agents' rewards of the window; an
-  env with a common reward gives every agent the same ``r``, so ``r_tot = A_alive * r``);
+  env with a common reward gives every agent the same ``r``, so ``r_tot = A_alive * r``); with
+  ``algo.standardize_rewards`` the batch's ``r_tot`` are standardized before the target (then ``Q_tot``
+  is in those units);
 * the team is terminated at the window end when every agent alive at the row is terminated;
   a time limit (truncation) is bootstrapped from the real final observations and state;
 * an agent enters the mix of ``Q_tot(s)`` only where it acted (``alive``) and the mix of the
@@ -102,6 +104,17 @@ def obs_state(obs: list[Tensor]) -> Tensor:
 def team_reward(reward_n: Tensor, alive: Tensor) -> Tensor:
     """``r_tot [B] = sum_a alive_a * reward_n_a`` of ``reward_n [B, A]`` and ``alive [B, A]`` bool."""
     return (reward_n * alive.to(reward_n.dtype)).sum(dim=-1)
+
+
+def standardized_rewards(reward: Tensor, valid: Tensor, eps: float = 1e-5) -> Tensor:
+    """``(r - mean) / (std + eps)`` of ``reward [B]`` with mean and (unbiased) std over the ``valid [B]`` rows; other
+    rows are returned as 0. EPyMARL's ``standardise_rewards`` (per sampled batch): rare rewards stand out of the
+    noise of a fresh Q network whatever their scale (level-based foraging pays fractions of 1 per episode)."""
+    m = valid.to(reward.dtype)
+    n = m.sum()
+    mean = (reward * m).sum() / n.clamp_min(1.0)
+    std = (((reward - mean) * m).square().sum() / (n - 1.0).clamp_min(1.0)).sqrt()
+    return (reward - mean) / (std + eps) * m
 
 
 def team_terminated(terminated_n: Tensor, alive: Tensor) -> Tensor:
@@ -200,8 +213,9 @@ class ValueDecompositionLearner:
             next_alive = bootstrap_alive(cat_agents([g.next_alive_n for g in rows]), terminated_n)
             next_q_tot = self.target_mixer(next_q, next_state, next_alive)
             reward = team_reward(cat_agents([g.reward_n for g in rows]), alive)
-            y = team_td_target(reward, b.discount_n, team_terminated(terminated_n, alive), next_q_tot)
-        valid = alive.any(dim=-1)
+            valid = alive.any(dim=-1)
+            target_reward = standardized_rewards(reward, valid) if self.cfg.standardize_rewards else reward
+            y = team_td_target(target_reward, b.discount_n, team_terminated(terminated_n, alive), next_q_tot)
         loss = weighted_row_mean(td_loss(q_tot, y, self.cfg.td_loss), valid, b.weights)
         td = (q_tot.detach() - y) * valid.to(y.dtype)
         n_alive = alive.sum().clamp_min(1).to(q_taken.dtype)

@@ -15,7 +15,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from marl.algos.dqn import QPolicyNet
-from marl.algos.value_decomposition import GroupRows, TeamBatch, ValueDecompositionLearner
+from marl.algos.value_decomposition import GroupRows, TeamBatch, ValueDecompositionLearner, standardized_rewards
 from marl.api import load_policy
 from marl.cli import main
 from marl.config import ConfigError, ModelConfig, QMIXConfig, VDNConfig
@@ -233,6 +233,22 @@ def test_vdn_target_matches_a_hand_computation(double_q):
     assert abs(expected_td[2] - (q_on[2, 0, 2] + q_on[2, 1, 0] - 2.0)) < 1e-5
     _, td_unmasked, _ = learner.losses(team_batch(mask_next=False))
     assert abs(float(td_unmasked[0]) - float(td[0])) > 1e-4  # the masks changed row 0's target
+
+
+def test_standardized_rewards_enter_the_target_by_hand():
+    """EPyMARL's standardise_rewards: the batch's team rewards minus their mean over their (unbiased) std; rows where
+    no agent acted are left out of both and give 0. The targets move by exactly the change of the rewards."""
+    r, valid = torch.tensor([0.0, 0.0, 1.0, 5.0]), torch.tensor([True, True, True, False])
+    v = np.array([0.0, 0.0, 1.0])
+    expected = np.append((v - v.mean()) / (v.std(ddof=1) + 1e-5), 0.0)
+    np.testing.assert_allclose(standardized_rewards(r, valid).numpy(), expected, rtol=1e-6)
+
+    b = team_batch()
+    _, td_raw, _ = perturbed_learner(VDNConfig()).losses(b)
+    _, td_std, _ = perturbed_learner(VDNConfig(standardize_rewards=True)).losses(b)
+    r_tot = np.array([1.0 + 2.0, 0.5, 3.0 - 1.0])  # row 1: agent_1 is dead, its reward is left out
+    r_std = (r_tot - r_tot.mean()) / (r_tot.std(ddof=1) + 1e-5)
+    np.testing.assert_allclose((td_std - td_raw).numpy(), r_tot - r_std, rtol=1e-5, atol=1e-5)
 
 
 def test_one_optimizer_trains_agents_and_mixer_and_targets_only_follow():

@@ -171,6 +171,23 @@ def test_two_iterations_of_mappo_with_a_central_critic(config, steps, make_confi
     assert result["env_steps"] == steps and np.isfinite(result["final_eval"]["ep_return"])
 
 
+@pytest.mark.parametrize("algo", ["vdn", "qmix"])
+def test_value_decomposition_configs_train_on_lbf(algo, make_config):
+    """The shipped LBF configs train a few gradient steps; QMIX's mixer reads both agents' observations (LBF has
+    no state(): 2 x 12 features)."""
+    from marl.api import train
+    from marl.off_policy.team import mixer_state_dim
+
+    cfg = make_config(f"configs/lbf_8x8_2p_2f_coop_{algo}.yaml", "env.num_envs=2", "total_env_steps=400",
+                      "algo.learning_starts=200", "algo.batch_size=16", "algo.buffer_size=400", "eval.interval=0",
+                      "eval.episodes=2", "eval.num_envs=2", "checkpoint.interval=0")
+    spec = env_spec(cfg)
+    assert spec.state_shape is None and mixer_state_dim(spec, cfg.algo) == 24
+    result = train(cfg)
+    assert result["env_steps"] == 400 and result["grad_steps"] == 20  # one per 10 env steps after the warm-up
+    assert 0.0 <= result["final_eval"]["ep_return"] <= 1.0
+
+
 def test_unknown_ids_name_close_ones():
     with pytest.raises(ValueError, match="Did you mean: lbforaging:Foraging-8x8-2p-2f-coop-v3"):
         make_raw_env("lbforaging:Foraging-8x8-2p-2f-coop-v2")
