@@ -38,7 +38,7 @@ from marl.loop import episode_ends, reset_hidden
 from marl.normalization import ObsNormalizer
 from marl.off_policy.actor import build_actor, build_learner
 from marl.off_policy.replay import replay_rows
-from marl.off_policy.team import TeamTrainer, episode_ended, mixer_state_dim, stores_state
+from marl.off_policy.team import TeamTrainer, mixer_state_dim, stores_state, team_reward_and_decisions, team_rows
 from marl.off_policy.trainer import MetricWindow, OffPolicyTrainer
 from marl.types import ActOutput, EnvSpec, GroupObs, VecStep
 
@@ -204,19 +204,12 @@ class RecurrentTeamTrainer(CarriesHidden, TeamTrainer):
     def store(self, obs: dict[str, GroupObs], out: ActOutput, step: VecStep, state: np.ndarray | None) -> int:
         """Every group's rows into its pending sequences (the state and next state with the first group's), with
         the states they were acted on; returns the agent decisions taken."""
-        rows = {g: replay_rows(obs[g], out.action[g].cpu().numpy(), step.transition[g], step.obs[g], None, None)
-                for g in self.replay}
-        if self.with_state:
-            ended = episode_ended(obs, step.transition)[:, None]
-            first = rows[next(iter(rows))]
-            first["state"], first["next_state"] = state, np.where(ended, step.final_state, step.state)
+        rows = team_rows(list(self.replay), obs, out, step, state, self.with_state)
         fed = self.hidden
         done = self.next_hidden(out, step)
-        team_reward, agent_steps = 0.0, 0
         for g, buf in self.replay.items():
             buf.add(rows[g], fed[g].cpu().numpy(), done)
-            team_reward = team_reward + (step.transition[g].reward * obs[g].alive).sum(axis=-1)
-            agent_steps += int(obs[g].alive.sum())
+        team_reward, agent_steps = team_reward_and_decisions({g: obs[g] for g in self.replay}, step)
         self.health.note_rewards("team", team_reward)
         return agent_steps
 

@@ -20,7 +20,8 @@ exploration (per-agent epsilon-greedy over allowed actions), evaluation, checkpo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,6 +103,29 @@ def team_samples(replays: Mapping[str, ReplayBuffer], batch_size: int, rng: np.r
     return first, rows
 
 
+def team_rows(names: Sequence[str], obs: Mapping[str, GroupObs], out: ActOutput, step: VecStep,
+              state: np.ndarray | None, with_state: bool) -> dict[str, dict[str, np.ndarray]]:
+    """One vector step's rows of every group (``replay_rows``); with ``with_state`` the first group's also carry
+    the state acted on and the next state (the final state where the episode ended)."""
+    rows = {g: replay_rows(obs[g], out.action[g].cpu().numpy(), step.transition[g], step.obs[g], None, None)
+            for g in names}
+    if with_state:
+        ended = episode_ended(obs, step.transition)[:, None]
+        first = rows[names[0]]
+        first["state"], first["next_state"] = state, np.where(ended, step.final_state, step.state)
+    return rows
+
+
+def team_reward_and_decisions(obs: Mapping[str, GroupObs], step: VecStep) -> tuple[np.ndarray, int]:
+    """``[E]`` team reward of the step (alive agents of every group) and the number of agent decisions taken."""
+    reward: Any = 0.0
+    decisions = 0
+    for g, o in obs.items():
+        reward = reward + (step.transition[g].reward * o.alive).sum(axis=-1)
+        decisions += int(o.alive.sum())
+    return reward, decisions
+
+
 def to_team_batch(first: ReplaySample, rows: Mapping[str, Mapping[str, np.ndarray | None]],
                   norms: Mapping[str, ObsNormalizer], device: torch.device) -> TeamBatch:
     """Team rows as tensors on ``device``, observations normalized with the groups' frozen statistics."""
@@ -151,17 +175,10 @@ class TeamTrainer(OffPolicyTrainer):
     def store(self, obs: dict[str, GroupObs], out: ActOutput, step: VecStep, state: np.ndarray | None) -> int:
         """One team row per env copy (every group's rows at the same index; the state and the next state, final
         where the episode ended, with the first group's); returns the agent decisions taken."""
-        rows = {g: replay_rows(obs[g], out.action[g].cpu().numpy(), step.transition[g], step.obs[g], None, None)
-                for g in self.replay}
-        if self.with_state:
-            ended = episode_ended(obs, step.transition)[:, None]
-            first = rows[next(iter(rows))]
-            first["state"], first["next_state"] = state, np.where(ended, step.final_state, step.state)
-        team_reward, agent_steps = 0.0, 0
+        rows = team_rows(list(self.replay), obs, out, step, state, self.with_state)
         for g, buf in self.replay.items():
             buf.add(rows[g])
-            team_reward = team_reward + (step.transition[g].reward * obs[g].alive).sum(axis=-1)
-            agent_steps += int(obs[g].alive.sum())
+        team_reward, agent_steps = team_reward_and_decisions({g: obs[g] for g in self.replay}, step)
         self.health.note_rewards("team", team_reward)
         return agent_steps
 
