@@ -122,9 +122,17 @@ class Ranks:
         cpu_group = dist.new_group(backend="gloo", timeout=timeout) if use_cuda else None
         return cls(dist.get_rank(), dist.get_world_size(), dev, cpu_group)
 
-    def close(self) -> None:
-        """Leave the process group (after the last collective)."""
+    def close(self, settled: bool = False) -> None:
+        """Leave the process group (after the last collective).
+
+        Args:
+            settled: every rank got here the same way (the run's end, or an agreed stop): they meet once more
+                first, so that no rank tears its connections down while a peer is still finishing the last
+                collective (gloo then aborts the peer's process). ``False`` on an error: no rank waits.
+        """
         if dist.is_initialized():
+            if settled:
+                dist.barrier(group=self.cpu_group)
             dist.destroy_process_group()
 
     # ------------------------------------------------------------------ data

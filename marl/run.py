@@ -309,7 +309,7 @@ class TrainingRun(ABC):
         """Close the env copies (and whatever else a trainer opened), and leave the process group."""
         self.env.close()
         if self.dist is not None:
-            self.dist.close()
+            self.dist.close(settled=getattr(self, "_settled", False))
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self, name: str) -> dict[str, Any]:
@@ -468,8 +468,11 @@ class TrainingRun(ABC):
                 self._start = time.time()
                 if self._loop(logger, stop):
                     self.save()
+                    self._settled = True  # every rank stops here after the same step
                     raise self._interrupted(logger)
-                return self._finish(logger)
+                summary = self._finish(logger)
+                self._settled = True
+                return summary
             except NonFiniteError as err:
                 raise err.with_context(self.env_steps, self.ckpt_dir / "latest.pt") from None
             finally:
