@@ -130,7 +130,7 @@ def _worker(rank: int, port: int, data_path: str, out_dir: str) -> None:
         out["divergence"] = None
     except DivergenceError as err:
         out["divergence"] = str(err)
-    dist.destroy_process_group()
+    ranks.close(settled=True)  # meet once more, then leave (a rank leaving first can abort its peer)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
 
 

@@ -81,7 +81,7 @@ def _worker(rank: int, port: int, data_path: str, out_dir: str) -> None:
     data = torch.load(data_path, weights_only=False)
     out = {case: _updates(case, p, lstate, {g: _half(b, rank) for g, b in batches.items()}, ranks.average_grads)
            for case, (p, lstate, batches) in data.items()}
-    dist.destroy_process_group()
+    ranks.close(settled=True)  # meet once more, then leave (a rank leaving first can abort its peer)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
