@@ -42,7 +42,6 @@ with one weight version; ``ray.num_workers`` and ``ray.envs_per_worker`` are not
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -50,9 +49,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from marl.config import Config, ConfigError, DQNConfig
-from marl.env.chunks import EnvWorkerError
 from marl.env.make import env_factory, vector_env
-from marl.env.subproc import _stop_signals_blocked
 from marl.env.sync import SyncVectorEnv
 from marl.env.vector import VectorEnv
 from marl.logger import episode_metrics
@@ -187,43 +184,12 @@ class ActorPool(WorkerPool):
         self.epsilons = list(epsilons)
         self._ctx.set_forkserver_preload(["marl.on_policy.workers", "marl.off_policy.apex"])
 
-    def _start(self, w: int) -> None:
-        sl = self.slices[w]
-        torch_seed = int(np.random.SeedSequence([self.cfg.seed, w, self.generation[w], 7]).generate_state(1)[0])
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=serve_actor, name=f"marl-apex-{w}", daemon=True,
-                                 args=(child, self.cfg, w, range(sl.start, sl.stop), self.seeds(w, self.generation[w]),
-                                       torch_seed, self.epsilons[w]))
-        with _stop_signals_blocked():
-            proc.start()
-        child.close()
-        self.procs[w], self.conns[w] = proc, parent
-        if self.latest is not None:
-            self.send_weights(w, *self.latest)
+    label, unit, work = "apex", "actor", "batch"
+    seed_salt = (7,)
 
-    def describe(self, w: int) -> str:
-        sl = self.slices[w]
-        return f"apex actor {w} (env copies {sl.start}..{sl.stop - 1})"
-
-    def next_rollout(self) -> RowBatch:
-        """The first batch any actor has ready (:meth:`WorkerPool.next_rollout`); an env error names the actor."""
-        try:
-            return super().next_rollout()
-        except EnvWorkerError as err:
-            raise EnvWorkerError(str(err).replace("(in appo apex actor", "(in apex actor", 1), err.env_index,
-                                 err.worker_traceback) from None
-
-    def _replace(self, w: int) -> None:
-        """Actor ``w`` died: drop its batch in progress, start a new one on fresh env copies, warn."""
-        proc, conn = self.procs[w], self.conns[w]
-        proc.join(1.0)
-        if conn is not None:
-            conn.close()
-        self.restarts += 1
-        self.generation[w] += 1
-        warnings.warn(f"{self.describe(w)} died (exit code {proc.exitcode}); its batch in progress is discarded "
-                      "and a new actor starts on fresh env copies", RuntimeWarning, stacklevel=3)
-        self._start(w)
+    def process_body(self, w: int, child: Connection, copies: range, seeds: list[int],
+                     torch_seed: int) -> tuple[Callable[..., None], tuple]:
+        return serve_actor, (child, self.cfg, w, copies, seeds, torch_seed, self.epsilons[w])
 
 
 class ApexTrainer(OffPolicyTrainer):

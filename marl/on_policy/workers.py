@@ -432,14 +432,23 @@ class WorkerPool:
             self.close()
             raise
 
+    label, unit, work = "appo", "worker", "rollout"  # what messages call the owner, a process, its unit of work
+    seed_salt: tuple[int, ...] = ()  # extra entropy of the processes' torch seeds
+
+    def process_body(self, w: int, child: Connection, copies: range, seeds: list[int],
+                     torch_seed: int) -> tuple[Callable[..., None], tuple]:
+        """The function process ``w`` runs and its arguments (appo: :func:`serve`)."""
+        return serve, (child, self.cfg, w, copies, seeds, torch_seed, self.reward_state[w])
+
     def _start(self, w: int) -> None:
         sl = self.slices[w]
         copies = range(sl.start, sl.stop)
         seeds = self.seeds(w, self.generation[w])
-        torch_seed = int(np.random.SeedSequence([self.cfg.seed, w, self.generation[w]]).generate_state(1)[0])
+        entropy = [self.cfg.seed, w, self.generation[w], *self.seed_salt]
+        torch_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=serve, name=f"marl-appo-{w}", daemon=True,
-                                 args=(child, self.cfg, w, copies, seeds, torch_seed, self.reward_state[w]))
+        target, args = self.process_body(w, child, copies, seeds, torch_seed)
+        proc = self._ctx.Process(target=target, name=f"marl-{self.label}-{w}", daemon=True, args=args)
         with _stop_signals_blocked():
             proc.start()
         child.close()
@@ -449,7 +458,7 @@ class WorkerPool:
 
     def describe(self, w: int) -> str:
         sl = self.slices[w]
-        return f"worker {w} (env copies {sl.start}..{sl.stop - 1})"
+        return f"{self.unit} {w} (env copies {sl.start}..{sl.stop - 1})"
 
     def send_weights(self, w: int, state: dict, version: int) -> None:
         """Send worker ``w`` the learner's ``policy.state_dict()`` (numpy) and its version."""
@@ -491,7 +500,7 @@ class WorkerPool:
                         _, env_index, message, tb = reply
                         where = self.describe(w) + ("" if env_index is None else f", env copy {env_index}")
                         self.close()
-                        raise EnvWorkerError(f"{message} (in appo {where})\n--- worker traceback ---\n{tb}",
+                        raise EnvWorkerError(f"{message} (in {self.label} {where})\n--- worker traceback ---\n{tb}",
                                              env_index, tb)
                     self._next = (w + 1) % self.num_workers
                     msg: RolloutMessage = reply[1]
@@ -516,8 +525,8 @@ class WorkerPool:
         if state is not None:  # keep the return statistics; the running returns belong to the old episodes
             state = {"reward_norm": {g: {**s, "ret": np.zeros_like(s["ret"])} for g, s in state["reward_norm"].items()}}
             self.reward_state[w] = state
-        warnings.warn(f"appo {self.describe(w)} died (exit code {proc.exitcode}); its rollout in progress is "
-                      "discarded and a new worker starts on fresh env copies", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{self.label} {self.describe(w)} died (exit code {proc.exitcode}); its {self.work} in progress "
+                      f"is discarded and a new {self.unit} starts on fresh env copies", RuntimeWarning, stacklevel=3)
         self._start(w)
 
     def close(self, timeout: float = 3.0) -> None:
