@@ -87,8 +87,7 @@ def test_acting_states_reset_at_exactly_the_step_and_the_sequences_reproduce_the
     (["algo.buffer_size=100", "algo.seq_len=20", "algo.burn_in=10", "algo.batch_size=32"], "algo.buffer_size"),
     (["algo.num_actors=2"], "algo.num_actors"),
     (["algo.name=sac"], "model.recurrent"),
-    (["algo.name=qmix", "algo.n_step=3"], "algo.n_step"),
-    (["algo.name=vdn", "algo.standardize_rewards=true"], "algo.standardize_rewards"),
+    (["algo.name=qmix", "algo.seq_len=4", "algo.burn_in=2", "algo.n_step=3"], "algo.n_step"),
     (["model.hidden=[]"], "model.hidden"),
 ])
 def test_bad_recurrent_dqn_configs_are_one_line_errors(overrides, key) -> None:
@@ -103,7 +102,9 @@ def test_bad_recurrent_dqn_configs_are_one_line_errors(overrides, key) -> None:
     ["model.sharing={agent_0: a, agent_1: b, agent_2: a}", "algo.dueling=true"],
     ["algo.name=qmix", "model.sharing=independent", "algo.per=true"],
     ["algo.name=vdn", "model.recurrent=lstm"],
-], ids=["gru-shared-per", "lstm-independent-nstep", "grouped-dueling", "qmix-independent-per", "vdn-lstm"])
+    ["algo.name=qmix", "algo.n_step=3", "algo.standardize_rewards=true"],
+], ids=["gru-shared-per", "lstm-independent-nstep", "grouped-dueling", "qmix-independent-per", "vdn-lstm",
+        "qmix-nstep-standardized"])
 def test_short_runs_train_evaluate_and_reload(tmp_path, model) -> None:
     run = marl.train(CONFIG, overrides=merged(*SMALL, *CUE, "env.kwargs={n_agents: 3, n_cues: 3, delay: 3}",
                                               "env.num_envs=2",

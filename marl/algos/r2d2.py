@@ -43,9 +43,9 @@ from marl.algos.value_decomposition import (
     ValueDecompositionLearner,
     bootstrap_alive,
     obs_state,
+    standardized_rewards,
     td_loss,
     team_reward,
-    team_td_target,
     team_terminated,
     weighted_row_mean,
 )
@@ -244,6 +244,32 @@ class RecurrentDQNLearner(DQNLearner):
         return torch.stack(group_losses).sum(), priority, metrics
 
 
+def team_ended(ended_n: Tensor, alive: Tensor) -> Tensor:
+    """``[N]`` bool: the team's trajectory ends at the row, every agent acting there (``alive [N, A]``) ended
+    (``ended_n [N, A]``: terminated, truncated or dead); a row where no agent acts is not an end."""
+    return (ended_n | ~alive).all(dim=-1) & alive.any(dim=-1)
+
+
+def team_sequence_targets(reward: Tensor, terminated: Tensor, ended: Tensor, valid: Tensor, next_q_tot: Tensor,
+                          gamma: float, n_step: int) -> Tensor:
+    """The team's n-step targets ``y [L * B]`` (rows step-major, as ``valid [L, B]`` flattened).
+
+    Args:
+        reward, terminated, ended: ``[L * B]`` team reward, team termination and team end of each step.
+        next_q_tot: ``[L * B]`` the target mixer's value of the position after each step (detached).
+        gamma, n_step: discount and the longest window.
+
+    :func:`sequence_targets` with the team as one agent: the bootstrap of a window that closes after step
+    ``t + k`` is ``next_q_tot`` of that step, i.e. the value of position ``t + k + 1``."""
+    n_steps, batch = valid.shape
+
+    def seq(x: Tensor) -> Tensor:
+        return x.view(n_steps, batch, 1)
+
+    next_value = torch.cat([torch.zeros_like(seq(next_q_tot)[:1]), seq(next_q_tot)])  # [P, B, 1] by position
+    return sequence_targets(seq(reward), seq(terminated), seq(ended), valid, next_value, gamma, n_step).reshape(-1)
+
+
 class TeamSequenceBatch(NamedTuple):
     """Sampled team sequences for value decomposition: every group's agents over the same env steps.
 
@@ -260,12 +286,16 @@ class TeamSequenceBatch(NamedTuple):
 class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
     """VDN / QMIX (:class:`marl.algos.value_decomposition.ValueDecompositionLearner`) on team sequences: every
     group's agent networks unrolled over the sequence as :class:`RecurrentDQNLearner` does, then at each step
-    ``t`` the one-step team target of the feed-forward learner::
+    ``t`` the team's n-step target (:func:`sequence_targets` on the team's reward, ``n = algo.n_step``)::
 
-        y_t = r_tot_t + gamma (1 - terminated_team_t) Q_tot_target(p_{t+1}, [Q'_a(p_{t+1}, a*_a)]_a)
+        y_t = sum_{k < n'} gamma^k r_tot_{t+k}
+              + gamma^n' (1 - terminated_team_{t+n'-1}) Q_tot_target(p_{t+n'}, [Q'_a(p_{t+n'}, a*_a)]_a)
 
-    over the steps ``valid & t >= burn_in`` where some agent acts; ``td_error`` holds the ``[B]`` sequence
-    priorities (``eta * max + (1 - eta) * mean`` of ``|Q_tot - y|``) under the first group."""
+    where the window of ``n' <= n`` steps stops early at the team's end (every agent acting there ended) or
+    the sequence's last real step, over the steps ``valid & t >= burn_in`` where some agent acts;
+    ``r_tot`` is standardized over the batch's acting steps when ``algo.standardize_rewards`` is on.
+    ``td_error`` holds the ``[B]`` sequence priorities (``eta * max + (1 - eta) * mean`` of ``|Q_tot - y|``)
+    under the first group."""
 
     def losses(self, b: TeamSequenceBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The team loss, the ``[B]`` sequence priorities and metrics (0-dim tensors; no step)."""
@@ -295,12 +325,15 @@ class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
         flat = None if state is None else (state[:-1].reshape(n_steps * batch, -1),
                                            state[1:].reshape(n_steps * batch, -1))
         q_tot = self.mixer(rows(taken), None if flat is None else flat[0], alive)
+        acting = first.valid.reshape(-1) & alive.any(-1)  # [L * B]
         with torch.no_grad():
             next_alive = bootstrap_alive(rows([g.alive[1:] for g in groups]), terminated)
             next_q_tot = self.target_mixer(rows(nxt), None if flat is None else flat[1], next_alive)
             reward = team_reward(rows([g.reward for g in groups]), alive)
-            discount = torch.full_like(reward, cfg.gamma)
-            y = team_td_target(reward, discount, team_terminated(terminated, alive), next_q_tot)
+            target_reward = standardized_rewards(reward, acting) if cfg.standardize_rewards else reward
+            y = team_sequence_targets(target_reward, team_terminated(terminated, alive),
+                                      team_ended(rows([g.ended for g in groups]), alive), first.valid,
+                                      next_q_tot, cfg.gamma, cfg.n_step)
         mask = loss_mask(first.valid, alive.view(n_steps, batch, -1).any(-1, keepdim=True), first.burn_in)[..., 0]
         weights = first.weights.expand(n_steps, batch).reshape(-1)
         loss = weighted_row_mean(td_loss(q_tot, y, cfg.td_loss), mask.reshape(-1), weights)

@@ -191,8 +191,8 @@ def test_learner_loss_equals_a_naive_loop(n_step, make_learner, discrete_spec) -
     torch.testing.assert_close(priority["agent"], want_priority.float(), rtol=1e-4, atol=1e-5)
 
 
-def naive_team_losses(learner, b, gamma: float, eta: float):
-    """The recurrent team learner's loss and priorities with Python loops over sequences and steps."""
+def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, standardize: bool = False):
+    """The recurrent team learner's loss and priorities with Python loops over sequences, steps and windows."""
     from marl.algos.value_decomposition import td_loss
 
     L, B = next(iter(b.groups.values())).valid.shape
@@ -208,28 +208,51 @@ def naive_team_losses(learner, b, gamma: float, eta: float):
                         h = h * (~(g.ended[p] & g.valid[p + 1].unsqueeze(-1))).unsqueeze(-1)
                 qs[name, kind] = torch.stack(out)
     first = next(iter(b.groups.values()))
+
+    def cat(field: str, t: int, s: int) -> torch.Tensor:
+        return torch.cat([getattr(g, field)[t, s] for g in b.groups.values()])
+
+    rewards = {(t, s): float((cat("reward", t, s) * cat("alive", t, s)).sum()) for t in range(L) for s in range(B)}
+    if standardize:  # over the steps where some agent acts
+        acting = [r for (t, s), r in rewards.items() if first.valid[t, s] and cat("alive", t, s).any()]
+        mean = sum(acting) / len(acting)
+        std = (sum((r - mean) ** 2 for r in acting) / (len(acting) - 1)) ** 0.5
+        rewards = {(t, s): (r - mean) / (std + 1e-5) if cat("alive", t, s).any() else 0.0
+                   for (t, s), r in rewards.items()}  # a step where no agent acts pays 0
+
+    def bootstrap(t: int, s: int) -> float:
+        """The target mixer's value of position t + 1 after step t (agents terminated at t left out)."""
+        nxt = []
+        for name, g in b.groups.items():
+            for a in range(g.action.shape[-1]):
+                qo = qs[name, "online"][t + 1, s, a].clone()
+                qo[~g.action_mask[t + 1, s, a]] = -torch.inf
+                nxt.append(qs[name, "target"][t + 1, s, a, int(qo.argmax())])
+        next_alive = cat("alive", t + 1, s) & ~cat("terminated", t, s)
+        with torch.no_grad():
+            return float(learner.target_mixer(torch.stack(nxt)[None], b.state[t + 1, s][None], next_alive[None]))
+
     total, count, prio = 0.0, 0, []
     for s in range(B):
         errs = []
         for t in range(L):
-            alive = torch.cat([g.alive[t, s] for g in b.groups.values()])
+            alive = cat("alive", t, s)
             if not (first.valid[t, s] and t >= int(first.burn_in[s]) and alive.any()):
                 continue
-            taken, nxt = [], []
-            for name, g in b.groups.items():
-                for a in range(g.action.shape[-1]):
-                    taken.append(qs[name, "online"][t, s, a, int(g.action[t, s, a])])
-                    qo = qs[name, "online"][t + 1, s, a].clone()
-                    qo[~g.action_mask[t + 1, s, a]] = -torch.inf
-                    nxt.append(qs[name, "target"][t + 1, s, a, int(qo.argmax())])
-            term = torch.cat([g.terminated[t, s] for g in b.groups.values()])
-            next_alive = torch.cat([g.alive[t + 1, s] for g in b.groups.values()]) & ~term
-            reward = float((torch.cat([g.reward[t, s] for g in b.groups.values()]) * alive).sum())
+            taken = [qs[name, "online"][t, s, a, int(g.action[t, s, a])]
+                     for name, g in b.groups.items() for a in range(g.action.shape[-1])]
+            y = 0.0
+            for k in range(n_step):
+                u = t + k
+                y += gamma ** k * rewards[u, s]
+                alive_u = cat("alive", u, s)
+                ended = bool((cat("ended", u, s) | ~alive_u).all()) and bool(alive_u.any())
+                if k == n_step - 1 or ended or u + 1 >= L or not first.valid[u + 1, s]:
+                    if not bool((cat("terminated", u, s) | ~alive_u).all()):
+                        y += gamma ** (k + 1) * bootstrap(u, s)
+                    break
             with torch.no_grad():
                 q_tot = learner.mixer(torch.stack(taken)[None], b.state[t, s][None], alive[None])
-                nq = learner.target_mixer(torch.stack(nxt)[None], b.state[t + 1, s][None], next_alive[None])
-            done = bool((term | ~alive).all())
-            y = reward + (0.0 if done else gamma * float(nq))
             total += float(first.weights[s]) * float(td_loss(q_tot, torch.tensor([y]), "mse"))
             count += 1
             errs.append(abs(float(q_tot) - y))
@@ -237,9 +260,11 @@ def naive_team_losses(learner, b, gamma: float, eta: float):
     return total / count, torch.tensor(prio)
 
 
-@pytest.mark.parametrize("algo", ["vdn", "qmix"])
-def test_team_learner_loss_equals_a_naive_loop(algo, discrete_spec) -> None:
-    """Two groups in one team, burn-in, padding, a dead agent, terminal steps, double Q over allowed actions."""
+@pytest.mark.parametrize("algo,n_step,standardize", [("vdn", 1, False), ("qmix", 1, False), ("vdn", 3, True),
+                                                      ("qmix", 3, False), ("qmix", 2, True)])
+def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, discrete_spec) -> None:
+    """Two groups in one team, burn-in, padding, a dead agent, terminal steps, double Q over allowed actions,
+    n-step team windows (closed at the team's end), rewards standardized over the acting steps."""
     from dataclasses import replace
 
     from marl.algos.r2d2 import RecurrentValueDecompositionLearner, TeamSequenceBatch
@@ -253,7 +278,8 @@ def test_team_learner_loss_equals_a_naive_loop(algo, discrete_spec) -> None:
                                            replace(one.groups[0], name="b", agents=("b_0",))), state_shape=(5,))
     cfg = load_config(None, [f"algo.name={algo}", "norm.reward=false", "norm.obs=false", "model.recurrent=gru",
                              "model.rnn_hidden=8", "model.hidden=[16]", "algo.seq_len=5", "algo.burn_in=2",
-                             "algo.per_eta=0.6", "algo.gamma=0.9"])
+                             "algo.per_eta=0.6", "algo.gamma=0.9", f"algo.n_step={n_step}",
+                             f"algo.standardize_rewards={str(standardize).lower()}"])
     torch.manual_seed(0)
     actor = build_actor(spec, cfg)
     learner = RecurrentValueDecompositionLearner(actor.net, build_mixer(spec, cfg.algo, 5), cfg.algo)
@@ -270,13 +296,14 @@ def test_team_learner_loss_equals_a_naive_loop(algo, discrete_spec) -> None:
     for name, n in (("a", 2), ("b", 1)):
         obs, alive, ended, mask = random_sequences(L, B, n, gen, with_mask=True)
         mask[..., 0] = True
+        alive[1, 0] = False  # a step of sequence 0 where no agent acts: out of the loss and the reward statistics
         groups[name] = SequenceBatch(obs, torch.randint(0, 4, (L, B, n), generator=gen),
                                      torch.randn(L, B, n, generator=gen), ended & (torch.rand(L, B, n, generator=gen)
                                                                                   < 0.5),
                                      ended, alive, valid, burn, torch.randn(B, n, 8, generator=gen), weights, mask)
     batch = TeamSequenceBatch(groups, torch.randn(L + 1, B, 5, generator=gen))
     loss, priority, _ = learner.losses(batch)
-    want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6)
+    want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6, n_step, standardize)
     assert abs(loss.item() - want_loss) < 1e-5
     torch.testing.assert_close(priority, want_priority.float(), rtol=1e-4, atol=1e-5)
 
