@@ -434,6 +434,8 @@ def _validate_recurrent_dqn(cfg: Config, algo: OffPolicyConfig) -> None:
                  f"recurrent {algo.name} trains one-step team targets on sequences; set algo.n_step=1")
         _require(not algo.standardize_rewards, "algo.standardize_rewards",
                  f"recurrent {algo.name} trains on raw team rewards; set algo.standardize_rewards=false")
+        _require(not algo.standardize_returns, "algo.standardize_returns",
+                 f"recurrent {algo.name} trains on raw team returns; set algo.standardize_returns=false")
     _require(cfg.model.rnn_hidden >= 1, "model.rnn_hidden", "must be >= 1")
     _require(len(cfg.model.hidden) >= 1, "model.hidden",
              "a recurrent model needs at least one encoder width before its core, e.g. [64]")

@@ -89,6 +89,7 @@ def test_acting_states_reset_at_exactly_the_step_and_the_sequences_reproduce_the
     (["algo.name=sac"], "model.recurrent"),
     (["algo.name=qmix", "algo.n_step=3"], "algo.n_step"),
     (["algo.name=vdn", "algo.standardize_rewards=true"], "algo.standardize_rewards"),
+    (["algo.name=qmix", "algo.standardize_returns=true"], "algo.standardize_returns"),
     (["model.hidden=[]"], "model.hidden"),
 ])
 def test_bad_recurrent_dqn_configs_are_one_line_errors(overrides, key) -> None:
