@@ -1,8 +1,8 @@
 """QMIX's mixer during training: what grows when Q_tot diverges (bench/README.md, "Value decomposition").
 
-Trains ``configs/spread_qmix.yaml`` on the batched simulation (``--steps`` env steps, overrides as
-``key=value``) and every ``--every`` gradient steps prints, on ``--rows`` replayed team rows (raw mixer
-units: standardized ones with ``algo.standardize_returns``):
+Trains ``--config`` (default ``configs/spread_qmix.yaml``, on the batched simulation: ``--backend``) for
+``--steps`` env steps (overrides as ``key=value``) and every ``--every`` gradient steps prints, on 512 replayed
+team rows (raw mixer units: standardized ones with ``algo.standardize_returns``):
 
 * ``q_tot``: the mixer's output on the replayed actions, and ``q_mean`` (``train/q_mean``, return units);
 * ``q_agent``: the agents' mean Q of the replayed actions;
@@ -18,6 +18,7 @@ and the real final state at the time limit).
 
     python bench/qmix_mixer_terms.py --steps 300000 algo.standardize_returns=false
     python bench/qmix_mixer_terms.py --steps 300000
+    python bench/qmix_mixer_terms.py --config configs/lbf_8x8_2p_2f_coop_qmix.yaml --backend sync --steps 300000
 """
 
 from __future__ import annotations
@@ -81,16 +82,18 @@ def state_mismatch(trainer: TeamTrainer) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/spread_qmix.yaml", help="a qmix config")
+    parser.add_argument("--backend", default="batched", help="env.backend")
     parser.add_argument("--steps", type=int, default=300_000, help="env steps")
     parser.add_argument("--every", type=int, default=1000, help="gradient steps between reports")
     parser.add_argument("--run-dir", default="/tmp/qmix_mixer_terms")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config("configs/spread_qmix.yaml", [
-        f"run_dir={args.run_dir}", f"total_env_steps={args.steps}", "env.backend=batched", "log.tensorboard=false",
-        "log.progress=false", "log.interval=100000", "eval.interval=0", "eval.episodes=20", "eval.num_envs=20",
-        "eval.stochastic_check=false", *args.overrides])
+    cfg = load_config(args.config, [
+        f"run_dir={args.run_dir}", f"total_env_steps={args.steps}", f"env.backend={args.backend}",
+        "log.tensorboard=false", "log.progress=false", "log.interval=100000", "eval.interval=0", "eval.episodes=20",
+        "eval.num_envs=20", "eval.stochastic_check=false", *args.overrides])
     ReportingTrainer.every = args.every
     trainer = ReportingTrainer(cfg)
     summary = trainer.train()
