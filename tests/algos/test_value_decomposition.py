@@ -379,9 +379,10 @@ def test_checkpoint_round_trip_and_exact_resume(make_config, returns):
 @pytest.mark.parametrize("returns", [True, pytest.param(False, marks=pytest.mark.xfail(
     reason="raw TD targets: the mixer's gain grows until Q_tot diverges (bench/README.md)"))])
 def test_qmix_team_value_stays_bounded_on_spread(make_config, returns):
-    """configs/spread_qmix.yaml for 150k env steps (about 90 s): every spread reward is negative, so the team value
-    is too. With raw TD targets (``returns=False``, expected to fail) the mixer's gain dQ_tot/dQ_a grew from 0.5 to
-    about 120 and Q_tot reached +700 by 150k (bench/README.md); standardized targets keep both small."""
+    """configs/spread_qmix.yaml for 150k env steps, seed 0 (about 90 s). With raw TD targets (``returns=False``,
+    expected to fail) the mixer's gain dQ_tot/dQ_a grew from 0.5 to about 120 and Q_tot (every spread reward is
+    negative) reached +700 by 150k; standardized targets keep the gain below 1 and Q_tot within tens of the
+    returns. Later in training they do not always hold Q_tot (seed 1 diverged after 200k: bench/README.md)."""
     cfg = make_config("configs/spread_qmix.yaml", "env.backend=batched", "total_env_steps=150000",
                       f"algo.standardize_returns={str(returns).lower()}", "eval.interval=0", "eval.episodes=10",
                       "eval.num_envs=10", "eval.stochastic_check=false", "log.interval=100000")
@@ -394,7 +395,7 @@ def test_qmix_team_value_stays_bounded_on_spread(make_config, returns):
     (gain,) = torch.autograd.grad(trainer.learner.mixer(q, b.state).sum(), q)
     _, _, metrics = trainer.learner.losses(b)
     assert float(gain.mean()) < 5.0
-    assert -200.0 < float(metrics["q_mean"]) < 5.0  # team return units
+    assert abs(float(metrics["q_mean"])) < 100.0  # team return units; raw targets: +700
 
 
 @pytest.mark.parametrize("algo, extra", [("vdn", ()), ("qmix", ("algo.per=true", "algo.n_step=3"))])
