@@ -208,6 +208,9 @@ class VDNConfig(DQNConfig):
                                                  "or huber (threshold 1)")
     standardize_rewards: bool = _f(False, "standardize the team rewards of each sampled batch (minus their mean, over "
                                           "their std) before the TD target, as EPyMARL's standardise_rewards")
+    standardize_returns: bool = _f(False, "learn Q_tot in standardized units: TD targets minus their running mean, "
+                                          "over their running std (EPyMARL's standardise_returns); without it QMIX's "
+                                          "mixer gain grew until Q_tot diverged on spread (bench/README.md)")
 
 
 @dataclass

@@ -14,6 +14,10 @@ Conventions (all rows ``B``, team agents ``A`` in group order):
   env with a common reward gives every agent the same ``r``, so ``r_tot = A_alive * r``); with
   ``algo.standardize_rewards`` the batch's ``r_tot`` are standardized before the target (then ``Q_tot``
   is in those units);
+* with ``algo.standardize_returns`` (EPyMARL's ``standardise_returns``) ``Q_tot`` is learned in standardized
+  units: the target mixer's output is mapped back to returns (``* std + mean``), the TD targets ``y`` are folded
+  into running statistics (:class:`marl.normalization.RunningMeanStd`) and then standardized
+  (``(y - mean) / std``); the agents' greedy actions do not change (an increasing affine map of ``Q_tot``);
 * the team is terminated at the window end when every agent alive at the row is terminated;
   a time limit (truncation) is bootstrapped from the real final observations and state;
 * an agent enters the mix of ``Q_tot(s)`` only where it acted (``alive``) and the mix of the
@@ -43,6 +47,7 @@ from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, gradient
 from marl.algos.targets import make_target, soft_update
 from marl.config import ConfigError, QMIXConfig, VDNConfig
 from marl.nets.mixers import QMixer, VDNMixer
+from marl.normalization import RunningMeanStd
 from marl.types import EnvSpec
 
 
@@ -117,6 +122,22 @@ def standardized_rewards(reward: Tensor, valid: Tensor, eps: float = 1e-5) -> Te
     return (reward - mean) / (std + eps) * m
 
 
+RETURN_STD_EPS = 1e-5
+"""Added to the running std of the TD targets (as ``standardized_rewards``'s ``eps``): no division by 0."""
+
+
+def return_units(q_tot: Tensor, stats: RunningMeanStd) -> Tensor:
+    """``Q_tot`` in standardized units back in return units: ``q_tot * (std + eps) + mean`` (``[B]``)."""
+    return q_tot * (float(stats.std) + RETURN_STD_EPS) + float(stats.mean)
+
+
+def standardized_targets(y: Tensor, valid: Tensor, stats: RunningMeanStd) -> Tensor:
+    """Fold the targets ``y [B]`` of the ``valid [B]`` rows into ``stats``, then ``(y - mean) / (std + eps)``
+    with the updated statistics (EPyMARL's ``standardise_returns``: update first, then standardize)."""
+    stats.update(y[valid].to(torch.float64))
+    return (y - float(stats.mean)) / (float(stats.std) + RETURN_STD_EPS)
+
+
 def team_terminated(terminated_n: Tensor, alive: Tensor) -> Tensor:
     """``[B]`` bool: every agent that acted at the row (``alive [B, A]``) is terminated at the window end
     (``terminated_n [B, A]``); a row where no agent acted counts as terminated."""
@@ -175,6 +196,7 @@ class ValueDecompositionLearner:
     Attributes:
         target, target_mixer: target copies (no gradients), moved towards the online ones every
             ``target_update_interval`` steps by ``tau``.
+        return_stats: running mean and variance of the TD targets (``algo.standardize_returns``), else ``None``.
         optimizer: one Adam over the agents' and the mixer's parameters, each once.
         grad_steps: gradient steps taken.
     """
@@ -185,6 +207,7 @@ class ValueDecompositionLearner:
         self.target_mixer = make_target(mixer)
         self.optimizer = adam(self.trainable(), cfg.lr, cfg.adam_eps)
         self.grad_steps = 0
+        self.return_stats = RunningMeanStd(()) if cfg.standardize_returns else None
 
     def agent_values(self, b: TeamBatch) -> tuple[Tensor, Tensor]:
         """``(Q of the actions taken [B, A], next-state values [B, A])``, the latter without gradients
@@ -200,7 +223,10 @@ class ValueDecompositionLearner:
         return cat_agents(taken), cat_agents(nxt)
 
     def losses(self, b: TeamBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The team TD loss, the team TD errors ``Q_tot - y`` ``[B]`` (detached) and metrics (0-dim tensors)."""
+        """The team TD loss, the team TD errors ``Q_tot - y`` ``[B]`` (detached) and metrics (0-dim tensors).
+
+        With ``algo.standardize_returns`` the TD errors are in standardized units, the statistics take in this
+        batch's targets, and ``q_mean`` is in return units."""
         rows = list(b.groups.values())
         alive = cat_agents([g.alive for g in rows])
         terminated_n = cat_agents([g.terminated_n for g in rows])
@@ -212,14 +238,19 @@ class ValueDecompositionLearner:
         with torch.no_grad():
             next_alive = bootstrap_alive(cat_agents([g.next_alive_n for g in rows]), terminated_n)
             next_q_tot = self.target_mixer(next_q, next_state, next_alive)
+            if self.return_stats is not None:
+                next_q_tot = return_units(next_q_tot, self.return_stats)
             reward = team_reward(cat_agents([g.reward_n for g in rows]), alive)
             valid = alive.any(dim=-1)
             target_reward = standardized_rewards(reward, valid) if self.cfg.standardize_rewards else reward
             y = team_td_target(target_reward, b.discount_n, team_terminated(terminated_n, alive), next_q_tot)
+            if self.return_stats is not None:
+                y = standardized_targets(y, valid, self.return_stats)
         loss = weighted_row_mean(td_loss(q_tot, y, self.cfg.td_loss), valid, b.weights)
         td = (q_tot.detach() - y) * valid.to(y.dtype)
         n_alive = alive.sum().clamp_min(1).to(q_taken.dtype)
-        metrics = {"q_loss": loss.detach(), "q_mean": weighted_row_mean(q_tot.detach(), valid, torch.ones_like(y)),
+        q_tot_returns = q_tot.detach() if self.return_stats is None else return_units(q_tot.detach(), self.return_stats)
+        metrics = {"q_loss": loss.detach(), "q_mean": weighted_row_mean(q_tot_returns, valid, torch.ones_like(y)),
                    "q_agent_mean": (q_taken.detach() * alive.to(q_taken.dtype)).sum() / n_alive,
                    "team_reward": weighted_row_mean(reward, valid, torch.ones_like(y))}
         return loss, td, metrics
@@ -245,11 +276,14 @@ class ValueDecompositionLearner:
 
     def checkpoint_parts(self) -> CheckpointParts:
         """The checkpointed parts by entry name (the agents' online networks live in the policy entry)."""
-        return CheckpointParts({"mixer": self.mixer, "target": self.target, "target_mixer": self.target_mixer,
-                                "optimizer": self.optimizer})
+        parts = {"mixer": self.mixer, "target": self.target, "target_mixer": self.target_mixer,
+                 "optimizer": self.optimizer}
+        if self.return_stats is not None:  # only then: checkpoints of runs without it load as before
+            parts["return_stats"] = self.return_stats
+        return CheckpointParts(parts)
 
     def state_dict(self) -> dict:
-        """Mixer, target networks, optimizer and counter."""
+        """Mixer, target networks, optimizer, counter (and the TD targets' statistics)."""
         return {**self.checkpoint_parts().state_dict(), "grad_steps": self.grad_steps}
 
     def load_state_dict(self, state: Mapping) -> None:
