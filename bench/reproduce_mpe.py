@@ -96,9 +96,27 @@ def train(out: Path, task: str, algo: str, seed: int, budget: int, extra: list[s
 
 
 def curve(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A run's evaluation points: env steps and team returns (our scale)."""
-    history = json.loads((path / "summary.json").read_text())["eval_history"]
-    return (np.array([h["env_steps"] for h in history], float), np.array([h["ep_return"] for h in history], float))
+    """A run's evaluation points: env steps and team returns (our scale); a run still training is read from its
+    TensorBoard events (``eval/ep_return``, written at every evaluation)."""
+    if (path / "summary.json").exists():
+        history = json.loads((path / "summary.json").read_text())["eval_history"]
+        return (np.array([h["env_steps"] for h in history], float),
+                np.array([h["ep_return"] for h in history], float))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for events in sorted(path.glob("events.out.tfevents.*")):  # a resumed run appends a file
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "eval/ep_return" in acc.Tags()["scalars"]:
+            points.update({e.step: e.value for e in acc.Scalars("eval/ep_return")})
+    steps = sorted(points)
+    return np.array(steps, float), np.array([points[k] for k in steps], float)
+
+
+def finished(path: Path, include_running: bool) -> bool:
+    """A run to tabulate: finished, or (``include_running``) started with at least one evaluation."""
+    return (path / "summary.json").exists() or (include_running and len(curve(path)[0]) > 0)
 
 
 def t_quantile_975(df: int) -> float:
@@ -116,7 +134,8 @@ def aggregate(task: str, curves: list[np.ndarray]) -> dict[str, float]:
     k = paper.shape[0]
     half = (t_quantile_975(k - 1) * paper[:, best].std(ddof=1) / math.sqrt(k)) if k > 1 else float("nan")
     return {"max": float(mean[best]), "max_ci": float(half), "average": float(mean.mean()), "seeds": k,
-            "points": n, "final": float(mean[-1]), "final_ours": float(np.mean([c[n - 1] for c in curves]))}
+            "points": n, "best_point": best, "final": float(mean[-1]),
+            "final_ours": float(np.mean([c[n - 1] for c in curves]))}
 
 
 def main() -> None:
@@ -129,6 +148,8 @@ def main() -> None:
     p.add_argument("--ppo-config", default=PPO_CONFIG, help="config of the MAPPO and IPPO runs (the 2M-step runs "
                    "of docs/benchmarks.md used configs/simple_spread_ppo.yaml: 16 copies x 100 steps)")
     p.add_argument("--report-only", action="store_true", help="tabulate the finished runs, train nothing")
+    p.add_argument("--include-running", action="store_true", help="with --report-only: also tabulate runs still "
+                   "training, at the evaluation points every seed has reached")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides of every run")
     a = p.parse_args()
     out = ROOT / a.out
@@ -141,12 +162,13 @@ def main() -> None:
                     walls[(task, algo, seed)] = train(out, task, algo, seed, a.budget, a.overrides, a.ppo_config)
                     if walls[(task, algo, seed)]:
                         print(f"{task} {algo} seed {seed}: {walls[(task, algo, seed)]:.0f} s", flush=True)
-    print("\n| task | algo | seeds | budget | max return (paper scale) | average | final (ours) | published max |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| task | algo | seeds | budget | max return (paper scale) | at | average | final (ours) | published max |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for task in a.tasks:
         for algo in a.algos:
-            paths = [run_dir(out, task, algo, s) for s in a.seeds if (run_dir(out, task, algo, s) / "summary.json")
-                     .exists()]
+            paths = [run_dir(out, task, algo, s) for s in a.seeds
+                     if run_dir(out, task, algo, s).exists() and finished(run_dir(out, task, algo, s),
+                                                                          a.include_running)]
             if not paths:
                 continue
             cells = aggregate(task, [curve(q)[1] for q in paths])
@@ -154,6 +176,7 @@ def main() -> None:
             pub = PUBLISHED.get((task, algo))
             pub_s = f"{pub[0]:.2f} ± {pub[1]:.2f}" if pub else "n/a"
             print(f"| {task} | {algo} | {cells['seeds']} | {steps:,.0f} | {cells['max']:.2f} ± {cells['max_ci']:.2f} "
+                  f"| {curve(paths[0])[0][cells['best_point']]:,.0f} "
                   f"| {cells['average']:.2f} | {cells['final_ours']:.2f} | {pub_s} |")
 
 
