@@ -429,9 +429,6 @@ def _validate_recurrent_dqn(cfg: Config, algo: OffPolicyConfig) -> None:
     _require(isinstance(algo, DQNConfig), "model.recurrent",
              f"{algo.name} has no recurrent networks; set model.recurrent=none (recurrent models train with algo "
              "ppo, dqn, vdn or qmix)")
-    if isinstance(algo, VDNConfig):
-        _require(not algo.standardize_returns, "algo.standardize_returns",
-                 f"recurrent {algo.name} does not standardize its TD targets yet; set algo.standardize_returns=false")
     _require(cfg.model.rnn_hidden >= 1, "model.rnn_hidden", "must be >= 1")
     _require(len(cfg.model.hidden) >= 1, "model.hidden",
              "a recurrent model needs at least one encoder width before its core, e.g. [64]")

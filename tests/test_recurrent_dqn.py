@@ -88,7 +88,6 @@ def test_acting_states_reset_at_exactly_the_step_and_the_sequences_reproduce_the
     (["algo.num_actors=2"], "algo.num_actors"),
     (["algo.name=sac"], "model.recurrent"),
     (["algo.name=qmix", "algo.seq_len=4", "algo.burn_in=2", "algo.n_step=3"], "algo.n_step"),
-    (["algo.name=qmix", "algo.standardize_returns=true"], "algo.standardize_returns"),
     (["model.hidden=[]"], "model.hidden"),
 ])
 def test_bad_recurrent_dqn_configs_are_one_line_errors(overrides, key) -> None:

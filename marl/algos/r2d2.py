@@ -43,7 +43,9 @@ from marl.algos.value_decomposition import (
     ValueDecompositionLearner,
     bootstrap_alive,
     obs_state,
+    return_units,
     standardized_rewards,
+    standardized_targets,
     td_loss,
     team_reward,
     team_terminated,
@@ -293,7 +295,9 @@ class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
 
     where the window of ``n' <= n`` steps stops early at the team's end (every agent acting there ended) or
     the sequence's last real step, over the steps ``valid & t >= burn_in`` where some agent acts;
-    ``r_tot`` is standardized over the batch's acting steps when ``algo.standardize_rewards`` is on.
+    ``r_tot`` is standardized over the batch's acting steps when ``algo.standardize_rewards`` is on; with
+    ``algo.standardize_returns`` the target mixer's values are mapped back to returns and the trained steps'
+    targets are folded into running statistics and standardized, as in the feed-forward learner.
     ``td_error`` holds the ``[B]`` sequence priorities (``eta * max + (1 - eta) * mean`` of ``|Q_tot - y|``)
     under the first group."""
 
@@ -329,12 +333,16 @@ class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
         with torch.no_grad():
             next_alive = bootstrap_alive(rows([g.alive[1:] for g in groups]), terminated)
             next_q_tot = self.target_mixer(rows(nxt), None if flat is None else flat[1], next_alive)
+            if self.return_stats is not None:
+                next_q_tot = return_units(next_q_tot, self.return_stats)
             reward = team_reward(rows([g.reward for g in groups]), alive)
             target_reward = standardized_rewards(reward, acting) if cfg.standardize_rewards else reward
             y = team_sequence_targets(target_reward, team_terminated(terminated, alive),
                                       team_ended(rows([g.ended for g in groups]), alive), first.valid,
                                       next_q_tot, cfg.gamma, cfg.n_step)
         mask = loss_mask(first.valid, alive.view(n_steps, batch, -1).any(-1, keepdim=True), first.burn_in)[..., 0]
+        if self.return_stats is not None:
+            y = standardized_targets(y, mask.reshape(-1), self.return_stats)
         weights = first.weights.expand(n_steps, batch).reshape(-1)
         loss = weighted_row_mean(td_loss(q_tot, y, cfg.td_loss), mask.reshape(-1), weights)
         td = (q_tot.detach() - y).abs().view(n_steps, batch, 1)

@@ -3,6 +3,7 @@ against a step-by-step rollout of the same core; burn-in gradients; the learner'
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -191,8 +192,10 @@ def test_learner_loss_equals_a_naive_loop(n_step, make_learner, discrete_spec) -
     torch.testing.assert_close(priority["agent"], want_priority.float(), rtol=1e-4, atol=1e-5)
 
 
-def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, standardize: bool = False):
-    """The recurrent team learner's loss and priorities with Python loops over sequences, steps and windows."""
+def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, standardize: bool = False,
+                      earlier: np.ndarray | None = None):
+    """The recurrent team learner's loss and priorities with Python loops over sequences, steps and windows;
+    ``earlier``: the TD targets folded into the learner's return statistics before (``algo.standardize_returns``)."""
     from marl.algos.value_decomposition import td_loss
 
     L, B = next(iter(b.groups.values())).valid.shape
@@ -230,11 +233,11 @@ def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, sta
                 nxt.append(qs[name, "target"][t + 1, s, a, int(qo.argmax())])
         next_alive = cat("alive", t + 1, s) & ~cat("terminated", t, s)
         with torch.no_grad():
-            return float(learner.target_mixer(torch.stack(nxt)[None], b.state[t + 1, s][None], next_alive[None]))
+            v = float(learner.target_mixer(torch.stack(nxt)[None], b.state[t + 1, s][None], next_alive[None]))
+        return v if earlier is None else v * (earlier.std() + 1e-5) + earlier.mean()  # in return units
 
-    total, count, prio = 0.0, 0, []
+    trained = []  # (sequence, weight, q_tot, target in return units)
     for s in range(B):
-        errs = []
         for t in range(L):
             alive = cat("alive", t, s)
             if not (first.valid[t, s] and t >= int(first.burn_in[s]) and alive.any()):
@@ -253,18 +256,25 @@ def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, sta
                     break
             with torch.no_grad():
                 q_tot = learner.mixer(torch.stack(taken)[None], b.state[t, s][None], alive[None])
-            total += float(first.weights[s]) * float(td_loss(q_tot, torch.tensor([y]), "mse"))
-            count += 1
-            errs.append(abs(float(q_tot) - y))
+            trained.append((s, float(first.weights[s]), q_tot, y))
+    if earlier is not None:  # every target joins the statistics, then all are standardized
+        seen = np.concatenate([earlier, [y for *_, y in trained]])
+        trained = [(s, w, q, (y - seen.mean()) / (seen.std() + 1e-5)) for s, w, q, y in trained]
+    total = sum(w * float(td_loss(q, torch.tensor([y]), "mse")) for _, w, q, y in trained)
+    prio = []
+    for s in range(B):
+        errs = [abs(float(q) - y) for seq, _, q, y in trained if seq == s]
         prio.append(eta * max(errs) + (1 - eta) * sum(errs) / len(errs) if errs else 0.0)
-    return total / count, torch.tensor(prio)
+    return total / len(trained), torch.tensor(prio)
 
 
-@pytest.mark.parametrize("algo,n_step,standardize", [("vdn", 1, False), ("qmix", 1, False), ("vdn", 3, True),
-                                                      ("qmix", 3, False), ("qmix", 2, True)])
-def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, discrete_spec) -> None:
+@pytest.mark.parametrize("algo,n_step,standardize,returns", [
+    ("vdn", 1, False, False), ("qmix", 1, False, False), ("vdn", 3, True, False), ("qmix", 3, False, False),
+    ("qmix", 2, True, False), ("qmix", 1, False, True), ("vdn", 3, True, True)])
+def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, returns, discrete_spec) -> None:
     """Two groups in one team, burn-in, padding, a dead agent, terminal steps, double Q over allowed actions,
-    n-step team windows (closed at the team's end), rewards standardized over the acting steps."""
+    n-step team windows (closed at the team's end), rewards standardized over the acting steps, TD targets
+    standardized by running statistics (the target mixer's values mapped back to returns first)."""
     from dataclasses import replace
 
     from marl.algos.r2d2 import RecurrentValueDecompositionLearner, TeamSequenceBatch
@@ -279,7 +289,8 @@ def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, discre
     cfg = load_config(None, [f"algo.name={algo}", "norm.reward=false", "norm.obs=false", "model.recurrent=gru",
                              "model.rnn_hidden=8", "model.hidden=[16]", "algo.seq_len=5", "algo.burn_in=2",
                              "algo.per_eta=0.6", "algo.gamma=0.9", f"algo.n_step={n_step}",
-                             f"algo.standardize_rewards={str(standardize).lower()}"])
+                             f"algo.standardize_rewards={str(standardize).lower()}",
+                             f"algo.standardize_returns={str(returns).lower()}"])
     torch.manual_seed(0)
     actor = build_actor(spec, cfg)
     learner = RecurrentValueDecompositionLearner(actor.net, build_mixer(spec, cfg.algo, 5), cfg.algo)
@@ -302,8 +313,11 @@ def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, discre
                                                                                   < 0.5),
                                      ended, alive, valid, burn, torch.randn(B, n, 8, generator=gen), weights, mask)
     batch = TeamSequenceBatch(groups, torch.randn(L + 1, B, 5, generator=gen))
+    earlier = np.array([-3.0, 1.5, -0.5, 2.0]) if returns else None
+    if returns:
+        learner.return_stats.update(earlier)
     loss, priority, _ = learner.losses(batch)
-    want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6, n_step, standardize)
+    want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6, n_step, standardize, earlier)
     assert abs(loss.item() - want_loss) < 1e-5
     torch.testing.assert_close(priority, want_priority.float(), rtol=1e-4, atol=1e-5)
 
