@@ -75,6 +75,31 @@ class SilentLogger:
     def close(self) -> None: ...
 
 
+LEFT_KEY = "marl/left_process_group"
+"""Store key prefix by which ranks 1.. tell rank 0 they have left the process group."""
+
+
+def leave_in_turn(rank: int, world_size: int, timeout_s: float = 60.0) -> None:
+    """Leave the process group in turn after the last collective: ranks 1.. first, then rank 0 once each has
+    said so through the run's key-value store (torchrun's, outside the group's connections), or after
+    ``timeout_s``. A rank that tears its connections down while a peer is still reading the last collective's
+    bytes makes gloo abort the peer ("terminate called without an active exception"); this way a rank only
+    closes towards peers that have nothing in flight."""
+    store = dist.distributed_c10d._get_default_store()
+    if rank != 0:
+        dist.destroy_process_group()
+        try:
+            store.set(f"{LEFT_KEY}/{rank}", "1")
+        except RuntimeError:  # rank 0 is gone already: nothing left to protect
+            pass
+        return
+    try:
+        store.wait([f"{LEFT_KEY}/{r}" for r in range(1, world_size)], timedelta(seconds=timeout_s))
+    except RuntimeError:  # a peer never said so (it died): leave anyway
+        pass
+    dist.destroy_process_group()
+
+
 class Ranks:
     """This process's place in a data-parallel run, and the collectives the run uses.
 
@@ -130,10 +155,13 @@ class Ranks:
                 first, so that no rank tears its connections down while a peer is still finishing the last
                 collective (gloo then aborts the peer's process). ``False`` on an error: no rank waits.
         """
-        if dist.is_initialized():
-            if settled:
-                dist.barrier(group=self.cpu_group)
+        if not dist.is_initialized():
+            return
+        if not settled:
             dist.destroy_process_group()
+            return
+        dist.barrier(group=self.cpu_group)
+        leave_in_turn(self.rank, self.world_size)
 
     # ------------------------------------------------------------------ data
     def env_copies(self, num_envs: int) -> range:

@@ -241,6 +241,37 @@ def test_divergence_check_names_the_perturbed_tensor_and_rank(spawned):
         assert "'2.weight'" in out["divergence"] and "rank(s) [1]" in out["divergence"]
 
 
+def _leaver(rank: int, port: int, out_dir: str) -> None:
+    """A rank that meets its peer, then leaves in turn; rank 1 is slow to leave. Times to ``out_dir``."""
+    import time
+
+    import torch.distributed as dist
+
+    from marl.distributed import leave_in_turn
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.barrier()
+    if rank == 1:
+        time.sleep(1.0)
+    start = time.monotonic()
+    leave_in_turn(rank, WORLD)
+    torch.save((start, time.monotonic(), dist.is_initialized()), os.path.join(out_dir, f"leave{rank}.pt"))
+
+
+def test_rank_zero_leaves_the_process_group_after_the_others(tmp_path):
+    """Rank 0 tears its connections down only once rank 1 has left (a rank closing while its peer still reads
+    the last collective's bytes makes gloo abort the peer); both processes exit cleanly."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        mp.start_processes(_leaver, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    finally:
+        sys.path.remove(str(ROOT))
+    (start0, end0, init0), (start1, end1, init1) = [torch.load(tmp_path / f"leave{r}.pt") for r in range(WORLD)]
+    assert not init0 and not init1
+    assert end0 - start0 >= 0.8  # rank 0 waited for the slow rank 1 (which slept 1 s after the barrier)
+    assert end1 - start1 < end0 - start0
+
+
 def test_env_copies_split_the_seed_stream():
     from marl.distributed import Ranks
     from marl.seeding import seeds_for
