@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,11 @@ def test_runs_join_by_address_and_by_ray_client_and_leave_the_cluster_running(he
     by_address = train(f"127.0.0.1:{gcs}", tmp_path / "gcs")
     assert by_address.returncode == 0, by_address.stdout[-2000:] + by_address.stderr[-3000:]
     by_client = train(f"ray://127.0.0.1:{client}", tmp_path / "client")
+    if "Initialization failure from server" in by_client.stderr:
+        # Ray Client starts a server process per driver within a fixed time; on a loaded 2-core machine (load 7)
+        # that start timed out once: one more try, still through the same running cluster
+        shutil.rmtree(tmp_path / "client", ignore_errors=True)
+        by_client = train(f"ray://127.0.0.1:{client}", tmp_path / "client")
     assert by_client.returncode == 0, by_client.stdout[-2000:] + by_client.stderr[-3000:]
     finals = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("gcs", "client")]
     assert finals[0]["env_steps"] == finals[1]["env_steps"] == 400
