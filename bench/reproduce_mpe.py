@@ -171,12 +171,13 @@ def main() -> None:
                                                                           a.include_running)]
             if not paths:
                 continue
-            cells = aggregate(task, [curve(q)[1] for q in paths])
-            steps = curve(paths[0])[0][cells["points"] - 1]
+            curves = [curve(q) for q in paths]  # read once: a running run's events are parsed each time
+            cells = aggregate(task, [c[1] for c in curves])
+            steps = curves[0][0][cells["points"] - 1]
             pub = PUBLISHED.get((task, algo))
             pub_s = f"{pub[0]:.2f} ± {pub[1]:.2f}" if pub else "n/a"
             print(f"| {task} | {algo} | {cells['seeds']} | {steps:,.0f} | {cells['max']:.2f} ± {cells['max_ci']:.2f} "
-                  f"| {curve(paths[0])[0][cells['best_point']]:,.0f} "
+                  f"| {curves[0][0][cells['best_point']]:,.0f} "
                   f"| {cells['average']:.2f} | {cells['final_ours']:.2f} | {pub_s} |")
 
 
