@@ -411,6 +411,15 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
     if isinstance(algo, VDNConfig):
         _require(not algo.her, "algo.her", f"{algo.name} learns a team value, not goal-conditioned agents; "
                  "set algo.her=false")
+        _require(algo.return_reg >= 0, "algo.return_reg", f"must be >= 0 (0 = off), got {algo.return_reg}")
+        _require(algo.return_horizon >= 1, "algo.return_horizon", f"must be >= 1, got {algo.return_horizon}")
+        if algo.return_reg > 0:
+            _require(not algo.standardize_rewards, "algo.return_reg",
+                     "the Monte-Carlo returns are in raw reward units, which per-batch standardized rewards change; "
+                     "set algo.standardize_rewards=false (algo.standardize_returns is supported) or algo.return_reg=0")
+            _require(cfg.model.recurrent == "none", "algo.return_reg",
+                     "recurrent VDN/QMIX train on sequences without Monte-Carlo returns yet; set algo.return_reg=0 "
+                     "or model.recurrent=none")
     if isinstance(algo, QMIXConfig):
         _require(algo.mixer_embed >= 1, "algo.mixer_embed", "must be >= 1")
         _require(algo.hypernet_layers in (1, 2), "algo.hypernet_layers", f"must be 1 or 2, got {algo.hypernet_layers}")

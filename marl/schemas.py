@@ -211,6 +211,11 @@ class VDNConfig(DQNConfig):
     standardize_returns: bool = _f(False, "learn Q_tot in standardized units: TD targets minus their running mean, "
                                           "over their running std (EPyMARL's standardise_returns); without it QMIX's "
                                           "mixer gain grew until Q_tot diverged on spread (bench/README.md)")
+    return_reg: float = _f(0.0, "weight lambda of the penalty lambda * (Q_tot - G)^2, G the Monte-Carlo discounted "
+                                "team return of the row's episode (Pan et al. 2021's regularizer against "
+                                "overestimation); 0 = off")
+    return_horizon: int = _f(100, "with return_reg: rows looked ahead for G; a row whose episode has not ended "
+                                  "within them (or not yet) is not penalized")
 
 
 @dataclass

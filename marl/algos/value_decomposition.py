@@ -87,6 +87,9 @@ class TeamBatch(NamedTuple):
         state: ``[B, S]`` global state at the row (the env's ``state()``), or ``None`` (then a mixer that
             needs a state gets every agent's observation concatenated, :func:`obs_state`).
         next_state_n: ``[B, S]`` global state after the window (the final state at an episode end), or ``None``.
+        episode_return: ``[B]`` Monte-Carlo discounted team return from the row to its episode's end
+            (:func:`marl.off_policy.team.team_episode_returns`), for ``algo.return_reg``; ``None`` without it.
+        return_complete: ``[B]`` bool, the row's episode had ended in the replay (``episode_return`` is whole).
     """
 
     groups: dict[str, GroupRows]
@@ -94,6 +97,8 @@ class TeamBatch(NamedTuple):
     weights: Tensor
     state: Tensor | None = None
     next_state_n: Tensor | None = None
+    episode_return: Tensor | None = None
+    return_complete: Tensor | None = None
 
 
 def cat_agents(tensors: list[Tensor]) -> Tensor:
@@ -129,6 +134,22 @@ RETURN_STD_EPS = 1e-5
 def return_units(q_tot: Tensor, stats: RunningMeanStd) -> Tensor:
     """``Q_tot`` in standardized units back in return units: ``q_tot * (std + eps) + mean`` (``[B]``)."""
     return q_tot * (float(stats.std) + RETURN_STD_EPS) + float(stats.mean)
+
+
+def standardized_baseline(episode_return: Tensor, stats: RunningMeanStd) -> Tensor:
+    """Monte-Carlo returns ``[B]`` in the standardized units of ``Q_tot`` (``algo.standardize_returns``): minus the
+    TD targets' running mean, over their running std (the statistics are not updated with them)."""
+    return (episode_return - float(stats.mean)) / (float(stats.std) + RETURN_STD_EPS)
+
+
+def return_penalty(q_tot: Tensor, baseline: Tensor, rows: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """The regularizer of Pan et al. 2021 (RES, "Regularized Softmax Deep Multi-Agent Q-Learning"): the weighted
+    mean over ``rows [B]`` (bool) of ``(Q_tot - G)^2`` for ``q_tot [B]`` and the Monte-Carlo returns ``G = baseline
+    [B]``, which pulls joint values that the bootstrapped targets overestimate back towards what the episodes
+    returned. Returns ``(penalty, mean of Q_tot - G over rows, detached)`` (0-dim; 0 with no row)."""
+    penalty = weighted_row_mean((q_tot - baseline).square(), rows, weights)
+    gap = ((q_tot.detach() - baseline) * rows.to(q_tot.dtype)).sum() / rows.sum().clamp_min(1).to(q_tot.dtype)
+    return penalty, gap
 
 
 def standardized_targets(y: Tensor, valid: Tensor, stats: RunningMeanStd) -> Tensor:
@@ -248,11 +269,18 @@ class ValueDecompositionLearner:
                 y = standardized_targets(y, valid, self.return_stats)
         loss = weighted_row_mean(td_loss(q_tot, y, self.cfg.td_loss), valid, b.weights)
         td = (q_tot.detach() - y) * valid.to(y.dtype)
+        extra = {}
+        if self.cfg.return_reg > 0 and b.episode_return is not None:
+            baseline = b.episode_return if self.return_stats is None else standardized_baseline(b.episode_return,
+                                                                                                self.return_stats)
+            penalty, gap = return_penalty(q_tot, baseline, valid & b.return_complete, b.weights)
+            loss = loss + self.cfg.return_reg * penalty
+            extra = {"return_penalty": penalty.detach(), "q_minus_return": gap}
         n_alive = alive.sum().clamp_min(1).to(q_taken.dtype)
         q_tot_returns = q_tot.detach() if self.return_stats is None else return_units(q_tot.detach(), self.return_stats)
         metrics = {"q_loss": loss.detach(), "q_mean": weighted_row_mean(q_tot_returns, valid, torch.ones_like(y)),
                    "q_agent_mean": (q_taken.detach() * alive.to(q_taken.dtype)).sum() / n_alive,
-                   "team_reward": weighted_row_mean(reward, valid, torch.ones_like(y))}
+                   "team_reward": weighted_row_mean(reward, valid, torch.ones_like(y)), **extra}
         return loss, td, metrics
 
     def update(self, b: TeamBatch) -> LearnerOut:

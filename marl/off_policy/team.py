@@ -103,6 +103,51 @@ def team_samples(replays: Mapping[str, ReplayBuffer], batch_size: int, rng: np.r
     return first, rows
 
 
+def team_episode_returns(replays: Mapping[str, ReplayBuffer], indices: np.ndarray, horizon: int, gamma: float
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Monte-Carlo discounted team return from each sampled row to the end of its episode.
+
+    For row ``t`` of a lane, with ``r_tot[k] = sum over groups and agents of alive * reward`` of row ``t + k``::
+
+        G = sum_{k <= K} gamma**k * r_tot[k],   K = the first k at which the team's episode ends
+
+    where the episode ends at a row in which every agent that acted is terminated or truncated (a time limit,
+    or a lane cut by :meth:`marl.data.ReplayBuffer.cut`, ends it too: G is then the return up to that row).
+    Only rows already written count: a row whose episode has not ended within ``horizon`` written rows
+    (or not ended yet) is not ``complete`` and its ``G`` is partial.
+
+    Args:
+        replays: the team's replays (written in lockstep; the same flat index in each).
+        indices: ``[B]`` flat row indices (``ReplaySample.indices``).
+        horizon: rows looked ahead, the row itself included (``>= 1``).
+        gamma: discount factor.
+
+    Returns:
+        ``(G [B] float32, steps [B] int64, complete [B] bool)``: ``steps = K + 1`` rows summed.
+    """
+    storage = next(iter(replays.values())).storage
+    slots, lanes = storage.unravel(np.asarray(indices, dtype=np.int64))
+    ahead = np.arange(horizon)[:, None]  # [H, 1]
+    window = ((slots[None, :] + ahead) % storage.lane_length) * storage.n_envs + lanes[None, :]  # [H, B]
+    flat = window.reshape(-1)
+    reward: Any = 0.0
+    ended = np.ones(window.shape, dtype=bool)
+    for buf in replays.values():
+        d = buf.storage.gather_fields(("reward", "alive", "terminated", "truncated"), flat)
+        alive = d["alive"].astype(bool).reshape(*window.shape, -1)
+        reward = reward + (d["reward"].reshape(*window.shape, -1) * alive).sum(axis=-1)
+        done = (d["terminated"] | d["truncated"]).astype(bool).reshape(*window.shape, -1)
+        ended &= (done | ~alive).all(axis=-1)
+    written = ahead <= storage.steps_ahead(slots, lanes)[None, :]  # [H, B]
+    ends = ended & written
+    complete = ends.any(axis=0)
+    last = np.where(complete, ends.argmax(axis=0), np.minimum(horizon - 1, storage.steps_ahead(slots, lanes)))
+    steps = last + 1
+    weight = (gamma ** ahead.astype(np.float64)) * (ahead < steps[None, :])
+    returns = (weight * reward).sum(axis=0)
+    return returns.astype(np.float32), steps.astype(np.int64), complete
+
+
 def team_rows(names: Sequence[str], obs: Mapping[str, GroupObs], out: ActOutput, step: VecStep,
               state: np.ndarray | None, with_state: bool) -> dict[str, dict[str, np.ndarray]]:
     """One vector step's rows of every group (``replay_rows``); with ``with_state`` the first group's also carry
@@ -127,8 +172,10 @@ def team_reward_and_decisions(obs: Mapping[str, GroupObs], step: VecStep) -> tup
 
 
 def to_team_batch(first: ReplaySample, rows: Mapping[str, Mapping[str, np.ndarray | None]],
-                  norms: Mapping[str, ObsNormalizer], device: torch.device) -> TeamBatch:
-    """Team rows as tensors on ``device``, observations normalized with the groups' frozen statistics."""
+                  norms: Mapping[str, ObsNormalizer], device: torch.device,
+                  returns: tuple[np.ndarray, np.ndarray] | None = None) -> TeamBatch:
+    """Team rows as tensors on ``device``, observations normalized with the groups' frozen statistics;
+    ``returns``: ``(G [B], complete [B])`` of :func:`team_episode_returns` (``algo.return_reg``)."""
 
     def t(x: np.ndarray | None) -> Tensor | None:
         return None if x is None else torch.as_tensor(x, device=device)
@@ -138,7 +185,9 @@ def to_team_batch(first: ReplaySample, rows: Mapping[str, Mapping[str, np.ndarra
         norm = norms.get(g)
         obs = {k: d[k] if norm is None else norm.normalize(d[k]) for k in ("obs", "next_obs_n")}
         groups[g] = GroupRows(**{k: t(obs[k]) if k in obs else t(d[k]) for k in GroupRows._fields})
-    return TeamBatch(groups, t(first.discount_n), t(first.weights), t(first.state), t(first.next_state_n))
+    episode_return, complete = (None, None) if returns is None else returns
+    return TeamBatch(groups, t(first.discount_n), t(first.weights), t(first.state), t(first.next_state_n),
+                     t(episode_return), t(complete))
 
 
 class TeamTrainer(OffPolicyTrainer):
@@ -187,7 +236,11 @@ class TeamTrainer(OffPolicyTrainer):
         algo = self.cfg.algo
         beta = per_beta_at(self.env_steps / self.cfg.total_env_steps, algo.per_beta)
         first, rows = team_samples(self.replay, algo.batch_size, self.rng, beta)
-        out = self.learner.update(to_team_batch(first, rows, self.actor.obs_norm, self.device))
+        returns = None
+        if algo.return_reg > 0:
+            g, _, complete = team_episode_returns(self.replay, first.indices, algo.return_horizon, algo.gamma)
+            returns = (g, complete)
+        out = self.learner.update(to_team_batch(first, rows, self.actor.obs_norm, self.device, returns))
         if algo.per:
             if not all(math.isfinite(v) for v in out.metrics.values()):
                 self._raise_nonfinite(out.metrics, self.learner.grad_steps)

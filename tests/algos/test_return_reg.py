@@ -1,0 +1,166 @@
+"""The Monte-Carlo return regularizer of VDN/QMIX (``algo.return_reg``, Pan et al. 2021): returns from the replay
+against a naive walk over the written episodes, the penalty in the loss by hand, and its config errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from marl.algos.value_decomposition import return_penalty, standardized_baseline
+from marl.config import ConfigError, QMIXConfig, VDNConfig
+from marl.data import ReplayBuffer
+from marl.normalization import RunningMeanStd
+from marl.off_policy.team import team_episode_returns
+from tests.algos.test_value_decomposition import game_config, perturbed_learner, team_batch
+
+FLAG = ((2,), np.bool_)
+
+
+def two_agent_schema() -> dict:
+    return {"obs": ((2, 1), np.float32), "next_obs": ((2, 1), np.float32), "action": ((2,), np.int64),
+            "reward": ((2,), np.float32), "terminated": FLAG, "truncated": FLAG, "alive": FLAG, "next_alive": FLAG}
+
+
+def fill(replays: dict[str, ReplayBuffer], steps: int, rng: np.random.Generator) -> list[dict[str, dict]]:
+    """Write ``steps`` vector steps of random rows: episodes of random lengths per lane, an agent that dies early
+    in some episodes (it stops acting: alive False afterwards), terminations and time limits."""
+    n_envs = next(iter(replays.values())).n_envs
+    t_in_episode = np.zeros(n_envs, np.int64)
+    lengths = rng.integers(2, 7, n_envs)
+    dies = rng.random(n_envs) < 0.5
+    written = []
+    for _ in range(steps):
+        step = {}
+        ends = t_in_episode + 1 >= lengths
+        for name, buf in replays.items():
+            alive = np.ones((n_envs, 2), bool)
+            alive[:, 1] &= ~(dies & (t_in_episode >= 2)) if name == "a" else True
+            terminated = np.zeros((n_envs, 2), bool)
+            truncated = np.zeros((n_envs, 2), bool)
+            limit = rng.random(n_envs) < 0.5
+            terminated[ends & ~limit] = True
+            truncated[ends & limit] = True
+            terminated[:, 1] |= (name == "a") & dies & (t_in_episode == 1)  # agent 1 of group a dies at step 1
+            row = {"obs": np.zeros((n_envs, 2, 1), np.float32), "next_obs": np.zeros((n_envs, 2, 1), np.float32),
+                   "action": np.zeros((n_envs, 2), np.int64),
+                   "reward": rng.normal(size=(n_envs, 2)).astype(np.float32), "terminated": terminated,
+                   "truncated": truncated, "alive": alive, "next_alive": alive}
+            buf.add(row)
+            step[name] = row
+        written.append(step)
+        t_in_episode = np.where(ends, 0, t_in_episode + 1)
+        lengths = np.where(ends, rng.integers(2, 7, n_envs), lengths)
+        dies = np.where(ends, rng.random(n_envs) < 0.5, dies)
+    return written
+
+
+def naive_return(written: list[dict[str, dict]], t: int, e: int, horizon: int, gamma: float) -> tuple[float, bool]:
+    """Walk lane ``e`` forward from step ``t``: the team reward of every row until the team's episode ends."""
+    g, k = 0.0, 0
+    while t + k < len(written) and k < horizon:
+        rows = written[t + k]
+        over = True
+        for row in rows.values():
+            for a in range(2):
+                if row["alive"][e, a]:
+                    g += gamma ** k * float(row["reward"][e, a])
+                    over &= bool(row["terminated"][e, a] or row["truncated"][e, a])
+        if over:
+            return g, True
+        k += 1
+    return g, False
+
+
+@pytest.mark.parametrize("groups", [("a",), ("a", "b")])
+@pytest.mark.parametrize("horizon, capacity_steps", [(12, 40), (3, 40), (12, 15)])
+def test_team_episode_returns_equal_a_walk_over_the_written_episodes(horizon, capacity_steps, groups):
+    """One group, or two written in lockstep; two lanes: complete and partial (unfinished, or longer than the
+    horizon) episodes, an agent that dies mid-episode (the episode goes on; its later rewards are left out), and
+    (capacity 15 steps of 30) rows overwritten in a ring."""
+    rng = np.random.default_rng(3)
+    n_envs, steps, gamma = 2, 30, 0.9
+    replays = {name: ReplayBuffer(two_agent_schema(), capacity_steps * n_envs, n_envs, gamma=gamma)
+               for name in groups}
+    written = fill(replays, steps, rng)
+    first_kept = max(0, steps - capacity_steps)
+    t = np.repeat(np.arange(first_kept, steps), n_envs)
+    e = np.tile(np.arange(n_envs), steps - first_kept)
+    indices = (t % capacity_steps) * n_envs + e
+    g, n, complete = team_episode_returns(replays, indices, horizon, gamma)
+    expected = [naive_return(written, int(ti), int(ei), horizon, gamma) for ti, ei in zip(t, e)]
+    np.testing.assert_allclose(g, [x[0] for x in expected], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(complete, [x[1] for x in expected])
+    assert complete.any() and not complete.all()  # both kinds occur
+    assert (n >= 1).all() and (n <= horizon).all()
+
+
+def test_team_episode_returns_by_hand():
+    """One lane, one group: rewards 1, 2, 4 then the episode ends (truncated), then a running episode."""
+    schema = two_agent_schema()
+    buf = {"a": ReplayBuffer(schema, 8, 1, gamma=0.5)}
+    for k, (r, done) in enumerate([(1.0, False), (2.0, False), (4.0, True), (8.0, False)]):
+        buf["a"].add({"obs": np.zeros((1, 2, 1), np.float32), "next_obs": np.zeros((1, 2, 1), np.float32),
+                      "action": np.zeros((1, 2), np.int64), "reward": np.array([[r, 0.0]], np.float32),
+                      "terminated": np.zeros((1, 2), bool), "truncated": np.full((1, 2), done),
+                      "alive": np.ones((1, 2), bool), "next_alive": np.ones((1, 2), bool)})
+    g, n, complete = team_episode_returns(buf, np.arange(4), 10, 0.5)
+    np.testing.assert_allclose(g, [1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0, 8.0])
+    np.testing.assert_array_equal(n, [3, 2, 1, 1])
+    np.testing.assert_array_equal(complete, [True, True, True, False])
+
+
+@pytest.mark.parametrize("standardize_returns", [False, True])
+def test_the_penalty_enters_the_loss_by_hand(standardize_returns):
+    """loss(lambda) - loss(0) = lambda * mean over the valid rows with a whole episode of (Q_tot - G)^2 (in the
+    standardized units with ``standardize_returns``); the TD errors do not change."""
+    lam = 0.3
+    g = torch.tensor([-4.0, 2.5, 7.0])
+    complete = torch.tensor([True, False, True])
+    b = team_batch()._replace(episode_return=g, return_complete=complete)
+    base = perturbed_learner(VDNConfig(standardize_returns=standardize_returns))
+    reg = perturbed_learner(VDNConfig(standardize_returns=standardize_returns, return_reg=lam))
+    for learner in (base, reg):
+        if standardize_returns:
+            learner.return_stats.update(np.array([-30.0, -12.0, 4.0]))
+    loss0, td0, _ = base.losses(b)
+    loss1, td1, metrics = reg.losses(b)
+    torch.testing.assert_close(td1, td0)
+    rows = b.groups["agent"]
+    with torch.no_grad():
+        q_on = reg.q["agent"](rows.obs).numpy()
+    q_tot = np.array([sum(q_on[i, a, rows.action[i, a]] for a in range(2) if rows.alive[i, a]) for i in range(3)])
+    baseline = g.numpy().astype(np.float64)
+    if standardize_returns:
+        baseline = (baseline - float(reg.return_stats.mean)) / (float(reg.return_stats.std) + 1e-5)
+    rows_used = np.array([0, 2])
+    expected = lam * np.mean((q_tot[rows_used] - baseline[rows_used]) ** 2)
+    assert float((loss1 - loss0).detach()) == pytest.approx(expected, rel=1e-4)
+    assert float(metrics["q_minus_return"]) == pytest.approx(np.mean(q_tot[rows_used] - baseline[rows_used]), rel=1e-4)
+
+
+def test_return_penalty_and_baseline_helpers():
+    q = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    penalty, gap = return_penalty(q, torch.tensor([0.0, 0.0, 1.0]), torch.tensor([True, False, True]),
+                                  torch.tensor([1.0, 1.0, 2.0]))
+    assert float(penalty) == pytest.approx((1.0 + 2.0 * 4.0) / 2)  # PER weights as in the TD term
+    assert float(gap) == pytest.approx((1.0 + 2.0) / 2)
+    penalty.backward()
+    np.testing.assert_allclose(q.grad.numpy(), [1.0, 0.0, 4.0])  # d/dq of (w (q - G)^2) / 2 rows
+    stats = RunningMeanStd(())
+    stats.update(np.array([2.0, 6.0]))
+    assert float(stats.mean) == pytest.approx(4.0, rel=1e-3) and float(stats.std) == pytest.approx(2.0, rel=1e-3)
+    z = (np.array([8.0, 0.0]) - float(stats.mean)) / (float(stats.std) + 1e-5)
+    np.testing.assert_allclose(standardized_baseline(torch.tensor([8.0, 0.0]), stats).numpy(), z, rtol=1e-6)
+    _, none = return_penalty(q.detach(), torch.zeros(3), torch.zeros(3, dtype=torch.bool), torch.ones(3))
+    assert float(none) == 0.0
+
+
+def test_return_reg_config_errors(make_config):
+    with pytest.raises(ConfigError, match="algo.return_reg: .*standardize_rewards=false"):
+        game_config(make_config, "qmix", "algo.return_reg=0.1", "algo.standardize_rewards=true")
+    with pytest.raises(ConfigError, match="algo.return_reg"):
+        game_config(make_config, "vdn", "algo.return_reg=-1")
+    with pytest.raises(ConfigError, match="algo.return_horizon"):
+        game_config(make_config, "vdn", "algo.return_horizon=0")
+    assert QMIXConfig().return_reg == 0.0  # off by default
