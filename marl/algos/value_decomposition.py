@@ -269,16 +269,16 @@ class ValueDecompositionLearner:
                 y = standardized_targets(y, valid, self.return_stats)
         loss = weighted_row_mean(td_loss(q_tot, y, self.cfg.td_loss), valid, b.weights)
         td = (q_tot.detach() - y) * valid.to(y.dtype)
-        extra = {}
+        extra = {"q_loss": loss.detach()}  # the TD term alone (the regularizer's term is return_penalty)
         if self.cfg.return_reg > 0 and b.episode_return is not None:
             baseline = b.episode_return if self.return_stats is None else standardized_baseline(b.episode_return,
                                                                                                 self.return_stats)
             penalty, gap = return_penalty(q_tot, baseline, valid & b.return_complete, b.weights)
             loss = loss + self.cfg.return_reg * penalty
-            extra = {"return_penalty": penalty.detach(), "q_minus_return": gap}
+            extra.update(return_penalty=penalty.detach(), q_minus_return=gap)
         n_alive = alive.sum().clamp_min(1).to(q_taken.dtype)
         q_tot_returns = q_tot.detach() if self.return_stats is None else return_units(q_tot.detach(), self.return_stats)
-        metrics = {"q_loss": loss.detach(), "q_mean": weighted_row_mean(q_tot_returns, valid, torch.ones_like(y)),
+        metrics = {"q_mean": weighted_row_mean(q_tot_returns, valid, torch.ones_like(y)),
                    "q_agent_mean": (q_taken.detach() * alive.to(q_taken.dtype)).sum() / n_alive,
                    "team_reward": weighted_row_mean(reward, valid, torch.ones_like(y)), **extra}
         return loss, td, metrics

@@ -137,6 +137,8 @@ def test_the_penalty_enters_the_loss_by_hand(standardize_returns):
     expected = lam * np.mean((q_tot[rows_used] - baseline[rows_used]) ** 2)
     assert float((loss1 - loss0).detach()) == pytest.approx(expected, rel=1e-4)
     assert float(metrics["q_minus_return"]) == pytest.approx(np.mean(q_tot[rows_used] - baseline[rows_used]), rel=1e-4)
+    assert float(metrics["q_loss"]) == pytest.approx(float(loss0.detach()), rel=1e-6)  # the TD term alone
+    assert float(metrics["return_penalty"]) == pytest.approx(expected / lam, rel=1e-4)
 
 
 def test_return_penalty_and_baseline_helpers():
