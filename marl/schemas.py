@@ -215,7 +215,8 @@ class VDNConfig(DQNConfig):
                                 "team return of the row's episode (Pan et al. 2021's regularizer against "
                                 "overestimation); 0 = off")
     return_horizon: int = _f(100, "with return_reg: rows looked ahead for G; a row whose episode has not ended "
-                                  "within them (or not yet) is not penalized")
+                                  "within them (or not yet) is not penalized; the gather's cost grows with it, so "
+                                  "the episode limit is the value to set")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from marl.algos.value_decomposition import GroupRows, TeamBatch, ValueDecompositionLearner, build_mixer, team_agents
 from marl.config import Config, ConfigError, QMIXConfig, VDNConfig
-from marl.data import ReplayBuffer, ReplaySample, per_beta_at, replay_schema
+from marl.data import ReplayBuffer, ReplaySample, nstep_return, per_beta_at, replay_schema
 from marl.multi_agent.groups import is_image
 from marl.normalization import ObsNormalizer
 from marl.off_policy.actor import build_actor
@@ -142,10 +142,9 @@ def team_episode_returns(replays: Mapping[str, ReplayBuffer], indices: np.ndarra
     ends = ended & written
     complete = ends.any(axis=0)
     last = np.where(complete, ends.argmax(axis=0), np.minimum(horizon - 1, storage.steps_ahead(slots, lanes)))
-    steps = last + 1
-    weight = (gamma ** ahead.astype(np.float64)) * (ahead < steps[None, :])
-    returns = (weight * reward).sum(axis=0)
-    return returns.astype(np.float32), steps.astype(np.int64), complete
+    steps = (last + 1).astype(np.int64)
+    returns, _ = nstep_return(reward, steps, gamma)  # the discounted sum over each row's window
+    return returns, steps, complete
 
 
 def team_rows(names: Sequence[str], obs: Mapping[str, GroupObs], out: ActOutput, step: VecStep,
