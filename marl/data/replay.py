@@ -424,18 +424,42 @@ class ReplayBuffer:
             for name in self._next_fields:
                 rows[name + "_n"] = rows[name]
         else:
-            rows.update(self._nstep_target(indices))
+            rows.update(self.nstep_target(indices))
         return ReplaySample(indices=indices, weights=weights, extras=extras, **rows)
 
-    def _nstep_target(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """n-step fields of rows ``indices [B]``: look ahead in each row's lane."""
+    def nstep_window(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``n_step`` rows from each of rows ``indices [B]`` on, in its lane: where they are, their rewards and
+        where they end (one gather).
+
+        Returns:
+            ``(window [n, B] flat indices of rows t, t + 1, ..., reward [n, B, A], ends [n, B] bool)``: ``ends[k]``
+            when some agent of row ``t + k`` is terminated or truncated (or its lane was :meth:`cut` there).
+        """
         storage = self.storage
         n, n_envs, length = self.n_step, storage.n_envs, storage.lane_length
         slots, lanes = storage.unravel(indices)
         ahead = np.arange(n)[:, None]  # [n, 1]
         window = ((slots[None, :] + ahead) % length) * n_envs + lanes[None, :]  # [n, B] flat indices
-        reward, ends = storage.gather_lookahead(window)  # [n, B, A], [n, B]: one gather
-        lengths = nstep_lengths(ends, storage.steps_ahead(slots, lanes))
+        reward, ends = storage.gather_lookahead(window)
+        return window, reward, ends
+
+    def nstep_lengths(self, indices: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Window lengths ``n' [B]`` of rows ``indices`` (:func:`nstep_lengths` with their lanes' written rows)."""
+        slots, lanes = self.storage.unravel(indices)
+        return nstep_lengths(ends, self.storage.steps_ahead(slots, lanes))
+
+    def nstep_target(self, indices: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The n-step fields of rows ``indices [B]`` (``reward_n, discount_n`` and the ``<next field>_n``).
+
+        Args:
+            indices: ``[B]`` flat row indices.
+            lengths: ``[B]`` window lengths in ``[1, n_step]``, e.g. cut where rows of another buffer written
+                in lockstep end (value decomposition's groups); default: cut where this buffer's rows end.
+        """
+        storage = self.storage
+        window, reward, ends = self.nstep_window(indices)
+        if lengths is None:
+            lengths = self.nstep_lengths(indices, ends)
         reward_n, discount_n = nstep_return(reward, lengths, self.gamma)
         last = window[lengths - 1, np.arange(indices.shape[0])]
         target = {"reward_n": reward_n, "discount_n": discount_n}

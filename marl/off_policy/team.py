@@ -5,12 +5,12 @@ the groups' replays (:func:`marl.off_policy.replay.replay_rows`, ``[A_g, ...]`` 
 lockstep, so the same flat index names the same env step in every group's replay. The first
 group's replay also stores the global state ``state, next_state [S]`` (the env's ``state()``;
 ``next_state`` is the final state where the episode ended) when the mixer reads it, samples the
-rows (uniform or prioritized, n-step windows) and keeps the PER priorities of the team's TD
-errors; the other groups' rows are gathered at the same indices.
+rows (uniform or prioritized) and keeps the PER priorities of the team's TD errors; the other
+groups' rows are gathered at the same indices.
 
 Several groups form **one team** (e.g. a speaker and a listener): their agents are mixed
-together in group order. An n-step window is cut where an agent of the sampling group ends,
-so with several groups ``algo.n_step`` must be 1 (a window could run past another group's end).
+together in group order. An n-step window (``algo.n_step``) is cut where an agent of any group
+ends, so every group's n-step fields cover the same rows (:func:`team_nstep_targets`).
 
 :class:`TeamTrainer` is :class:`marl.off_policy.OffPolicyTrainer` with team rows: acting,
 exploration (per-agent epsilon-greedy over allowed actions), evaluation, checkpoints, resume
@@ -63,15 +63,12 @@ def mixer_state_dim(spec: EnvSpec, algo: VDNConfig) -> int:
 def build_team_replays(spec: EnvSpec, cfg: Config) -> dict[str, ReplayBuffer]:
     """One replay per group, written in lockstep; the first samples (uniform or PER, n-step) and holds the state."""
     algo: VDNConfig = cfg.algo
-    if len(spec.groups) > 1 and algo.n_step > 1:
-        raise ConfigError(f"algo.n_step={algo.n_step}: {algo.name} with several groups "
-                          f"({[g.name for g in spec.groups]}) needs one-step targets; set algo.n_step=1")
     n_envs = cfg.env.num_envs
     capacity = algo.buffer_size - algo.buffer_size % n_envs
     out: dict[str, ReplayBuffer] = {}
     for k, g in enumerate(spec.groups):
         if k > 0:
-            out[g.name] = ReplayBuffer(replay_schema(g), capacity, n_envs, n_step=1, gamma=algo.gamma)
+            out[g.name] = ReplayBuffer(replay_schema(g), capacity, n_envs, n_step=algo.n_step, gamma=algo.gamma)
             continue
         schema = replay_schema(g, tuple(spec.state_shape) if stores_state(spec, algo) else None)
         out[g.name] = replay_buffer(schema, capacity, n_envs, algo)
@@ -84,9 +81,22 @@ def episode_ended(before: Mapping[str, GroupObs], transition: Mapping[str, Group
     return np.logical_and.reduce(parts)
 
 
+def team_nstep_targets(replays: Mapping[str, ReplayBuffer], indices: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Every group's n-step fields (``reward_n, discount_n, <next field>_n``) of rows ``indices [B]`` over one window
+    per row: ``n'`` rows, cut at the first row where an agent of *any* group is terminated or truncated
+    (:func:`marl.data.nstep_lengths` of the groups' ends or-ed together)."""
+    windows = {g: buf.nstep_window(indices) for g, buf in replays.items()}
+    ends = np.logical_or.reduce([w[2] for w in windows.values()])
+    lengths = next(iter(replays.values())).nstep_lengths(indices, ends)
+    return {g: buf.nstep_target(indices, lengths) for g, buf in replays.items()}
+
+
 def team_samples(replays: Mapping[str, ReplayBuffer], batch_size: int, rng: np.random.Generator,
                  beta: float | None) -> tuple[ReplaySample, dict[str, dict[str, np.ndarray]]]:
     """Sample B team rows: the first group's :class:`ReplaySample` and every group's fields at those rows.
+
+    With several groups and n-step targets, every group's window is cut where the team's first agent ends
+    (:func:`team_nstep_targets`), the first group's sample included.
 
     Returns:
         ``(first, rows)``: ``rows[g]`` maps ``obs, action, reward_n, next_obs_n, terminated_n, alive,
@@ -94,12 +104,19 @@ def team_samples(replays: Mapping[str, ReplayBuffer], batch_size: int, rng: np.r
     """
     names = list(replays)
     first = replays[names[0]].sample(batch_size, rng, beta)
+    nstep = len(names) > 1 and replays[names[0]].n_step > 1
+    targets = team_nstep_targets(replays, first.indices) if nstep else {}
+    if nstep:
+        first = first._replace(**targets[names[0]])
     rows = {names[0]: {k: getattr(first, k) for k in GroupRows._fields}}
-    for g in names[1:]:  # one-step rows (n_step is 1 with several groups)
+    for g in names[1:]:
         d = replays[g].storage.gather_all(first.indices)
-        rows[g] = {"obs": d["obs"], "action": d["action"], "reward_n": d["reward"], "next_obs_n": d["next_obs"],
-                   "terminated_n": d["terminated"], "alive": d["alive"], "next_alive_n": d["next_alive"],
-                   "action_mask": d.get("action_mask"), "next_action_mask_n": d.get("next_action_mask")}
+        d.update(targets.get(g) or {"reward_n": d["reward"], "next_obs_n": d["next_obs"],
+                                     "terminated_n": d["terminated"], "next_alive_n": d["next_alive"],
+                                     "next_action_mask_n": d.get("next_action_mask")})
+        rows[g] = {"obs": d["obs"], "action": d["action"], "reward_n": d["reward_n"], "next_obs_n": d["next_obs_n"],
+                   "terminated_n": d["terminated_n"], "alive": d["alive"], "next_alive_n": d["next_alive_n"],
+                   "action_mask": d.get("action_mask"), "next_action_mask_n": d.get("next_action_mask_n")}
     return first, rows
 
 

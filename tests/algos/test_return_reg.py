@@ -42,7 +42,8 @@ def fill(replays: dict[str, ReplayBuffer], steps: int, rng: np.random.Generator)
             terminated[ends & ~limit] = True
             truncated[ends & limit] = True
             terminated[:, 1] |= (name == "a") & dies & (t_in_episode == 1)  # agent 1 of group a dies at step 1
-            row = {"obs": np.zeros((n_envs, 2, 1), np.float32), "next_obs": np.zeros((n_envs, 2, 1), np.float32),
+            next_obs = (len(written) + np.arange(2)[:, None] / 10 + np.zeros((n_envs, 2, 1))).astype(np.float32)
+            row = {"obs": np.zeros((n_envs, 2, 1), np.float32), "next_obs": next_obs,
                    "action": np.zeros((n_envs, 2), np.int64),
                    "reward": rng.normal(size=(n_envs, 2)).astype(np.float32), "terminated": terminated,
                    "truncated": truncated, "alive": alive, "next_alive": alive}

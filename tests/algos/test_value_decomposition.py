@@ -429,8 +429,9 @@ def test_two_groups_form_one_team(make_config):
     assert len(trainer.replay["speaker"]) == len(trainer.replay["listener"]) == 480
     for g, params in before.items():
         assert any(not torch.equal(p0, p) for p0, p in zip(params, trainer.actor.net[g].parameters())), g
-    with pytest.raises(ConfigError, match="algo.n_step=3: qmix with several groups"):
-        TeamTrainer(make_config(None, *speaker_listener, "algo.n_step=3", run="nstep"))
+    nstep = TeamTrainer(make_config(None, *speaker_listener, "algo.n_step=3", "algo.per=true", run="nstep"))
+    nstep.train()  # n-step windows over both groups (tests/algos/test_team_replay.py), prioritized
+    assert nstep.learner.grad_steps > 0 and all(b.n_step == 3 for b in nstep.replay.values())
 
 
 def test_unsupported_combinations_are_one_line_errors(make_config):
