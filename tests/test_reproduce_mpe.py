@@ -23,7 +23,23 @@ def rm():
 
 def test_to_paper_scale(rm) -> None:
     assert rm.to_paper("spread", -30.0) == -135.0  # 2 x ours - 75
-    assert rm.to_paper("speaker_listener", -12.5) == -12.5
+    assert rm.to_paper("speaker_listener", -12.5) == -12.5  # no identity: our scale
+    low, high = rm.SL_REFERENCES
+    assert rm.message_gap_closed(low) == 0.0 and rm.message_gap_closed(high) == 1.0
+    assert rm.message_gap_closed((low + high) / 2) == pytest.approx(0.5)
+
+
+def test_speaker_listener_references() -> None:
+    """bench/speaker_listener_bounds.py: its dynamics model is mpe2's listener exactly; the planner that knows the
+    goal scores well above the one that steers to the centroid, and the original dynamics (an action acts at once)
+    above mpe2's."""
+    spec = importlib.util.spec_from_file_location("sl_bounds", SCRIPT.parent / "speaker_listener_bounds.py")
+    bounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bounds)
+    assert bounds.check_model(episodes=2) < 1e-12
+    r = bounds.run(episodes=4, horizon=3)
+    assert r["goal"]["mpe2"] > r["centroid"]["mpe2"] + 5.0
+    assert r["goal"]["original"] > r["goal"]["mpe2"]
 
 
 def test_aggregate_by_hand(rm) -> None:
