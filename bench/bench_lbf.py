@@ -1,4 +1,5 @@
-"""MAPPO, VDN or QMIX on level-based foraging 8x8-2p-2f-coop: the normalized return within a stated budget, per seed.
+"""MAPPO, VDN or QMIX on level-based foraging (8x8-2p-2f-coop, or ``--task``): the normalized return within a stated
+budget, per seed.
 
 LBF normalizes its rewards so that the team return of an episode is the fraction of the food levels
 collected: 1.0 means every food was loaded within the 50 steps. That sum is the "normalized return"
@@ -21,6 +22,10 @@ Seeds run in ``--jobs`` worker processes at once (one torch thread each). Result
     python -m bench.bench_lbf --total-env-steps 1000000 --seeds 0 1 2 --jobs 3
     python -m bench.bench_lbf --total-env-steps 20000 --episodes 10   # a quick look
     python -m bench.bench_lbf --algo qmix --total-env-steps 500000 --seeds 0
+    python -m bench.bench_lbf --algo vdn --task 15x15-4p-3f                # another task of the paper
+
+``--task`` names a task of the paper (``TASKS``: its env id here, lbforaging v3; the paper used v1, whose
+food levels and spawning rules differ) and prints the paper's maximum-return cell beside ours (``PUBLISHED``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,42 @@ from marl.config import Config, load_config
 from marl.env.make import vector_env
 from marl.evaluation import evaluate, random_actions
 from marl.types import ActOutput
+
+# The EPyMARL paper's LBF tasks -> (env id, env.kwargs overrides). lbforaging registers at most 4 foods: 5 foods
+# are the 4-food id with max_num_food=5. "-2s": sight 2 (partially observed); "-c": cooperative (force_coop).
+TASKS = {
+    "8x8-2p-2f-c": ("lbforaging:Foraging-8x8-2p-2f-coop-v3", []),
+    "8x8-2p-2f-2s-c": ("lbforaging:Foraging-2s-8x8-2p-2f-coop-v3", []),
+    "10x10-3p-3f": ("lbforaging:Foraging-10x10-3p-3f-v3", []),
+    "10x10-3p-3f-2s": ("lbforaging:Foraging-2s-10x10-3p-3f-v3", []),
+    "15x15-3p-5f": ("lbforaging:Foraging-15x15-3p-4f-v3", ["env.kwargs.max_num_food=5"]),
+    "15x15-4p-3f": ("lbforaging:Foraging-15x15-4p-3f-v3", []),
+    "15x15-4p-5f": ("lbforaging:Foraging-15x15-4p-4f-v3", ["env.kwargs.max_num_food=5"]),
+}
+
+# (task, algo) -> (maximum return, 95% CI half width over 5 seeds): EPyMARL paper Table 3 (parameter sharing,
+# arXiv 2006.07869v4); 20M env steps for MAPPO, 2M for VDN and QMIX; evaluations every 50k env steps, maximum of the
+# seed-mean curve.
+PUBLISHED = {
+    ("8x8-2p-2f-c", "mappo"): (1.00, 0.00), ("8x8-2p-2f-c", "vdn"): (1.00, 0.00), ("8x8-2p-2f-c", "qmix"): (0.96, 0.07),
+    ("8x8-2p-2f-2s-c", "mappo"): (0.85, 0.06), ("8x8-2p-2f-2s-c", "vdn"): (1.00, 0.00),
+    ("8x8-2p-2f-2s-c", "qmix"): (1.00, 0.00),
+    ("10x10-3p-3f", "mappo"): (0.99, 0.01), ("10x10-3p-3f", "vdn"): (0.84, 0.08), ("10x10-3p-3f", "qmix"): (0.84, 0.08),
+    ("10x10-3p-3f-2s", "mappo"): (0.72, 0.03), ("10x10-3p-3f-2s", "vdn"): (0.90, 0.03),
+    ("10x10-3p-3f-2s", "qmix"): (0.90, 0.01),
+    ("15x15-3p-5f", "mappo"): (0.77, 0.02), ("15x15-3p-5f", "vdn"): (0.15, 0.02), ("15x15-3p-5f", "qmix"): (0.09, 0.04),
+    ("15x15-4p-3f", "mappo"): (0.96, 0.02), ("15x15-4p-3f", "vdn"): (0.38, 0.13), ("15x15-4p-3f", "qmix"): (0.15, 0.06),
+    ("15x15-4p-5f", "mappo"): (0.70, 0.25), ("15x15-4p-5f", "vdn"): (0.30, 0.04), ("15x15-4p-5f", "qmix"): (0.25, 0.09),
+}
+
+
+def task_of(env_id: str, kwargs: dict[str, Any]) -> str | None:
+    """The paper's task an env id (with its kwargs) is, or ``None``."""
+    for name, (task_id, overrides) in TASKS.items():
+        food = [o.split("=")[1] for o in overrides if o.startswith("env.kwargs.max_num_food=")]
+        if task_id == env_id and str(kwargs.get("max_num_food", "")) == (food[0] if food else ""):
+            return name
+    return None
 
 
 class RandomPolicy:
@@ -99,6 +140,9 @@ def main() -> None:
     parser.add_argument("--algo", choices=("mappo", "vdn", "qmix"), default="mappo",
                         help="trains configs/lbf_8x8_2p_2f_coop_<algo>.yaml")
     parser.add_argument("--config", default="", help="a config to train instead of --algo's")
+    parser.add_argument("--task", choices=sorted(TASKS), default=None,
+                        help="the paper's LBF task: its env id and kwargs override the config's (default: the config's "
+                             "env)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. algo.lr=3e-4)")
     parser.add_argument("--total-env-steps", type=int, default=0, help="budget per seed (0 = the config's own)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -107,13 +151,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default bench/out/lbf (mappo), bench/out/lbf_<algo>")
     args = parser.parse_args()
     args.config = args.config or f"configs/lbf_8x8_2p_2f_coop_{args.algo}.yaml"
-    args.out = args.out or Path("bench/out/lbf" if args.algo == "mappo" else f"bench/out/lbf_{args.algo}")
+    suffix = f"_{args.task}" if args.task else ""
+    args.out = args.out or Path(("bench/out/lbf" if args.algo == "mappo" else f"bench/out/lbf_{args.algo}") + suffix)
 
-    base = [*args.overrides, "log.progress=false", "log.tensorboard=false"]
+    task_env = [f"env.id={TASKS[args.task][0]}", *TASKS[args.task][1]] if args.task else []
+    base = [*task_env, *args.overrides, "log.progress=false", "log.tensorboard=false"]
     if args.total_env_steps:
         base = [*epsilon_overrides(load_config(args.config), args.total_env_steps), *base,
                 f"total_env_steps={args.total_env_steps}"]
     cfg = load_config(args.config, base)
+    task = args.task or task_of(cfg.env.id, dict(cfg.env.kwargs))
+    published = PUBLISHED.get((task, cfg.algo.name)) if task else None
+    paper = f"EPyMARL {task} max {published[0]:.2f} ± {published[1]:.2f}" if published else "no published cell"
     print(f"{cfg.env.id} {dict(cfg.env.kwargs)}; budget {cfg.total_env_steps:,} env steps per seed, "
           f"seeds {args.seeds}, {args.jobs} at once; {args.episodes} eval episodes", flush=True)
     probe = vector_env(cfg, 1, backend="sync")
@@ -141,14 +190,15 @@ def main() -> None:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         means[mode] = {"mean": statistics.fmean(values), "std_over_seeds": spread}
         print(f"{mode:>8}: normalized return {means[mode]['mean']:.3f} ± {spread:.3f} over {len(values)} seeds "
-              f"(random {rand['ep_return']:.3f}; EPyMARL about 1.0)")
+              f"(random {rand['ep_return']:.3f}; {paper})")
     for key in ("eval_max", "eval_mean"):
         values = [r[key] for r in results]
         means[key] = {"mean": statistics.fmean(values), "std_over_seeds": statistics.stdev(values) if len(values) > 1
                       else 0.0}
         print(f"{key:>9}: {means[key]['mean']:.3f} ± {means[key]['std_over_seeds']:.3f} over {len(values)} seeds")
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"config": args.config, "overrides": base, "episodes": args.episodes, "random": rand,
+    payload = {"config": args.config, "task": task, "published_max": published, "overrides": base,
+               "episodes": args.episodes, "random": rand,
                "seeds": results, "mean": means}
     (args.out / "results.json").write_text(json.dumps(payload, indent=1))
     print(f"wrote {args.out / 'results.json'}")

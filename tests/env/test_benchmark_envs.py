@@ -250,3 +250,28 @@ def test_resume_mid_episode_equals_the_uninterrupted_run(env_id, make_config, tm
     assert a["counters"]["env_steps"] == b["counters"]["env_steps"] == 180
     for k, v in a["policy"]["net"].items():
         torch.testing.assert_close(b["policy"]["net"][k], v, rtol=0, atol=0, msg=f"parameter {k}")
+
+
+def test_bench_lbf_tasks_are_the_papers_tasks():
+    """bench/bench_lbf.py --task: every task of the paper makes an env with its grid, players, food count and sight,
+    is found back from its env id and kwargs, and has the paper's cells for MAPPO, VDN and QMIX."""
+    import importlib.util
+    from pathlib import Path
+
+    import gymnasium
+
+    spec = importlib.util.spec_from_file_location("bench_lbf", Path(__file__).parents[2] / "bench" / "bench_lbf.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    TASKS, PUBLISHED, task_of = bench.TASKS, bench.PUBLISHED, bench.task_of  # noqa: N806
+    for name, (env_id, overrides) in TASKS.items():
+        kwargs = {o.split("=")[0].removeprefix("env.kwargs."): int(o.split("=")[1]) for o in overrides}
+        size, players, foods = name.split("-")[:3]
+        base = gymnasium.make(env_id, **kwargs).unwrapped
+        base.reset(seed=0)
+        assert base.field.shape == (int(size.split("x")[0]),) * 2, name
+        assert len(base.players) == int(players[:-1]) and int((base.field > 0).sum()) == int(foods[:-1]), name
+        assert base.sight == (2 if "-2s" in name else base.field.shape[0]), name
+        assert base.force_coop == name.endswith("-c"), name
+        assert task_of(env_id, kwargs) == name
+        assert all((name, algo) in PUBLISHED for algo in ("mappo", "vdn", "qmix"))
