@@ -413,13 +413,18 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
                  "set algo.her=false")
         _require(algo.return_reg >= 0, "algo.return_reg", f"must be >= 0 (0 = off), got {algo.return_reg}")
         _require(algo.return_horizon >= 1, "algo.return_horizon", f"must be >= 1, got {algo.return_horizon}")
-        if algo.return_reg > 0:
-            _require(not algo.standardize_rewards, "algo.return_reg",
+        if algo.return_stats == "returns":
+            _require(algo.standardize_returns, "algo.return_stats", "'returns' sets the units of "
+                     "algo.standardize_returns; set algo.standardize_returns=true or algo.return_stats=targets")
+        for key, on in (("return_reg", algo.return_reg > 0), ("return_stats", algo.return_stats == "returns")):
+            if not on:
+                continue
+            _require(not algo.standardize_rewards, f"algo.{key}",
                      "the Monte-Carlo returns are in raw reward units, which per-batch standardized rewards change; "
-                     "set algo.standardize_rewards=false (algo.standardize_returns is supported) or algo.return_reg=0")
-            _require(cfg.model.recurrent == "none", "algo.return_reg",
-                     "recurrent VDN/QMIX train on sequences without Monte-Carlo returns yet; set algo.return_reg=0 "
-                     "or model.recurrent=none")
+                     f"set algo.standardize_rewards=false or algo.{key}={'0' if key == 'return_reg' else 'targets'}")
+            _require(cfg.model.recurrent == "none", f"algo.{key}",
+                     "recurrent VDN/QMIX train on sequences without Monte-Carlo returns yet; set "
+                     f"algo.{key}={'0' if key == 'return_reg' else 'targets'} or model.recurrent=none")
     if isinstance(algo, QMIXConfig):
         _require(algo.mixer_embed >= 1, "algo.mixer_embed", "must be >= 1")
         _require(algo.hypernet_layers in (1, 2), "algo.hypernet_layers", f"must be 1 or 2, got {algo.hypernet_layers}")

@@ -211,12 +211,16 @@ class VDNConfig(DQNConfig):
     standardize_returns: bool = _f(False, "learn Q_tot in standardized units: TD targets minus their running mean, "
                                           "over their running std (EPyMARL's standardise_returns); without it QMIX's "
                                           "mixer gain grew until Q_tot diverged on spread (bench/README.md)")
+    return_stats: Literal["targets", "returns"] = _f(
+        "targets", "with standardize_returns, what its running mean and std take in: the TD targets (EPyMARL), or "
+                   "the Monte-Carlo team returns G of the sampled rows whose episode ended (return_horizon rows "
+                   "ahead): bounded by the rewards, so a diverging Q_tot cannot stretch its own units")
     return_reg: float = _f(0.0, "weight lambda of the penalty lambda * (Q_tot - G)^2, G the Monte-Carlo discounted "
                                 "team return of the row's episode (Pan et al. 2021's regularizer against "
                                 "overestimation); 0 = off")
-    return_horizon: int = _f(100, "with return_reg: rows looked ahead for G; a row whose episode has not ended "
-                                  "within them (or not yet) is not penalized; the gather's cost grows with it, so "
-                                  "the episode limit is the value to set")
+    return_horizon: int = _f(100, "with return_reg or return_stats=returns: rows looked ahead for G; a row "
+                                  "whose episode has not ended within them (or not yet) does not count; the "
+                                  "gather's cost grows with it, so the episode limit is the value to set")
 
 
 @dataclass

@@ -17,7 +17,9 @@ Conventions (all rows ``B``, team agents ``A`` in group order):
 * with ``algo.standardize_returns`` (EPyMARL's ``standardise_returns``) ``Q_tot`` is learned in standardized
   units: the target mixer's output is mapped back to returns (``* std + mean``), the TD targets ``y`` are folded
   into running statistics (:class:`marl.normalization.RunningMeanStd`) and then standardized
-  (``(y - mean) / std``); the agents' greedy actions do not change (an increasing affine map of ``Q_tot``);
+  (``(y - mean) / std``); the agents' greedy actions do not change (an increasing affine map of ``Q_tot``).
+  With ``algo.return_stats=returns`` the statistics take in the Monte-Carlo team returns of the batch's rows
+  whose episode ended instead of the targets (:func:`fold_returns`);
 * the team is terminated at the window end when every agent alive at the row is terminated;
   a time limit (truncation) is bootstrapped from the real final observations and state;
 * an agent enters the mix of ``Q_tot(s)`` only where it acted (``alive``) and the mix of the
@@ -138,8 +140,8 @@ def return_units(q_tot: Tensor, stats: RunningMeanStd) -> Tensor:
 
 def standardized_baseline(episode_return: Tensor, stats: RunningMeanStd) -> Tensor:
     """Monte-Carlo returns ``[B]`` in the standardized units of ``Q_tot`` (``algo.standardize_returns``): minus the
-    TD targets' running mean, over their running std (the statistics are not updated with them)."""
-    return (episode_return - float(stats.mean)) / (float(stats.std) + RETURN_STD_EPS)
+    running mean, over the running std (the statistics are not updated here)."""
+    return standardized(episode_return, stats)
 
 
 def return_penalty(q_tot: Tensor, baseline: Tensor, rows: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -152,11 +154,24 @@ def return_penalty(q_tot: Tensor, baseline: Tensor, rows: Tensor, weights: Tenso
     return penalty, gap
 
 
+def standardized(y: Tensor, stats: RunningMeanStd) -> Tensor:
+    """``(y - mean) / (std + eps)`` of ``y [B]`` (return units) with ``stats``'s running mean and std."""
+    return (y - float(stats.mean)) / (float(stats.std) + RETURN_STD_EPS)
+
+
 def standardized_targets(y: Tensor, valid: Tensor, stats: RunningMeanStd) -> Tensor:
     """Fold the targets ``y [B]`` of the ``valid [B]`` rows into ``stats``, then ``(y - mean) / (std + eps)``
     with the updated statistics (EPyMARL's ``standardise_returns``: update first, then standardize)."""
     stats.update(y[valid].to(torch.float64))
-    return (y - float(stats.mean)) / (float(stats.std) + RETURN_STD_EPS)
+    return standardized(y, stats)
+
+
+def fold_returns(episode_return: Tensor, rows: Tensor, stats: RunningMeanStd) -> None:
+    """Fold the Monte-Carlo team returns ``[B]`` of ``rows [B]`` (bool: valid, with a whole episode) into ``stats``
+    (``algo.return_stats=returns``): the units of ``Q_tot`` then follow what the episodes returned, never the
+    bootstrapped targets."""
+    if bool(rows.any()):
+        stats.update(episode_return[rows].to(torch.float64))
 
 
 def team_terminated(terminated_n: Tensor, alive: Tensor) -> Tensor:
@@ -265,7 +280,12 @@ class ValueDecompositionLearner:
             valid = alive.any(dim=-1)
             target_reward = standardized_rewards(reward, valid) if self.cfg.standardize_rewards else reward
             y = team_td_target(target_reward, b.discount_n, team_terminated(terminated_n, alive), next_q_tot)
-            if self.return_stats is not None:
+            if self.return_stats is not None and self.cfg.return_stats == "returns":
+                if b.episode_return is None:
+                    raise ValueError("algo.return_stats=returns needs the batch's episode_return and return_complete")
+                fold_returns(b.episode_return, valid & b.return_complete, self.return_stats)
+                y = standardized(y, self.return_stats)
+            elif self.return_stats is not None:
                 y = standardized_targets(y, valid, self.return_stats)
         loss = weighted_row_mean(td_loss(q_tot, y, self.cfg.td_loss), valid, b.weights)
         td = (q_tot.detach() - y) * valid.to(y.dtype)

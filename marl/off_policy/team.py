@@ -253,7 +253,7 @@ class TeamTrainer(OffPolicyTrainer):
         beta = per_beta_at(self.env_steps / self.cfg.total_env_steps, algo.per_beta)
         first, rows = team_samples(self.replay, algo.batch_size, self.rng, beta)
         returns = None
-        if algo.return_reg > 0:
+        if algo.return_reg > 0 or (algo.standardize_returns and algo.return_stats == "returns"):
             g, _, complete = team_episode_returns(self.replay, first.indices, algo.return_horizon, algo.gamma)
             returns = (g, complete)
         out = self.learner.update(to_team_batch(first, rows, self.actor.obs_norm, self.device, returns))

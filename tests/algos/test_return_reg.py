@@ -167,3 +167,35 @@ def test_return_reg_config_errors(make_config):
     with pytest.raises(ConfigError, match="algo.return_horizon"):
         game_config(make_config, "vdn", "algo.return_horizon=0")
     assert QMIXConfig().return_reg == 0.0  # off by default
+
+
+def test_return_stats_take_in_the_whole_episodes_returns():
+    """``algo.return_stats=returns``: the running statistics take in G of the valid rows whose episode ended (not the
+    TD targets), and the TD errors are Q_tot minus the raw targets standardized with them; with ``targets`` they
+    take in the targets, whose values move with the target networks."""
+    g = torch.tensor([-4.0, 2.5, 7.0])
+    complete = torch.tensor([True, False, True])
+    b = team_batch()._replace(episode_return=g, return_complete=complete)
+    raw = perturbed_learner(VDNConfig())
+    by_returns = perturbed_learner(VDNConfig(standardize_returns=True, return_stats="returns"))
+    by_targets = perturbed_learner(VDNConfig(standardize_returns=True))
+    _, td_raw, _ = raw.losses(b)
+    _, td, _ = by_returns.losses(b)
+    by_targets.losses(b)
+    stats = by_returns.return_stats
+    assert float(stats.mean) == pytest.approx(1.5, abs=1e-3)  # mean of -4 and 7 (row 1's episode is not whole)
+    assert float(stats.var) == pytest.approx(30.25, rel=1e-3)
+    assert float(by_targets.return_stats.mean) != pytest.approx(1.5, abs=0.1)
+    # the same networks: Q_tot is in standardized units in both, y_raw = Q_tot - td_raw
+    with torch.no_grad():
+        q_tot = raw.mixer(raw.agent_values(b)[0], None, b.groups["agent"].alive)
+    y_std = (q_tot - td_raw - float(stats.mean)) / (float(stats.std) + 1e-5)
+    torch.testing.assert_close(td, q_tot - y_std, rtol=1e-5, atol=1e-5)
+
+
+def test_return_stats_errors(make_config):
+    with pytest.raises(ConfigError, match="algo.return_stats.*standardize_returns=true"):
+        game_config(make_config, "vdn", "algo.return_stats=returns")
+    with pytest.raises(ConfigError, match="algo.return_stats.*standardize_rewards=false"):
+        game_config(make_config, "vdn", "algo.return_stats=returns", "algo.standardize_returns=true",
+                    "algo.standardize_rewards=true")
