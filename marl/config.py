@@ -422,9 +422,6 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
             _require(not algo.standardize_rewards, f"algo.{key}",
                      "the Monte-Carlo returns are in raw reward units, which per-batch standardized rewards change; "
                      f"set algo.standardize_rewards=false or algo.{key}={'0' if key == 'return_reg' else 'targets'}")
-            _require(cfg.model.recurrent == "none", f"algo.{key}",
-                     "recurrent VDN/QMIX train on sequences without Monte-Carlo returns yet; set "
-                     f"algo.{key}={'0' if key == 'return_reg' else 'targets'} or model.recurrent=none")
     if isinstance(algo, QMIXConfig):
         _require(algo.mixer_embed >= 1, "algo.mixer_embed", "must be >= 1")
         _require(algo.hypernet_layers in (1, 2), "algo.hypernet_layers", f"must be 1 or 2, got {algo.hypernet_layers}")

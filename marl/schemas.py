@@ -220,7 +220,8 @@ class VDNConfig(DQNConfig):
                                 "overestimation); 0 = off")
     return_horizon: int = _f(100, "with return_reg or return_stats=returns: rows looked ahead for G; a row "
                                   "whose episode has not ended within them (or not yet) does not count; the "
-                                  "gather's cost grows with it, so the episode limit is the value to set")
+                                  "gather's cost grows with it, so the episode limit is the value to set "
+                                  "(recurrent agents: G runs to the end of the sampled sequence instead)")
 
 
 @dataclass

@@ -42,8 +42,12 @@ from marl.algos.targets import masked_mean
 from marl.algos.value_decomposition import (
     ValueDecompositionLearner,
     bootstrap_alive,
+    fold_returns,
     obs_state,
+    return_penalty,
     return_units,
+    standardized,
+    standardized_baseline,
     standardized_rewards,
     standardized_targets,
     td_loss,
@@ -272,6 +276,31 @@ def team_sequence_targets(reward: Tensor, terminated: Tensor, ended: Tensor, val
     return sequence_targets(seq(reward), seq(terminated), seq(ended), valid, next_value, gamma, n_step).reshape(-1)
 
 
+def sequence_returns(reward: Tensor, ended: Tensor, valid: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """Monte-Carlo team returns inside sampled sequences, for ``algo.return_reg`` and ``algo.return_stats=returns``.
+
+    Args:
+        reward: ``[L, B]`` team reward of each step (raw units).
+        ended: ``[L, B]`` bool, the team's trajectory ends at the step (:func:`team_ended`).
+        valid: ``[L, B]`` real steps.
+        gamma: discount factor.
+
+    Returns:
+        ``(G [L, B], complete [L, B] bool)``: ``G_t = r_t + gamma * G_{t+1}``, cut after the step where the team
+        ends or the sequence's real steps run out; ``complete_t`` when that cut is the team's end (a whole
+        episode's return; a sequence of a whole episode, as EPyMARL samples, completes every step).
+    """
+    n_steps = reward.shape[0]
+    g, complete = torch.zeros_like(reward), torch.zeros_like(valid)
+    later, later_complete = torch.zeros_like(reward[0]), torch.zeros_like(valid[0])
+    for t in reversed(range(n_steps)):
+        more = valid[t + 1] if t + 1 < n_steps else torch.zeros_like(valid[t])
+        g[t] = reward[t] + gamma * torch.where(ended[t] | ~more, torch.zeros_like(later), later)
+        complete[t] = valid[t] & (ended[t] | (more & later_complete))
+        later, later_complete = g[t], complete[t]
+    return g, complete
+
+
 class TeamSequenceBatch(NamedTuple):
     """Sampled team sequences for value decomposition: every group's agents over the same env steps.
 
@@ -297,7 +326,9 @@ class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
     the sequence's last real step, over the steps ``valid & t >= burn_in`` where some agent acts;
     ``r_tot`` is standardized over the batch's acting steps when ``algo.standardize_rewards`` is on; with
     ``algo.standardize_returns`` the target mixer's values are mapped back to returns and the trained steps'
-    targets are folded into running statistics and standardized, as in the feed-forward learner.
+    targets (or, with ``algo.return_stats=returns``, their Monte-Carlo returns) are folded into running statistics
+    and standardized, as in the feed-forward learner; ``algo.return_reg`` adds its penalty on the trained steps
+    whose episode ends inside the sequence (:func:`sequence_returns`; ``algo.return_horizon`` is the sequence).
     ``td_error`` holds the ``[B]`` sequence priorities (``eta * max + (1 - eta) * mean`` of ``|Q_tot - y|``)
     under the first group."""
 
@@ -337,17 +368,34 @@ class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
                 next_q_tot = return_units(next_q_tot, self.return_stats)
             reward = team_reward(rows([g.reward for g in groups]), alive)
             target_reward = standardized_rewards(reward, acting) if cfg.standardize_rewards else reward
-            y = team_sequence_targets(target_reward, team_terminated(terminated, alive),
-                                      team_ended(rows([g.ended for g in groups]), alive), first.valid,
+            ended = team_ended(rows([g.ended for g in groups]), alive)
+            y = team_sequence_targets(target_reward, team_terminated(terminated, alive), ended, first.valid,
                                       next_q_tot, cfg.gamma, cfg.n_step)
         mask = loss_mask(first.valid, alive.view(n_steps, batch, -1).any(-1, keepdim=True), first.burn_in)[..., 0]
-        if self.return_stats is not None:
-            y = standardized_targets(y, mask.reshape(-1), self.return_stats)
+        trained = mask.reshape(-1)
+        by_returns = self.return_stats is not None and cfg.return_stats == "returns"
+        mc = None
+        if cfg.return_reg > 0 or by_returns:
+            g_mc, complete = sequence_returns(reward.view(n_steps, batch), ended.view(n_steps, batch), first.valid,
+                                              cfg.gamma)
+            mc = (g_mc.reshape(-1), trained & complete.reshape(-1))
+        if by_returns:
+            fold_returns(*mc, self.return_stats)
+            y = standardized(y, self.return_stats)
+        elif self.return_stats is not None:
+            y = standardized_targets(y, trained, self.return_stats)
         weights = first.weights.expand(n_steps, batch).reshape(-1)
-        loss = weighted_row_mean(td_loss(q_tot, y, cfg.td_loss), mask.reshape(-1), weights)
+        loss = weighted_row_mean(td_loss(q_tot, y, cfg.td_loss), trained, weights)
+        metrics = {"q_loss": loss.detach()}  # the TD term alone
+        if cfg.return_reg > 0:
+            baseline = mc[0] if self.return_stats is None else standardized_baseline(mc[0], self.return_stats)
+            penalty, gap = return_penalty(q_tot, baseline, mc[1], weights)
+            loss = loss + cfg.return_reg * penalty
+            metrics.update(return_penalty=penalty.detach(), q_minus_return=gap)
         td = (q_tot.detach() - y).abs().view(n_steps, batch, 1)
         priority = sequence_priority(td, mask.unsqueeze(-1), cfg.per_eta)
         ones = torch.ones_like(y)
-        metrics = {"q_loss": loss.detach(), "q_mean": weighted_row_mean(q_tot.detach(), mask.reshape(-1), ones),
-                   "team_reward": weighted_row_mean(reward, mask.reshape(-1), ones)}
+        q_tot_returns = q_tot.detach() if self.return_stats is None else return_units(q_tot.detach(), self.return_stats)
+        metrics.update(q_mean=weighted_row_mean(q_tot_returns, trained, ones),
+                       team_reward=weighted_row_mean(reward, trained, ones))
         return loss, priority, metrics

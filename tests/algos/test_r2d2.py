@@ -193,9 +193,11 @@ def test_learner_loss_equals_a_naive_loop(n_step, make_learner, discrete_spec) -
 
 
 def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, standardize: bool = False,
-                      earlier: np.ndarray | None = None):
+                      earlier: np.ndarray | None = None, by_returns: bool = False, reg: float = 0.0):
     """The recurrent team learner's loss and priorities with Python loops over sequences, steps and windows;
-    ``earlier``: the TD targets folded into the learner's return statistics before (``algo.standardize_returns``)."""
+    ``earlier``: the values folded into the learner's return statistics before (``algo.standardize_returns``);
+    ``by_returns``: the statistics take in the Monte-Carlo returns of the trained steps whose episode ends inside the
+    sequence instead of the targets; ``reg``: ``algo.return_reg``'s weight."""
     from marl.algos.value_decomposition import td_loss
 
     L, B = next(iter(b.groups.values())).valid.shape
@@ -216,6 +218,22 @@ def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, sta
         return torch.cat([getattr(g, field)[t, s] for g in b.groups.values()])
 
     rewards = {(t, s): float((cat("reward", t, s) * cat("alive", t, s)).sum()) for t in range(L) for s in range(B)}
+    raw = dict(rewards)
+
+    def team_end(u: int, s: int) -> bool:
+        alive_u = cat("alive", u, s)
+        return bool((cat("ended", u, s) | ~alive_u).all()) and bool(alive_u.any())
+
+    def mc_return(t: int, s: int) -> tuple[float, bool]:
+        """Walk the sequence from step t: raw team rewards until the team ends (whole) or the real steps run out."""
+        g, u = 0.0, t
+        while True:
+            g += gamma ** (u - t) * raw[u, s]
+            if team_end(u, s):
+                return g, True
+            if u + 1 >= L or not first.valid[u + 1, s]:
+                return g, False
+            u += 1
     if standardize:  # over the steps where some agent acts
         acting = [r for (t, s), r in rewards.items() if first.valid[t, s] and cat("alive", t, s).any()]
         mean = sum(acting) / len(acting)
@@ -256,25 +274,37 @@ def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, sta
                     break
             with torch.no_grad():
                 q_tot = learner.mixer(torch.stack(taken)[None], b.state[t, s][None], alive[None])
-            trained.append((s, float(first.weights[s]), q_tot, y))
-    if earlier is not None:  # every target joins the statistics, then all are standardized
-        seen = np.concatenate([earlier, [y for *_, y in trained]])
-        trained = [(s, w, q, (y - seen.mean()) / (seen.std() + 1e-5)) for s, w, q, y in trained]
-    total = sum(w * float(td_loss(q, torch.tensor([y]), "mse")) for _, w, q, y in trained)
+            trained.append((s, float(first.weights[s]), q_tot, y, *mc_return(t, s)))
+    if earlier is not None:  # every target (or whole return) joins the statistics, then all are standardized
+        seen = np.concatenate([earlier, [g for *_, g, whole in trained if whole] if by_returns
+                               else [y for _, _, _, y, _, _ in trained]])
+        mean, std = seen.mean(), seen.std() + 1e-5
+        trained = [(s, w, q, (y - mean) / std, (g - mean) / std, whole) for s, w, q, y, g, whole in trained]
+    total = sum(w * float(td_loss(q, torch.tensor([y]), "mse")) for _, w, q, y, _, _ in trained) / len(trained)
+    whole = [(w, q, g) for _, w, q, _, g, ok in trained if ok]
+    assert 0 < len(whole) < len(trained)  # whole and partial returns both occur
+    if reg:
+        total += reg * sum(w * (float(q) - g) ** 2 for w, q, g in whole) / len(whole)
+    trained = [row[:4] for row in trained]
     prio = []
     for s in range(B):
         errs = [abs(float(q) - y) for seq, _, q, y in trained if seq == s]
         prio.append(eta * max(errs) + (1 - eta) * sum(errs) / len(errs) if errs else 0.0)
-    return total / len(trained), torch.tensor(prio)
+    return total, torch.tensor(prio)
 
 
-@pytest.mark.parametrize("algo,n_step,standardize,returns", [
-    ("vdn", 1, False, False), ("qmix", 1, False, False), ("vdn", 3, True, False), ("qmix", 3, False, False),
-    ("qmix", 2, True, False), ("qmix", 1, False, True), ("vdn", 3, True, True)])
-def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, returns, discrete_spec) -> None:
+@pytest.mark.parametrize("algo,n_step,standardize,returns,stats,reg", [
+    ("vdn", 1, False, False, "targets", 0.0), ("qmix", 1, False, False, "targets", 0.0),
+    ("vdn", 3, True, False, "targets", 0.0), ("qmix", 3, False, False, "targets", 0.0),
+    ("qmix", 2, True, False, "targets", 0.0), ("qmix", 1, False, True, "targets", 0.0),
+    ("vdn", 3, True, True, "targets", 0.0), ("qmix", 2, False, True, "returns", 0.0),
+    ("qmix", 1, False, False, "targets", 0.3), ("vdn", 3, False, True, "returns", 0.5)])
+def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, returns, stats, reg, discrete_spec) -> None:
     """Two groups in one team, burn-in, padding, a dead agent, terminal steps, double Q over allowed actions,
     n-step team windows (closed at the team's end), rewards standardized over the acting steps, TD targets
-    standardized by running statistics (the target mixer's values mapped back to returns first)."""
+    standardized by running statistics (the target mixer's values mapped back to returns first) of the targets or
+    of the Monte-Carlo returns inside the sequences, and the return regularizer on the steps whose episode ends
+    inside the sequence."""
     from dataclasses import replace
 
     from marl.algos.r2d2 import RecurrentValueDecompositionLearner, TeamSequenceBatch
@@ -290,7 +320,8 @@ def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, return
                              "model.rnn_hidden=8", "model.hidden=[16]", "algo.seq_len=5", "algo.burn_in=2",
                              "algo.per_eta=0.6", "algo.gamma=0.9", f"algo.n_step={n_step}",
                              f"algo.standardize_rewards={str(standardize).lower()}",
-                             f"algo.standardize_returns={str(returns).lower()}"])
+                             f"algo.standardize_returns={str(returns).lower()}", f"algo.return_stats={stats}",
+                             f"algo.return_reg={reg}"])
     torch.manual_seed(0)
     actor = build_actor(spec, cfg)
     learner = RecurrentValueDecompositionLearner(actor.net, build_mixer(spec, cfg.algo, 5), cfg.algo)
@@ -308,6 +339,7 @@ def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, return
         obs, alive, ended, mask = random_sequences(L, B, n, gen, with_mask=True)
         mask[..., 0] = True
         alive[1, 0] = False  # a step of sequence 0 where no agent acts: out of the loss and the reward statistics
+        ended[2, 0] = ended[3, 2] = True  # the team's episode ends inside sequences 0 and 2 (whole returns)
         groups[name] = SequenceBatch(obs, torch.randint(0, 4, (L, B, n), generator=gen),
                                      torch.randn(L, B, n, generator=gen), ended & (torch.rand(L, B, n, generator=gen)
                                                                                   < 0.5),
@@ -317,7 +349,8 @@ def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, return
     if returns:
         learner.return_stats.update(earlier)
     loss, priority, _ = learner.losses(batch)
-    want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6, n_step, standardize, earlier)
+    want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6, n_step, standardize, earlier,
+                                                 stats == "returns", reg)
     assert abs(loss.item() - want_loss) < 1e-5
     torch.testing.assert_close(priority, want_priority.float(), rtol=1e-4, atol=1e-5)
 
