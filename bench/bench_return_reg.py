@@ -1,4 +1,5 @@
-"""CPU cost of the Monte-Carlo return regularizer of VDN/QMIX (``algo.return_reg``) per gradient step.
+"""CPU cost of the Monte-Carlo return regularizer of VDN/QMIX (``algo.return_reg``) per gradient step, or (with
+``--softmax-beta``) of RES's softmax target (``algo.softmax_beta``).
 
 Fills a replay by training ``--config`` (default ``configs/spread_qmix.yaml``) for ``--fill`` env steps, then times
 ``TeamTrainer.train_step`` (sample, learner update) with the regularizer off and on, in interleaved rounds of
@@ -7,6 +8,7 @@ Fills a replay by training ``--config`` (default ``configs/spread_qmix.yaml``) f
 
     python bench/bench_return_reg.py
     python bench/bench_return_reg.py --config configs/lbf_8x8_2p_2f_coop_qmix.yaml algo.standardize_rewards=false
+    python bench/bench_return_reg.py --softmax-beta 1.0          # the softmax target off and on instead
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="gradient steps per timed round")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--lam", type=float, default=0.2, help="the regularizer's weight when on")
+    p.add_argument("--softmax-beta", type=float, default=0.0,
+                   help="> 0: time algo.softmax_beta 0 against this value (the config's regularizer as it is)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -37,14 +41,16 @@ def main() -> None:
                                     "log.tensorboard=false", "log.progress=false", "run_dir=/tmp/bench_return_reg"])
     trainer = TeamTrainer(cfg)
     trainer.train()
-    times: dict[float, list[float]] = {0.0: [], args.lam: []}
+    key = "softmax_beta" if args.softmax_beta > 0 else "return_reg"
+    times: dict[float, list[float]] = {0.0: [], args.softmax_beta if args.softmax_beta > 0 else args.lam: []}
     for _ in range(args.rounds):
-        for lam in times:
-            trainer.cfg.algo.return_reg = trainer.learner.cfg.return_reg = lam
+        for value in times:
+            setattr(trainer.cfg.algo, key, value)
+            setattr(trainer.learner.cfg, key, value)
             start = time.process_time()
             for _ in range(args.steps):
                 trainer.train_step()
-            times[lam].append((time.process_time() - start) / args.steps)
+            times[value].append((time.process_time() - start) / args.steps)
     off, on = (statistics.median(times[k]) for k in times)
     rows = len(next(iter(trainer.replay.values())))
     indices = np.random.default_rng(0).integers(0, rows, cfg.algo.batch_size)
@@ -52,6 +58,10 @@ def main() -> None:
     for _ in range(500):
         team_episode_returns(trainer.replay, indices, cfg.algo.return_horizon, cfg.algo.gamma)
     alone = (time.process_time() - start) / 500
+    if key == "softmax_beta":
+        print(f"{args.config}: gradient step {off * 1e3:.2f} ms with the max target, {on * 1e3:.2f} ms with the "
+              f"softmax target, beta {args.softmax_beta} ({on / off:.2f}x)")
+        return
     print(f"{args.config}: gradient step {off * 1e3:.2f} ms without the regularizer, {on * 1e3:.2f} ms with it "
           f"({on / off:.2f}x); the batch's Monte-Carlo returns alone {alone * 1e3:.3f} ms "
           f"(B={cfg.algo.batch_size}, look-ahead {cfg.algo.return_horizon})")

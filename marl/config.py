@@ -413,6 +413,10 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
                  "set algo.her=false")
         _require(algo.return_reg >= 0, "algo.return_reg", f"must be >= 0 (0 = off), got {algo.return_reg}")
         _require(algo.return_horizon >= 1, "algo.return_horizon", f"must be >= 1, got {algo.return_horizon}")
+        _require(algo.softmax_beta >= 0, "algo.softmax_beta", f"must be >= 0 (0 = the max), got {algo.softmax_beta}")
+        if algo.softmax_beta > 0:
+            _require(cfg.model.recurrent == "none", "algo.softmax_beta", "the softmax target is built for "
+                     "feed-forward agents; set algo.softmax_beta=0 or model.recurrent=none")
         if algo.return_stats == "returns":
             _require(algo.standardize_returns, "algo.return_stats", "'returns' sets the units of "
                      "algo.standardize_returns; set algo.standardize_returns=true or algo.return_stats=targets")

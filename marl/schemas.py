@@ -215,6 +215,10 @@ class VDNConfig(DQNConfig):
         "targets", "with standardize_returns, what its running mean and std take in: the TD targets (EPyMARL), or "
                    "the Monte-Carlo team returns G of the sampled rows whose episode ended (return_horizon rows "
                    "ahead): bounded by the rewards, so a diverging Q_tot cannot stretch its own units")
+    softmax_beta: float = _f(0.0, "inverse temperature beta of RES's softmax target (Pan et al. 2021): the next "
+                                  "state's value is the softmax-weighted mean of Q_tot over the greedy joint action "
+                                  "and those where one agent deviates (in Q_tot's units, standardized with "
+                                  "standardize_returns); 0 = the greedy (max) target")
     return_reg: float = _f(0.0, "weight lambda of the penalty lambda * (Q_tot - G)^2, G the Monte-Carlo discounted "
                                 "team return of the row's episode (Pan et al. 2021's regularizer against "
                                 "overestimation); 0 = off")

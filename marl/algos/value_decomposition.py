@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marl.algos.dqn import QPolicyNet, double_q_next_value
+from marl.algos.dqn import QPolicyNet, double_q_next_value, masked_argmax
 from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, gradient_step, learner_out
 from marl.algos.targets import make_target, soft_update
 from marl.config import ConfigError, QMIXConfig, VDNConfig
@@ -154,6 +154,27 @@ def return_penalty(q_tot: Tensor, baseline: Tensor, rows: Tensor, weights: Tenso
     return penalty, gap
 
 
+def deviation_joint_values(q_next: Tensor, best: Tensor) -> Tensor:
+    """The agents' values of the joint actions one deviation away from the greedy one: ``[B, A, n, A]``, entry
+    ``[b, i, u]`` the values when agent ``i`` takes action ``u`` and every other agent its greedy action ``best``.
+
+    Args:
+        q_next: ``[B, A, n]`` the agents' Q values (target networks) at the next state.
+        best: ``[B, A]`` the greedy actions.
+    """
+    base = q_next.gather(-1, best.unsqueeze(-1)).squeeze(-1)  # [B, A]
+    eye = torch.eye(q_next.shape[1], dtype=torch.bool, device=q_next.device)  # [A (deviating), A]
+    return torch.where(eye[None, :, None, :], q_next.unsqueeze(-1), base[:, None, None, :])
+
+
+def softmax_team_value(q_tot: Tensor, valid: Tensor, beta: float) -> Tensor:
+    """``sum_k w_k Q_tot_k`` with ``w = softmax(beta * Q_tot)`` over the ``valid`` candidates (``[B, K]`` each; the
+    first, the greedy joint action, always valid): the softmax operator of Pan et al. 2021 (RES) on a set of joint
+    actions. ``beta -> inf`` gives the set's max, ``beta -> 0`` its mean. Returns ``[B]``."""
+    logits = torch.where(valid, beta * q_tot, torch.full_like(q_tot, -torch.inf))
+    return (torch.softmax(logits, dim=-1) * torch.where(valid, q_tot, torch.zeros_like(q_tot))).sum(dim=-1)
+
+
 def standardized(y: Tensor, stats: RunningMeanStd) -> Tensor:
     """``(y - mean) / (std + eps)`` of ``y [B]`` (return units) with ``stats``'s running mean and std."""
     return (y - float(stats.mean)) / (float(stats.std) + RETURN_STD_EPS)
@@ -258,6 +279,41 @@ class ValueDecompositionLearner:
                 nxt.append(double_q_next_value(next_target, next_online, g.next_action_mask_n))
         return cat_agents(taken), cat_agents(nxt)
 
+    def next_agent_q(self, b: TeamBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """Every agent's target Q values at the next state and its greedy action (double Q: the online agents'
+        argmax over allowed actions), groups padded to the largest action count: ``(q [B, A, n], best [B, A],
+        allowed [B, A, n] bool)`` (padding: not allowed)."""
+        qs, bests, masks = [], [], []
+        width = max(int(self.q[name].n_actions) for name in b.groups)
+        with torch.no_grad():
+            for name, g in b.groups.items():
+                q = self.target[name](g.next_obs_n, g.next_action_mask_n)
+                chooser = self.q[name](g.next_obs_n, g.next_action_mask_n) if self.cfg.double_q else q
+                allowed = torch.ones_like(q, dtype=torch.bool) if g.next_action_mask_n is None \
+                    else g.next_action_mask_n.bool()
+                bests.append(masked_argmax(chooser, allowed))
+                pad = width - q.shape[-1]
+                qs.append(F.pad(q, (0, pad)))
+                masks.append(F.pad(allowed, (0, pad), value=False))
+        return cat_agents(qs), cat_agents(bests), cat_agents(masks)
+
+    def softmax_next_value(self, b: TeamBatch, next_state: Tensor | None, next_alive: Tensor) -> Tensor:
+        """RES's approximate softmax target (``algo.softmax_beta``, Pan et al. 2021): the target mixer's ``Q_tot``
+        of the greedy joint action and of every joint action where one agent that enters the mix takes another
+        allowed action (the others greedy), combined by :func:`softmax_team_value`. Returns ``[B]`` in the target
+        mixer's units."""
+        q, best, allowed = self.next_agent_q(b)
+        n_rows, n_agents, width = q.shape
+        greedy = q.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+        joint = torch.cat([greedy[:, None], deviation_joint_values(q, best).reshape(n_rows, -1, n_agents)], 1)
+        k = joint.shape[1]  # 1 + A * n candidates per row
+        state = None if next_state is None else next_state.repeat_interleave(k, 0)
+        with torch.no_grad():
+            q_tot = self.target_mixer(joint.reshape(-1, n_agents), state, next_alive.repeat_interleave(k, 0))
+        other = allowed & next_alive[..., None] & (torch.arange(width, device=q.device) != best[..., None])
+        valid = torch.cat([torch.ones_like(other[:, :1, 0]), other.reshape(n_rows, -1)], 1)
+        return softmax_team_value(q_tot.view(n_rows, k), valid, self.cfg.softmax_beta)
+
     def losses(self, b: TeamBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The team TD loss, the team TD errors ``Q_tot - y`` ``[B]`` (detached) and metrics (0-dim tensors).
 
@@ -273,7 +329,10 @@ class ValueDecompositionLearner:
         q_tot = self.mixer(q_taken, state, alive)
         with torch.no_grad():
             next_alive = bootstrap_alive(cat_agents([g.next_alive_n for g in rows]), terminated_n)
-            next_q_tot = self.target_mixer(next_q, next_state, next_alive)
+            if self.cfg.softmax_beta > 0:
+                next_q_tot = self.softmax_next_value(b, next_state, next_alive)
+            else:
+                next_q_tot = self.target_mixer(next_q, next_state, next_alive)
             if self.return_stats is not None:
                 next_q_tot = return_units(next_q_tot, self.return_stats)
             reward = team_reward(cat_agents([g.reward_n for g in rows]), alive)
