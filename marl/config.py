@@ -420,6 +420,9 @@ def _validate_off_policy(cfg: Config, algo: OffPolicyConfig) -> None:
         if algo.return_stats == "returns":
             _require(algo.standardize_returns, "algo.return_stats", "'returns' sets the units of "
                      "algo.standardize_returns; set algo.standardize_returns=true or algo.return_stats=targets")
+            _require(cfg.model.recurrent == "none", "algo.return_stats", "recurrent agents see only the returns of "
+                     "episodes that end inside a sampled sequence (their tails, unless algo.seq_len covers whole "
+                     "episodes), a biased mean and std; set algo.return_stats=targets or model.recurrent=none")
         for key, on in (("return_reg", algo.return_reg > 0), ("return_stats", algo.return_stats == "returns")):
             if not on:
                 continue

@@ -214,18 +214,22 @@ class VDNConfig(DQNConfig):
     return_stats: Literal["targets", "returns"] = _f(
         "targets", "with standardize_returns, what its running mean and std take in: the TD targets (EPyMARL), or "
                    "the Monte-Carlo team returns G of the sampled rows whose episode ended (return_horizon rows "
-                   "ahead): bounded by the rewards, so a diverging Q_tot cannot stretch its own units")
+                   "ahead): bounded by the rewards, so a diverging Q_tot cannot stretch its own units; the std is "
+                   "floored at 5% of the largest |G| seen (feed-forward agents only)")
     softmax_beta: float = _f(0.0, "inverse temperature beta of RES's softmax target (Pan et al. 2021): the next "
                                   "state's value is the softmax-weighted mean of Q_tot over the greedy joint action "
                                   "and those where one agent deviates (in Q_tot's units, standardized with "
-                                  "standardize_returns); 0 = the greedy (max) target")
+                                  "standardize_returns); 0 = the greedy target (with double_q the double-Q "
+                                  "value; a large beta tends to the set's max, at least that)")
     return_reg: float = _f(0.0, "weight lambda of the penalty lambda * (Q_tot - G)^2, G the Monte-Carlo discounted "
                                 "team return of the row's episode (Pan et al. 2021's regularizer against "
                                 "overestimation); 0 = off")
     return_horizon: int = _f(100, "with return_reg or return_stats=returns: rows looked ahead for G; a row "
                                   "whose episode has not ended within them (or not yet) does not count; the "
                                   "gather's cost grows with it, so the episode limit is the value to set "
-                                  "(recurrent agents: G runs to the end of the sampled sequence instead)")
+                                  "(recurrent agents, return_reg only: G runs to the end of the sampled "
+                                  "sequence, so only steps whose episode ends inside it are penalized: set "
+                                  "algo.seq_len to the episode limit to cover every step)")
 
 
 @dataclass

@@ -42,11 +42,9 @@ from marl.algos.targets import masked_mean
 from marl.algos.value_decomposition import (
     ValueDecompositionLearner,
     bootstrap_alive,
-    fold_returns,
     obs_state,
     return_penalty,
     return_units,
-    standardized,
     standardized_baseline,
     standardized_rewards,
     standardized_targets,
@@ -288,7 +286,8 @@ def sequence_returns(reward: Tensor, ended: Tensor, valid: Tensor, gamma: float)
     Returns:
         ``(G [L, B], complete [L, B] bool)``: ``G_t = r_t + gamma * G_{t+1}``, cut after the step where the team
         ends or the sequence's real steps run out; ``complete_t`` when that cut is the team's end (a whole
-        episode's return; a sequence of a whole episode, as EPyMARL samples, completes every step).
+        episode's return; a sequence of a whole episode, as EPyMARL samples, completes every step; a sequence
+        shorter than its episode completes only the steps of the episode's tail it holds).
     """
     n_steps = reward.shape[0]
     g, complete = torch.zeros_like(reward), torch.zeros_like(valid)
@@ -326,9 +325,9 @@ class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
     the sequence's last real step, over the steps ``valid & t >= burn_in`` where some agent acts;
     ``r_tot`` is standardized over the batch's acting steps when ``algo.standardize_rewards`` is on; with
     ``algo.standardize_returns`` the target mixer's values are mapped back to returns and the trained steps'
-    targets (or, with ``algo.return_stats=returns``, their Monte-Carlo returns) are folded into running statistics
-    and standardized, as in the feed-forward learner; ``algo.return_reg`` adds its penalty on the trained steps
-    whose episode ends inside the sequence (:func:`sequence_returns`; ``algo.return_horizon`` is the sequence).
+    targets are folded into running statistics and standardized, as in the feed-forward learner;
+    ``algo.return_reg`` adds its penalty on the trained steps whose episode ends inside the sequence
+    (:func:`sequence_returns`: with sequences shorter than the episodes, only the episodes' last steps).
     ``td_error`` holds the ``[B]`` sequence priorities (``eta * max + (1 - eta) * mean`` of ``|Q_tot - y|``)
     under the first group."""
 
@@ -373,23 +372,17 @@ class RecurrentValueDecompositionLearner(ValueDecompositionLearner):
                                       next_q_tot, cfg.gamma, cfg.n_step)
         mask = loss_mask(first.valid, alive.view(n_steps, batch, -1).any(-1, keepdim=True), first.burn_in)[..., 0]
         trained = mask.reshape(-1)
-        by_returns = self.return_stats is not None and cfg.return_stats == "returns"
-        mc = None
-        if cfg.return_reg > 0 or by_returns:
-            g_mc, complete = sequence_returns(reward.view(n_steps, batch), ended.view(n_steps, batch), first.valid,
-                                              cfg.gamma)
-            mc = (g_mc.reshape(-1), trained & complete.reshape(-1))
-        if by_returns:
-            fold_returns(*mc, self.return_stats)
-            y = standardized(y, self.return_stats)
-        elif self.return_stats is not None:
+        if self.return_stats is not None:  # of the targets (config: return_stats=returns is for feed-forward agents)
             y = standardized_targets(y, trained, self.return_stats)
         weights = first.weights.expand(n_steps, batch).reshape(-1)
         loss = weighted_row_mean(td_loss(q_tot, y, cfg.td_loss), trained, weights)
         metrics = {"q_loss": loss.detach()}  # the TD term alone
         if cfg.return_reg > 0:
-            baseline = mc[0] if self.return_stats is None else standardized_baseline(mc[0], self.return_stats)
-            penalty, gap = return_penalty(q_tot, baseline, mc[1], weights)
+            g_mc, complete = sequence_returns(reward.view(n_steps, batch), ended.view(n_steps, batch), first.valid,
+                                              cfg.gamma)
+            g_mc = g_mc.reshape(-1)
+            baseline = g_mc if self.return_stats is None else standardized_baseline(g_mc, self.return_stats)
+            penalty, gap = return_penalty(q_tot, baseline, trained & complete.reshape(-1), weights)
             loss = loss + cfg.return_reg * penalty
             metrics.update(return_penalty=penalty.detach(), q_minus_return=gap)
         td = (q_tot.detach() - y).abs().view(n_steps, batch, 1)

@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -90,7 +91,8 @@ class TeamBatch(NamedTuple):
             needs a state gets every agent's observation concatenated, :func:`obs_state`).
         next_state_n: ``[B, S]`` global state after the window (the final state at an episode end), or ``None``.
         episode_return: ``[B]`` Monte-Carlo discounted team return from the row to its episode's end
-            (:func:`marl.off_policy.team.team_episode_returns`), for ``algo.return_reg``; ``None`` without it.
+            (:func:`marl.off_policy.team.team_episode_returns`), for ``algo.return_reg`` and
+            ``algo.return_stats=returns``; ``None`` without them.
         return_complete: ``[B]`` bool, the row's episode had ended in the replay (``episode_return`` is whole).
     """
 
@@ -187,6 +189,32 @@ def standardized_targets(y: Tensor, valid: Tensor, stats: RunningMeanStd) -> Ten
     return standardized(y, stats)
 
 
+RETURN_STD_FLOOR = 0.05
+"""With ``algo.return_stats=returns`` the std that standardizes ``Q_tot`` is at least this fraction of the largest
+``|G|`` folded in (:class:`ReturnStats`)."""
+
+
+class ReturnStats(RunningMeanStd):
+    """Running mean and std of the Monte-Carlo team returns (``algo.return_stats=returns``), the std floored at
+    :data:`RETURN_STD_FLOOR` times the largest ``|G|`` seen: episodes that all return the same value (sparse
+    rewards before the first success) would otherwise shrink the std towards 0, and the first different return
+    would become a target thousands of std away. The largest ``|G|`` is not checkpointed: after a resume it is
+    back within the first batch that holds a non-zero return."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+        self.scale = 0.0
+
+    def update(self, x: np.ndarray | Tensor) -> None:
+        if len(x):
+            self.scale = max(self.scale, float(abs(x).max()))
+        super().update(x)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.maximum(np.sqrt(self.var), RETURN_STD_FLOOR * self.scale)
+
+
 def fold_returns(episode_return: Tensor, rows: Tensor, stats: RunningMeanStd) -> None:
     """Fold the Monte-Carlo team returns ``[B]`` of ``rows [B]`` (bool: valid, with a whole episode) into ``stats``
     (``algo.return_stats=returns``): the units of ``Q_tot`` then follow what the episodes returned, never the
@@ -253,7 +281,8 @@ class ValueDecompositionLearner:
     Attributes:
         target, target_mixer: target copies (no gradients), moved towards the online ones every
             ``target_update_interval`` steps by ``tau``.
-        return_stats: running mean and variance of the TD targets (``algo.standardize_returns``), else ``None``.
+        return_stats: running mean and variance of the TD targets, or of the Monte-Carlo returns
+            (:class:`ReturnStats`, ``algo.return_stats=returns``), with ``algo.standardize_returns``; else ``None``.
         optimizer: one Adam over the agents' and the mixer's parameters, each once.
         grad_steps: gradient steps taken.
     """
@@ -264,20 +293,24 @@ class ValueDecompositionLearner:
         self.target_mixer = make_target(mixer)
         self.optimizer = adam(self.trainable(), cfg.lr, cfg.adam_eps)
         self.grad_steps = 0
-        self.return_stats = RunningMeanStd(()) if cfg.standardize_returns else None
+        self.return_stats = (None if not cfg.standardize_returns
+                             else ReturnStats() if cfg.return_stats == "returns" else RunningMeanStd(()))
 
-    def agent_values(self, b: TeamBatch) -> tuple[Tensor, Tensor]:
+    def agent_values(self, b: TeamBatch, with_next: bool = True) -> tuple[Tensor, Tensor | None]:
         """``(Q of the actions taken [B, A], next-state values [B, A])``, the latter without gradients
-        (double Q: online argmax over allowed next actions, valued by the target agents)."""
+        (double Q: online argmax over allowed next actions, valued by the target agents; ``None`` unless
+        ``with_next``)."""
         taken, nxt = [], []
         for name, g in b.groups.items():
             q = self.q[name](g.obs, g.action_mask)
             taken.append(q.gather(-1, g.action.long().unsqueeze(-1)).squeeze(-1))
+            if not with_next:
+                continue
             with torch.no_grad():
                 next_target = self.target[name](g.next_obs_n, g.next_action_mask_n)
                 next_online = self.q[name](g.next_obs_n, g.next_action_mask_n) if self.cfg.double_q else None
                 nxt.append(double_q_next_value(next_target, next_online, g.next_action_mask_n))
-        return cat_agents(taken), cat_agents(nxt)
+        return cat_agents(taken), cat_agents(nxt) if with_next else None
 
     def next_agent_q(self, b: TeamBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Every agent's target Q values at the next state and its greedy action (double Q: the online agents'
@@ -301,7 +334,9 @@ class ValueDecompositionLearner:
         """RES's approximate softmax target (``algo.softmax_beta``, Pan et al. 2021): the target mixer's ``Q_tot``
         of the greedy joint action and of every joint action where one agent that enters the mix takes another
         allowed action (the others greedy), combined by :func:`softmax_team_value`. Returns ``[B]`` in the target
-        mixer's units."""
+        mixer's units. With ``algo.double_q`` the set is built around the online agents' greedy joint action and
+        valued by the target agents: as beta grows the value tends to the set's max, which is at least the
+        double-Q value (the set holds the target agents' own argmax)."""
         q, best, allowed = self.next_agent_q(b)
         n_rows, n_agents, width = q.shape
         greedy = q.gather(-1, best.unsqueeze(-1)).squeeze(-1)
@@ -318,14 +353,15 @@ class ValueDecompositionLearner:
         """The team TD loss, the team TD errors ``Q_tot - y`` ``[B]`` (detached) and metrics (0-dim tensors).
 
         With ``algo.standardize_returns`` the TD errors are in standardized units, the statistics take in this
-        batch's targets, and ``q_mean`` is in return units."""
+        batch's targets (``algo.return_stats=returns``: its rows' whole Monte-Carlo returns), and ``q_mean`` is in
+        return units."""
         rows = list(b.groups.values())
         alive = cat_agents([g.alive for g in rows])
         terminated_n = cat_agents([g.terminated_n for g in rows])
         state, next_state = b.state, b.next_state_n
         if state is None and isinstance(self.mixer, QMixer):
             state, next_state = obs_state([g.obs for g in rows]), obs_state([g.next_obs_n for g in rows])
-        q_taken, next_q = self.agent_values(b)
+        q_taken, next_q = self.agent_values(b, with_next=self.cfg.softmax_beta == 0)
         q_tot = self.mixer(q_taken, state, alive)
         with torch.no_grad():
             next_alive = bootstrap_alive(cat_agents([g.next_alive_n for g in rows]), terminated_n)

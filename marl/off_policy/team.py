@@ -95,7 +95,8 @@ def team_samples(replays: Mapping[str, ReplayBuffer], batch_size: int, rng: np.r
                  beta: float | None) -> tuple[ReplaySample, dict[str, dict[str, np.ndarray]]]:
     """Sample B team rows: the first group's :class:`ReplaySample` and every group's fields at those rows.
 
-    With several groups and n-step targets, every group's window is cut where the team's first agent ends
+    With several groups and n-step targets, every group's window is cut at the first row where an agent of any
+    group ends
     (:func:`team_nstep_targets`), the first group's sample included.
 
     Returns:
@@ -191,7 +192,8 @@ def to_team_batch(first: ReplaySample, rows: Mapping[str, Mapping[str, np.ndarra
                   norms: Mapping[str, ObsNormalizer], device: torch.device,
                   returns: tuple[np.ndarray, np.ndarray] | None = None) -> TeamBatch:
     """Team rows as tensors on ``device``, observations normalized with the groups' frozen statistics;
-    ``returns``: ``(G [B], complete [B])`` of :func:`team_episode_returns` (``algo.return_reg``)."""
+    ``returns``: ``(G [B], complete [B])`` of :func:`team_episode_returns` (``algo.return_reg``,
+    ``algo.return_stats=returns``)."""
 
     def t(x: np.ndarray | None) -> Tensor | None:
         return None if x is None else torch.as_tensor(x, device=device)

@@ -193,11 +193,11 @@ def test_learner_loss_equals_a_naive_loop(n_step, make_learner, discrete_spec) -
 
 
 def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, standardize: bool = False,
-                      earlier: np.ndarray | None = None, by_returns: bool = False, reg: float = 0.0):
+                      earlier: np.ndarray | None = None, reg: float = 0.0):
     """The recurrent team learner's loss and priorities with Python loops over sequences, steps and windows;
-    ``earlier``: the values folded into the learner's return statistics before (``algo.standardize_returns``);
-    ``by_returns``: the statistics take in the Monte-Carlo returns of the trained steps whose episode ends inside the
-    sequence instead of the targets; ``reg``: ``algo.return_reg``'s weight."""
+    ``earlier``: the TD targets folded into the learner's return statistics before (``algo.standardize_returns``);
+    ``reg``: ``algo.return_reg``'s weight (the penalty on the trained steps whose episode ends inside the
+    sequence)."""
     from marl.algos.value_decomposition import td_loss
 
     L, B = next(iter(b.groups.values())).valid.shape
@@ -275,9 +275,8 @@ def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, sta
             with torch.no_grad():
                 q_tot = learner.mixer(torch.stack(taken)[None], b.state[t, s][None], alive[None])
             trained.append((s, float(first.weights[s]), q_tot, y, *mc_return(t, s)))
-    if earlier is not None:  # every target (or whole return) joins the statistics, then all are standardized
-        seen = np.concatenate([earlier, [g for *_, g, whole in trained if whole] if by_returns
-                               else [y for _, _, _, y, _, _ in trained]])
+    if earlier is not None:  # every target joins the statistics, then targets and returns are standardized
+        seen = np.concatenate([earlier, [y for _, _, _, y, _, _ in trained]])
         mean, std = seen.mean(), seen.std() + 1e-5
         trained = [(s, w, q, (y - mean) / std, (g - mean) / std, whole) for s, w, q, y, g, whole in trained]
     total = sum(w * float(td_loss(q, torch.tensor([y]), "mse")) for _, w, q, y, _, _ in trained) / len(trained)
@@ -293,18 +292,15 @@ def naive_team_losses(learner, b, gamma: float, eta: float, n_step: int = 1, sta
     return total, torch.tensor(prio)
 
 
-@pytest.mark.parametrize("algo,n_step,standardize,returns,stats,reg", [
-    ("vdn", 1, False, False, "targets", 0.0), ("qmix", 1, False, False, "targets", 0.0),
-    ("vdn", 3, True, False, "targets", 0.0), ("qmix", 3, False, False, "targets", 0.0),
-    ("qmix", 2, True, False, "targets", 0.0), ("qmix", 1, False, True, "targets", 0.0),
-    ("vdn", 3, True, True, "targets", 0.0), ("qmix", 2, False, True, "returns", 0.0),
-    ("qmix", 1, False, False, "targets", 0.3), ("vdn", 3, False, True, "returns", 0.5)])
-def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, returns, stats, reg, discrete_spec) -> None:
+@pytest.mark.parametrize("algo,n_step,standardize,returns,reg", [
+    ("vdn", 1, False, False, 0.0), ("qmix", 1, False, False, 0.0), ("vdn", 3, True, False, 0.0),
+    ("qmix", 3, False, False, 0.0), ("qmix", 2, True, False, 0.0), ("qmix", 1, False, True, 0.0),
+    ("vdn", 3, True, True, 0.0), ("qmix", 1, False, False, 0.3), ("vdn", 3, False, True, 0.5)])
+def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, returns, reg, discrete_spec) -> None:
     """Two groups in one team, burn-in, padding, a dead agent, terminal steps, double Q over allowed actions,
     n-step team windows (closed at the team's end), rewards standardized over the acting steps, TD targets
-    standardized by running statistics (the target mixer's values mapped back to returns first) of the targets or
-    of the Monte-Carlo returns inside the sequences, and the return regularizer on the steps whose episode ends
-    inside the sequence."""
+    standardized by running statistics (the target mixer's values mapped back to returns first), and the return
+    regularizer on the steps whose episode ends inside the sequence (against the standardized statistics too)."""
     from dataclasses import replace
 
     from marl.algos.r2d2 import RecurrentValueDecompositionLearner, TeamSequenceBatch
@@ -320,8 +316,7 @@ def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, return
                              "model.rnn_hidden=8", "model.hidden=[16]", "algo.seq_len=5", "algo.burn_in=2",
                              "algo.per_eta=0.6", "algo.gamma=0.9", f"algo.n_step={n_step}",
                              f"algo.standardize_rewards={str(standardize).lower()}",
-                             f"algo.standardize_returns={str(returns).lower()}", f"algo.return_stats={stats}",
-                             f"algo.return_reg={reg}"])
+                             f"algo.standardize_returns={str(returns).lower()}", f"algo.return_reg={reg}"])
     torch.manual_seed(0)
     actor = build_actor(spec, cfg)
     learner = RecurrentValueDecompositionLearner(actor.net, build_mixer(spec, cfg.algo, 5), cfg.algo)
@@ -349,8 +344,7 @@ def test_team_learner_loss_equals_a_naive_loop(algo, n_step, standardize, return
     if returns:
         learner.return_stats.update(earlier)
     loss, priority, _ = learner.losses(batch)
-    want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6, n_step, standardize, earlier,
-                                                 stats == "returns", reg)
+    want_loss, want_priority = naive_team_losses(learner, batch, 0.9, 0.6, n_step, standardize, earlier, reg)
     assert abs(loss.item() - want_loss) < 1e-5
     torch.testing.assert_close(priority, want_priority.float(), rtol=1e-4, atol=1e-5)
 

@@ -171,26 +171,50 @@ def test_return_reg_config_errors(make_config):
 
 def test_return_stats_take_in_the_whole_episodes_returns():
     """``algo.return_stats=returns``: the running statistics take in G of the valid rows whose episode ended (not the
-    TD targets), and the TD errors are Q_tot minus the raw targets standardized with them; with ``targets`` they
-    take in the targets, whose values move with the target networks."""
+    TD targets); the target mixer's value is mapped to return units with the statistics before the batch, the
+    targets standardized with those after it. With ``targets`` the statistics take in the targets instead."""
     g = torch.tensor([-4.0, 2.5, 7.0])
     complete = torch.tensor([True, False, True])
     b = team_batch()._replace(episode_return=g, return_complete=complete)
     raw = perturbed_learner(VDNConfig())
     by_returns = perturbed_learner(VDNConfig(standardize_returns=True, return_stats="returns"))
     by_targets = perturbed_learner(VDNConfig(standardize_returns=True))
+    earlier = np.array([-30.0, -12.0, 4.0])
+    by_returns.return_stats.update(earlier)
+    mean_pre, std_pre = float(by_returns.return_stats.mean), float(by_returns.return_stats.std)
     _, td_raw, _ = raw.losses(b)
     _, td, _ = by_returns.losses(b)
     by_targets.losses(b)
     stats = by_returns.return_stats
-    assert float(stats.mean) == pytest.approx(1.5, abs=1e-3)  # mean of -4 and 7 (row 1's episode is not whole)
-    assert float(stats.var) == pytest.approx(30.25, rel=1e-3)
-    assert float(by_targets.return_stats.mean) != pytest.approx(1.5, abs=0.1)
-    # the same networks: Q_tot is in standardized units in both, y_raw = Q_tot - td_raw
+    seen = np.concatenate([earlier, [-4.0, 7.0]])  # row 1's episode is not whole
+    assert float(stats.mean) == pytest.approx(seen.mean(), abs=1e-3)
+    assert float(stats.var) == pytest.approx(seen.var(), rel=1e-3)
+    assert float(by_targets.return_stats.mean) != pytest.approx(float(g[[0, 2]].mean()), abs=0.1)
+    rows = b.groups["agent"]
     with torch.no_grad():
-        q_tot = raw.mixer(raw.agent_values(b)[0], None, b.groups["agent"].alive)
-    y_std = (q_tot - td_raw - float(stats.mean)) / (float(stats.std) + 1e-5)
+        q_tot = raw.mixer(raw.agent_values(b)[0], None, rows.alive)
+    reward = (rows.reward_n * rows.alive).sum(-1)
+    going_on = ~(rows.terminated_n | ~rows.alive).all(-1)
+    y_raw = q_tot - td_raw  # reward + discount * going_on * v
+    y = reward + (y_raw - reward) * (std_pre + 1e-5) + b.discount_n * going_on * mean_pre
+    y_std = (y - float(stats.mean)) / (float(stats.std) + 1e-5)
     torch.testing.assert_close(td, q_tot - y_std, rtol=1e-5, atol=1e-5)
+
+
+def test_return_stats_std_floor():
+    """Episodes that all return 0 (sparse rewards before the first success) do not shrink the std below 5% of the
+    largest |G| seen: the first return of 0.25 lands 20 std away (plain statistics: about 80 here, more the longer
+    the zeros last)."""
+    from marl.algos.value_decomposition import ReturnStats
+
+    floored, plain = ReturnStats(), RunningMeanStd(())
+    for stats in (floored, plain):
+        for _ in range(200):
+            stats.update(np.zeros(32))
+        stats.update(np.array([0.25]))
+    assert float(plain.std) < 5e-3  # 0.25 would stand about 80 std out
+    assert float(floored.std) == pytest.approx(0.05 * 0.25)
+    assert floored.scale == 0.25
 
 
 def test_return_stats_errors(make_config):
