@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marl.algos.dqn import QPolicyNet, double_q_next_value, masked_argmax
+from marl.algos.dqn import QPolicyNet, masked_argmax
 from marl.algos.learner_parts import CheckpointParts, LearnerOut, adam, gradient_step, learner_out
 from marl.algos.targets import make_target, soft_update
 from marl.config import ConfigError, QMIXConfig, VDNConfig
@@ -296,21 +296,16 @@ class ValueDecompositionLearner:
         self.return_stats = (None if not cfg.standardize_returns
                              else ReturnStats() if cfg.return_stats == "returns" else RunningMeanStd(()))
 
-    def agent_values(self, b: TeamBatch, with_next: bool = True) -> tuple[Tensor, Tensor | None]:
+    def agent_values(self, b: TeamBatch) -> tuple[Tensor, Tensor]:
         """``(Q of the actions taken [B, A], next-state values [B, A])``, the latter without gradients
-        (double Q: online argmax over allowed next actions, valued by the target agents; ``None`` unless
-        ``with_next``)."""
-        taken, nxt = [], []
-        for name, g in b.groups.items():
-            q = self.q[name](g.obs, g.action_mask)
-            taken.append(q.gather(-1, g.action.long().unsqueeze(-1)).squeeze(-1))
-            if not with_next:
-                continue
-            with torch.no_grad():
-                next_target = self.target[name](g.next_obs_n, g.next_action_mask_n)
-                next_online = self.q[name](g.next_obs_n, g.next_action_mask_n) if self.cfg.double_q else None
-                nxt.append(double_q_next_value(next_target, next_online, g.next_action_mask_n))
-        return cat_agents(taken), cat_agents(nxt) if with_next else None
+        (double Q: online argmax over allowed next actions, valued by the target agents)."""
+        q, best, _ = self.next_agent_q(b)
+        return self.taken_values(b), q.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+
+    def taken_values(self, b: TeamBatch) -> Tensor:
+        """``[B, A]`` the online agents' Q of the actions taken (with gradients)."""
+        return cat_agents([self.q[name](g.obs, g.action_mask).gather(-1, g.action.long().unsqueeze(-1)).squeeze(-1)
+                           for name, g in b.groups.items()])
 
     def next_agent_q(self, b: TeamBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Every agent's target Q values at the next state and its greedy action (double Q: the online agents'
@@ -330,14 +325,14 @@ class ValueDecompositionLearner:
                 masks.append(F.pad(allowed, (0, pad), value=False))
         return cat_agents(qs), cat_agents(bests), cat_agents(masks)
 
-    def softmax_next_value(self, b: TeamBatch, next_state: Tensor | None, next_alive: Tensor) -> Tensor:
+    def softmax_next_value(self, q: Tensor, best: Tensor, allowed: Tensor, next_state: Tensor | None,
+                           next_alive: Tensor) -> Tensor:
         """RES's approximate softmax target (``algo.softmax_beta``, Pan et al. 2021): the target mixer's ``Q_tot``
         of the greedy joint action and of every joint action where one agent that enters the mix takes another
         allowed action (the others greedy), combined by :func:`softmax_team_value`. Returns ``[B]`` in the target
         mixer's units. With ``algo.double_q`` the set is built around the online agents' greedy joint action and
         valued by the target agents: as beta grows the value tends to the set's max, which is at least the
-        double-Q value (the set holds the target agents' own argmax)."""
-        q, best, allowed = self.next_agent_q(b)
+        double-Q value (the set holds the target agents' own argmax). ``q, best, allowed``: :meth:`next_agent_q`."""
         n_rows, n_agents, width = q.shape
         greedy = q.gather(-1, best.unsqueeze(-1)).squeeze(-1)
         joint = torch.cat([greedy[:, None], deviation_joint_values(q, best).reshape(n_rows, -1, n_agents)], 1)
@@ -361,14 +356,16 @@ class ValueDecompositionLearner:
         state, next_state = b.state, b.next_state_n
         if state is None and isinstance(self.mixer, QMixer):
             state, next_state = obs_state([g.obs for g in rows]), obs_state([g.next_obs_n for g in rows])
-        q_taken, next_q = self.agent_values(b, with_next=self.cfg.softmax_beta == 0)
+        q_taken = self.taken_values(b)
         q_tot = self.mixer(q_taken, state, alive)
         with torch.no_grad():
             next_alive = bootstrap_alive(cat_agents([g.next_alive_n for g in rows]), terminated_n)
+            q_next, best, allowed = self.next_agent_q(b)
             if self.cfg.softmax_beta > 0:
-                next_q_tot = self.softmax_next_value(b, next_state, next_alive)
+                next_q_tot = self.softmax_next_value(q_next, best, allowed, next_state, next_alive)
             else:
-                next_q_tot = self.target_mixer(next_q, next_state, next_alive)
+                next_q_tot = self.target_mixer(q_next.gather(-1, best.unsqueeze(-1)).squeeze(-1), next_state,
+                                               next_alive)
             if self.return_stats is not None:
                 next_q_tot = return_units(next_q_tot, self.return_stats)
             reward = team_reward(cat_agents([g.reward_n for g in rows]), alive)
