@@ -16,7 +16,12 @@ recording apply to it unchanged:
 * seeding goes through ``reset(seed=...)`` (the env's ``np_random``); ``reset()`` without a seed
   continues the env's generator;
 * ``state()`` is the concatenation of the agents' observations (float32), unless the env has a
-  ``state()`` of its own.
+  ``state()`` of its own;
+* where the family knows each agent's valid actions (:attr:`Family.action_mask`: level-based foraging),
+  ``env.kwargs.action_masks: true`` puts them in ``infos[agent]["action_mask"]`` at every reset and step,
+  so value-based and policy agents choose among valid actions only (LBF: no move into a wall or a food,
+  no load without an adjacent food). Off by default: the field's published LBF numbers (EPyMARL) are
+  without masks.
 
 Env ids (see :func:`resolve`): ``lbforaging:<Gymnasium id>`` (``lbforaging:Foraging-8x8-2p-2f-coop-v3``,
 ``lbforaging:Foraging-15x15-3p-5f-v3``; installed with ``pip install 'marl[lbforaging]'``) and
@@ -55,6 +60,19 @@ def _lbf_forget_positions(env: gymnasium.Env) -> None:
         player.position = None
 
 
+def _lbf_action_masks(env: gymnasium.Env) -> list[np.ndarray]:
+    """Each player's valid actions as a boolean mask ``[6]`` (lbforaging's own validity rule: a move stays on the
+    grid and off food, a load needs an adjacent food; ``NONE`` is always valid)."""
+    raw = env.unwrapped
+    n_actions = int(raw.action_space[0].n)
+    masks = []
+    for player in raw.players:
+        mask = np.zeros(n_actions, bool)
+        mask[[a.value for a in raw._valid_actions[player]]] = True
+        masks.append(mask)
+    return masks
+
+
 def _rware_task_over(env: gymnasium.Env) -> bool:
     """The warehouse never finishes its task: it ends only at ``max_steps`` or ``max_inactivity_steps``."""
     return False
@@ -70,16 +88,19 @@ class Family(NamedTuple):
             rather than by a time limit (truncated); read right after the final step.
         before_reset: called on the env before each reset, or ``None``; it makes a seeded reset
             depend on the seed alone where the package lets the previous episode leak into it.
+        action_mask: each agent's valid actions ``[n_actions]`` (bool) in the env's current state, or ``None``
+            when the package does not say; used when the env is made with ``action_masks=True``.
     """
 
     package: str
     extra: str
     task_over: Callable[[gymnasium.Env], bool]
     before_reset: Callable[[gymnasium.Env], None] | None = None
+    action_mask: Callable[[gymnasium.Env], list[np.ndarray]] | None = None
 
 
 FAMILIES: dict[str, Family] = {
-    "lbforaging": Family("lbforaging", "lbforaging", _lbf_task_over, _lbf_forget_positions),
+    "lbforaging": Family("lbforaging", "lbforaging", _lbf_task_over, _lbf_forget_positions, _lbf_action_masks),
     "rware": Family("rware", "rware", _rware_task_over),
 }
 """Id prefix -> family."""
@@ -140,16 +161,31 @@ def family_ids(prefix: str, with_prefix: bool = True) -> list[str]:
 
 
 def make(env_id: str, kwargs: Mapping[str, Any] | None = None) -> GymMultiAgentParallel | None:
-    """The env of a family id as a parallel env (``kwargs`` go to the env constructor), or ``None``
-    when ``env_id`` is not a family id (see :func:`resolve`)."""
+    """The env of a family id as a parallel env, or ``None`` when ``env_id`` is not a family id (see
+    :func:`resolve`).
+
+    ``kwargs`` go to the env constructor, except ``action_masks`` (bool, default ``False``): give each agent's
+    valid actions in ``infos[agent]["action_mask"]`` (families with :attr:`Family.action_mask` only).
+
+    Raises:
+        ValueError: ``action_masks`` for a family that does not know its valid actions, or not a bool.
+    """
     resolved = resolve(env_id)
     if resolved is None:
         return None
     family, gym_id = resolved
+    kwargs = dict(kwargs or {})
+    masks = kwargs.pop("action_masks", False)
+    if not isinstance(masks, bool):
+        raise ValueError(f"env.kwargs.action_masks must be true or false, got {masks!r}")
+    if masks and family.action_mask is None:
+        raise ValueError(f"env {env_id!r}: package {family.package!r} does not say which actions are valid, so "
+                         f"env.kwargs.action_masks=true is not available for it; remove it")
     # The passive checker warns at every step that a list of rewards is not a float: by design here.
-    env = gymnasium.make(gym_id, disable_env_checker=True, **dict(kwargs or {}))
+    env = gymnasium.make(gym_id, disable_env_checker=True, **kwargs)
     return GymMultiAgentParallel(env, family.task_over, name=f"{family.package}:{gym_id}",
-                                 before_reset=family.before_reset)
+                                 before_reset=family.before_reset,
+                                 action_mask=family.action_mask if masks else None)
 
 
 class GymMultiAgentParallel(ParallelEnv):
@@ -164,17 +200,20 @@ class GymMultiAgentParallel(ParallelEnv):
             the env's own flags decide (terminated when every agent is, else truncated).
         name: ``metadata["name"]``.
         before_reset: called on ``env`` before each of its resets, or ``None`` (see :attr:`Family.before_reset`).
+        action_mask: called on ``env`` after each reset and step: the agents' valid actions, put in
+            ``infos[agent]["action_mask"]``; ``None``: no masks (see :attr:`Family.action_mask`).
     """
 
     def __init__(self, env: gymnasium.Env, task_over: Callable[[gymnasium.Env], bool] | None = None,
-                 name: str | None = None, before_reset: Callable[[gymnasium.Env], None] | None = None) -> None:
+                 name: str | None = None, before_reset: Callable[[gymnasium.Env], None] | None = None,
+                 action_mask: Callable[[gymnasium.Env], list[np.ndarray]] | None = None) -> None:
         obs_space, act_space = env.observation_space, env.action_space
         if not isinstance(obs_space, spaces.Tuple) or not isinstance(act_space, spaces.Tuple):
             raise ValueError(f"a multi-agent Gymnasium env needs Tuple observation and action spaces (one entry per "
                              f"agent), got {obs_space} and {act_space}")
         if len(obs_space) != len(act_space):
             raise ValueError(f"{len(obs_space)} observation spaces but {len(act_space)} action spaces")
-        self.env, self.task_over, self.before_reset = env, task_over, before_reset
+        self.env, self.task_over, self.before_reset, self.action_mask = env, task_over, before_reset, action_mask
         self.possible_agents = [f"agent_{i}" for i in range(len(obs_space))]
         self.agents: list[str] = []
         # One space object per agent: the packages reuse one object for all, and seeding one would seed all.
@@ -203,7 +242,7 @@ class GymMultiAgentParallel(ParallelEnv):
         obs, info = self.env.reset(seed=seed, options=options)
         self.agents = list(self.possible_agents)
         self._obs = tuple(obs)
-        return self._per_agent(self._obs), {a: dict(info) for a in self.agents}
+        return self._per_agent(self._obs), self._infos(info, self.agents)
 
     def step(self, actions: Mapping[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         if not self.agents:
@@ -222,10 +261,19 @@ class GymMultiAgentParallel(ParallelEnv):
         flags_term = dict.fromkeys(agents, term)
         flags_trunc = dict.fromkeys(agents, ended and not term)
         out = (self._per_agent(self._obs), {a: float(rewards[i]) for i, a in enumerate(agents)},
-               flags_term, flags_trunc, {a: dict(info) for a in agents})
+               flags_term, flags_trunc, self._infos(info, agents))
         if ended:
             self.agents = []
         return out
+
+    def _infos(self, info: Mapping[str, Any], agents: list[str]) -> dict[str, dict]:
+        """One copy of the env's info per agent, with its ``action_mask`` when masks are on."""
+        infos = {a: dict(info) for a in agents}
+        if self.action_mask is not None:
+            for agent, mask in zip(self.possible_agents, self.action_mask(self.env), strict=True):
+                if agent in infos:
+                    infos[agent]["action_mask"] = mask
+        return infos
 
     def _per_agent(self, obs: tuple[Any, ...]) -> dict[str, Any]:
         return {a: np.asarray(o, self.observation_spaces[a].dtype) for a, o in zip(self.possible_agents, obs,

@@ -188,6 +188,28 @@ def test_value_decomposition_configs_train_on_lbf(algo, make_config):
     assert 0.0 <= result["final_eval"]["ep_return"] <= 1.0
 
 
+def test_lbf_action_masks_are_the_valid_actions_of_each_player():
+    """env.kwargs.action_masks: a move into a food or off the grid and a load without an adjacent food are
+    masked; NONE never is. The scene by hand, then the adapter's spec and the refusal for rware."""
+    env = make_raw_env(LBF, {"action_masks": True})
+    _, infos = env.reset(seed=0)
+    assert set(infos) == {"agent_0", "agent_1"} and infos["agent_0"]["action_mask"].dtype == bool
+    lbf = lbf_scene(env)
+    lbf.players[1].position = (0, 7)  # the top-right corner, no food beside it
+    lbf._gen_valid_moves()
+    _, _, _, _, infos = env.step({"agent_0": NONE, "agent_1": NONE})
+    #                                          NONE  NORTH  SOUTH  WEST   EAST   LOAD
+    assert infos["agent_0"]["action_mask"].tolist() == [True, True, True, True, False, True]  # food east, at (3, 3)
+    assert infos["agent_1"]["action_mask"].tolist() == [True, False, True, True, False, False]
+    assert "action_mask" not in make_raw_env(LBF).reset(seed=0)[1]["agent_0"]  # off by default (EPyMARL's protocol)
+    cfg = load_config(None, [f"env.id={LBF}", "env.kwargs={action_masks: true}"])
+    assert all(g.has_action_mask for g in env_spec(cfg).groups)
+    with pytest.raises(ValueError, match="does not say which actions are valid"):
+        make_raw_env(RWARE, {"action_masks": True})
+    with pytest.raises(ValueError, match="true or false"):
+        make_raw_env(LBF, {"action_masks": "yes"})
+
+
 def test_unknown_ids_name_close_ones():
     with pytest.raises(ValueError, match="Did you mean: lbforaging:Foraging-8x8-2p-2f-coop-v3"):
         make_raw_env("lbforaging:Foraging-8x8-2p-2f-coop-v2")
