@@ -26,6 +26,10 @@ Seeds run in ``--jobs`` worker processes at once (one torch thread each). Result
 
 ``--task`` names a task of the paper (``TASKS``: its env id here, lbforaging v3; the paper used v1, whose
 food levels and spawning rules differ) and prints the paper's maximum-return cell beside ours (``PUBLISHED``).
+``env.kwargs.action_masks=true`` masks each player's invalid actions (the paper did not; the printed cell says so):
+on the 15x15 tasks the feed-forward VDN and QMIX agents learn only with it (bench/README.md)::
+
+    python -m bench.bench_lbf --algo vdn --task 15x15-3p-5f env.kwargs.action_masks=true
 """
 
 from __future__ import annotations
@@ -163,6 +167,8 @@ def main() -> None:
     task = args.task or task_of(cfg.env.id, dict(cfg.env.kwargs))
     published = PUBLISHED.get((task, cfg.algo.name)) if task else None
     paper = f"EPyMARL {task} max {published[0]:.2f} ± {published[1]:.2f}" if published else "no published cell"
+    if published and cfg.env.kwargs.get("action_masks"):
+        paper += " (without action masks; this run masks invalid actions)"
     print(f"{cfg.env.id} {dict(cfg.env.kwargs)}; budget {cfg.total_env_steps:,} env steps per seed, "
           f"seeds {args.seeds}, {args.jobs} at once; {args.episodes} eval episodes", flush=True)
     probe = vector_env(cfg, 1, backend="sync")

@@ -135,6 +135,9 @@ class GroupTransition(NamedTuple):
             zeros elsewhere. Auto-reset replaces ``obs`` of the next
             ``GroupObs``, never this.
         final_achieved_goal: ``[E, A, G]`` the goal ``final_obs`` achieves (goal envs), or ``None``.
+        final_action_mask: ``[E, A, n]`` bool the actions allowed at ``final_obs`` (what a truncated
+            agent's bootstrap may choose among) for groups with masks, all ``True`` where the episode did not
+            end or the env gave no mask with its final observation; ``None`` for groups without masks.
     """
 
     reward: np.ndarray
@@ -142,6 +145,7 @@ class GroupTransition(NamedTuple):
     truncated: np.ndarray
     final_obs: np.ndarray
     final_achieved_goal: np.ndarray | None = None
+    final_action_mask: np.ndarray | None = None
 
 
 class EpisodeStats(NamedTuple):

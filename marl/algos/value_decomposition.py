@@ -198,8 +198,8 @@ class ReturnStats(RunningMeanStd):
     """Running mean and std of the Monte-Carlo team returns (``algo.return_stats=returns``), the std floored at
     :data:`RETURN_STD_FLOOR` times the largest ``|G|`` seen: episodes that all return the same value (sparse
     rewards before the first success) would otherwise shrink the std towards 0, and the first different return
-    would become a target thousands of std away. The largest ``|G|`` is not checkpointed: after a resume it is
-    back within the first batch that holds a non-zero return."""
+    would become a target thousands of std away. The largest ``|G|`` is checkpointed with the moments (a checkpoint
+    without it, from before, resumes with 0: the floor is back at the first batch that holds a non-zero return)."""
 
     def __init__(self) -> None:
         super().__init__(())
@@ -213,6 +213,13 @@ class ReturnStats(RunningMeanStd):
     @property
     def std(self) -> np.ndarray:
         return np.maximum(np.sqrt(self.var), RETURN_STD_FLOOR * self.scale)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {**super().state_dict(), "scale": torch.tensor(self.scale, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        super().load_state_dict(state)
+        self.scale = float(state.get("scale", 0.0))
 
 
 def fold_returns(episode_return: Tensor, rows: Tensor, stats: RunningMeanStd) -> None:

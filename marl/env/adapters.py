@@ -250,19 +250,24 @@ class _Base:
             b.final_obs.fill(0)
             if b.final_achieved_goal is not None:
                 b.final_achieved_goal.fill(0.0)
+            if b.final_action_mask is not None:
+                b.final_action_mask.fill(True)
         if out.final_state is not None:
             out.final_state.fill(0.0)
 
     def _end_agent(
         self, agent: str, terminated: bool, raw_obs: Any, info: Mapping[str, Any] | None, out: StepBuffers
     ) -> None:
-        """Flag an agent whose episode ended at this step and store its final observation."""
-        _, g, k, fmt, _ = self._slots[self._slot_index[agent]]
+        """Flag an agent whose episode ended at this step and store its final observation (and the mask that came
+        with it, in the observation or in ``info``; all ``True`` when none did)."""
+        _, g, k, fmt, mask_in_info = self._slots[self._slot_index[agent]]
         b = out.groups[g]
         b.terminated[k] = terminated
         b.truncated[k] = not terminated
         if raw_obs is not None:
-            decode_obs(fmt, raw_obs, k, b.final_obs, None, b.final_achieved_goal)
+            decode_obs(fmt, raw_obs, k, b.final_obs, b.final_action_mask, b.final_achieved_goal)
+        if mask_in_info and info and "action_mask" in info:
+            b.final_action_mask[k] = info["action_mask"]
         if info and "is_success" in info:
             self._success[agent] = float(info["is_success"])
 
@@ -402,7 +407,9 @@ class GymAdapter(ParallelAdapter):
             self._env.agents = []
             b.terminated[0] = bool(terminated)
             b.truncated[0] = not terminated
-            decode_obs(self._format, obs, 0, b.final_obs, None, b.final_achieved_goal)
+            if b.final_action_mask is not None:
+                b.final_action_mask[0] = info["action_mask"] if self._mask_in_info and "action_mask" in info else True
+            decode_obs(self._format, obs, 0, b.final_obs, b.final_action_mask, b.final_achieved_goal)
             if info and "is_success" in info:
                 self._success["agent_0"] = float(info["is_success"])
             episode = self._episode(not terminated)
@@ -413,6 +420,8 @@ class GymAdapter(ParallelAdapter):
         b.final_obs[0] = 0
         if b.final_achieved_goal is not None:
             b.final_achieved_goal[0] = 0.0
+        if b.final_action_mask is not None:
+            b.final_action_mask[0] = True
         b.alive[0] = True
         decode_obs(self._format, obs, 0, b.obs, b.action_mask, b.achieved_goal)
         if self._mask_in_info:

@@ -48,6 +48,7 @@ class GroupBuffers(NamedTuple):
     final_obs: np.ndarray
     achieved_goal: np.ndarray | None
     final_achieved_goal: np.ndarray | None
+    final_action_mask: np.ndarray | None = None
 
 
 class StepBuffers(NamedTuple):
@@ -60,7 +61,8 @@ class StepBuffers(NamedTuple):
     def split(self) -> tuple[dict[str, GroupObs], dict[str, GroupTransition]]:
         """Per group, the observation and the transition parts of these buffers (views, no copies)."""
         obs = {g: GroupObs(b.obs, b.alive, b.action_mask, b.achieved_goal) for g, b in self.groups.items()}
-        transition = {g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs, b.final_achieved_goal)
+        transition = {g: GroupTransition(b.reward, b.terminated, b.truncated, b.final_obs, b.final_achieved_goal,
+                                         b.final_action_mask)
                       for g, b in self.groups.items()}
         return obs, transition
 
@@ -96,6 +98,8 @@ def buffer_fields(spec: EnvSpec) -> list[Field]:
             (f"{g.name}/truncated", (a,), np.dtype(bool)),
             (f"{g.name}/final_obs", (a, *obs_shape), obs_dtype),
         ]
+        if g.has_action_mask:
+            fields.append((f"{g.name}/final_action_mask", (a, int(g.action_space.n)), np.dtype(bool)))
         if g.goal is not None:
             goal_dim = g.goal[1] - g.goal[0]
             fields += [

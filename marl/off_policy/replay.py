@@ -116,8 +116,9 @@ def replay_rows(before: GroupObs, action: np.ndarray, tr: GroupTransition, after
 
     ``next_obs`` is the real observation after the step: ``tr.final_obs`` where the
     agent's episode ended (never the auto-reset observation). Where an episode ended,
-    ``next_alive`` is the agent's ``alive`` and ``next_action_mask`` allows every action
-    (the env reports no mask for a final observation).
+    ``next_alive`` is the agent's ``alive`` and ``next_action_mask`` is ``tr.final_action_mask``
+    (the mask given with the final observation; every action where the env gave none), which a
+    truncated agent's bootstrap chooses among.
     """
     ended = tr.terminated | tr.truncated
     ended_obs = ended.reshape(*ended.shape, *([1] * (after.obs.ndim - ended.ndim)))
@@ -133,7 +134,8 @@ def replay_rows(before: GroupObs, action: np.ndarray, tr: GroupTransition, after
     }
     if before.action_mask is not None:
         rows["action_mask"] = before.action_mask.astype(bool)
-        rows["next_action_mask"] = ended[..., None] | after.action_mask.astype(bool)
+        final = True if tr.final_action_mask is None else tr.final_action_mask.astype(bool)
+        rows["next_action_mask"] = np.where(ended[..., None], final, after.action_mask.astype(bool))
     if achieved is not None:
         rows["achieved_goal"], rows["next_achieved_goal"] = achieved, next_achieved
     return rows

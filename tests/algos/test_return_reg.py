@@ -217,6 +217,27 @@ def test_return_stats_std_floor():
     assert floored.scale == 0.25
 
 
+def test_return_stats_floor_survives_a_checkpoint():
+    """The largest |G| is saved with the moments: a resumed run floors the std as the uninterrupted one does (a
+    rare 1.0 among zeros: 0.05 either way, not the 0.006 of the moments alone); an older state without it loads
+    with no floor."""
+    from marl.algos.value_decomposition import ReturnStats
+
+    stats = ReturnStats()
+    stats.update(np.array([1.0]))
+    for _ in range(500):
+        stats.update(np.zeros(32))
+    resumed = ReturnStats()
+    resumed.load_state_dict(stats.state_dict())
+    for s in (stats, resumed):
+        s.update(np.zeros(32))
+    assert float(resumed.std) == float(stats.std) == pytest.approx(0.05)
+    old = {k: v for k, v in stats.state_dict().items() if k != "scale"}
+    legacy = ReturnStats()
+    legacy.load_state_dict(old)
+    assert legacy.scale == 0.0 and float(legacy.std) < 0.01
+
+
 def test_return_stats_errors(make_config):
     with pytest.raises(ConfigError, match="algo.return_stats.*standardize_returns=true"):
         game_config(make_config, "vdn", "algo.return_stats=returns")

@@ -210,6 +210,31 @@ def test_lbf_action_masks_are_the_valid_actions_of_each_player():
         make_raw_env(LBF, {"action_masks": "yes"})
 
 
+@pytest.mark.parametrize("backend", ["sync", "subprocess"])
+def test_a_truncated_lbf_step_keeps_the_final_masks_for_the_bootstrap(backend):
+    """At the 50-step limit the replay row's next_action_mask is the mask of the final observation (the env's
+    own valid actions there), not all actions and not the next episode's first mask."""
+    from marl.off_policy.replay import replay_rows
+
+    factory = functools.partial(make_adapter, LBF, {"action_masks": True})
+    raw = make_raw_env(LBF, {"action_masks": True})  # the same episode, stepped beside it for the oracle
+    raw.reset(seed=3)
+    with make_vector_env(factory, 1, backend=backend) as venv:
+        before, _ = venv.reset(seed=[3])
+        for t in range(50):
+            actions = {"agent": np.array([[2, 4]])}  # SOUTH, EAST: into the corner, then blocked
+            _, _, _, _, infos = raw.step({"agent_0": 2, "agent_1": 4})
+            step = venv.step(actions)
+            g_before, g_after = before["agent"], step.obs["agent"]
+            rows = replay_rows(g_before, actions["agent"], step.transition["agent"], g_after, None, None)
+            before = step.obs
+        assert step.transition["agent"].truncated.all()
+        expected = np.stack([infos[a]["action_mask"] for a in ("agent_0", "agent_1")])
+        assert not expected.all()  # blocked moves are masked at the end: the check can fail
+        np.testing.assert_array_equal(step.transition["agent"].final_action_mask[0], expected)
+        np.testing.assert_array_equal(rows["next_action_mask"][0], expected)
+
+
 def test_unknown_ids_name_close_ones():
     with pytest.raises(ValueError, match="Did you mean: lbforaging:Foraging-8x8-2p-2f-coop-v3"):
         make_raw_env("lbforaging:Foraging-8x8-2p-2f-coop-v2")
