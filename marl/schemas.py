@@ -226,10 +226,11 @@ class VDNConfig(DQNConfig):
                                 "overestimation); 0 = off")
     return_horizon: int = _f(100, "with return_reg or return_stats=returns: rows looked ahead for G; a row "
                                   "whose episode has not ended within them (or not yet) does not count; the "
-                                  "gather's cost grows with it, so the episode limit is the value to set "
-                                  "(recurrent agents, return_reg only: G runs to the end of the sampled "
-                                  "sequence, so only steps whose episode ends inside it are penalized: set "
-                                  "algo.seq_len to the episode limit to cover every step)")
+                                  "gather's cost grows with it, so the episode limit is the value to set (a "
+                                  "feed-forward run warns once when an episode runs longer) (recurrent agents, "
+                                  "return_reg only: G runs to the end of the sampled sequence, so only steps whose "
+                                  "episode ends inside it are penalized: set algo.seq_len to the episode limit to "
+                                  "cover every step)")
 
 
 @dataclass

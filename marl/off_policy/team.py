@@ -20,6 +20,7 @@ exploration (per-agent epsilon-greedy over allowed actions), evaluation, checkpo
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ from marl.normalization import ObsNormalizer
 from marl.off_policy.actor import build_actor
 from marl.off_policy.replay import replay_buffer, replay_rows
 from marl.off_policy.trainer import MetricWindow, OffPolicyTrainer
-from marl.types import ActOutput, EnvSpec, GroupObs, GroupTransition, VecStep
+from marl.types import ActOutput, EnvSpec, EpisodeStats, GroupObs, GroupTransition, VecStep
 
 
 def stores_state(spec: EnvSpec, algo: VDNConfig) -> bool:
@@ -208,6 +209,20 @@ def to_team_batch(first: ReplaySample, rows: Mapping[str, Mapping[str, np.ndarra
                      t(episode_return), t(complete))
 
 
+def warn_if_beyond_horizon(episodes: Sequence[EpisodeStats], horizon: int) -> bool:
+    """Warn (once: returns whether it did) when an episode ran longer than ``algo.return_horizon`` env steps: its rows
+    more than ``horizon`` steps before the end get no Monte-Carlo return, so ``algo.return_reg`` and
+    ``algo.return_stats=returns`` see only episode tails."""
+    longest = max(e.length for e in episodes)
+    if longest <= horizon:
+        return False
+    warnings.warn(f"an episode ran {longest} env steps, more than algo.return_horizon={horizon}: the rows of its "
+                  f"first {longest - horizon} steps get no Monte-Carlo return, so algo.return_reg / "
+                  f"algo.return_stats=returns see only episode tails; set algo.return_horizon to the episode limit",
+                  stacklevel=2)
+    return True
+
+
 class TeamTrainer(OffPolicyTrainer):
     """Trains VDN or QMIX: per-agent Q networks (the acting policy, greedy per agent), a mixer, team rows.
 
@@ -238,6 +253,16 @@ class TeamTrainer(OffPolicyTrainer):
         self.rng = np.random.default_rng(cfg.seed)
         self.since_train = 0
         self.window = MetricWindow()
+        algo = cfg.algo
+        self.horizon_checked = cfg.model.recurrent != "none" or not (
+            algo.return_reg > 0 or (algo.standardize_returns and algo.return_stats == "returns"))
+        """Whether episodes longer than ``algo.return_horizon`` were looked for (once; only where G is used)."""
+
+    def collect(self, epsilon: float) -> list[EpisodeStats]:
+        finished = super().collect(epsilon)
+        if not self.horizon_checked and finished:
+            self.horizon_checked = warn_if_beyond_horizon(finished, self.cfg.algo.return_horizon)
+        return finished
 
     def store(self, obs: dict[str, GroupObs], out: ActOutput, step: VecStep, state: np.ndarray | None) -> int:
         """One team row per env copy (every group's rows at the same index; the state and the next state, final

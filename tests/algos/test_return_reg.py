@@ -238,6 +238,23 @@ def test_return_stats_floor_survives_a_checkpoint():
     assert legacy.scale == 0.0 and float(legacy.std) < 0.01
 
 
+def test_episodes_beyond_the_return_horizon_warn_once(make_config):
+    """Spread's episodes last 25 steps: return_horizon=10 leaves their first 15 rows without G (a warning naming
+    the fix, once per run); return_horizon=25 covers them (no warning)."""
+    import warnings
+
+    from marl.api import train
+
+    tiny = ("env.num_envs=4", "total_env_steps=400", "algo.learning_starts=100", "eval.interval=0",
+            "eval.episodes=2", "eval.num_envs=2", "checkpoint.interval=0", "algo.return_reg=0.1")
+    with pytest.warns(UserWarning, match="ran 25 env steps, more than algo.return_horizon=10") as caught:
+        train(make_config("configs/spread_vdn.yaml", *tiny, "algo.return_horizon=10", run="short"))
+    assert sum("return_horizon" in str(w.message) for w in caught) == 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*return_horizon.*")
+        train(make_config("configs/spread_vdn.yaml", *tiny, "algo.return_horizon=25", run="covered"))
+
+
 def test_return_stats_errors(make_config):
     with pytest.raises(ConfigError, match="algo.return_stats.*standardize_returns=true"):
         game_config(make_config, "vdn", "algo.return_stats=returns")
