@@ -235,6 +235,34 @@ def test_a_truncated_lbf_step_keeps_the_final_masks_for_the_bootstrap(backend):
         np.testing.assert_array_equal(rows["next_action_mask"][0], expected)
 
 
+class AlwaysLoad:
+    """A scripted LBF policy: every player loads at every step (a stuck greedy Q policy's typical choice)."""
+
+    def initial_hidden(self):
+        return None
+
+    def act(self, obs, action_masks=None):
+        return dict.fromkeys(obs, LOAD)
+
+
+def test_lbf_stuck_counts_a_policy_that_never_moves():
+    """bench/lbf_stuck.py's episode walk: a policy that only loads never moves (one joint position), takes 50 LOADs
+    per player, and with epsilon 1 every action is random and valid (masks on): the players move."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("lbf_stuck", Path(__file__).parents[2] / "bench" / "lbf_stuck.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    play = script.play
+    rng = np.random.default_rng(0)
+    total, actions, distinct = play(AlwaysLoad(), make_raw_env(LBF), 0, 0.0, rng)
+    assert distinct == 1 and actions == [LOAD] * 100 and total == 0.0
+    env = make_raw_env(LBF, {"action_masks": True})
+    _, actions, distinct = play(AlwaysLoad(), env, 0, 1.0, rng)
+    assert distinct > 2 and actions.count(LOAD) < len(actions) / 3
+
+
 def test_unknown_ids_name_close_ones():
     with pytest.raises(ValueError, match="Did you mean: lbforaging:Foraging-8x8-2p-2f-coop-v3"):
         make_raw_env("lbforaging:Foraging-8x8-2p-2f-coop-v2")
