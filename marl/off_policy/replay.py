@@ -111,7 +111,8 @@ def replay_buffer(schema: Schema, capacity: int, n_envs: int, algo: OffPolicyCon
 
 
 def replay_rows(before: GroupObs, action: np.ndarray, tr: GroupTransition, after: GroupObs,
-                achieved: np.ndarray | None, next_achieved: np.ndarray | None) -> dict[str, np.ndarray]:
+                achieved: np.ndarray | None, next_achieved: np.ndarray | None,
+                episode_end: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One group's replay rows ``[E, A, ...]`` of one vector step.
 
     ``next_obs`` is the real observation after the step: ``tr.final_obs`` where the
@@ -119,8 +120,16 @@ def replay_rows(before: GroupObs, action: np.ndarray, tr: GroupTransition, after
     ``next_alive`` is the agent's ``alive`` and ``next_action_mask`` is ``tr.final_action_mask``
     (the mask given with the final observation; every action where the env gave none), which a
     truncated agent's bootstrap chooses among.
+
+    ``episode_end [E]`` (bool, optional): the env copies whose episode ended at this step. There an agent
+    that did not end at the step was gone already: its next fields are those of a gone agent (zeros, not
+    alive, every action allowed), never the next episode's first observation, ``alive`` and mask. The team
+    learners read other agents' next fields in a row (``next_alive`` says who is in the bootstrap), so
+    they pass it; independent learners train on alive rows only.
     """
     ended = tr.terminated | tr.truncated
+    if episode_end is not None:
+        ended = ended | episode_end[:, None]  # the gone agents' final_obs are zeros and alive is False
     ended_obs = ended.reshape(*ended.shape, *([1] * (after.obs.ndim - ended.ndim)))
     rows = {
         "obs": before.obs,

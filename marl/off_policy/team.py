@@ -170,12 +170,12 @@ def team_rows(names: Sequence[str], obs: Mapping[str, GroupObs], out: ActOutput,
               state: np.ndarray | None, with_state: bool) -> dict[str, dict[str, np.ndarray]]:
     """One vector step's rows of every group (``replay_rows``); with ``with_state`` the first group's also carry
     the state acted on and the next state (the final state where the episode ended)."""
-    rows = {g: replay_rows(obs[g], out.action[g].cpu().numpy(), step.transition[g], step.obs[g], None, None)
-            for g in names}
+    episode_end = episode_ended(obs, step.transition)
+    rows = {g: replay_rows(obs[g], out.action[g].cpu().numpy(), step.transition[g], step.obs[g], None, None,
+                           episode_end) for g in names}
     if with_state:
-        ended = episode_ended(obs, step.transition)[:, None]
         first = rows[names[0]]
-        first["state"], first["next_state"] = state, np.where(ended, step.final_state, step.state)
+        first["state"], first["next_state"] = state, np.where(episode_end[:, None], step.final_state, step.state)
     return rows
 
 
@@ -253,10 +253,12 @@ class TeamTrainer(OffPolicyTrainer):
         self.rng = np.random.default_rng(cfg.seed)
         self.since_train = 0
         self.window = MetricWindow()
-        algo = cfg.algo
-        self.horizon_checked = cfg.model.recurrent != "none" or not (
-            algo.return_reg > 0 or (algo.standardize_returns and algo.return_stats == "returns"))
-        """Whether episodes longer than ``algo.return_horizon`` were looked for (once; only where G is used)."""
+        uses_g = cfg.algo.return_reg > 0 or (cfg.algo.standardize_returns and cfg.algo.return_stats == "returns")
+        self.horizon_checked = not uses_g
+
+    horizon_checked = True
+    """Whether episodes longer than ``algo.return_horizon`` need no more looking for (looked for once, by feed-forward
+    runs that use G; recurrent ones take G inside their sequences)."""
 
     def collect(self, epsilon: float) -> list[EpisodeStats]:
         finished = super().collect(epsilon)

@@ -62,3 +62,37 @@ def test_sampled_team_rows_carry_the_team_window():
         np.testing.assert_array_equal(rows[g]["reward_n"], targets[g]["reward_n"])
         np.testing.assert_array_equal(rows[g]["next_obs_n"], targets[g]["next_obs_n"])
         np.testing.assert_array_equal(rows[g]["next_alive_n"], targets[g]["next_alive_n"])
+
+
+def test_an_agent_dead_before_a_truncation_stays_out_of_the_bootstrap():
+    """tests/env/test_adapters.py's DyingEnv: agent_1 dies at step 2, agent_0 is truncated at step 4. The team row
+    of step 4 bootstraps agent_0 alone: agent_1's next fields are a gone agent's (zeros, not alive, every action),
+    never the next episode's first observation, alive flag and mask (which the plain rows give it)."""
+    import torch
+
+    from marl.algos.value_decomposition import bootstrap_alive
+    from marl.env.adapters import ParallelAdapter
+    from marl.env.vector import make_vector_env
+    from marl.off_policy.replay import replay_rows
+    from marl.off_policy.team import team_rows
+    from marl.types import ActOutput
+    from tests.env.test_adapters import DyingEnv
+
+    with make_vector_env(lambda: ParallelAdapter(DyingEnv(masks=True)), 1) as venv:
+        before, _ = venv.reset(seed=[0])
+        for _ in range(4):
+            action = np.zeros((1, 2), np.int64)
+            out = ActOutput({"agent": torch.as_tensor(action)}, {"agent": action}, {}, {}, {}, {})
+            step = venv.step({"agent": action})
+            rows, plain = team_rows(["agent"], before, out, step, None, False)["agent"], replay_rows(
+                before["agent"], action, step.transition["agent"], step.obs["agent"], None, None)
+            first = before
+            before = step.obs
+    assert len(step.episodes) == 1 and first["agent"].alive[0].tolist() == [True, False]
+    assert rows["truncated"][0].tolist() == [True, False] and rows["terminated"][0].tolist() == [False, False]
+    assert rows["next_alive"][0].tolist() == [True, False]
+    assert rows["next_obs"][0, 1].tolist() == [0, 0, 0] and rows["next_obs"][0, 0].tolist() == [4, 0, 7]
+    assert rows["next_action_mask"][0, 1].all()
+    assert plain["next_alive"][0].tolist() == [True, True]  # what the team row must not be: the next episode's
+    in_bootstrap = bootstrap_alive(torch.as_tensor(rows["next_alive"]), torch.as_tensor(rows["terminated"]))
+    assert in_bootstrap[0].tolist() == [True, False]
