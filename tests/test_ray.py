@@ -47,7 +47,7 @@ DQN = (str(ROOT / "configs/cartpole_dqn.yaml"), "total_env_steps=240", "env.num_
        "algo.train_freq=8", "algo.gradient_steps=2", "algo.batch_size=16", "model.hidden=[16]", "eval.interval=0",
        "eval.episodes=1", "eval.num_envs=1", "checkpoint.interval=0", "checkpoint.keep_last=0", "torch_threads=1",
        *QUIET)
-ON_CLUSTER = ("runtime=ray", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ray.start_timeout_s=60")
+ON_CLUSTER = ("runtime=ray", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ray.start_timeout_s=180")
 
 
 def ray_args(cluster: Cluster) -> tuple[str, ...]:

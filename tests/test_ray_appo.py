@@ -45,7 +45,7 @@ CONFIG = str(ROOT / "configs" / "simple_spread_appo.yaml")
 SMALL = ("env.num_envs=4", "algo.num_steps=20", "algo.num_minibatches=2", "algo.update_epochs=1",
          "eval.interval=0", "eval.episodes=1", "eval.num_envs=1", "log.progress=false", "torch_threads=1",
          "update_threads=1")
-ON_CLUSTER = ("runtime=ray", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ray.start_timeout_s=60")
+ON_CLUSTER = ("runtime=ray", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ray.start_timeout_s=180")
 
 FAULTY = '''
 import numpy as np
@@ -144,7 +144,7 @@ def test_one_actor_without_lag_gives_the_local_worker_rollout_and_vtrace_batch(c
     def seeds(w: int, generation: int) -> list[int]:
         return seeds_for(cfg.seed, 2)
 
-    pool = RayWorkerPool(cfg, 1, seeds, timeout=60)
+    pool = RayWorkerPool(cfg, 1, seeds, timeout=180)
     torch_seed = int(np.random.SeedSequence([cfg.seed, 0, 0]).generate_state(1)[0])
     local = RolloutWorker(cfg, 0, range(2), seeds(0, 0), torch_seed)
     try:
