@@ -384,7 +384,8 @@ def test_qmix_team_value_stays_bounded_on_spread(make_config, returns):
     negative) reached +700 by 150k; standardized targets keep the gain below 1 and Q_tot within tens of the
     returns. Later in training they do not always hold Q_tot (seed 1 diverged after 200k: bench/README.md)."""
     cfg = make_config("configs/spread_qmix.yaml", "env.backend=batched", "total_env_steps=150000",
-                      f"algo.standardize_returns={str(returns).lower()}", "eval.interval=0", "eval.episodes=10",
+                      f"algo.standardize_returns={str(returns).lower()}",
+                      f"algo.return_stats={'returns' if returns else 'targets'}", "eval.interval=0", "eval.episodes=10",
                       "eval.num_envs=10", "eval.stochastic_check=false", "log.interval=100000")
     trainer = TeamTrainer(cfg)
     trainer.train()
