@@ -302,3 +302,33 @@ def descendants(root: int) -> set[int]:
             out.add(c)
             todo.append(c)
     return out
+
+
+def test_an_actor_that_dies_before_it_is_built_is_started_again_once(cluster, one_torch_thread, monkeypatch):
+    """Ray may drop an actor while placing it: the pool spawns that worker again once (a warning naming it) and
+    collects; an actor killed at each spawn is refused in one line after the second try."""
+    cfg = load_config(CONFIG, [*SMALL, *ray_args(cluster), "ray.num_workers=1", "env.num_envs=2"])
+    spawn = RayWorkerPool._spawn
+    killed = []
+
+    def spawn_killed(self, w, times):
+        ref = spawn(self, w)
+        if len(killed) < times:
+            ray.kill(self.actors[w], no_restart=True)  # dead before its build call runs
+            killed.append(w)
+        return ref
+
+    monkeypatch.setattr(RayWorkerPool, "_spawn", lambda self, w: spawn_killed(self, w, 1))
+    pool = RayWorkerPool(cfg, 1, lambda w, g: seeds_for(cfg.seed, 2), timeout=180)
+    try:
+        with pytest.warns(UserWarning, match="ray worker 0 .* died before it was built"):
+            pool.start()
+        assert pool.next_rollout().env_steps == 40 and killed == [0]
+    finally:
+        pool.close()
+    killed.clear()
+    monkeypatch.setattr(RayWorkerPool, "_spawn", lambda self, w: spawn_killed(self, w, 2))
+    pool = RayWorkerPool(cfg, 1, lambda w, g: seeds_for(cfg.seed, 2), timeout=180)
+    with pytest.raises(EnvWorkerError, match="died twice before it was built"), pytest.warns(UserWarning):
+        pool.start()
+    assert killed == [0, 0]
