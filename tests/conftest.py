@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,7 +263,11 @@ def _ray_driver(_ray_cluster: Any) -> Iterator[Any]:
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest, _ray_driver: Any, ray_env_folder: Path) -> Iterator[Any]:
     """The session's two-node Ray cluster, this process connected to it, both nodes alive: a node a previous
-    test removed is added back first. After the last test of the session that uses it, the cluster stops."""
+    test removed is added back first, and the test starts once Ray counts the removed one dead (until then its
+    scheduler may place new actors on it, and they die before they run). After the last test of the session that
+    uses it, the cluster stops."""
+    import ray
+
     c = _ray_driver
     missing = 2 - len(c.list_all_nodes())
     if missing > 0:
@@ -270,6 +275,9 @@ def cluster(request: pytest.FixtureRequest, _ray_driver: Any, ray_env_folder: Pa
             for _ in range(missing):
                 c.add_node(num_cpus=1)
         c.wait_for_nodes()
+    deadline = time.monotonic() + 120
+    while sum(bool(n["Alive"]) for n in ray.nodes()) != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     yield c
     users = [item for item in request.session.items if "cluster" in getattr(item, "fixturenames", ())]
     if users and users[-1] is request.node:
