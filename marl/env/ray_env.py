@@ -165,11 +165,19 @@ class EnvWorker:
         self.adapters = []
 
 
-@functools.cache
+_ACTOR_CLASS: dict[Any, Any] = {}
+
+
 def _actor_class() -> Any:
+    """``ray.remote(EnvWorker)`` of the current Ray job: one made in an earlier job of this process (a driver that
+    disconnected and connected again) is not reused."""
     import ray
 
-    return ray.remote(EnvWorker)
+    job = ray.get_runtime_context().get_job_id()
+    if job not in _ACTOR_CLASS:
+        _ACTOR_CLASS.clear()
+        _ACTOR_CLASS[job] = ray.remote(EnvWorker)
+    return _ACTOR_CLASS[job]
 
 
 # --------------------------------------------------------------------------- the vector env

@@ -26,7 +26,6 @@ closes the Ray connection (:class:`marl.ray_runtime.RayConnection`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 import traceback
@@ -126,11 +125,19 @@ class RolloutActor:
             self.worker = None
 
 
-@functools.cache
+_ACTOR_CLASS: dict[Any, Any] = {}
+
+
 def _actor_class() -> Any:
+    """``ray.remote(RolloutActor)`` of the current Ray job: one made in an earlier job of this process (a driver
+    that disconnected and connected again) is not reused."""
     import ray
 
-    return ray.remote(RolloutActor)
+    job = ray.get_runtime_context().get_job_id()
+    if job not in _ACTOR_CLASS:
+        _ACTOR_CLASS.clear()
+        _ACTOR_CLASS[job] = ray.remote(RolloutActor)
+    return _ACTOR_CLASS[job]
 
 
 class RayWorkerPool:
