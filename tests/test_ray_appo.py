@@ -146,10 +146,11 @@ def test_one_actor_without_lag_gives_the_local_worker_rollout_and_vtrace_batch(c
 
     pool = RayWorkerPool(cfg, 1, seeds, timeout=180)
     torch_seed = int(np.random.SeedSequence([cfg.seed, 0, 0]).generate_state(1)[0])
-    local = RolloutWorker(cfg, 0, range(2), seeds(0, 0), torch_seed)
+    local = None
     try:
         pool.latest = (to_numpy(learner.state_dict()), 0)
-        pool.start()
+        pool.start()  # before the local worker, whose seed_everything reseeds this process's generators
+        local = RolloutWorker(cfg, 0, range(2), seeds(0, 0), torch_seed)
         for version in range(2):
             msg = pool.next_rollout()
             local.set_weights(to_numpy(learner.state_dict()), version)
@@ -172,7 +173,8 @@ def test_one_actor_without_lag_gives_the_local_worker_rollout_and_vtrace_batch(c
         pids = pool.pids()
     finally:
         pool.close()
-        local.close()
+        if local is not None:
+            local.close()
     assert wait_gone(pids) == []
 
 
