@@ -16,11 +16,13 @@ fails within ``ray.connect_timeout_s`` seconds instead of in Ray's own (much lon
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import socket
 from types import ModuleType
+from typing import Any
 
 from marl.config import ConfigError
 
@@ -34,6 +36,13 @@ def import_ray() -> ModuleType:
     except ImportError as err:
         raise ConfigError(RAY_MISSING) from err
     return ray
+
+
+@functools.cache
+def remote_class(cls: type) -> Any:
+    """``ray.remote(cls)``, made once per process: Ray exports the class again to each job that uses it (a driver
+    that disconnects and connects again), so one wrapper serves every connection."""
+    return import_ray().remote(cls)
 
 
 def host_port(address: str) -> tuple[str, int] | None:

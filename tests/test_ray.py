@@ -32,8 +32,9 @@ from marl import checkpoint as ckpt  # noqa: E402
 from marl.api import train  # noqa: E402
 from marl.config import ConfigError, describe, load_config  # noqa: E402
 from marl.env.make import make_adapter  # noqa: E402
-from marl.env.ray_env import RayVectorEnv, WorkerLost, restart_seeds  # noqa: E402
+from marl.env.ray_env import EnvWorker, RayVectorEnv, WorkerLost, restart_seeds  # noqa: E402
 from marl.env.vector import EnvWorkerError, SyncVectorEnv  # noqa: E402
+from marl.ray_runtime import remote_class  # noqa: E402
 from marl.registry import algorithm  # noqa: E402
 from tests.processes import running, wait_gone  # noqa: E402
 
@@ -175,6 +176,24 @@ def test_killed_worker_is_rebuilt_and_its_step_is_lost(cluster):
     finally:
         env.close()
     assert wait_gone([*pids, *new_pids]) == []
+
+
+def test_one_remote_class_serves_a_driver_that_connects_again(cluster):
+    """``remote_class`` wraps a class once per process; after the driver disconnects and connects again (a new
+    Ray job), the same wrapper starts actors in the new job."""
+    import ray
+
+    first = remote_class(EnvWorker)
+    job = ray.get_runtime_context().get_job_id()
+    ray.shutdown()
+    ray.init(address=cluster.address)
+    assert ray.get_runtime_context().get_job_id() != job
+    assert remote_class(EnvWorker) is first
+    actor = first.options(num_cpus=0.5).remote(SPREAD, 0, 1)
+    try:
+        assert ray.get(actor.pid.remote(), timeout=180) not in (0, os.getpid())
+    finally:
+        ray.kill(actor)
 
 
 def test_a_worker_the_cluster_cannot_place_is_an_error_not_a_hang(cluster):

@@ -50,6 +50,7 @@ from marl.env.chunks import (
     step_block,
     to_vec_step,
 )
+from marl.ray_runtime import remote_class
 from marl.seeding import copy_seeds
 from marl.types import EnvSpec, GroupObs, VecStep
 
@@ -106,7 +107,8 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Reply]:
 class EnvWorker:
     """Env copies ``start .. start+count-1`` in one process; every array of a step in one block.
 
-    Plain class: :func:`_actor_class` wraps it with ``ray.remote`` (so this module imports without Ray).
+    Plain class: :func:`marl.ray_runtime.remote_class` wraps it with ``ray.remote`` (so this module imports
+    without Ray).
     """
 
     def __init__(self, factory: Callable[[], Adapter], start: int, count: int) -> None:
@@ -164,20 +166,6 @@ class EnvWorker:
                 adapter.close()
         self.adapters = []
 
-
-_ACTOR_CLASS: dict[Any, Any] = {}
-
-
-def _actor_class() -> Any:
-    """``ray.remote(EnvWorker)`` of the current Ray job: one made in an earlier job of this process (a driver that
-    disconnected and connected again) is not reused."""
-    import ray
-
-    job = ray.get_runtime_context().get_job_id()
-    if job not in _ACTOR_CLASS:
-        _ACTOR_CLASS.clear()
-        _ACTOR_CLASS[job] = ray.remote(EnvWorker)
-    return _ACTOR_CLASS[job]
 
 
 # --------------------------------------------------------------------------- the vector env
@@ -263,7 +251,7 @@ class RayVectorEnv(ChunkedBase):
     # -- workers -----------------------------------------------------------------------------
     def _spawn(self, w: int) -> Any:
         sl = self._slices[w]
-        return _actor_class().options(num_cpus=self._cpus, scheduling_strategy="SPREAD", max_restarts=0,
+        return remote_class(EnvWorker).options(num_cpus=self._cpus, scheduling_strategy="SPREAD", max_restarts=0,
                                       max_task_retries=0).remote(self._factory, sl.start, sl.stop - sl.start)
 
     def _worker_name(self, w: int) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 from marl.config import Config
 from marl.env.chunks import EnvWorkerError, chunk_slices
 from marl.on_policy.workers import RolloutMessage, RolloutWorker
+from marl.ray_runtime import remote_class
 
 Reply = tuple  # ("ok", value) or ("error", env_index, message, traceback)
 
@@ -67,7 +68,8 @@ def connect(cfg: Config, num_workers: int) -> Any:
 class RolloutActor:
     """A :class:`RolloutWorker` in a Ray actor; every failure comes back as an ``("error", ...)`` reply.
 
-    Plain class: :func:`_actor_class` wraps it with ``ray.remote`` (so this module imports without Ray).
+    Plain class: :func:`marl.ray_runtime.remote_class` wraps it with ``ray.remote`` (so this module imports
+    without Ray).
     """
 
     def __init__(self) -> None:
@@ -124,20 +126,6 @@ class RolloutActor:
                 self.worker.close()
             self.worker = None
 
-
-_ACTOR_CLASS: dict[Any, Any] = {}
-
-
-def _actor_class() -> Any:
-    """``ray.remote(RolloutActor)`` of the current Ray job: one made in an earlier job of this process (a driver
-    that disconnected and connected again) is not reused."""
-    import ray
-
-    job = ray.get_runtime_context().get_job_id()
-    if job not in _ACTOR_CLASS:
-        _ACTOR_CLASS.clear()
-        _ACTOR_CLASS[job] = ray.remote(RolloutActor)
-    return _ACTOR_CLASS[job]
 
 
 class RayWorkerPool:
@@ -206,8 +194,8 @@ class RayWorkerPool:
         """A new actor for worker ``w``; the reference of its ``build`` call."""
         sl, r = self.slices[w], self.cfg.ray
         torch_seed = int(np.random.SeedSequence([self.cfg.seed, w, self.generation[w]]).generate_state(1)[0])
-        actor = _actor_class().options(num_cpus=r.cpus_per_worker, scheduling_strategy="SPREAD", max_restarts=0,
-                                       max_task_retries=0).remote()
+        actor = remote_class(RolloutActor).options(num_cpus=r.cpus_per_worker, scheduling_strategy="SPREAD",
+                                                   max_restarts=0, max_task_retries=0).remote()
         self.actors[w], self.pending[w], self._sent[w] = actor, None, -1
         return actor.build.remote(self.cfg, w, range(sl.start, sl.stop), self.seeds(w, self.generation[w]),
                                   torch_seed, self.reward_state[w],
