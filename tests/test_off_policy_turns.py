@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from marl.off_policy.turns import TurnRows
-from marl.types import ActOutput
+from marl.types import ActOutput, GroupObs, GroupTransition
 
 # A scripted tic-tac-toe game: player_1 takes the top row (cells 0, 1, 2), player_2 plays 3 and 4.
 MOVES = [0, 3, 1, 4, 2]
@@ -61,11 +61,31 @@ def test_rows_run_from_a_move_to_the_next_turn_with_the_rewards_in_between(game)
     assert last["reward"][0].tolist() == [1.0, -1.0]
     assert last["terminated"][0].tolist() == [True, True] and not last["truncated"].any()
     np.testing.assert_array_equal(last["next_obs"][0], step.transition["player"].final_obs[0])
-    assert last["next_action_mask"][0].all()  # no mask after the end
+    np.testing.assert_array_equal(last["next_action_mask"][0], step.transition["player"].final_action_mask[0])
     # the next episode's first move has no pending transition: nothing is emitted for it
     obs, out, step = game.loop.step(_scripted(4))
     assert not turns.rows(obs["player"], out.action["player"].numpy(), step.transition["player"],
                           step.obs["player"])["alive"].any()
+
+
+def test_a_truncated_move_bootstraps_among_the_actions_of_its_final_mask():
+    """By hand, two agents in one copy: agent 0 moves (mask [1, 1, 0]), then the game is truncated before its
+    next turn; its row ends there and its next_action_mask is the mask given with its final observation (the
+    truncated bootstrap chooses among those actions), not every action. Agent 1 never moved: no row."""
+    E, A, n = 1, 2, 3
+    obs = np.arange(E * A * 2, dtype=np.float32).reshape(E, A, 2)
+    before = GroupObs(obs, np.array([[True, False]]), np.array([[[True, True, False], [True, True, True]]]))
+    after = GroupObs(obs + 10, np.array([[True, False]]), np.ones((E, A, n), bool))  # the next episode's first
+    final_mask = np.array([[[False, True, True], [True, False, True]]])
+    tr = GroupTransition(np.array([[0.5, -0.5]], np.float32), np.zeros((E, A), bool), np.ones((E, A), bool),
+                         obs - 10, final_action_mask=final_mask)
+    rows = TurnRows().rows(before, np.array([[1, 0]]), tr, after)
+    assert rows["alive"][0].tolist() == [True, False]
+    assert rows["truncated"][0, 0] and not rows["terminated"][0, 0]
+    np.testing.assert_array_equal(rows["next_obs"][0, 0], obs[0, 0] - 10)
+    assert rows["next_action_mask"][0, 0].tolist() == [False, True, True]
+    assert rows["action_mask"][0, 0].tolist() == [True, True, False]
+    assert rows["reward"][0].tolist() == [0.5, 0.0]
 
 
 def test_dqn_collects_turn_rows_into_its_replay_and_trains(game):

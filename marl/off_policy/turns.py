@@ -8,8 +8,10 @@ move). :class:`TurnRows` keeps, per env copy and agent, the pending move (observ
 mask, action, reward so far) and turns each vector step into the replay rows of the transitions
 that completed at it:
 
-* an agent whose episode ended at the step: ``next_obs`` = its final observation,
-  ``terminated`` / ``truncated`` as the env said;
+* an agent whose episode ended at the step: ``next_obs`` = its final observation and
+  ``next_action_mask`` the mask given with it (``tr.final_action_mask``: what a truncated agent's
+  bootstrap chooses among; every action where the env gave none), ``terminated`` / ``truncated`` as
+  the env said;
 * an agent whose turn comes again (alive in the next observation): ``next_obs`` = the
   observation it now acts on, with its action mask;
 
@@ -79,6 +81,8 @@ class TurnRows:
             next_mask = np.ones_like(self.action_mask)
             if after.action_mask is not None:
                 next_mask[turn] = after.action_mask[turn].astype(bool)
+            if tr.final_action_mask is not None:
+                next_mask[ended] = tr.final_action_mask[ended].astype(bool)
             rows["next_action_mask"] = next_mask
         self.pending &= ~done
         self.reward[done] = 0.0
