@@ -21,6 +21,7 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -170,11 +171,12 @@ def plan_runs(
 
 
 def _config_diff(saved: dict, cfg: Config) -> list[str]:
-    """Keys whose values differ, except the logging and checkpoint cadence (they change no result)."""
+    """Keys whose values differ, except the logging and checkpoint cadence (they change no result) and ``resume``
+    (a resumed run's ``config.yaml`` names the folder it resumed)."""
     from marl.logger import flatten_dict
 
     old, new = flatten_dict(saved), flatten_dict(to_dict(cfg))
-    keys = {k for k in set(old) | set(new) if not k.startswith(("log.", "checkpoint."))}
+    keys = {k for k in set(old) | set(new) if not k.startswith(("log.", "checkpoint.")) and k != "resume"}
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
@@ -192,6 +194,31 @@ def finished_summary(spec: RunSpec) -> dict | None:
         raise CompareError(f"{spec.run_dir} holds a finished run of another config (differs in {', '.join(diff)}); "
                            "use a new --out, or --force to retrain it")
     return json.loads(summary.read_text())
+
+
+def interrupted_checkpoint(spec: RunSpec) -> Path | None:
+    """The ``latest.pt`` of an interrupted run of ``spec`` (a stop signal, a crash, a lost machine: no
+    ``summary.json``) to resume, or ``None`` when the folder holds no checkpoint.
+
+    Raises:
+        CompareError: the folder holds an interrupted run of a different config.
+    """
+    latest, saved = spec.run_dir / "checkpoints" / "latest.pt", spec.run_dir / "config.yaml"
+    if not latest.is_file() or not saved.is_file():
+        return None
+    diff = _config_diff(yaml.safe_load(saved.read_text()), spec.cfg)
+    if diff:
+        raise CompareError(f"{spec.run_dir} holds an interrupted run of another config (differs in {', '.join(diff)});"
+                           " use a new --out, or --force to train it again from scratch")
+    return latest
+
+
+def resumed(spec: RunSpec) -> RunSpec:
+    """``spec`` continued from its run folder's ``latest.pt`` (``resume=RUN_DIR``)."""
+    from dataclasses import replace
+
+    return spec._replace(overrides=(*spec.overrides, f"resume={spec.run_dir}"),
+                         cfg=replace(spec.cfg, resume=str(spec.run_dir)))
 
 
 # --------------------------------------------------------------------------- running
@@ -225,23 +252,41 @@ def _subprocess_result(spec: RunSpec, rc: int) -> RunResult:
 
 def _train_in_subprocesses(specs: Sequence[RunSpec], config: Path, jobs: int,
                            log: Callable[[str], None]) -> list[RunResult]:
-    """Up to ``jobs`` ``marl train`` processes at once; each writes its output to ``RUN_DIR/train.log``."""
+    """Up to ``jobs`` ``marl train`` processes at once; each appends its output to ``RUN_DIR/train.log``.
+
+    A stop signal (SIGINT, SIGTERM) sent to this process alone is passed on to the running trainings, which
+    write their checkpoints and exit; then this process exits with ``128 + signal`` (the same command again
+    resumes them). Runs not started yet stay unstarted.
+    """
+    from marl.run import StopSignals, TrainingInterrupted
+
     results: dict[int, RunResult] = {}
     running: dict[int, tuple[subprocess.Popen, Any]] = {}
     queue = list(range(len(specs)))
-    while queue or running:
-        while queue and len(running) < jobs:
-            i = queue.pop(0)
-            fh = open(specs[i].run_dir / "train.log", "w")  # noqa: SIM115 - closed when the process ends
-            cmd = [sys.executable, "-m", "marl", "train", str(config), *specs[i].overrides]
-            running[i] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh)
-            log(f"started {specs[i].variant} seed {specs[i].seed} (log: {specs[i].run_dir / 'train.log'})")
-        for i, (proc, fh) in list(running.items()):
-            if proc.poll() is not None:
-                fh.close()
-                del running[i]
-                results[i] = _subprocess_result(specs[i], proc.returncode)
-        time.sleep(0.2)
+    passed_on = False
+    with StopSignals() as stop:
+        while (queue and stop.signum is None) or running:
+            while queue and len(running) < jobs and stop.signum is None:
+                i = queue.pop(0)
+                fh = open(specs[i].run_dir / "train.log", "a")  # noqa: SIM115 - closed when the process ends
+                cmd = [sys.executable, "-m", "marl", "train", str(config), *specs[i].overrides]
+                running[i] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh)
+                log(f"started {specs[i].variant} seed {specs[i].seed} (log: {specs[i].run_dir / 'train.log'})")
+            if stop.signum is not None and not passed_on:
+                for proc, _ in running.values():
+                    proc.send_signal(stop.signum)  # a repeat when the whole group got it (Ctrl-C): absorbed
+                passed_on = True
+            for i, (proc, fh) in list(running.items()):
+                if proc.poll() is not None:
+                    fh.close()
+                    del running[i]
+                    results[i] = _subprocess_result(specs[i], proc.returncode)
+            time.sleep(0.2)
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        log(f"{name}: stopped; {len(results)} run(s) ended, {len(queue)} not started. The runs that were training "
+            "wrote their checkpoints: the same command resumes them")
+        raise TrainingInterrupted(128 + stop.signum)
     return [results[i] for i in range(len(specs))]
 
 
@@ -249,9 +294,10 @@ def run_all(specs: Sequence[RunSpec], config: Path, jobs: int = 1, force: bool =
             log: Callable[[str], None] = print) -> list[RunResult]:
     """Train every run that has not finished (all of them with ``force``); return results in ``specs`` order.
 
-    A run folder without ``summary.json`` (an interrupted or crashed run) is emptied and trained
-    from scratch. ``jobs == 1`` trains in this process, one run after the other; ``jobs > 1``
-    runs up to ``jobs`` ``marl train`` subprocesses at once.
+    A run folder without ``summary.json`` but with ``checkpoints/latest.pt`` (an interrupted or crashed
+    run of the same config) resumes from it; one without a checkpoint is emptied and trained from
+    scratch, as every run is with ``force``. ``jobs == 1`` trains in this process, one run after the
+    other; ``jobs > 1`` runs up to ``jobs`` ``marl train`` subprocesses at once.
     """
     results: list[RunResult | None] = []
     for spec in specs:
@@ -260,7 +306,12 @@ def run_all(specs: Sequence[RunSpec], config: Path, jobs: int = 1, force: bool =
         if summary is not None:
             log(f"[{spec.variant} seed {spec.seed}] reusing finished run {spec.run_dir}")
     todo = [spec for spec, r in zip(specs, results, strict=True) if r is None]
-    for spec in todo:
+    latest = {spec.run_dir: None if force else interrupted_checkpoint(spec) for spec in todo}  # before any change
+    for n, spec in enumerate(todo):
+        if latest[spec.run_dir] is not None:
+            log(f"[{spec.variant} seed {spec.seed}] resuming interrupted run from {latest[spec.run_dir]}")
+            todo[n] = resumed(spec)
+            continue
         if spec.run_dir.exists():
             shutil.rmtree(spec.run_dir)
         spec.run_dir.mkdir(parents=True)

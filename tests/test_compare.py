@@ -236,3 +236,56 @@ def test_aggregate_curves_and_single_seed_pairs_from_summaries():
     (pair,) = agg["pairwise"]
     assert (pair["a"], pair["b"], pair["difference"]) == ("b", "a", 3.0)
     assert pair["excludes_zero"] is None  # b has one seed: no interval to speak of
+
+
+def test_a_stopped_compare_passes_the_signal_on_and_the_same_command_resumes(tmp_path):
+    """SIGTERM to the compare process alone (``kill PID``): its ``marl train`` child gets it, writes latest.pt
+    and exits, compare exits with 128 + 15; the same command then resumes the run from that checkpoint
+    (its first progress line is past the stop) instead of training it again from scratch."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    from marl import checkpoint as ckpt
+    from tests.processes import wait_gone
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cmp"
+    budget = 2000
+    cmd = [sys.executable, "-m", "marl", "compare", "configs/simple_spread_ppo.yaml", *TINY,
+           f"total_env_steps={budget}", "eval.interval=0", "checkpoint.interval=100", "log.progress=true",
+           "log.interval=1", "--variant", "a:", "--seeds", "0", "--jobs", "2", "--out", str(out), "--reps", "200"]
+    run = out / "runs" / "a" / "seed0"
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "latest.pt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-2000:]
+            time.sleep(0.05)
+        children = [p.pid for p in psutil.Process(proc.pid).children()]
+        assert len(children) == 1
+        proc.send_signal(signal.SIGTERM)
+        printed = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, printed[-2000:]
+    assert "the same command resumes them" in printed
+    assert wait_gone(children) == []
+    log = (run / "train.log").read_text()
+    assert "SIGTERM: stopped at" in log, log[-2000:]
+    stopped = ckpt.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"]
+    assert 0 < stopped < budget and not (run / "summary.json").exists()
+
+    again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "resuming interrupted run" in again.stdout
+    resumed_part = (run / "train.log").read_text()[len(log):]
+    first = int(re.search(r"\[\s*([\d,]+) /", resumed_part).group(1).replace(",", ""))
+    assert first == stopped + 100  # one iteration (4 copies x 25 steps) past the checkpoint, not 100 from scratch
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == budget
