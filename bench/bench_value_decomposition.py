@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -60,7 +61,9 @@ def learning(args: argparse.Namespace) -> None:
     algos = args.algos.split(",")
     jobs = [(a, s) for a in algos for s in seeds]
     start = time.time()
-    with ProcessPoolExecutor(args.workers) as pool:
+    from marl.run import stop_with_parent  # the runs stop (checkpointed) if this process is killed
+
+    with ProcessPoolExecutor(args.workers, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
         summaries = list(pool.map(run_one, [a for a, _ in jobs], [s for _, s in jobs], [args] * len(jobs)))
     print(f"MPE simple_spread (N=3, 25 steps), {args.steps:,} env steps per seed, final greedy eval on "
           f"{args.episodes} episodes; random policy {RANDOM_RETURN}")

@@ -144,6 +144,24 @@ class StopSignals:
                 signal.signal(s, handler)
 
 
+def stop_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``signum`` to this process when its parent process ends (Linux
+    ``PR_SET_PDEATHSIG``; a no-op elsewhere): a run in a worker of a process pool stops as after a stop
+    signal (checkpoint written) when the pool's owner is killed alone (``kill PID``, ``timeout``, the OOM
+    killer) instead of training on unsupervised. A pool's ``initializer``, with ``initargs=(os.getpid(),)``
+    from the parent; a parent already gone by then sends the signal at once."""
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent ended before the request: nobody will send it
+        os.kill(os.getpid(), signum)
+
+
 class Learner(Protocol):
     """What the run needs of a learner: its checkpoint entry and its optimizer-step counter."""
 

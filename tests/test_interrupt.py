@@ -167,3 +167,54 @@ def test_sigterm_during_the_final_evaluation_stops_within_seconds_with_the_check
     state = ckpt.load(latest)
     assert state["counters"]["env_steps"] == 512
     assert not (run / "summary.json").exists()
+
+
+POOL_SCRIPT = """
+import multiprocessing, os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+
+from marl.run import stop_with_parent
+
+
+def job(path):
+    def on_term(signum, frame):
+        with open(path, "a") as f:
+            f.write("SIGTERM\\n")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(120)
+
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context(sys.argv[2])
+    with ProcessPoolExecutor(1, mp_context=context, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
+        pool.submit(job, sys.argv[1]).result()
+"""
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_pool_worker_gets_sigterm_when_its_owner_is_killed_alone(tmp_path, start):
+    """``stop_with_parent`` as a pool's initializer (the bench scripts' seed pools): SIGKILL to the owner alone
+    reaches the worker as SIGTERM (a training run there would checkpoint and stop) instead of leaving it to run."""
+    from tests.processes import wait_gone
+
+    script, mark = tmp_path / "pool.py", tmp_path / "worker.txt"
+    script.write_text(POOL_SCRIPT)
+    owner = subprocess.Popen([sys.executable, str(script), str(mark), start], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        while not mark.is_file() or not mark.read_text().endswith("\n"):
+            assert owner.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        worker = int(mark.read_text().split()[0])
+        owner.kill()
+        owner.wait(10)
+        assert wait_gone([worker], 15.0) == []
+        assert mark.read_text().split()[1:] == ["SIGTERM"]
+    finally:
+        if owner.poll() is None:
+            owner.kill()
