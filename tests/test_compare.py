@@ -289,3 +289,29 @@ def test_a_stopped_compare_passes_the_signal_on_and_the_same_command_resumes(tmp
     first = int(re.search(r"\[\s*([\d,]+) /", resumed_part).group(1).replace(",", ""))
     assert first == stopped + 100  # one iteration (4 copies x 25 steps) past the checkpoint, not 100 from scratch
     assert json.loads((run / "summary.json").read_text())["env_steps"] == budget
+
+
+def test_an_interrupted_in_process_run_resumes_and_one_of_another_config_is_refused(tmp_path, capsys):
+    """jobs=1: a run folder with latest.pt but no summary.json (as a stop or a crash leaves it) resumes from the
+    checkpoint (same trained counters, nothing retrained); with another config it is refused, not emptied."""
+    from marl import checkpoint as ckpt
+
+    out = tmp_path / "cmp"
+    args = ["compare", "configs/simple_spread_ppo.yaml", *TINY[:-1], "checkpoint.interval=100", "--variant", "a:",
+            "--seeds", "0", "--out", str(out), "--reps", "200"]
+    run = out / "runs" / "a" / "seed0"
+    assert main(args) == 0
+    capsys.readouterr()
+    latest = run / "checkpoints" / "latest.pt"
+    before = ckpt.load(latest)["counters"]
+    (run / "summary.json").unlink()
+    assert main([*args[:2], *TINY[:-1], "checkpoint.interval=100", "algo.lr=0.01", *args[2 + len(TINY):]]) == 2
+    assert "interrupted run of another config" in capsys.readouterr().err and latest.is_file()
+    (run / "kept.txt").write_text("a file the user left in the run folder")  # emptying the folder would delete it
+    assert main(args) == 0
+    assert "resuming interrupted run" in capsys.readouterr().out
+    assert (run / "kept.txt").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    after = ckpt.load(latest)["counters"]
+    assert summary["env_steps"] == after["env_steps"] == 200 and after["iteration"] == before["iteration"]
+    assert after["wall_time_s"] >= before["wall_time_s"]  # summed over the parts of the run
