@@ -479,6 +479,8 @@ class TrainingRun(ABC):
                 raise
         else:
             logger = SilentLogger()
+        if self.resume_path is not None:
+            logger.message(f"resumed from {self.resume_path} at {self.env_steps:,} env steps")
         with StopSignals() as stop:
             self._stop = stop
             try:

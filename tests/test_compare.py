@@ -286,6 +286,7 @@ def test_a_stopped_compare_passes_the_signal_on_and_the_same_command_resumes(tmp
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "resuming interrupted run" in again.stdout
     resumed_part = (run / "train.log").read_text()[len(log):]
+    assert f"at {stopped:,} env steps" in resumed_part.splitlines()[0]  # marl train's "resumed from ... at N"
     first = int(re.search(r"\[\s*([\d,]+) /", resumed_part).group(1).replace(",", ""))
     assert first == stopped + 100  # one iteration (4 copies x 25 steps) past the checkpoint, not 100 from scratch
     assert json.loads((run / "summary.json").read_text())["env_steps"] == budget
@@ -309,7 +310,8 @@ def test_an_interrupted_in_process_run_resumes_and_one_of_another_config_is_refu
     assert "interrupted run of another config" in capsys.readouterr().err and latest.is_file()
     (run / "kept.txt").write_text("a file the user left in the run folder")  # emptying the folder would delete it
     assert main(args) == 0
-    assert "resuming interrupted run" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "resuming interrupted run" in printed and f"resumed from {latest} at 200 env steps" in printed
     assert (run / "kept.txt").is_file()
     summary = json.loads((run / "summary.json").read_text())
     after = ckpt.load(latest)["counters"]
