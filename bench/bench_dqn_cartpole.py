@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 CONFIG = "configs/cartpole_dqn.yaml"
@@ -54,9 +52,9 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.time()
-    from marl.run import stop_with_parent  # the runs stop (checkpointed) if this process is killed
+    from marl.run import SupervisedPool  # the runs stop (checkpointed) if this process is killed
 
-    with ProcessPoolExecutor(args.workers, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
+    with SupervisedPool(args.workers) as pool:
         summaries = list(pool.map(run_seed, seeds, [args.steps] * len(seeds), [args.eval_interval] * len(seeds),
                                   [args.out] * len(seeds)))
     print(f"DQN CartPole-v1, {args.steps:,} env steps per seed, "

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 CONFIG = "configs/bitflip_dqn_her.yaml"
@@ -56,9 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(int(n), her) for n in args.bits.split(",") for her in ((True,) if args.no_baseline else (True, False))]
     start = time.time()
-    from marl.run import stop_with_parent  # the runs stop (checkpointed) if this process is killed
+    from marl.run import SupervisedPool  # the runs stop (checkpointed) if this process is killed
 
-    with ProcessPoolExecutor(args.workers, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
+    with SupervisedPool(args.workers) as pool:
         futures = [pool.submit(run, n, her, args.steps, args.seed, args.out) for n, her in jobs]
         summaries = [f.result() for f in futures]
     print(f"Bit flipping, DQN, {args.steps:,} env steps per run (seed {args.seed}); success over 100 greedy episodes")

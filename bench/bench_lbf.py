@@ -38,8 +38,6 @@ import argparse
 import concurrent.futures
 import functools
 import json
-import multiprocessing
-import os
 import shutil
 import statistics
 import time
@@ -50,7 +48,7 @@ from marl.api import load_policy, train
 from marl.config import Config, load_config
 from marl.env.make import vector_env
 from marl.evaluation import evaluate, random_actions
-from marl.run import stop_with_parent
+from marl.run import SupervisedPool
 from marl.types import ActOutput
 
 # The EPyMARL paper's LBF tasks -> (env id, env.kwargs overrides). lbforaging registers at most 4 foods: 5 foods
@@ -181,9 +179,7 @@ def main() -> None:
 
     jobs = {seed: [*base, f"seed={seed}", f"run_dir={args.out / f'seed{seed}'}"] for seed in args.seeds}
     results = []
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context, initializer=stop_with_parent,
-                                                initargs=(os.getpid(),)) as pool:  # killed alone: the runs stop
+    with SupervisedPool(args.jobs) as pool:  # this process killed alone: the runs stop, checkpointed
         futures = [pool.submit(run_seed, args.config, o, args.episodes) for o in jobs.values()]
         for future in concurrent.futures.as_completed(futures):
             r = future.result()

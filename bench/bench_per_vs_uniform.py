@@ -25,9 +25,7 @@ MSE; then the medians over seeds. Budget ``--steps`` env steps per run
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +135,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [(per, s) for s in seeds for per in (False, True)]
     start = time.time()
-    from marl.run import stop_with_parent  # the runs stop (checkpointed) if this process is killed
+    from marl.run import SupervisedPool  # the runs stop (checkpointed) if this process is killed
 
-    with ProcessPoolExecutor(args.workers, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
+    with SupervisedPool(args.workers) as pool:
         futures = [pool.submit(run, args.n, per, s, args.steps, args.tol, args.out) for per, s in jobs]
         results = [f.result() for f in futures]
     print(f"Blind Cliffwalk n={args.n}: DQN, {args.steps:,} env steps of random behaviour, one gradient step each")

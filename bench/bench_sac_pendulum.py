@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 CONFIGS = {"sac": "configs/pendulum_sac.yaml", "td3": "configs/pendulum_td3.yaml"}
@@ -50,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(a, int(s)) for a in args.algos.split(",") for s in args.seeds.split(",")]
     start = time.time()
-    from marl.run import stop_with_parent  # the runs stop (checkpointed) if this process is killed
+    from marl.run import SupervisedPool  # the runs stop (checkpointed) if this process is killed
 
-    with ProcessPoolExecutor(args.workers, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
+    with SupervisedPool(args.workers) as pool:
         futures = [pool.submit(run, a, s, args.steps, args.eval_interval, args.out) for a, s in jobs]
         summaries = [f.result() for f in futures]
     print(f"Pendulum-v1, {args.steps:,} env steps per run, "

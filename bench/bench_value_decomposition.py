@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 CONFIGS = {"vdn": "configs/spread_vdn.yaml", "qmix": "configs/spread_qmix.yaml", "dqn": "configs/spread_dqn.yaml"}
@@ -61,9 +59,9 @@ def learning(args: argparse.Namespace) -> None:
     algos = args.algos.split(",")
     jobs = [(a, s) for a in algos for s in seeds]
     start = time.time()
-    from marl.run import stop_with_parent  # the runs stop (checkpointed) if this process is killed
+    from marl.run import SupervisedPool  # the runs stop (checkpointed) if this process is killed
 
-    with ProcessPoolExecutor(args.workers, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
+    with SupervisedPool(args.workers) as pool:
         summaries = list(pool.map(run_one, [a for a, _ in jobs], [s for _, s in jobs], [args] * len(jobs)))
     print(f"MPE simple_spread (N=3, 25 steps), {args.steps:,} env steps per seed, final greedy eval on "
           f"{args.episodes} episodes; random policy {RANDOM_RETURN}")

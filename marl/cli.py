@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 
 import yaml
@@ -133,6 +134,11 @@ DELEGATED = {"compare": "marl.comparison", "record": "marl.record", "tune": "mar
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    parent = os.environ.pop("MARL_STOP_WITH_PARENT", "")  # set by marl compare --jobs for its trainings
+    if parent.isdigit():
+        from marl.run import stop_with_parent
+
+        stop_with_parent(int(parent))
     if argv and argv[0] in DELEGATED:  # these subcommands parse their own options (--help included)
         import importlib
 

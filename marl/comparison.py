@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import signal
@@ -201,7 +202,7 @@ def interrupted_checkpoint(spec: RunSpec) -> Path | None:
     ``summary.json``) to resume, or ``None`` when the folder holds no checkpoint.
 
     Raises:
-        CompareError: the folder holds an interrupted run of a different config.
+        CompareError: the folder holds an interrupted run of a different config, or its checkpoint is unreadable.
     """
     latest, saved = spec.run_dir / "checkpoints" / "latest.pt", spec.run_dir / "config.yaml"
     if not latest.is_file() or not saved.is_file():
@@ -210,6 +211,14 @@ def interrupted_checkpoint(spec: RunSpec) -> Path | None:
     if diff:
         raise CompareError(f"{spec.run_dir} holds an interrupted run of another config (differs in {', '.join(diff)});"
                            " use a new --out, or --force to train it again from scratch")
+    from marl import checkpoint as ckpt
+
+    try:
+        ckpt.load(latest)
+    except ckpt.CheckpointError as exc:
+        detail = str(exc).split("(", 1)[-1].split(")", 1)[0]
+        raise CompareError(f"{latest}: the interrupted run's checkpoint cannot be read ({detail}); delete "
+                           f"{spec.run_dir} to train it again from scratch, or use a new --out") from None
     return latest
 
 
@@ -222,6 +231,10 @@ def resumed(spec: RunSpec) -> RunSpec:
 
 
 # --------------------------------------------------------------------------- running
+STOP_WITH_PARENT = "MARL_STOP_WITH_PARENT"
+"""Environment variable naming the pid of a ``marl`` process's parent that, when it ends, stops it (``marl compare
+--jobs`` sets it for its ``marl train`` subprocesses; see :func:`marl.run.stop_with_parent`)."""
+
 class RunResult(NamedTuple):
     """Outcome of one run: ``status`` is ``trained``, ``reused`` or ``failed``."""
 
@@ -256,26 +269,37 @@ def _train_in_subprocesses(specs: Sequence[RunSpec], config: Path, jobs: int,
 
     A stop signal (SIGINT, SIGTERM) sent to this process alone is passed on to the running trainings, which
     write their checkpoints and exit; then this process exits with ``128 + signal`` (the same command again
-    resumes them). Runs not started yet stay unstarted.
+    resumes them). Runs not started yet stay unstarted. A second signal kills the trainings still running
+    (each keeps its last checkpoint). If this process is killed outright, they get SIGTERM from the kernel
+    (``MARL_STOP_WITH_PARENT``, :func:`marl.run.stop_with_parent`). Call from the main thread.
     """
     from marl.run import StopSignals, TrainingInterrupted
 
     results: dict[int, RunResult] = {}
     running: dict[int, tuple[subprocess.Popen, Any]] = {}
     queue = list(range(len(specs)))
-    passed_on = False
+    passed_on = killed = False
+    env = {**os.environ, STOP_WITH_PARENT: str(os.getpid())}
     with StopSignals() as stop:
         while (queue and stop.signum is None) or running:
             while queue and len(running) < jobs and stop.signum is None:
                 i = queue.pop(0)
                 fh = open(specs[i].run_dir / "train.log", "a")  # noqa: SIM115 - closed when the process ends
                 cmd = [sys.executable, "-m", "marl", "train", str(config), *specs[i].overrides]
-                running[i] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh)
+                running[i] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), fh)
                 log(f"started {specs[i].variant} seed {specs[i].seed} (log: {specs[i].run_dir / 'train.log'})")
             if stop.signum is not None and not passed_on:
                 for proc, _ in running.values():
                     proc.send_signal(stop.signum)  # a repeat when the whole group got it (Ctrl-C): absorbed
                 passed_on = True
+                if running:
+                    pids = ", ".join(str(proc.pid) for proc, _ in running.values())
+                    log(f"{signal.Signals(stop.signum).name}: waiting for {len(running)} run(s) to write their "
+                        f"checkpoints (pids {pids}); a second signal kills them")
+            if stop.count > 1 and not killed:
+                for proc, _ in running.values():
+                    proc.kill()
+                killed = True
             for i, (proc, fh) in list(running.items()):
                 if proc.poll() is not None:
                     fh.close()
@@ -310,6 +334,7 @@ def run_all(specs: Sequence[RunSpec], config: Path, jobs: int = 1, force: bool =
     for n, spec in enumerate(todo):
         if latest[spec.run_dir] is not None:
             log(f"[{spec.variant} seed {spec.seed}] resuming interrupted run from {latest[spec.run_dir]}")
+            (spec.run_dir / "error.txt").unlink(missing_ok=True)  # an earlier crash's; this part writes its own
             todo[n] = resumed(spec)
             continue
         if spec.run_dir.exists():
@@ -520,7 +545,7 @@ def run_comparison(
         overrides: ``key=value`` overrides applied to every variant (before its own).
         out: report folder; default ``reports/compare-<config stem>-<YYYYmmdd-HHMMSS>``.
         jobs: runs trained at once (``1``: in this process, one after the other).
-        force: retrain runs that already finished.
+        force: train every run from scratch (finished and interrupted ones included).
         reps: bootstrap replications of each interval.
         bootstrap_seed: seed of the bootstrap generator.
         command: the command line, quoted in the report.
@@ -549,8 +574,8 @@ HELP = """\
 variants (same config, overrides, total_env_steps and seeds for all; see docs/compare.md):
   --sharing 'shared,independent,leader={"agent_0": lead, "agent_*": rest}'   sets model.sharing
   --variant central:model.critic=central --variant local:model.critic=local   any overrides
-runs go to OUT/runs/<variant>/seed<k>; finished runs are reused by the same command with the
-same --out (--force retrains). Example:
+runs go to OUT/runs/<variant>/seed<k>; the same command with the same --out reuses finished runs
+and resumes interrupted ones from their checkpoints (--force trains all from scratch). Example:
   marl compare configs/simple_spread_ppo.yaml total_env_steps=150000 \\
       --sharing shared,independent --seeds 0,1,2 --out reports/spread-sharing
 """
@@ -567,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", default="", help="report folder (default reports/compare-<config stem>-<time>)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once in subprocesses (default 1: in-process)")
-    p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--force", action="store_true",
+                   help="train every run from scratch (do not reuse finished runs or resume interrupted ones)")
     p.add_argument("--reps", type=int, default=10_000, help="bootstrap replications (default 10000)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     return p

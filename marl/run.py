@@ -36,17 +36,22 @@ each trainer adds its own (see :class:`marl.on_policy.OnPolicyTrainer`,
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
+import multiprocessing
+import os
 import signal
+import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, NamedTuple, Protocol, Self
+from typing import Any, Literal, NamedTuple, Protocol, Self
 
 import torch
 
@@ -118,8 +123,9 @@ class Report(NamedTuple):
 class StopSignals:
     """Inside ``with``, SIGINT and SIGTERM are recorded instead of raising.
 
-    The first signal is kept in :attr:`signum`; repeats are absorbed, so a second
-    Ctrl-C during the final checkpoint write cannot kill the process half-way.
+    The first signal is kept in :attr:`signum` (every one is counted in :attr:`count`);
+    repeats are absorbed, so a second Ctrl-C during the final checkpoint write cannot kill
+    the process half-way.
     On exit the previous handlers come back only if no signal arrived: after one,
     the process is on its way out and keeps absorbing repeats until it is gone.
     """
@@ -128,9 +134,11 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.count = 0  # signals received
         self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.count += 1
         if self.signum is None:
             self.signum = signum
 
@@ -145,21 +153,50 @@ class StopSignals:
 
 
 def stop_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
-    """Have the kernel send ``signum`` to this process when its parent process ends (Linux
-    ``PR_SET_PDEATHSIG``; a no-op elsewhere): a run in a worker of a process pool stops as after a stop
-    signal (checkpoint written) when the pool's owner is killed alone (``kill PID``, ``timeout``, the OOM
-    killer) instead of training on unsupervised. A pool's ``initializer``, with ``initargs=(os.getpid(),)``
-    from the parent; a parent already gone by then sends the signal at once."""
-    import ctypes
-    import os
-    import sys
-
+    """Have the kernel send ``signum`` to this process when its parent ``parent_pid`` ends (Linux
+    ``PR_SET_PDEATHSIG``; a no-op elsewhere), however it ends (``kill PID``, ``timeout``, SIGKILL, the OOM
+    killer): a run here then stops as after any stop signal, its checkpoint written. A parent already gone
+    by the call sends the signal at once. The parent must be the process that started this one (not a
+    forkserver), and the signal comes when the parent's thread that started it ends."""
     if not sys.platform.startswith("linux"):
         return
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent ended before the request: nobody will send it
         os.kill(os.getpid(), signum)
+
+
+def _supervised_job(parent_pid: int, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a :class:`SupervisedPool` worker; once the pool's owner has ended, the worker
+    exits after it (its run stopped with its checkpoint written) instead of starting the next queued job."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if os.getppid() != parent_pid:
+            os._exit(128 + signal.SIGTERM)
+
+
+class SupervisedPool(ProcessPoolExecutor):
+    """A process pool for training runs whose workers stop with their owner.
+
+    When the owner process ends, however it ends, each worker gets SIGTERM (:func:`stop_with_parent`): its
+    run stops as after any stop signal, checkpoint written, and the worker exits instead of starting a
+    queued job. Workers start with ``spawn`` (default) or ``fork``, never the forkserver (whose workers'
+    parent is the forkserver). Create and use it from the owner's main thread.
+
+    Args:
+        max_workers: processes at once.
+        start_method: ``"spawn"`` or ``"fork"``.
+    """
+
+    def __init__(self, max_workers: int, start_method: Literal["spawn", "fork"] = "spawn") -> None:
+        if start_method not in ("spawn", "fork"):
+            raise ValueError(f"start_method must be 'spawn' or 'fork', got {start_method!r}")
+        super().__init__(max_workers, mp_context=multiprocessing.get_context(start_method),
+                         initializer=stop_with_parent, initargs=(os.getpid(),))
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return super().submit(_supervised_job, os.getpid(), fn, *args, **kwargs)
 
 
 class Learner(Protocol):

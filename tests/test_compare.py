@@ -238,10 +238,11 @@ def test_aggregate_curves_and_single_seed_pairs_from_summaries():
     assert pair["excludes_zero"] is None  # b has one seed: no interval to speak of
 
 
-def test_a_stopped_compare_passes_the_signal_on_and_the_same_command_resumes(tmp_path):
-    """SIGTERM to the compare process alone (``kill PID``): its ``marl train`` child gets it, writes latest.pt
-    and exits, compare exits with 128 + 15; the same command then resumes the run from that checkpoint
-    (its first progress line is past the stop) instead of training it again from scratch."""
+def test_a_stopped_or_killed_compare_stops_its_trainings_and_the_same_command_resumes(tmp_path):
+    """``marl compare --jobs 2`` with one run. SIGKILL to compare alone: the kernel sends its ``marl train`` child
+    SIGTERM (MARL_STOP_WITH_PARENT), which writes latest.pt and exits. The same command resumes the run; SIGTERM
+    to compare alone (``kill PID``) is passed on: the child stops again, compare exits with 128 + 15. The same
+    command then finishes the run from the second stop (its first progress line one iteration past it)."""
     import re
     import signal
     import subprocess
@@ -256,39 +257,51 @@ def test_a_stopped_compare_passes_the_signal_on_and_the_same_command_resumes(tmp
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "cmp"
-    budget = 2000
+    budget = 4000
     cmd = [sys.executable, "-m", "marl", "compare", "configs/simple_spread_ppo.yaml", *TINY,
            f"total_env_steps={budget}", "eval.interval=0", "checkpoint.interval=100", "log.progress=true",
            "log.interval=1", "--variant", "a:", "--seeds", "0", "--jobs", "2", "--out", str(out), "--reps", "200"]
     run = out / "runs" / "a" / "seed0"
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "latest.pt").is_file():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-2000:]
-            time.sleep(0.05)
-        children = [p.pid for p in psutil.Process(proc.pid).children()]
-        assert len(children) == 1
-        proc.send_signal(signal.SIGTERM)
-        printed = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, printed[-2000:]
-    assert "the same command resumes them" in printed
-    assert wait_gone(children) == []
-    log = (run / "train.log").read_text()
-    assert "SIGTERM: stopped at" in log, log[-2000:]
-    stopped = ckpt.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"]
-    assert 0 < stopped < budget and not (run / "summary.json").exists()
+    log = run / "train.log"
 
+    def stop(sig: int, ready) -> tuple[int, str]:
+        """Start the command, send ``sig`` to compare alone once ``ready()``; its exit status and output."""
+        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not ready():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-2000:]
+                time.sleep(0.05)
+            children = [p.pid for p in psutil.Process(proc.pid).children()]
+            assert len(children) == 1
+            proc.send_signal(sig)
+            printed = proc.communicate(timeout=60)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert wait_gone(children) == []
+        return proc.returncode, printed
+
+    def stops() -> list[int]:
+        return [int(n.replace(",", "")) for n in re.findall(r"SIGTERM: stopped at ([\d,]+) env steps", log.read_text())]
+
+    code, _ = stop(signal.SIGKILL, lambda: (run / "checkpoints" / "latest.pt").is_file())
+    assert code == -signal.SIGKILL and len(stops()) == 1, log.read_text()[-2000:]  # the child stopped by itself
+    first_part = log.read_text()
+    code, printed = stop(signal.SIGTERM, lambda: "] it" in log.read_text()[len(first_part):])
+    assert code == 128 + signal.SIGTERM, printed[-2000:]
+    assert "resuming interrupted run" in printed and "the same command resumes them" in printed
+    s1, s2 = stops()
+    assert 0 < s1 < s2 < budget and not (run / "summary.json").exists()
+    assert ckpt.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] == s2
+
+    before = log.read_text()
     again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "resuming interrupted run" in again.stdout
-    resumed_part = (run / "train.log").read_text()[len(log):]
-    assert f"at {stopped:,} env steps" in resumed_part.splitlines()[0]  # marl train's "resumed from ... at N"
-    first = int(re.search(r"\[\s*([\d,]+) /", resumed_part).group(1).replace(",", ""))
-    assert first == stopped + 100  # one iteration (4 copies x 25 steps) past the checkpoint, not 100 from scratch
+    last_part = log.read_text()[len(before):]
+    assert f"at {s2:,} env steps" in last_part.splitlines()[0]  # marl train's "resumed from ... at N"
+    first = int(re.search(r"\[\s*([\d,]+) /", last_part).group(1).replace(",", ""))
+    assert first == s2 + 100  # one iteration (4 copies x 25 steps) past the checkpoint, not 100 from scratch
     assert json.loads((run / "summary.json").read_text())["env_steps"] == budget
 
 
@@ -317,3 +330,11 @@ def test_an_interrupted_in_process_run_resumes_and_one_of_another_config_is_refu
     after = ckpt.load(latest)["counters"]
     assert summary["env_steps"] == after["env_steps"] == 200 and after["iteration"] == before["iteration"]
     assert after["wall_time_s"] >= before["wall_time_s"]  # summed over the parts of the run
+    assert main(args) == 0  # its config.yaml now names resume=...: still the same config, reused as finished
+    assert "reusing finished run" in capsys.readouterr().out
+    # an unreadable checkpoint of an interrupted run: one line naming the fix, nothing trained or deleted
+    (run / "summary.json").unlink()
+    latest.write_bytes(b"not a checkpoint")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint cannot be read" in err and f"delete {run}" in err and latest.is_file()

@@ -170,51 +170,52 @@ def test_sigterm_during_the_final_evaluation_stops_within_seconds_with_the_check
 
 
 POOL_SCRIPT = """
-import multiprocessing, os, signal, sys, time
-from concurrent.futures import ProcessPoolExecutor
+import os, sys, time
 
-from marl.run import stop_with_parent
+from marl.run import StopSignals, SupervisedPool, TrainingInterrupted
 
 
-def job(path):
-    def on_term(signum, frame):
-        with open(path, "a") as f:
-            f.write("SIGTERM\\n")
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, on_term)
-    with open(path, "w") as f:
-        f.write(f"{os.getpid()}\\n")
-    time.sleep(120)
+def job(path, index):  # a training run's stop: the signal absorbed, the run ends, TrainingInterrupted raised
+    with open(path, "a") as f:
+        f.write(f"start {index} {os.getpid()}\\n")
+    with StopSignals() as stop:
+        deadline = time.monotonic() + 60
+        while stop.signum is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    with open(path, "a") as f:
+        f.write(f"end {index} {stop.signum}\\n")
+    if stop.signum is not None:
+        raise TrainingInterrupted(128 + stop.signum)
 
 
 if __name__ == "__main__":
-    context = multiprocessing.get_context(sys.argv[2])
-    with ProcessPoolExecutor(1, mp_context=context, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
-        pool.submit(job, sys.argv[1]).result()
+    with SupervisedPool(1, sys.argv[2]) as pool:
+        for future in [pool.submit(job, sys.argv[1], i) for i in range(2)]:
+            future.result()
 """
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
-def test_a_pool_worker_gets_sigterm_when_its_owner_is_killed_alone(tmp_path, start):
-    """``stop_with_parent`` as a pool's initializer (the bench scripts' seed pools): SIGKILL to the owner alone
-    reaches the worker as SIGTERM (a training run there would checkpoint and stop) instead of leaving it to run."""
+def test_a_supervised_pool_worker_stops_when_its_owner_is_killed_alone(tmp_path, start):
+    """SupervisedPool (the bench scripts' seed pools): SIGKILL to the owner alone reaches the busy worker as SIGTERM;
+    its run stops as a training run does (signal absorbed, TrainingInterrupted) and the worker exits instead of
+    starting the queued second job."""
     from tests.processes import wait_gone
 
-    script, mark = tmp_path / "pool.py", tmp_path / "worker.txt"
+    script, log = tmp_path / "pool.py", tmp_path / "jobs.txt"
     script.write_text(POOL_SCRIPT)
-    owner = subprocess.Popen([sys.executable, str(script), str(mark), start], cwd=ROOT,
+    owner = subprocess.Popen([sys.executable, str(script), str(log), start], cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.monotonic() + 60
-        while not mark.is_file() or not mark.read_text().endswith("\n"):
+        while not log.is_file() or not log.read_text().endswith("\n"):
             assert owner.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        worker = int(mark.read_text().split()[0])
+        worker = int(log.read_text().split()[2])
         owner.kill()
         owner.wait(10)
         assert wait_gone([worker], 15.0) == []
-        assert mark.read_text().split()[1:] == ["SIGTERM"]
+        assert log.read_text().splitlines() == [f"start 0 {worker}", f"end 0 {int(signal.SIGTERM)}"]
     finally:
         if owner.poll() is None:
             owner.kill()
