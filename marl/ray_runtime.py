@@ -26,6 +26,9 @@ from typing import Any
 
 from marl.config import ConfigError
 
+AUTH_MODE = "RAY_AUTH_MODE"
+"""Ray's switch for token authentication (``token`` / ``disabled``; unset: Ray decides, and records it here)."""
+
 RAY_MISSING = "runtime=ray needs Ray: pip install 'marl[ray]'"
 
 
@@ -80,7 +83,7 @@ def join_hint() -> str:
     (on by default for clusters started on one machine since Ray 2.59; a driver that joins by address sends its
     token only with ``RAY_AUTH_MODE=token``)."""
     hint = "start one (ray start --head) or fix ray.address (empty = a local instance for this run)"
-    if os.environ.get("RAY_AUTH_MODE") != "token":
+    if os.environ.get(AUTH_MODE) != "token":
         hint += ("; if the cluster uses token authentication (ray start's default since Ray 2.59), run with "
                  "RAY_AUTH_MODE=token and the head's token (ray get-auth-token there; RAY_AUTH_TOKEN or "
                  "~/.ray/auth_token)")
@@ -107,6 +110,9 @@ class RayConnection:
         self.started = self.joined = False
         if ray.is_initialized():
             return
+        # Ray turns token authentication on for this whole process when it starts a local instance (or finds a
+        # token): RAY_AUTH_MODE=token in os.environ, inherited by every process started later. Put back at close.
+        self._auth_mode = os.environ.get(AUTH_MODE)
         if address == "":
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
                      logging_level=logging.WARNING)
@@ -129,3 +135,7 @@ class RayConnection:
 
             with contextlib.suppress(Exception):
                 ray.shutdown()
+            if self._auth_mode is None:
+                os.environ.pop(AUTH_MODE, None)
+            else:
+                os.environ[AUTH_MODE] = self._auth_mode

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 
 QUIET = ("log.tensorboard=false", "log.progress=false")
 
+# Ray without token authentication in this process and every process it starts (the test cluster's nodes, the
+# drivers, the runs' local instances). Left to Ray, the mode would depend on what ran before in this process: a
+# local ray.init turns it on for the rest of the process (RAY_AUTH_MODE=token in os.environ, and cached in Ray's
+# core), and a driver connecting, or a node added back, after that requires tokens that the rest of the test cluster
+# never sends: actors owned by that driver or placed on that node die before they run. tests/test_ray_join.py
+# checks token authentication on clusters started with Ray's default.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
 
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
@@ -213,7 +221,7 @@ def ray_env_folder(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def _import_path(folder: Path) -> Iterator[None]:
+def _node_env(folder: Path) -> Iterator[None]:
     """``folder`` first on ``PYTHONPATH`` in the block: what the Ray processes started in it inherit."""
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([old] if old else [])])
@@ -232,7 +240,7 @@ def _ray_cluster(ray_env_folder: Path) -> Iterator[Any]:
     (two raylets take seconds to start); stopped after the last test that uses it (see :func:`cluster`)."""
     from ray.cluster_utils import Cluster
 
-    with _import_path(ray_env_folder):
+    with _node_env(ray_env_folder):
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         c.add_node(num_cpus=1)
         c.wait_for_nodes()
@@ -271,7 +279,7 @@ def cluster(request: pytest.FixtureRequest, _ray_driver: Any, ray_env_folder: Pa
     c = _ray_driver
     missing = 2 - len(c.list_all_nodes())
     if missing > 0:
-        with _import_path(ray_env_folder):
+        with _node_env(ray_env_folder):
             for _ in range(missing):
                 c.add_node(num_cpus=1)
         c.wait_for_nodes()

@@ -46,10 +46,11 @@ def head():
     """``ray start --head --block`` on free ports (GCS, client server), in its own process group; killed at the
     end with everything it started."""
     gcs, client = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # Ray's default: token authentication
     proc = subprocess.Popen([str(RAY), "start", "--head", "--block", f"--port={gcs}",
                              f"--ray-client-server-port={client}", "--num-cpus=2", "--include-dashboard=false",
                              "--disable-usage-stats"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     deadline = time.monotonic() + 90
     while not (reachable(gcs) and reachable(client)):
         assert proc.poll() is None, proc.stdout.read()

@@ -210,7 +210,7 @@ def test_lbf_action_masks_are_the_valid_actions_of_each_player():
         make_raw_env(LBF, {"action_masks": "yes"})
 
 
-@pytest.mark.parametrize("backend", ["sync"])  # subprocess workers: tests/env/test_vector.py
+@pytest.mark.parametrize("backend", ["sync", "subprocess"])
 def test_a_truncated_lbf_step_keeps_the_final_masks_for_the_bootstrap(backend):
     """At the 50-step limit the replay row's next_action_mask is the mask of the final observation (the env's
     own valid actions there), not all actions and not the next episode's first mask."""
