@@ -167,10 +167,15 @@ def stop_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
 
 
 def _supervised_job(parent_pid: int, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` in a :class:`SupervisedPool` worker; once the pool's owner has ended, the worker
-    exits after it (its run stopped with its checkpoint written) instead of starting the next queued job."""
+    """``fn(*args, **kwargs)`` in a :class:`SupervisedPool` worker. A run that a stop signal ended
+    (:class:`TrainingInterrupted`, its checkpoint written) ends the worker too, and so does any job once the
+    pool's owner has ended: the worker does not start the next queued job. (The parent-death signal can come
+    while the owner's pid is still this process's parent: the kernel sends it when the owner's thread that
+    started the worker ends, and the owner's other threads may end a moment later.)"""
     try:
         return fn(*args, **kwargs)
+    except TrainingInterrupted as stop:
+        os._exit(stop.code if isinstance(stop.code, int) else 128 + signal.SIGTERM)
     finally:
         if os.getppid() != parent_pid:
             os._exit(128 + signal.SIGTERM)
