@@ -57,18 +57,19 @@ def clean_stale(folder: str | Path) -> list[Path]:
     return removed
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` with the reason.
 
     Refused: a missing file, a truncated or corrupt file, a file carrying pickled
     objects (only tensors and plain data are accepted, so a malicious payload never
-    runs), and a newer format version than this code understands.
+    runs), and a newer format version than this code understands. ``mmap``: the tensors
+    stay in the file, mapped (a check of a large checkpoint without reading its replay).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused: the file holds objects other than tensors and plain data "

@@ -214,11 +214,10 @@ def interrupted_checkpoint(spec: RunSpec) -> Path | None:
     from marl import checkpoint as ckpt
 
     try:
-        ckpt.load(latest)
+        ckpt.load(latest, mmap=True)  # the whole structure checked, the tensors (a saved replay) left in the file
     except ckpt.CheckpointError as exc:
-        detail = str(exc).split("(", 1)[-1].split(")", 1)[0]
-        raise CompareError(f"{latest}: the interrupted run's checkpoint cannot be read ({detail}); delete "
-                           f"{spec.run_dir} to train it again from scratch, or use a new --out") from None
+        raise CompareError(f"the interrupted run's checkpoint cannot be resumed: {exc} Or delete {spec.run_dir} "
+                           "to train that run again from scratch, or use a new --out.") from None
     return latest
 
 
@@ -308,8 +307,10 @@ def _train_in_subprocesses(specs: Sequence[RunSpec], config: Path, jobs: int,
             time.sleep(0.2)
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
+        saved = ("were killed: they resume from their last periodic checkpoint (checkpoint.interval), or from "
+                 "scratch without one" if killed else "wrote their checkpoints")
         log(f"{name}: stopped; {len(results)} run(s) ended, {len(queue)} not started. The runs that were training "
-            "wrote their checkpoints: the same command resumes them")
+            f"{saved}: the same command resumes them")
         raise TrainingInterrupted(128 + stop.signum)
     return [results[i] for i in range(len(specs))]
 

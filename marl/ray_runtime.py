@@ -114,18 +114,32 @@ class RayConnection:
         # token): RAY_AUTH_MODE=token in os.environ, inherited by every process started later. Put back at close.
         self._auth_mode = os.environ.get(AUTH_MODE)
         if address == "":
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
-                     logging_level=logging.WARNING)
+            try:
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)),
+                         include_dashboard=False, logging_level=logging.WARNING)
+            except BaseException:
+                self._restore_auth_mode()
+                raise
             self.started = self.joined = True
             return
         check_reachable(address, connect_timeout_s)
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
+            self._restore_auth_mode()
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"ray.address={address!r}: cannot join the Ray cluster ({first}); "
                               f"{join_hint()}") from None
+        except BaseException:
+            self._restore_auth_mode()
+            raise
         self.joined = True
+
+    def _restore_auth_mode(self) -> None:
+        if self._auth_mode is None:
+            os.environ.pop(AUTH_MODE, None)
+        else:
+            os.environ[AUTH_MODE] = self._auth_mode
 
     def close(self) -> None:
         """Disconnect if this run connected; a local instance it started is shut down with it. Idempotent."""
@@ -135,7 +149,4 @@ class RayConnection:
 
             with contextlib.suppress(Exception):
                 ray.shutdown()
-            if self._auth_mode is None:
-                os.environ.pop(AUTH_MODE, None)
-            else:
-                os.environ[AUTH_MODE] = self._auth_mode
+            self._restore_auth_mode()

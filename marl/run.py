@@ -36,6 +36,7 @@ each trainer adds its own (see :class:`marl.on_policy.OnPolicyTrainer`,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -168,17 +169,29 @@ def stop_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
 
 def _supervised_job(parent_pid: int, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` in a :class:`SupervisedPool` worker. A run that a stop signal ended
-    (:class:`TrainingInterrupted`, its checkpoint written) ends the worker too, and so does any job once the
+    (:class:`TrainingInterrupted`, its checkpoint written, or a ``KeyboardInterrupt`` outside a run) ends the
+    worker too, and so does any job once the
     pool's owner has ended: the worker does not start the next queued job. (The parent-death signal can come
     while the owner's pid is still this process's parent: the kernel sends it when the owner's thread that
     started the worker ends, and the owner's other threads may end a moment later.)"""
     try:
         return fn(*args, **kwargs)
-    except TrainingInterrupted as stop:
-        os._exit(stop.code if isinstance(stop.code, int) else 128 + signal.SIGTERM)
+    except (TrainingInterrupted, KeyboardInterrupt) as stop:
+        if isinstance(stop, TrainingInterrupted) and type(stop) is not TrainingInterrupted:
+            raise  # a subclass with a meaning of its own (marl.tune's Pruned) goes back to the owner
+        code = 128 + signal.SIGINT if isinstance(stop, KeyboardInterrupt) else stop.code
+        _exit_now(code if isinstance(code, int) else 128 + signal.SIGTERM)
     finally:
         if os.getppid() != parent_pid:
-            os._exit(128 + signal.SIGTERM)
+            _exit_now(128 + signal.SIGTERM)
+
+
+def _exit_now(code: int) -> None:
+    """End this pool worker at once (no next job), its buffered output written first."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 class SupervisedPool(ProcessPoolExecutor):

@@ -402,9 +402,11 @@ def test_stop_signal_saves_kills_every_worker_and_resumes(cluster, tmp_path):
 
 
 def test_local_instance_is_started_and_shut_down(tmp_path):
-    """ray.address="" (the default): this run starts its own Ray instance and leaves no process behind."""
+    """ray.address="" (the default): this run starts its own Ray instance, with Ray's default token
+    authentication (the test process's RAY_AUTH_MODE left out), and leaves no process behind."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     proc = _marl_train(*PPO, "runtime=ray", "ray.num_workers=2", f"run_dir={tmp_path / 'run'}",
-                       start_new_session=True)
+                       start_new_session=True, env=env)
     seen: set[int] = set()
     while proc.poll() is None:
         seen |= _descendants(proc.pid)
