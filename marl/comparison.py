@@ -187,14 +187,26 @@ def finished_summary(spec: RunSpec) -> dict | None:
     Raises:
         CompareError: the folder holds a finished run of a different config.
     """
-    summary, saved = spec.run_dir / "summary.json", spec.run_dir / "config.yaml"
-    if not summary.is_file() or not saved.is_file():
+    summary = spec.run_dir / "summary.json"
+    if not summary.is_file() or not _same_config(spec, "a finished run", "retrain it"):
         return None
+    return json.loads(summary.read_text())
+
+
+def _same_config(spec: RunSpec, what: str, force_does: str) -> bool:
+    """Whether ``spec``'s folder holds a ``config.yaml`` (``False`` when it holds none).
+
+    Raises:
+        CompareError: that config differs from ``spec``'s (``what`` the folder holds).
+    """
+    saved = spec.run_dir / "config.yaml"
+    if not saved.is_file():
+        return False
     diff = _config_diff(yaml.safe_load(saved.read_text()), spec.cfg)
     if diff:
-        raise CompareError(f"{spec.run_dir} holds a finished run of another config (differs in {', '.join(diff)}); "
-                           "use a new --out, or --force to retrain it")
-    return json.loads(summary.read_text())
+        raise CompareError(f"{spec.run_dir} holds {what} of another config (differs in {', '.join(diff)}); "
+                           f"use a new --out, or --force to {force_does}")
+    return True
 
 
 def interrupted_checkpoint(spec: RunSpec) -> Path | None:
@@ -204,13 +216,9 @@ def interrupted_checkpoint(spec: RunSpec) -> Path | None:
     Raises:
         CompareError: the folder holds an interrupted run of a different config, or its checkpoint is unreadable.
     """
-    latest, saved = spec.run_dir / "checkpoints" / "latest.pt", spec.run_dir / "config.yaml"
-    if not latest.is_file() or not saved.is_file():
+    latest = spec.run_dir / "checkpoints" / "latest.pt"
+    if not latest.is_file() or not _same_config(spec, "an interrupted run", "train it again from scratch"):
         return None
-    diff = _config_diff(yaml.safe_load(saved.read_text()), spec.cfg)
-    if diff:
-        raise CompareError(f"{spec.run_dir} holds an interrupted run of another config (differs in {', '.join(diff)});"
-                           " use a new --out, or --force to train it again from scratch")
     from marl import checkpoint as ckpt
 
     try:

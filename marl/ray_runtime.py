@@ -111,28 +111,28 @@ class RayConnection:
         if ray.is_initialized():
             return
         # Ray turns token authentication on for this whole process when it starts a local instance (or finds a
-        # token): RAY_AUTH_MODE=token in os.environ, inherited by every process started later. Put back at close.
+        # token): RAY_AUTH_MODE=token in os.environ, inherited by every process started later. Put back at close,
+        # or at once when connecting fails.
         self._auth_mode = os.environ.get(AUTH_MODE)
+        try:
+            self._connect(ray, address, connect_timeout_s, num_cpus)
+        except BaseException:
+            self._restore_auth_mode()
+            raise
+
+    def _connect(self, ray: ModuleType, address: str, connect_timeout_s: float, num_cpus: float) -> None:
         if address == "":
-            try:
-                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)),
-                         include_dashboard=False, logging_level=logging.WARNING)
-            except BaseException:
-                self._restore_auth_mode()
-                raise
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
+                     logging_level=logging.WARNING)
             self.started = self.joined = True
             return
         check_reachable(address, connect_timeout_s)
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
-            self._restore_auth_mode()
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"ray.address={address!r}: cannot join the Ray cluster ({first}); "
                               f"{join_hint()}") from None
-        except BaseException:
-            self._restore_auth_mode()
-            raise
         self.joined = True
 
     def _restore_auth_mode(self) -> None:

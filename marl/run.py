@@ -170,10 +170,10 @@ def stop_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
 def _supervised_job(parent_pid: int, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` in a :class:`SupervisedPool` worker. A run that a stop signal ended
     (:class:`TrainingInterrupted`, its checkpoint written, or a ``KeyboardInterrupt`` outside a run) ends the
-    worker too, and so does any job once the
-    pool's owner has ended: the worker does not start the next queued job. (The parent-death signal can come
-    while the owner's pid is still this process's parent: the kernel sends it when the owner's thread that
-    started the worker ends, and the owner's other threads may end a moment later.)"""
+    worker too, and so does any job once the pool's owner has ended: the worker does not start the next queued
+    job. (The parent-death signal can come while the owner's pid is still this process's parent: the kernel
+    sends it when the owner's thread that started the worker ends, and its other threads may end a moment
+    later.)"""
     try:
         return fn(*args, **kwargs)
     except (TrainingInterrupted, KeyboardInterrupt) as stop:

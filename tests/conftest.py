@@ -221,7 +221,7 @@ def ray_env_folder(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def _node_env(folder: Path) -> Iterator[None]:
+def _import_path(folder: Path) -> Iterator[None]:
     """``folder`` first on ``PYTHONPATH`` in the block: what the Ray processes started in it inherit."""
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *([old] if old else [])])
@@ -240,7 +240,7 @@ def _ray_cluster(ray_env_folder: Path) -> Iterator[Any]:
     (two raylets take seconds to start); stopped after the last test that uses it (see :func:`cluster`)."""
     from ray.cluster_utils import Cluster
 
-    with _node_env(ray_env_folder):
+    with _import_path(ray_env_folder):
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         c.add_node(num_cpus=1)
         c.wait_for_nodes()
@@ -279,7 +279,7 @@ def cluster(request: pytest.FixtureRequest, _ray_driver: Any, ray_env_folder: Pa
     c = _ray_driver
     missing = 2 - len(c.list_all_nodes())
     if missing > 0:
-        with _node_env(ray_env_folder):
+        with _import_path(ray_env_folder):
             for _ in range(missing):
                 c.add_node(num_cpus=1)
         c.wait_for_nodes()

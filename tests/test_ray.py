@@ -48,7 +48,7 @@ DQN = (str(ROOT / "configs/cartpole_dqn.yaml"), "total_env_steps=240", "env.num_
        "algo.train_freq=8", "algo.gradient_steps=2", "algo.batch_size=16", "model.hidden=[16]", "eval.interval=0",
        "eval.episodes=1", "eval.num_envs=1", "checkpoint.interval=0", "checkpoint.keep_last=0", "torch_threads=1",
        *QUIET)
-ON_CLUSTER = ("runtime=ray", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ray.start_timeout_s=180")
+ON_CLUSTER = ("runtime=ray", "ray.num_workers=2", "ray.cpus_per_worker=0.5", "ray.start_timeout_s=60")
 
 
 def ray_args(cluster: Cluster) -> tuple[str, ...]:
@@ -191,7 +191,7 @@ def test_one_remote_class_serves_a_driver_that_connects_again(cluster):
     assert remote_class(EnvWorker) is first
     actor = first.options(num_cpus=0.5).remote(SPREAD, 0, 1)
     try:
-        assert ray.get(actor.pid.remote(), timeout=180) not in (0, os.getpid())
+        assert ray.get(actor.pid.remote(), timeout=60) not in (0, os.getpid())
     finally:
         ray.kill(actor)
 

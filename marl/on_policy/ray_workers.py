@@ -201,9 +201,9 @@ class RayWorkerPool:
                                   torch_seed, self.reward_state[w],
                                   None if self.make_worker is None else self.make_worker(w))
 
-    def _built(self, workers: list[int], refs: list[Any], retry: bool = True) -> None:
-        """Wait for the ``build`` calls ``refs`` of ``workers``; an actor that died before it was built (Ray
-        dropped or lost it while placing it) is spawned again once, with a warning."""
+    def _built(self, workers: list[int], refs: list[Any]) -> None:
+        """Wait for the ``build`` calls ``refs`` of ``workers``; an actor that died before it was built is an
+        :class:`EnvWorkerError` naming it."""
         ray, limit = self._ray, self.cfg.ray.start_timeout_s
         _, waiting = ray.wait(refs, num_returns=len(refs), timeout=limit)
         if waiting:
@@ -217,13 +217,8 @@ class RayWorkerPool:
             try:
                 reply = ray.get(ref)
             except self._died as err:
-                if not retry:
-                    raise EnvWorkerError(f"{self.label} {self.describe(w)} died twice before it was built: "
-                                         f"{str(err).splitlines()[0]}") from None
-                warnings.warn(f"{self.label} {self.describe(w)} died before it was built "
-                              f"({str(err).splitlines()[0]}); starting it again", stacklevel=2)
-                self._built([w], [self._spawn(w)], retry=False)
-                continue
+                raise EnvWorkerError(f"{self.label} {self.describe(w)} died before it was built: "
+                                     f"{str(err).splitlines()[0]}") from None
             self._value(w, reply)
 
     def _value(self, w: int, reply: Reply) -> Any:
